@@ -1,0 +1,78 @@
+"""ircbridge: a Matrix application service that bridges IRC networks into Matrix.
+
+`create_app()` is the WSGI entry point (gunicorn 'bridge:create_app()'); it wires config,
+store, homeserver client, IRC side and core together and keeps the one `Bridge` in
+`app.extensions["bridge"]`.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+from typing import Any
+
+__version__ = "0.1.0"
+
+log = logging.getLogger(__name__)
+
+
+def create_app(config_path: str | None = None, *, config: Any = None,
+               start_background: bool = True, setup_logging: bool = True) -> Any:
+    """Build the Flask app; with start_background the bridge's threads start too."""
+    from flask import Flask
+
+    from . import config as config_module
+    from . import logs, web
+    from .core import Bridge
+    from .store import Store
+
+    if config is None:
+        path = config_path or os.environ.get(config_module.ENV_CONFIG, "config.ini")
+        config = config_module.load(path)
+    problems = config_module.require_tokens(config)
+    if problems:
+        raise config_module.ConfigError(problems)
+    if setup_logging:
+        logs.setup(config.logging)
+    for warning in config.warnings:
+        log.warning("config: %s", warning)
+
+    store = Store(config.database.url)
+    store.open(config.path.name)
+    bridge = Bridge(config, store=store)
+
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = config.appservice.max_body_bytes
+    app.config["IRCBRIDGE_HS_TOKEN"] = config.appservice.hs_token
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.extensions["bridge"] = bridge
+    web.register(app)
+    app.wsgi_app = _NoDelay(app.wsgi_app)  # type: ignore[method-assign]
+    if start_background:
+        bridge.start()
+        atexit.register(bridge.stop)
+    return app
+
+
+class _NoDelay:
+    """Set TCP_NODELAY on gunicorn's client socket.
+
+    gunicorn writes a response's headers and body in two sends; on a kept-alive connection
+    Nagle's algorithm then holds the body until the homeserver's delayed ACK, about 40 ms per
+    request (and Synapse sends one transaction at a time).
+    """
+
+    def __init__(self, wsgi_app: Any):
+        self.wsgi_app = wsgi_app
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        sock = environ.get("gunicorn.socket")
+        if sock is not None:
+            try:
+                import socket
+
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+        return self.wsgi_app(environ, start_response)

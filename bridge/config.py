@@ -1,0 +1,568 @@
+"""Read and validate config.ini into frozen dataclasses.
+
+Every problem is collected before anything is reported, so an admin fixes the whole file in
+one pass: each message names the section, the key, the value found and what was expected.
+This module is pure: it imports nothing of the project but `names`.
+"""
+
+from __future__ import annotations
+
+import configparser
+import dataclasses
+import logging
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+log = logging.getLogger(__name__)
+
+ENV_CONFIG = "IRCBRIDGE_CONFIG"
+ENV_DATABASE_URL = "IRCBRIDGE_DATABASE_URL"
+
+
+class ConfigError(Exception):
+    """Raised with every problem of a config file; `problems` holds one line each."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+@dataclass(frozen=True)
+class HomeserverConfig:
+    url: str
+    domain: str
+
+
+@dataclass(frozen=True)
+class AppserviceConfig:
+    id: str
+    url: str
+    bind: str
+    threads: int
+    as_token: str
+    hs_token: str
+    sender_localpart: str
+    registration: Path
+    max_body_bytes: int
+    senders: int
+
+    @property
+    def bind_host(self) -> str:
+        return self.bind.rsplit(":", 1)[0].strip("[]")
+
+    @property
+    def bind_port(self) -> int:
+        return int(self.bind.rsplit(":", 1)[1])
+
+
+@dataclass(frozen=True)
+class DatabaseConfig:
+    url: str
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    name: str
+    host: str
+    port: int
+    tls: bool
+    tls_verify: bool
+    display_name: str
+    user_template: str
+    alias_template: str
+    puppet_nick_template: str
+    bot_nick: str
+    channels: tuple[str, ...]
+    scrollback_lines: int
+    flood_rate: float
+    flood_burst: int
+    max_lines: int
+    connect_timeout: float
+    max_concurrent_connects: int
+    password: str
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    level: str
+    format: str
+    file: str
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path
+    homeserver: HomeserverConfig
+    appservice: AppserviceConfig
+    database: DatabaseConfig
+    networks: tuple[NetworkConfig, ...]
+    permissions: tuple[tuple[str, str], ...]
+    logging: LoggingConfig
+    warnings: tuple[str, ...] = field(default=())
+
+    def network(self, name: str) -> NetworkConfig | None:
+        for net in self.networks:
+            if net.name == name:
+                return net
+        return None
+
+    @property
+    def bot_user_id(self) -> str:
+        return f"@{self.appservice.sender_localpart}:{self.homeserver.domain}"
+
+    def replace(self, **changes: Any) -> Config:
+        return dataclasses.replace(self, **changes)
+
+
+# key -> (default or REQUIRED, kind); kinds are checked by _Reader methods
+REQUIRED = object()
+
+SECTION_KEYS: dict[str, dict[str, Any]] = {
+    "homeserver": {"url": REQUIRED, "domain": REQUIRED},
+    "appservice": {
+        "id": "ircbridge",
+        "url": REQUIRED,
+        "bind": "127.0.0.1:9999",
+        "threads": "8",
+        "as_token": "",
+        "hs_token": "",
+        "sender_localpart": "ircbot",
+        "registration": "registration.yaml",
+        "max_body_bytes": "10485760",
+        "senders": "4",
+    },
+    "database": {"url": "sqlite:///ircbridge.db"},
+    "logging": {"level": "INFO", "format": "text", "file": ""},
+}
+NETWORK_KEYS: dict[str, Any] = {
+    "host": REQUIRED,
+    "port": "6697",
+    "tls": "true",
+    "tls_verify": "true",
+    "display_name": "",
+    "user_template": None,  # default depends on the network name
+    "alias_template": None,
+    "puppet_nick_template": "{localpart}[m]",
+    "bot_nick": "",
+    "channels": "",
+    "scrollback_lines": "50",
+    "flood_rate": "2.0",
+    "flood_burst": "5",
+    "max_lines": "3",
+    "connect_timeout": "10",
+    "max_concurrent_connects": "5",
+    "password": "",
+}
+ROLES = ("user", "admin")
+LOCALPART_RE = re.compile(r"^[a-z0-9._=\-/+]+$")
+CHANNEL_RE = re.compile(r"^[#&+!][^\s,:\x07\x00]{1,199}$")
+NETWORK_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+def new_parser() -> configparser.ConfigParser:
+    """The parser config.ini is read with: `;` inline comments, `=` only, keys kept as written."""
+    parser = configparser.ConfigParser(
+        delimiters=("=",),
+        comment_prefixes=(";", "#"),
+        inline_comment_prefixes=(";",),
+        interpolation=None,
+        strict=True,
+        empty_lines_in_values=False,
+    )
+    parser.optionxform = str  # type: ignore[assignment,method-assign]
+    return parser
+
+
+class _Reader:
+    """Reads one section, recording problems instead of raising."""
+
+    def __init__(self, parser: configparser.ConfigParser, section: str, problems: list[str]):
+        self.section = section
+        self.values = dict(parser[section]) if parser.has_section(section) else {}
+        self.problems = problems
+
+    def problem(self, key: str, value: str, expected: str) -> None:
+        self.problems.append(f"[{self.section}] {key} = {value!r}: expected {expected}")
+
+    def raw(self, key: str, default: Any) -> str:
+        value = self.values.get(key)
+        if value is None or value.strip() == "" and default is REQUIRED:
+            if default is REQUIRED:
+                self.problems.append(f"[{self.section}] {key}: missing; this key is required")
+                return ""
+            return "" if default is None else str(default)
+        return value.strip()
+
+    def string(self, key: str, default: Any, check: Callable[[str], str | None] | None = None) -> str:
+        value = self.raw(key, default)
+        if value and check is not None:
+            expected = check(value)
+            if expected:
+                self.problem(key, value, expected)
+        return value
+
+    def integer(self, key: str, default: Any, minimum: int, maximum: int) -> int:
+        value = self.raw(key, default)
+        try:
+            number = int(value)
+        except ValueError:
+            self.problem(key, value, f"a whole number from {minimum} to {maximum}")
+            return minimum
+        if not minimum <= number <= maximum:
+            self.problem(key, value, f"a whole number from {minimum} to {maximum}")
+        return number
+
+    def number(self, key: str, default: Any, minimum: float, maximum: float) -> float:
+        value = self.raw(key, default)
+        try:
+            number = float(value)
+        except ValueError:
+            self.problem(key, value, f"a number from {minimum} to {maximum}")
+            return minimum
+        if not minimum <= number <= maximum:
+            self.problem(key, value, f"a number from {minimum} to {maximum}")
+        return number
+
+    def boolean(self, key: str, default: Any) -> bool:
+        value = self.raw(key, default).lower()
+        if value in ("1", "yes", "true", "on"):
+            return True
+        if value in ("0", "no", "false", "off"):
+            return False
+        self.problem(key, value, "true or false")
+        return False
+
+
+def _http_url(value: str) -> str | None:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return "an http:// or https:// URL with a host, e.g. http://127.0.0.1:8008"
+    try:
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError:
+        return "an http:// or https:// URL with a valid port"
+    return None
+
+
+def _bind(value: str) -> str | None:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        return "HOST:PORT, e.g. 127.0.0.1:9999"
+    return None
+
+
+def _database_url(value: str) -> str | None:
+    scheme = value.split(":", 1)[0]
+    if scheme == "sqlite" and value.startswith("sqlite:///") and len(value) > len("sqlite:///"):
+        return None
+    if scheme in ("postgresql", "postgres") and urlsplit(value).hostname is not None:
+        return None
+    if scheme in ("postgresql", "postgres") and "host=" in value:
+        return None
+    return "sqlite:///path/to/file.db or postgresql://user:password@host:5432/dbname"
+
+
+def _localpart(value: str) -> str | None:
+    if not LOCALPART_RE.match(value):
+        return "a Matrix localpart: lower-case letters, digits and . _ = - / +"
+    return None
+
+
+def _template(placeholder: str) -> Callable[[str], str | None]:
+    def check(value: str) -> str | None:
+        if value.count("{" + placeholder + "}") != 1:
+            return f"a template containing {{{placeholder}}} exactly once"
+        rest = value.replace("{" + placeholder + "}", "")
+        if ":" in rest or any(c.isspace() for c in rest) or "{" in rest or "}" in rest:
+            return f"a template with {{{placeholder}}} and no ':', spaces or other {{}} fields"
+        if placeholder == "nick" and rest != rest.lower():
+            return "a lower-case template (Matrix localparts are lower case)"
+        return None
+
+    return check
+
+
+def _channels(value: str) -> str | None:
+    for channel in _split_list(value):
+        if not CHANNEL_RE.match(channel):
+            return f"a comma-separated list of IRC channels like #matrix (bad: {channel!r})"
+    return None
+
+
+def _split_list(value: str) -> list[str]:
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+def resolve_path(base: Path, value: str) -> Path:
+    """Paths in config.ini are relative to the folder of config.ini."""
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else (base / path)
+
+
+def resolve_database_url(base: Path, url: str) -> str:
+    """Make a relative sqlite:/// path absolute against the config folder."""
+    if url.startswith("sqlite:///"):
+        path = url[len("sqlite:///") :]
+        return "sqlite:///" + str(resolve_path(base, path))
+    return url
+
+
+def load(path: str | os.PathLike[str], *, environ: dict[str, str] | None = None) -> Config:
+    """Read config.ini, validate everything, and raise ConfigError listing every problem."""
+    environ = dict(os.environ) if environ is None else environ
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError([f"{path}: no such file; copy config.ini from the project and edit it"])
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError([f"{path}: cannot be read ({e})"]) from e
+    return parse(text, path=path.resolve(), environ=environ)
+
+
+def parse(text: str, *, path: Path, environ: dict[str, str] | None = None) -> Config:
+    environ = {} if environ is None else environ
+    parser = new_parser()
+    problems: list[str] = []
+    warnings: list[str] = []
+    try:
+        parser.read_string(text, source=str(path))
+    except configparser.Error as e:
+        raise ConfigError([f"{path}: {e.message.strip()}"]) from e  # type: ignore[attr-defined]
+
+    known = set(SECTION_KEYS) | {"permissions"}
+    for section in parser.sections():
+        if section not in known and not section.startswith("network:"):
+            warnings.append(f"[{section}]: unknown section, ignored")
+    for section, keys in SECTION_KEYS.items():
+        if parser.has_section(section):
+            for key in parser[section]:
+                if key not in keys:
+                    warnings.append(f"[{section}] {key}: unknown key, ignored")
+        elif any(v is REQUIRED for v in keys.values()):
+            problems.append(f"[{section}]: missing section")
+
+    base = path.parent
+    hs = _Reader(parser, "homeserver", problems)
+    homeserver = HomeserverConfig(
+        url=hs.string("url", REQUIRED, _http_url).rstrip("/"),
+        domain=hs.string(
+            "domain",
+            REQUIRED,
+            lambda v: None if re.match(r"^[A-Za-z0-9.\-\[\]:]+$", v) else "a server name",
+        ),
+    )
+    a = _Reader(parser, "appservice", problems)
+    defaults = SECTION_KEYS["appservice"]
+    appservice = AppserviceConfig(
+        id=a.string("id", defaults["id"], lambda v: "an id without '|'" if "|" in v else None),
+        url=a.string("url", REQUIRED, _http_url).rstrip("/"),
+        bind=a.string("bind", defaults["bind"], _bind),
+        threads=a.integer("threads", defaults["threads"], 2, 256),
+        as_token=a.string("as_token", ""),
+        hs_token=a.string("hs_token", ""),
+        sender_localpart=a.string("sender_localpart", defaults["sender_localpart"], _localpart),
+        registration=resolve_path(base, a.string("registration", defaults["registration"])),
+        max_body_bytes=a.integer("max_body_bytes", defaults["max_body_bytes"], 1024, 1 << 30),
+        senders=a.integer("senders", defaults["senders"], 1, 64),
+    )
+    if appservice.as_token and appservice.as_token == appservice.hs_token:
+        problems.append("[appservice] hs_token: must differ from as_token")
+
+    d = _Reader(parser, "database", problems)
+    db_url = environ.get(ENV_DATABASE_URL) or d.string("url", "sqlite:///ircbridge.db")
+    if (expected := _database_url(db_url)) is not None:
+        problems.append(f"[database] url = {db_url!r}: expected {expected}")
+    database = DatabaseConfig(url=resolve_database_url(base, db_url))
+
+    lg = _Reader(parser, "logging", problems)
+    logging_config = LoggingConfig(
+        level=lg.string(
+            "level",
+            "INFO",
+            lambda v: None
+            if v.upper() in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+            else "DEBUG, INFO, WARNING, ERROR or CRITICAL",
+        ).upper(),
+        format=lg.string(
+            "format", "text", lambda v: None if v in ("text", "json") else "text or json"
+        ),
+        file=lg.string("file", ""),
+    )
+
+    networks = tuple(
+        _network(parser, section, problems, warnings)
+        for section in parser.sections()
+        if section.startswith("network:")
+    )
+    if not networks:
+        problems.append("[network:NAME]: no network configured; add at least one section")
+
+    permissions = _permissions(parser, problems)
+    if problems:
+        raise ConfigError(problems)
+    return Config(
+        path=path,
+        homeserver=homeserver,
+        appservice=appservice,
+        database=database,
+        networks=networks,
+        permissions=permissions,
+        logging=logging_config,
+        warnings=tuple(warnings),
+    )
+
+
+def _network(
+    parser: configparser.ConfigParser, section: str, problems: list[str], warnings: list[str]
+) -> NetworkConfig:
+    name = section.split(":", 1)[1].strip()
+    if not NETWORK_NAME_RE.match(name):
+        problems.append(f"[{section}]: network name {name!r}: expected letters, digits, . _ -")
+    r = _Reader(parser, section, problems)
+    for key in r.values:
+        if key not in NETWORK_KEYS:
+            warnings.append(f"[{section}] {key}: unknown key, ignored")
+    lower = name.lower()
+    user_template = r.string("user_template", f"irc_{lower}_{{nick}}", _template("nick"))
+    alias_template = r.string("alias_template", f"irc_{lower}_{{channel}}", _template("channel"))
+    puppet = r.string(
+        "puppet_nick_template",
+        NETWORK_KEYS["puppet_nick_template"],
+        lambda v: None
+        if "{localpart}" in v or "{displayname}" in v
+        else "a template containing {localpart} or {displayname}",
+    )
+    tls = r.boolean("tls", NETWORK_KEYS["tls"])
+    return NetworkConfig(
+        name=name,
+        host=r.string("host", REQUIRED),
+        port=r.integer("port", "6697" if tls else "6667", 1, 65535),
+        tls=tls,
+        tls_verify=r.boolean("tls_verify", NETWORK_KEYS["tls_verify"]),
+        display_name=r.string("display_name", name) or name,
+        user_template=user_template,
+        alias_template=alias_template,
+        puppet_nick_template=puppet,
+        bot_nick=r.string(
+            "bot_nick",
+            "",
+            lambda v: None if re.match(r"^[A-Za-z\[\]\\`_^{|}][A-Za-z0-9\[\]\\`_^{|}-]*$", v)
+            else "a valid IRC nick",
+        ),
+        channels=tuple(_split_list(r.string("channels", "", _channels))),
+        scrollback_lines=r.integer("scrollback_lines", NETWORK_KEYS["scrollback_lines"], 0, 100000),
+        flood_rate=r.number("flood_rate", NETWORK_KEYS["flood_rate"], 0.0, 10000.0),
+        flood_burst=r.integer("flood_burst", NETWORK_KEYS["flood_burst"], 1, 10000),
+        max_lines=r.integer("max_lines", NETWORK_KEYS["max_lines"], 1, 1000),
+        connect_timeout=r.number("connect_timeout", NETWORK_KEYS["connect_timeout"], 0.5, 300.0),
+        max_concurrent_connects=r.integer(
+            "max_concurrent_connects", NETWORK_KEYS["max_concurrent_connects"], 1, 10000
+        ),
+        password=r.string("password", ""),
+    )
+
+
+def _permissions(parser: configparser.ConfigParser, problems: list[str]) -> tuple[tuple[str, str], ...]:
+    if not parser.has_section("permissions"):
+        return (("*", "user"),)
+    entries = []
+    for who, role in parser["permissions"].items():
+        role = role.strip().lower()
+        if role not in ROLES:
+            problems.append(f"[permissions] {who} = {role!r}: expected user or admin")
+            continue
+        if not (who == "*" or who.startswith("@") and ":" in who or re.match(r"^[\w.\-:]+$", who)):
+            problems.append(
+                f"[permissions] {who} = {role!r}: expected a Matrix id (@user:server), "
+                "a server name or *"
+            )
+            continue
+        entries.append((who, role))
+    return tuple(entries)
+
+
+def role_of(config: Config, user_id: str) -> str | None:
+    """The most specific matching permission: exact id, then server, then `*`."""
+    server = user_id.split(":", 1)[1] if ":" in user_id else ""
+    table = dict(config.permissions)
+    for key in (user_id, server, "*"):
+        if key in table:
+            return table[key]
+    return None
+
+
+def fill_tokens(path: Path, as_token: str, hs_token: str) -> bool:
+    """Write tokens into empty `as_token =` / `hs_token =` lines of [appservice], in place.
+
+    The file is edited as text so that comments and order survive; returns True if it
+    changed. Lines that already hold a token are never touched.
+    """
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    section = None
+    seen: set[str] = set()
+    changed = False
+    header = re.compile(r"^\s*\[([^\]]+)\]")
+    for i, line in enumerate(lines):
+        m = header.match(line)
+        if m:
+            section = m.group(1).strip()
+            continue
+        if section != "appservice":
+            continue
+        for key, token in (("as_token", as_token), ("hs_token", hs_token)):
+            km = re.match(rf"^([ \t]*{key}[ \t]*=)([ \t]*)(;[^\r\n]*)?(\r?\n)?$", line)
+            if km and key not in seen:
+                comment = km.group(3)
+                newline = km.group(4) or ""
+                rest = f"  {comment}" if comment else ""
+                lines[i] = f"{km.group(1)} {token}{rest}{newline}"
+                changed = True
+            if re.match(rf"^\s*{key}\s*=", line):
+                seen.add(key)
+    missing = [k for k in ("as_token", "hs_token") if k not in seen]
+    if missing:
+        # No line at all: append them at the end of [appservice].
+        out: list[str] = []
+        section = None
+        inserted = False
+        for line in lines:
+            m = header.match(line)
+            if m and section == "appservice" and not inserted:
+                out.extend(_token_lines(missing, as_token, hs_token))
+                inserted = True
+            if m:
+                section = m.group(1).strip()
+            out.append(line)
+        if not inserted:
+            if out and not out[-1].endswith("\n"):
+                out[-1] += "\n"
+            if section != "appservice":
+                out.append("[appservice]\n")
+            out.extend(_token_lines(missing, as_token, hs_token))
+        lines = out
+        changed = True
+    if changed:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(lines), encoding="utf-8")
+        os.chmod(tmp, path.stat().st_mode & 0o777)
+        os.replace(tmp, path)
+    return changed
+
+
+def _token_lines(keys: list[str], as_token: str, hs_token: str) -> list[str]:
+    return [f"{k} = {as_token if k == 'as_token' else hs_token}\n" for k in keys]
+
+
+def require_tokens(config: Config) -> list[str]:
+    """Problems that block serving (but not generate-registration): empty tokens."""
+    missing = [k for k in ("as_token", "hs_token") if not getattr(config.appservice, k)]
+    return [
+        f"[appservice] {k}: empty; run `ircbridge -c {config.path.name} generate-registration`"
+        for k in missing
+    ]

@@ -1,0 +1,475 @@
+"""The bridge's policy: what happens when the homeserver asks or pushes, and when IRC speaks.
+
+`Bridge` decides and delegates the I/O: homeserver calls through `matrix`, IRC work through
+`IrcSide.call` (the IRC thread), persistence through `store`, and the two durable queues
+through `inbox` and `outbox`. It imports no Flask: the web layer calls into it.
+
+Threads: request threads call `handle_transaction`, `query_user`, `query_room`; the inbox
+thread calls `on_matrix_event`; the IRC thread calls the `irc_*` listener methods (which only
+queue); the senders call `deliver`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from . import formatting
+from .config import Config, NetworkConfig, role_of
+from .inbox import InboxWorker
+from .irc import IrcSide
+from .matrix import (
+    Forbidden,
+    HomeserverClient,
+    HomeserverUnavailable,
+    Intent,
+    IntentCache,
+    MatrixError,
+    RoomInUse,
+    UnknownToken,
+)
+from .names import NetworkNames, displayname_for_nick, irc_lower
+from .outbox import GiveUp, Recorder, Retry, RoomCreated, Senders
+from .store import IrcLine, Link, QueuedLine, Store
+
+log = logging.getLogger(__name__)
+
+TEXT_TYPES = ("m.text", "m.notice", "m.emote")
+MEDIA_TYPES = ("m.image", "m.file", "m.video", "m.audio")
+
+
+class Bridge:
+    """One per process (in `app.extensions["bridge"]`); wires every part together."""
+
+    def __init__(self, config: Config, store: Store | None = None,
+                 client: HomeserverClient | None = None):
+        self.config = config
+        self.store = store or Store(config.database.url)
+        self.client = client or HomeserverClient(
+            config.homeserver.url, config.appservice.as_token,
+            server_name=config.homeserver.domain,
+        )
+        self.cache = IntentCache()
+        self.names = {
+            n.name: NetworkNames(n.user_template, n.alias_template, config.homeserver.domain)
+            for n in config.networks
+        }
+        self.bot = Intent(self.client, config.bot_user_id, is_bot=True, cache=self.cache)
+        self.irc = IrcSide(config.networks, self, self._bot_nick)
+        self._links_lock = threading.Lock()
+        self._links_by_room: dict[str, Link] = {}
+        self._links_by_channel: dict[tuple[str, str], Link] = {}
+        self._alias_locks: dict[tuple[str, str], threading.Lock] = {}
+        self._alias_locks_guard = threading.Lock()
+        self._topics: dict[tuple[str, str], str] = {}
+        self.txn_prefix = ""
+        self.recorder: Recorder | None = None
+        self.senders: Senders | None = None
+        self.inbox: InboxWorker | None = None
+        self.hs_ready = threading.Event()
+        self.health: dict[str, Any] = {"homeserver": "unknown", "ping": "unknown"}
+        self._stopping = threading.Event()
+        self._started = False
+        self._start_lock = threading.Lock()
+
+    # ------------------------------------------------------------ lifecycle
+    def _bot_nick(self, network: NetworkConfig) -> str:
+        return network.bot_nick or f"{self.config.appservice.sender_localpart[:20]}"
+
+    def start(self, *, connect_irc: bool = True, check_homeserver: bool = True) -> None:
+        """Take the per-network locks, then start the threads. Raises LockHeld."""
+        with self._start_lock:
+            if self._started:
+                return
+            self._started = True
+        networks = [n.name for n in self.config.networks]
+        try:
+            for name in networks:
+                self.store.acquire_network_lock(name)
+        except Exception:
+            self.store.release_locks()
+            self._started = False
+            raise
+        self.txn_prefix = self.store.txn_prefix()
+        self._load_links()
+        self.senders = Senders(self.store, self.deliver, count=self.config.appservice.senders)
+        self.recorder = Recorder(
+            self.store,
+            {(lk.network, lk.channel): lk.room_id for lk in self._links_by_room.values()},
+            {n.name: n.scrollback_lines for n in self.config.networks},
+            self._sender_for_nick,
+            self.senders.dispatch,
+        )
+        self.inbox = InboxWorker(self.store, self.on_matrix_event)
+        self.senders.start()
+        self.recorder.start()
+        self.senders.dispatch(self.store.pending_outbox())
+        self.inbox.start()
+        if check_homeserver:
+            threading.Thread(target=self._startup_checks, name="startup-checks",
+                             daemon=True).start()
+        else:
+            self.hs_ready.set()
+        if connect_irc:
+            self.irc.start()
+
+    def stop(self) -> None:
+        """Clean stop: QUIT every connection, let the queues settle, release the locks."""
+        if self._stopping.is_set():
+            return
+        self._stopping.set()
+        if not self._started:
+            return
+        self.irc.stop("Bridge shutting down")
+        if self.inbox:
+            self.inbox.stop()
+        if self.recorder:
+            self.recorder.stop()
+        if self.senders:
+            self.senders.stop()
+        self.client.close()
+        self.store.close()
+
+    def _load_links(self) -> None:
+        with self._links_lock:
+            for link in self.store.all_links():
+                self._links_by_room[link.room_id] = link
+                self._links_by_channel[(link.network, link.channel)] = link
+
+    def _startup_checks(self) -> None:
+        """Check the homeserver once it answers; one clear log line per failure mode."""
+        pause = 1.0
+        while not self._stopping.is_set():
+            try:
+                self.client.request("GET", "/_matrix/client/versions", retry=False)
+                whoami = self.client.whoami()
+                if whoami.get("user_id") != self.config.bot_user_id:
+                    log.error("the homeserver says the as_token belongs to %s, expected %s",
+                              whoami.get("user_id"), self.config.bot_user_id)
+                self.bot.ensure_registered()
+                self.health["homeserver"] = "ok"
+                self.hs_ready.set()
+                break
+            except UnknownToken:
+                self.health["homeserver"] = "as_token refused"
+                log.error(
+                    "the homeserver refused the as_token: is %s listed in its "
+                    "app_service_config_files, and was it restarted after that?",
+                    self.config.appservice.registration,
+                )
+            except HomeserverUnavailable as e:
+                self.health["homeserver"] = "unreachable"
+                log.error("homeserver %s unreachable (%s); retrying in %.0f s",
+                          self.config.homeserver.url, e, pause)
+            except MatrixError as e:
+                self.health["homeserver"] = f"error {e.errcode}"
+                log.error("homeserver check failed: %s", e)
+            except Exception as e:  # noqa: BLE001 - e.g. connection refused with retry off
+                self.health["homeserver"] = "unreachable"
+                log.error("homeserver %s unreachable (%s); retrying in %.0f s",
+                          self.config.homeserver.url, type(e).__name__, pause)
+            self._stopping.wait(pause)
+            pause = min(30.0, pause * 2)
+        self._check_ping()
+
+    def _check_ping(self) -> None:
+        """Ask the homeserver to ping us back (spec checklist item 43)."""
+        attempts = 0
+        while not self._stopping.is_set() and attempts < 10:
+            attempts += 1
+            try:
+                result = self.client.ping(self.config.appservice.id, f"startup-{time.time():.0f}")
+                self.health["ping"] = "ok"
+                log.info("homeserver reached the bridge at %s (AS ping %s ms)",
+                         self.config.appservice.url, result.get("duration_ms"))
+                return
+            except MatrixError as e:
+                self.health["ping"] = e.errcode or str(e.status)
+                if e.errcode == "M_BAD_STATUS":
+                    log.error("the homeserver reached the bridge but got HTTP %s (%s): "
+                              "check hs_token in config.ini and the registration file",
+                              e.body.get("status"), str(e.body.get("body"))[:200])
+                elif e.errcode in ("M_CONNECTION_FAILED", "M_CONNECTION_TIMEOUT"):
+                    log.error("the homeserver cannot reach the bridge at %s (%s): check "
+                              "[appservice] url and bind", self.config.appservice.url, e.errcode)
+                elif e.errcode == "M_FORBIDDEN":
+                    log.error("the homeserver refused the ping: wrong as_token or "
+                              "[appservice] id %r", self.config.appservice.id)
+                    return
+                elif e.errcode == "M_URL_NOT_SET":
+                    log.error("the registration file has no url: the homeserver will not "
+                              "push events; set [appservice] url and regenerate it")
+                    return
+                else:
+                    log.error("AS ping failed: %s", e)
+            except Exception as e:  # noqa: BLE001
+                log.error("AS ping failed: %s", type(e).__name__)
+            self._stopping.wait(min(30.0, 2.0 * attempts))
+
+    # ------------------------------------------------------------ naming helpers
+    def _sender_for_nick(self, network: str, nick: str) -> str:
+        return self.names[network].user_id_for_nick(nick)
+
+    def is_ours(self, user_id: str) -> bool:
+        """The bot or any virtual user: their events are echoes and are never relayed."""
+        if user_id == self.config.bot_user_id:
+            return True
+        return any(n.nick_for_user_id(user_id) is not None for n in self.names.values())
+
+    def link_for_room(self, room_id: str) -> Link | None:
+        with self._links_lock:
+            return self._links_by_room.get(room_id)
+
+    def _remember_link(self, link: Link) -> None:
+        with self._links_lock:
+            self._links_by_room[link.room_id] = link
+            self._links_by_channel[(link.network, link.channel)] = link
+
+    # ------------------------------------------------------------ AS API (request threads)
+    def handle_transaction(self, txn_id: str, events: list[dict[str, Any]]) -> tuple[bool, int]:
+        """Store the events durably (before the 200) and wake the inbox worker."""
+        seen, new = self.store.record_transaction(txn_id, events)
+        if new and self.inbox is not None:
+            self.inbox.notify()
+        return seen, new
+
+    def query_user(self, user_id: str) -> bool:
+        """Register a virtual user the homeserver asked about; False means 404."""
+        for network, names in self.names.items():
+            nick = names.nick_for_user_id(user_id)
+            if nick is None:
+                continue
+            self._prepare_ghost(network, nick, user_id)
+            return True
+        return False
+
+    def _prepare_ghost(self, network: str, nick: str, user_id: str) -> Intent:
+        intent = Intent(self.client, user_id, cache=self.cache)
+        intent.ensure_registered()
+        name = displayname_for_nick(nick)
+        if self.cache.displayname(user_id) != name:
+            intent.set_displayname(name)
+            self.store.remember_virtual_user(user_id, network, nick, name)
+        return intent
+
+    def parse_alias(self, alias: str) -> tuple[str, str] | None:
+        for network, names in self.names.items():
+            channel = names.channel_for_alias(alias)
+            if channel is not None:
+                return network, channel
+        return None
+
+    def query_room(self, alias: str) -> bool:
+        """Create the portal room for a channel alias, blocking; False means 404.
+
+        Two queries for the same alias at once make one room: the second waits on a
+        per-channel lock and then finds the link. Scrollback is replayed after the answer.
+        """
+        parsed = self.parse_alias(alias)
+        if parsed is None:
+            return False
+        network, channel = parsed
+        folded = irc_lower(channel)
+        key = (network, folded)
+        with self._alias_locks_guard:
+            lock = self._alias_locks.setdefault(key, threading.Lock())
+        with lock:
+            with self._links_lock:
+                link = self._links_by_channel.get(key)
+            if link is not None:
+                # The room exists but the homeserver did not know this alias (another case,
+                # or it was deleted): point it at the room.
+                try:
+                    self.client.put_alias(alias, link.room_id)
+                except MatrixError as e:
+                    log.info("alias %s for existing room: %s", alias, e)
+                return True
+            room_id = self._create_portal(network, channel, alias)
+            link = self.store.add_link(network, folded, channel, room_id, alias)
+            self._remember_link(link)
+        self._after_room_created(network, channel, folded, room_id)
+        return True
+
+    def _create_portal(self, network: str, channel: str, alias: str) -> str:
+        localpart = alias[1:].rsplit(":", 1)[0]
+        topic = self._topics.get((network, irc_lower(channel)), "")
+        body: dict[str, Any] = {
+            "room_alias_name": localpart,
+            "name": channel,
+            "preset": "public_chat",
+            "visibility": "private",
+            "initial_state": [
+                {"type": "m.room.history_visibility", "state_key": "",
+                 "content": {"history_visibility": "shared"}},
+            ],
+            "creation_content": {"m.federate": True},
+        }
+        if topic:
+            body["topic"] = topic
+        self.bot.ensure_registered()
+        try:
+            room_id = self.client.create_room(body)
+            log.info("created room %s for %s on %s", room_id, channel, network)
+        except RoomInUse:
+            found = self.client.resolve_alias(alias)
+            if not found:
+                raise
+            room_id = found
+        self.cache.mark_joined(room_id, self.config.bot_user_id)
+        return room_id
+
+    def _after_room_created(self, network: str, channel: str, folded: str, room_id: str) -> None:
+        assert self.recorder is not None
+        self.recorder.put(RoomCreated(network, folded, room_id, threading.Event()))
+        net = self.irc.network(network)
+        if net is not None:
+            self.irc.call(net.join_bot, channel)
+
+    # ------------------------------------------------------------ Matrix -> IRC (inbox thread)
+    def on_matrix_event(self, event: dict[str, Any], done: Callable[[bool], None]) -> None:
+        sender = event.get("sender")
+        room_id = event.get("room_id")
+        etype = event.get("type")
+        if not isinstance(sender, str) or not isinstance(room_id, str) or self.is_ours(sender):
+            done(True)
+            return
+        link = self.link_for_room(room_id)
+        if link is None:
+            done(True)
+            return
+        if role_of(self.config, sender) is None:
+            log.info("ignoring %s in %s: not allowed by [permissions]", sender, room_id)
+            done(True)
+            return
+        net = self.irc.network(link.network)
+        if net is None:
+            done(True)
+            return
+        content = event.get("content")
+        if not isinstance(content, dict):
+            done(True)
+            return
+        if etype == "m.room.member" and event.get("state_key") == sender:
+            membership = content.get("membership")
+            if membership == "join":
+                self.irc.call(self._puppet_join, link, sender, content.get("displayname"))
+            elif membership in ("leave", "ban"):
+                self.irc.call(self._puppet_part, link, sender)
+            done(True)
+            return
+        if etype != "m.room.message":
+            done(True)
+            return
+        lines, kind = self._irc_lines(content, net.config)
+        if not lines:
+            done(True)
+            return
+
+        def sent(ok: bool, error: str | None) -> None:
+            if not ok:
+                log.warning("message %s not sent to IRC: %s", event.get("event_id"), error)
+            done(ok)
+
+        self.irc.call(net.say, sender, None, link.channel_name, lines, kind, sent)
+
+    def _puppet_join(self, link: Link, user_id: str, displayname: str | None) -> None:
+        net = self.irc.network(link.network)
+        if net is not None:
+            net.puppet(user_id, displayname).join(link.channel_name)
+
+    def _puppet_part(self, link: Link, user_id: str) -> None:
+        net = self.irc.network(link.network)
+        if net is not None and user_id in net.puppets:
+            net.puppets[user_id].part(link.channel_name)
+
+    def _irc_lines(self, content: dict[str, Any], network: NetworkConfig) -> tuple[list[str], str]:
+        msgtype = content.get("msgtype")
+        body = content.get("body")
+        if not isinstance(body, str):
+            return [], "m.text"
+        new_content = content.get("m.new_content")
+        relates = content.get("m.relates_to")
+        if isinstance(new_content, dict) and isinstance(relates, dict) \
+                and relates.get("rel_type") == "m.replace":
+            new_body = new_content.get("body")
+            if isinstance(new_body, str):
+                body = "* " + new_body
+                content = {**new_content, "body": body, "format": None}
+        html = content.get("formatted_body") if content.get("format") == \
+            "org.matrix.custom.html" else None
+        if not isinstance(html, str):
+            html = None
+        if msgtype in MEDIA_TYPES:
+            url = content.get("url")
+            return formatting.matrix_body_to_irc_lines(
+                f"{body} ({url})" if isinstance(url, str) else body, None, 400
+            ), "m.text"
+        kind = msgtype if msgtype in TEXT_TYPES else "m.text"
+        budget = formatting.payload_budget("PRIVMSG", "#" + "x" * 50)
+        if kind == "m.emote":
+            budget -= len("\x01ACTION \x01")
+        return formatting.matrix_body_to_irc_lines(body, html, budget), kind
+
+    # ------------------------------------------------------------ IRC listener (IRC thread)
+    def irc_message(self, network: str, channel: str, nick: str, text: str, kind: str,
+                    ts: int) -> None:
+        if self.recorder is None:
+            return
+        body, html = formatting.irc_to_matrix(text)
+        if not body.strip():
+            return
+        self.recorder.put(IrcLine(
+            network=network, channel=channel, channel_name=channel, nick=nick,
+            sender=self._sender_for_nick(network, nick), msgtype=kind, body=body, html=html,
+            ts=ts,
+        ))
+
+    def irc_private(self, network: str, owner: str, nick: str, text: str, kind: str,
+                    ts: int) -> None:
+        log.debug("private message on %s from %s (not bridged yet)", network, nick)
+
+    def irc_topic(self, network: str, channel: str, topic: str, nick: str | None) -> None:
+        self._topics[(network, channel)] = topic
+
+    def irc_connection(self, network: str, owner: str, what: str, details: dict[str, Any]) -> None:
+        who = owner or "bot"
+        if what == "connected":
+            log.info("%s connected to %s as %s", who, network, details.get("nick"))
+        elif what == "nick_collision":
+            log.info("%s on %s: nick %s taken, using %s", who, network, details.get("wanted"),
+                     details.get("using"))
+
+    # ------------------------------------------------------------ IRC -> Matrix (senders)
+    def deliver(self, line: QueuedLine) -> str:
+        """Send one outbox row as its virtual user, with the IRC time as `ts`."""
+        try:
+            intent = self._prepare_ghost(line.network, line.nick, line.sender)
+            content: dict[str, Any] = {"msgtype": line.msgtype, "body": line.body}
+            if line.html:
+                content["format"] = "org.matrix.custom.html"
+                content["formatted_body"] = line.html
+            return intent.send_message(
+                line.room_id, content, ts=line.ts, txn_id=f"{self.txn_prefix}.{line.id}"
+            )
+        except HomeserverUnavailable as e:
+            raise Retry(str(e)) from e
+        except Forbidden as e:
+            raise GiveUp(str(e)) from e
+        except MatrixError as e:
+            if e.status == 429 or e.status >= 500 or e.status == 0:
+                raise Retry(str(e)) from e
+            raise GiveUp(str(e)) from e
+
+    # ------------------------------------------------------------ status
+    def status(self) -> dict[str, Any]:
+        return {
+            "homeserver": self.health.get("homeserver"),
+            "ping": self.health.get("ping"),
+            "networks": self.irc.status() if self.irc.started else {},
+            "rooms": len(self._links_by_room),
+            "inbox_in_flight": self.inbox.in_flight if self.inbox else 0,
+            "outbox_depth": self.senders.depth if self.senders else 0,
+        }

@@ -1,0 +1,112 @@
+"""The IRC side of the bridge: one IRC thread, one Network per configured network.
+
+`IrcSide` is the only entry point for other modules. Everything that touches a connection is
+handed to the IRC thread with `call`; nothing here imports the core or the web layer.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+import irc.client
+
+from .connection import IrcConnection, State
+from .network import IrcListener, Network
+from .reactor import IrcThread
+
+if TYPE_CHECKING:
+    from ..config import NetworkConfig
+
+log = logging.getLogger(__name__)
+
+__all__ = ["IrcSide", "IrcListener", "Network", "IrcConnection", "State"]
+
+EVENTS = (
+    "welcome", "featurelist", "nicknameinuse", "erroneusnickname", "disconnect", "error",
+    "join", "part", "kick", "currenttopic", "topic", "pubmsg", "pubnotice", "action",
+    "privmsg", "privnotice",
+)
+
+
+class IrcSide:
+    """Starts the IRC thread and the networks; hands work in through `call`."""
+
+    def __init__(self, networks: tuple[NetworkConfig, ...], listener: IrcListener,
+                 bot_nick_for: Callable[[NetworkConfig], str]):
+        self.thread = IrcThread()
+        self.connector = ThreadPoolExecutor(max_workers=8, thread_name_prefix="irc-connect")
+        self._by_conn: dict[irc.client.ServerConnection, tuple[Network, IrcConnection]] = {}
+        self.networks: dict[str, Network] = {}
+        for config in networks:
+            self.networks[config.name] = Network(
+                config, self.thread, self.connector, listener, bot_nick=bot_nick_for(config),
+                register=self._make_register(config.name), unregister=self._unregister,
+            )
+        for event in EVENTS:
+            self.thread.reactor.add_global_handler(event, self._dispatch, 0)
+        self.started = False
+
+    def _make_register(self, network: str) -> Callable[[irc.client.ServerConnection, IrcConnection], None]:
+        def register(server_conn: irc.client.ServerConnection, conn: IrcConnection) -> None:
+            self._by_conn[server_conn] = (self.networks[network], conn)
+        return register
+
+    def _unregister(self, server_conn: irc.client.ServerConnection) -> None:
+        self._by_conn.pop(server_conn, None)
+
+    def _dispatch(self, server_conn: irc.client.ServerConnection, event: irc.client.Event) -> None:
+        found = self._by_conn.get(server_conn)
+        if found is None:
+            return
+        network, conn = found
+        try:
+            network.on_event(conn, event)
+        except Exception:  # noqa: BLE001 - one bad event must not stop the others
+            log.exception("error handling IRC %s on %s", event.type, conn)
+
+    # ------------------------------------------------------------ any thread
+    def start(self, networks: list[str] | None = None) -> None:
+        """Start the IRC thread and connect the bots of the given (default: all) networks."""
+        self.thread.start()
+        self.started = True
+        for name in networks if networks is not None else list(self.networks):
+            self.thread.call(self.networks[name].start)
+
+    def call(self, fn: Callable[..., Any], *args: Any) -> None:
+        self.thread.call(fn, *args)
+
+    def call_sync(self, fn: Callable[..., Any], *args: Any, timeout: float = 10.0) -> Any:
+        return self.thread.call_sync(fn, *args, timeout=timeout)
+
+    def network(self, name: str) -> Network | None:
+        return self.networks.get(name)
+
+    def status(self) -> dict[str, dict[str, Any]]:
+        """A snapshot of every connection's state, taken on the IRC thread."""
+        if not self.thread.alive:
+            return {name: {"bot": "stopped", "puppets": {}} for name in self.networks}
+
+        def snapshot() -> dict[str, dict[str, Any]]:
+            return {
+                name: {
+                    "bot": net.bot.state.value if net.bot else "idle",
+                    "bot_nick": net.bot.nick if net.bot else None,
+                    "channels": sorted(net.bot.channels) if net.bot else [],
+                    "puppets": {u: c.state.value for u, c in net.puppets.items()},
+                }
+                for name, net in self.networks.items()
+            }
+
+        return self.call_sync(snapshot)
+
+    def stop(self, message: str = "Bridge shutting down", timeout: float = 10.0) -> None:
+        if not self.started:
+            return
+        for net in self.networks.values():
+            self.thread.call(net.stop, message)
+        self.thread.stop(timeout)
+        self.connector.shutdown(wait=False, cancel_futures=True)
+        self.started = False

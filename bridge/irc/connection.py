@@ -1,0 +1,343 @@
+"""One IRC connection of the bridge (the bot, or one Matrix user's puppet) on one network.
+
+Runs on the IRC thread only. The TCP/TLS connect happens on a connector thread with a
+timeout, then the ready socket is handed to jaraco's ServerConnection, so a slow server never
+blocks the reactor. Output goes through a queue drained by a token bucket (flood control)
+instead of `set_rate_limit`, whose throttler sleeps. Lost connections come back with
+exponential backoff and jitter, and rejoin their channels.
+"""
+
+from __future__ import annotations
+
+import collections
+import enum
+import logging
+import random
+import socket
+import ssl
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import irc.client
+
+from ..names import collision_nick, irc_lower
+
+if TYPE_CHECKING:
+    from ..config import NetworkConfig
+    from .reactor import IrcThread, Timer
+
+log = logging.getLogger(__name__)
+
+MAX_BACKOFF = 300.0
+SEND_TIMEOUT = 5.0
+
+
+class State(enum.Enum):
+    IDLE = "idle"
+    WAITING = "waiting"  # for a connect slot
+    CONNECTING = "connecting"
+    REGISTERING = "registering"
+    CONNECTED = "connected"
+    BACKOFF = "backoff"
+    CLOSED = "closed"
+
+
+@dataclass
+class Outgoing:
+    """A line waiting for the token bucket; `done(ok, error)` is called once it left or failed."""
+
+    line: str
+    channel: str | None = None  # a PRIVMSG/NOTICE to a channel waits until we are in it
+    done: Callable[[bool, str | None], None] | None = None
+    queued_at: float = field(default_factory=time.monotonic)
+
+
+class TokenBucket:
+    """Flood control: `burst` lines at once, then `rate` lines per second (rate 0 = no limit)."""
+
+    def __init__(self, rate: float, burst: int):
+        self.rate = rate
+        self.burst = float(burst)
+        self.tokens = float(burst)
+        self.updated = time.monotonic()
+
+    def take(self) -> float:
+        """0.0 if a line may go now (and uses a token), else the seconds to wait."""
+        if self.rate <= 0:
+            return 0.0
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
+        self.updated = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return 0.0
+        return (1.0 - self.tokens) / self.rate
+
+
+def open_socket(host: str, port: int, *, tls: bool, verify: bool, timeout: float) -> socket.socket:
+    """Connect (and TLS handshake) off the IRC thread; returns a socket ready for IRC."""
+    sock = socket.create_connection((host, port), timeout=timeout)
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if tls:
+            context = ssl.create_default_context()
+            if not verify:
+                context.check_hostname = False
+                context.verify_mode = ssl.CERT_NONE
+            sock = context.wrap_socket(sock, server_hostname=host)
+        # Reads happen only after the poller says so; a send that cannot finish in this time
+        # means the server stopped reading, and the connection is dropped and redone.
+        sock.settimeout(SEND_TIMEOUT)
+        return sock
+    except BaseException:
+        sock.close()
+        raise
+
+
+class IrcConnection:
+    """One identity on one network: owns a ServerConnection, its queue and its reconnects."""
+
+    def __init__(
+        self,
+        thread: IrcThread,
+        network: NetworkConfig,
+        connector: ThreadPoolExecutor,
+        *,
+        owner: str,
+        nick: str,
+        username: str,
+        realname: str,
+        password: str | None = None,
+        slots: ConnectSlots,
+        on_change: Callable[[IrcConnection, str, dict[str, Any]], None],
+        nick_max: int = 30,
+    ):
+        self.thread = thread
+        self.network = network
+        self.connector = connector
+        self.owner = owner  # "" for the bot, else the Matrix user id
+        self.wanted_nick = nick
+        self.username = username
+        self.realname = realname
+        self.password = password
+        self.slots = slots
+        self.on_change = on_change
+        self.nick_max = nick_max
+        self.state = State.IDLE
+        self.conn: irc.client.ServerConnection = thread.reactor.server()
+        self.channels: set[str] = set()  # case-folded channels we are in
+        self.wanted_channels: dict[str, str] = {}  # folded -> as written (with key if any)
+        self.queue: collections.deque[Outgoing] = collections.deque()
+        self.bucket = TokenBucket(network.flood_rate, network.flood_burst)
+        self.failures = 0
+        self.nick_attempt = 0
+        self._drain_timer: Timer | None = None
+        self._retry_timer: Timer | None = None
+        self.connected_at: float | None = None
+
+    @property
+    def nick(self) -> str:
+        return self.conn.get_nickname() if self.state == State.CONNECTED else self.wanted_nick
+
+    @property
+    def is_bot(self) -> bool:
+        return self.owner == ""
+
+    def __repr__(self) -> str:
+        who = self.owner or "bot"
+        return f"<IrcConnection {self.network.name} {who} {self.state.value}>"
+
+    # ------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        if self.state in (State.IDLE, State.BACKOFF):
+            self.state = State.WAITING
+            self.slots.request(self._begin_connect)
+
+    def _begin_connect(self) -> None:
+        if self.state is not State.WAITING:
+            self.slots.release()
+            return
+        self.state = State.CONNECTING
+        net = self.network
+        future = self.connector.submit(
+            open_socket, net.host, net.port, tls=net.tls, verify=net.tls_verify,
+            timeout=net.connect_timeout,
+        )
+        future.add_done_callback(lambda f: self.thread.call(self._socket_ready, f))
+
+    def _socket_ready(self, future: Future[socket.socket]) -> None:
+        self.slots.release()
+        if self.state is not State.CONNECTING:
+            if future.exception() is None:
+                future.result().close()
+            return
+        error = future.exception()
+        if error is not None:
+            self._lost(f"cannot connect to {self.network.host}:{self.network.port}: {error}")
+            return
+        sock = future.result()
+        self.state = State.REGISTERING
+        self.nick_attempt = 0
+        try:
+            self.conn.connect(
+                self.network.host, self.network.port, self.wanted_nick,
+                password=self.password or None, username=self.username, ircname=self.realname,
+                connect_factory=lambda _addr: sock,
+            )
+        except irc.client.ServerConnectionError as e:
+            self._lost(str(e))
+
+    def registered(self) -> None:
+        """001 arrived: the connection is usable; rejoin channels and flush the queue."""
+        self.state = State.CONNECTED
+        self.failures = 0
+        self.connected_at = time.monotonic()
+        self.channels.clear()
+        for folded, name in self.wanted_channels.items():
+            self.send_now(f"JOIN {name}")
+        self.on_change(self, "connected", {"nick": self.conn.get_nickname()})
+        self.drain()
+
+    def nick_in_use(self) -> None:
+        """433 while registering: try the next predictable alternative."""
+        if self.state is not State.REGISTERING:
+            self.on_change(self, "nick_refused", {"nick": self.wanted_nick})
+            return
+        self.nick_attempt += 1
+        alternative = collision_nick(self.wanted_nick, self.nick_attempt, self.nick_max)
+        self.on_change(self, "nick_collision", {"wanted": self.wanted_nick, "using": alternative})
+        self.conn.nick(alternative)
+
+    def disconnected(self, reason: str) -> None:
+        """The socket closed (by us, the server, or an error)."""
+        if self.state is State.CLOSED:
+            return
+        self._lost(reason)
+
+    def _lost(self, reason: str) -> None:
+        self.channels.clear()
+        self.failures += 1
+        delay = min(MAX_BACKOFF, 2.0 ** min(self.failures, 10)) * random.uniform(0.5, 1.0)
+        self.state = State.BACKOFF
+        log.warning(
+            "%s lost: %s; reconnecting in %.1f s", self, reason, delay,
+        )
+        self.on_change(self, "lost", {"reason": reason, "retry_in": delay})
+        if self._retry_timer:
+            self._retry_timer.cancel()
+        self._retry_timer = self.thread.call_later(delay, self.start)
+
+    def close(self, message: str = "") -> None:
+        """Leave for good: QUIT, close the socket, fail what is still queued."""
+        previous = self.state
+        self.state = State.CLOSED
+        if self._retry_timer:
+            self._retry_timer.cancel()
+        if self._drain_timer:
+            self._drain_timer.cancel()
+        if previous in (State.REGISTERING, State.CONNECTED) and self.conn.is_connected():
+            try:
+                self.conn.disconnect(message)
+            except Exception:  # noqa: BLE001 - closing anyway
+                log.debug("disconnect failed", exc_info=True)
+        while self.queue:
+            item = self.queue.popleft()
+            if item.done:
+                item.done(False, "connection closed")
+        try:
+            self.thread.reactor._remove_connection(self.conn)
+        except ValueError:
+            pass
+
+    # ------------------------------------------------------------ channels
+    def join(self, channel: str, key: str | None = None) -> None:
+        folded = irc_lower(channel)
+        self.wanted_channels[folded] = f"{channel} {key}" if key else channel
+        if self.state is State.CONNECTED and folded not in self.channels:
+            self.send_now(f"JOIN {self.wanted_channels[folded]}")
+
+    def part(self, channel: str, reason: str = "") -> None:
+        folded = irc_lower(channel)
+        self.wanted_channels.pop(folded, None)
+        if self.state is State.CONNECTED and folded in self.channels:
+            self.send(f"PART {channel}" + (f" :{reason}" if reason else ""))
+
+    def joined(self, channel: str) -> None:
+        self.channels.add(irc_lower(channel))
+        self.drain()
+
+    def left(self, channel: str) -> None:
+        self.channels.discard(irc_lower(channel))
+
+    # ------------------------------------------------------------ output
+    def send(self, line: str, *, channel: str | None = None,
+             done: Callable[[bool, str | None], None] | None = None) -> None:
+        """Queue a line under flood control; lines to a channel wait until we are in it."""
+        self.queue.append(Outgoing(line, irc_lower(channel) if channel else None, done))
+        if self.state in (State.IDLE,):
+            self.start()
+        self.drain()
+
+    def send_now(self, line: str) -> bool:
+        """Send at once (registration, JOIN, PONG-like control); False if not connected."""
+        if not self.conn.is_connected():
+            return False
+        try:
+            self.conn.send_raw(line)
+        except (irc.client.InvalidCharacters, irc.client.MessageTooLong) as e:
+            log.error("refused to send a malformed line on %s: %s", self, e)
+            return False
+        except irc.client.ServerNotConnectedError:
+            return False
+        return True
+
+    def drain(self) -> None:
+        """Send what the bucket allows; schedule the next try for the rest."""
+        if self.state is not State.CONNECTED:
+            return
+        while self.queue:
+            item = self.queue[0]
+            if item.channel is not None and item.channel not in self.channels:
+                if item.channel not in self.wanted_channels:
+                    self.join(item.channel)
+                return  # wait for our JOIN; order is kept
+            wait = self.bucket.take()
+            if wait > 0:
+                if self._drain_timer is None or self._drain_timer.cancelled:
+                    self._drain_timer = self.thread.call_later(wait, self._drain_tick)
+                return
+            self.queue.popleft()
+            ok = self.send_now(item.line)
+            if item.done:
+                item.done(ok, None if ok else "not sent: the connection is down")
+            if not ok and self.state is not State.CONNECTED:
+                return
+
+    def _drain_tick(self) -> None:
+        self._drain_timer = None
+        self.drain()
+
+
+class ConnectSlots:
+    """At most `limit` connects in flight per network: no reconnect storms."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.active = 0
+        self.waiting: collections.deque[Callable[[], None]] = collections.deque()
+
+    def request(self, begin: Callable[[], None]) -> None:
+        if self.active < self.limit:
+            self.active += 1
+            begin()
+        else:
+            self.waiting.append(begin)
+
+    def release(self) -> None:
+        self.active = max(0, self.active - 1)
+        while self.waiting and self.active < self.limit:
+            self.active += 1
+            self.waiting.popleft()()

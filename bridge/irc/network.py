@@ -1,0 +1,290 @@
+"""One configured IRC network: the bot connection, one puppet per Matrix user, and the rule
+that decides which of our connections forwards a channel's lines.
+
+Runs on the IRC thread only. Events go up to the core through an `IrcListener`, whose
+methods must only queue work (they run on the IRC thread).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Protocol
+
+import irc.client
+
+from ..names import irc_lower, is_channel, puppet_nick
+from .connection import ConnectSlots, IrcConnection, State
+
+if TYPE_CHECKING:
+    from ..config import NetworkConfig
+    from .reactor import IrcThread
+
+log = logging.getLogger(__name__)
+
+
+class IrcListener(Protocol):
+    """What the IRC side tells the core. Called on the IRC thread: queue, never block."""
+
+    def irc_message(
+        self, network: str, channel: str, nick: str, text: str, kind: str, ts: int
+    ) -> None: ...
+
+    def irc_private(
+        self, network: str, owner: str, nick: str, text: str, kind: str, ts: int
+    ) -> None: ...
+
+    def irc_topic(self, network: str, channel: str, topic: str, nick: str | None) -> None: ...
+
+    def irc_connection(self, network: str, owner: str, what: str, details: dict[str, Any]) -> None: ...
+
+
+def event_time_ms(event: irc.client.Event) -> int:
+    """The IRCv3 `time` tag when the server sent one, else now."""
+    for tag in event.tags or ():
+        if tag.get("key") == "time" and tag.get("value"):
+            try:
+                value = tag["value"].replace("Z", "+00:00")
+                return int(datetime.fromisoformat(value).timestamp() * 1000)
+            except ValueError:
+                break
+    return int(time.time() * 1000)
+
+
+class Network:
+    """The bridge's presence on one IRC network (IRC thread only)."""
+
+    def __init__(
+        self,
+        config: NetworkConfig,
+        thread: IrcThread,
+        connector: ThreadPoolExecutor,
+        listener: IrcListener,
+        *,
+        bot_nick: str,
+        register: Callable[[irc.client.ServerConnection, IrcConnection], None],
+        unregister: Callable[[irc.client.ServerConnection], None],
+    ):
+        self.config = config
+        self.name = config.name
+        self.thread = thread
+        self.connector = connector
+        self.listener = listener
+        self.bot_nick = bot_nick
+        self._register = register
+        self._unregister = unregister
+        self.slots = ConnectSlots(config.max_concurrent_connects)
+        self.bot: IrcConnection | None = None
+        self.puppets: dict[str, IrcConnection] = {}
+        self.topics: dict[str, str] = {}
+        self.nick_max = 30
+        self.casemapping = "rfc1459"
+
+    # ------------------------------------------------------------ connections
+    def _new_connection(self, owner: str, nick: str, username: str, realname: str,
+                        password: str | None) -> IrcConnection:
+        conn = IrcConnection(
+            self.thread, self.config, self.connector, owner=owner, nick=nick,
+            username=username, realname=realname, password=password, slots=self.slots,
+            on_change=self._connection_changed, nick_max=self.nick_max,
+        )
+        self._register(conn.conn, conn)
+        return conn
+
+    def start(self) -> None:
+        """Connect the bot and join the configured channels."""
+        self.bot = self._new_connection(
+            "", self.bot_nick, "ircbridge", "Matrix bridge bot", self.config.password or None
+        )
+        for channel in self.config.channels:
+            self.bot.join(channel)
+        self.bot.start()
+
+    def stop(self, message: str = "Bridge shutting down") -> None:
+        for conn in [self.bot, *self.puppets.values()]:
+            if conn is not None:
+                conn.close(message)
+                self._unregister(conn.conn)
+        self.puppets.clear()
+
+    def join_bot(self, channel: str) -> None:
+        if self.bot is not None:
+            self.bot.join(channel)
+
+    def puppet(self, user_id: str, displayname: str | None = None,
+               nick: str | None = None) -> IrcConnection:
+        """The Matrix user's own connection, made (and started) on first use."""
+        conn = self.puppets.get(user_id)
+        if conn is None or conn.state is State.CLOSED:
+            wanted = nick or puppet_nick(
+                self.config.puppet_nick_template, user_id, displayname, self.nick_max
+            )
+            localpart = user_id[1:].split(":", 1)[0]
+            username = "".join(c for c in localpart if c.isalnum())[:10] or "matrix"
+            conn = self._new_connection(user_id, wanted, username, user_id, None)
+            self.puppets[user_id] = conn
+            conn.start()
+        return conn
+
+    def drop_puppet(self, user_id: str, message: str = "") -> None:
+        conn = self.puppets.pop(user_id, None)
+        if conn is not None:
+            conn.close(message)
+            self._unregister(conn.conn)
+
+    def all_connections(self) -> list[IrcConnection]:
+        return [c for c in [self.bot, *self.puppets.values()] if c is not None]
+
+    def our_nicks(self) -> set[str]:
+        return {irc_lower(c.nick) for c in self.all_connections()}
+
+    def forwarder(self, channel: str) -> IrcConnection | None:
+        """The one connection of ours that relays what others say in `channel`.
+
+        The bot when it is in the channel; otherwise the puppet with the lowest user id that
+        is. Every other connection ignores the line, so nothing is relayed twice.
+        """
+        folded = irc_lower(channel)
+        if self.bot is not None and folded in self.bot.channels:
+            return self.bot
+        for user_id in sorted(self.puppets):
+            if folded in self.puppets[user_id].channels:
+                return self.puppets[user_id]
+        return None
+
+    def _connection_changed(self, conn: IrcConnection, what: str, details: dict[str, Any]) -> None:
+        if what == "connected" and conn.is_bot:
+            isupport = conn.conn.features
+            self.nick_max = int(getattr(isupport, "nicklen", None) or self.nick_max)
+        self.listener.irc_connection(self.name, conn.owner, what, details)
+
+    # ------------------------------------------------------------ events (dispatched per conn)
+    def on_event(self, conn: IrcConnection, event: irc.client.Event) -> None:
+        handler = getattr(self, "_on_" + event.type, None)
+        if handler is not None:
+            handler(conn, event)
+
+    def _on_welcome(self, conn: IrcConnection, event: irc.client.Event) -> None:
+        conn.registered()
+
+    def _on_featurelist(self, conn: IrcConnection, event: irc.client.Event) -> None:
+        if conn.is_bot:
+            nicklen = getattr(conn.conn.features, "nicklen", None)
+            if nicklen:
+                self.nick_max = int(nicklen)
+            self.casemapping = str(getattr(conn.conn.features, "casemapping", self.casemapping))
+
+    def _on_nicknameinuse(self, conn: IrcConnection, event: irc.client.Event) -> None:
+        conn.nick_in_use()
+
+    def _on_erroneusnickname(self, conn: IrcConnection, event: irc.client.Event) -> None:
+        log.warning("%s: the server refused nick %r", conn, conn.wanted_nick)
+        conn.nick_in_use()
+
+    def _on_disconnect(self, conn: IrcConnection, event: irc.client.Event) -> None:
+        conn.disconnected(" ".join(event.arguments or []) or "disconnected")
+
+    def _on_error(self, conn: IrcConnection, event: irc.client.Event) -> None:
+        log.warning("%s: server error: %s", conn, event.target)
+
+    def _on_join(self, conn: IrcConnection, event: irc.client.Event) -> None:
+        if event.source and irc_lower(event.source.nick) == irc_lower(conn.conn.get_nickname()):
+            conn.joined(event.target)
+
+    def _on_part(self, conn: IrcConnection, event: irc.client.Event) -> None:
+        if event.source and irc_lower(event.source.nick) == irc_lower(conn.conn.get_nickname()):
+            conn.left(event.target)
+
+    def _on_kick(self, conn: IrcConnection, event: irc.client.Event) -> None:
+        kicked = event.arguments[0] if event.arguments else ""
+        if irc_lower(kicked) == irc_lower(conn.conn.get_nickname()):
+            conn.left(event.target)
+            self.listener.irc_connection(
+                self.name, conn.owner, "kicked", {"channel": event.target}
+            )
+            if conn.is_bot:
+                conn.wanted_channels.pop(irc_lower(event.target), None)
+
+    def _on_currenttopic(self, conn: IrcConnection, event: irc.client.Event) -> None:
+        channel, topic = event.arguments[0], event.arguments[1] if len(event.arguments) > 1 else ""
+        self._topic(conn, channel, topic, None)
+
+    def _on_topic(self, conn: IrcConnection, event: irc.client.Event) -> None:
+        topic = event.arguments[0] if event.arguments else ""
+        nick = event.source.nick if event.source else None
+        self._topic(conn, event.target, topic, nick)
+
+    def _topic(self, conn: IrcConnection, channel: str, topic: str, nick: str | None) -> None:
+        folded = irc_lower(channel)
+        if self.forwarder(channel) is not conn and conn is not self.bot:
+            return
+        if self.topics.get(folded) == topic and nick is None:
+            return
+        self.topics[folded] = topic
+        self.listener.irc_topic(self.name, folded, topic, nick)
+
+    def _relay_channel(self, conn: IrcConnection, event: irc.client.Event, text: str,
+                       kind: str) -> None:
+        channel = event.target
+        nick = event.source.nick if event.source else ""
+        if not nick or irc_lower(nick) in self.our_nicks():
+            return  # our own puppets' lines, echoed back by the server
+        if self.forwarder(channel) is not conn:
+            return
+        self.listener.irc_message(self.name, irc_lower(channel), nick, text, kind,
+                                  event_time_ms(event))
+
+    def _on_pubmsg(self, conn: IrcConnection, event: irc.client.Event) -> None:
+        self._relay_channel(conn, event, event.arguments[0], "m.text")
+
+    def _on_pubnotice(self, conn: IrcConnection, event: irc.client.Event) -> None:
+        self._relay_channel(conn, event, event.arguments[0], "m.notice")
+
+    def _on_action(self, conn: IrcConnection, event: irc.client.Event) -> None:
+        text = event.arguments[0] if event.arguments else ""
+        if is_channel(event.target):
+            self._relay_channel(conn, event, text, "m.emote")
+        else:
+            self._relay_private(conn, event, text, "m.emote")
+
+    def _on_privmsg(self, conn: IrcConnection, event: irc.client.Event) -> None:
+        self._relay_private(conn, event, event.arguments[0], "m.text")
+
+    def _on_privnotice(self, conn: IrcConnection, event: irc.client.Event) -> None:
+        if event.source and "!" not in str(event.source):
+            return  # server notices
+        self._relay_private(conn, event, event.arguments[0], "m.notice")
+
+    def _relay_private(self, conn: IrcConnection, event: irc.client.Event, text: str,
+                       kind: str) -> None:
+        nick = event.source.nick if event.source else ""
+        if not nick or irc_lower(nick) in self.our_nicks():
+            return
+        self.listener.irc_private(self.name, conn.owner, nick, text, kind, event_time_ms(event))
+
+    # ------------------------------------------------------------ Matrix -> IRC
+    def say(self, user_id: str, displayname: str | None, channel: str, lines: list[str],
+            kind: str, done: Callable[[bool, str | None], None]) -> None:
+        """Say `lines` in `channel` from the user's puppet; `done` once all left (or failed)."""
+        conn = self.puppet(user_id, displayname)
+        conn.join(channel)
+        if not lines:
+            done(True, None)
+            return
+        remaining = [len(lines)]
+        failed: list[str] = []
+
+        def one_done(ok: bool, error: str | None) -> None:
+            if not ok:
+                failed.append(error or "not sent")
+            remaining[0] -= 1
+            if remaining[0] == 0:
+                done(not failed, failed[0] if failed else None)
+
+        command = "NOTICE" if kind == "m.notice" else "PRIVMSG"
+        for line in lines:
+            text = f"\x01ACTION {line}\x01" if kind == "m.emote" else line
+            conn.send(f"{command} {channel} :{text}", channel=channel, done=one_done)

@@ -1,0 +1,235 @@
+"""The IRC thread: one reactor, every IRC socket, and the only way in (`call`).
+
+jaraco's Reactor polls with select(), which stops at 1024 sockets, and its scheduler has no
+lock of its own. So this module runs its own loop around a selectors-based reactor (epoll
+on Linux), wakes it through a socket pair when another thread hands in work, and keeps its
+own timer heap that is only touched on the IRC thread. Nothing here sleeps or waits on HTTP.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import queue
+import selectors
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import irc.buffer
+import irc.client
+
+log = logging.getLogger(__name__)
+
+_WAKE = object()
+
+
+class BridgeServerConnection(irc.client.ServerConnection):
+    """A ServerConnection that decodes input leniently (IRC is not always UTF-8)."""
+
+    buffer_class = irc.buffer.LenientDecodingLineBuffer
+
+
+class SelectorReactor(irc.client.Reactor):
+    """A Reactor that polls with `selectors` instead of select(), so sockets may pass 1024."""
+
+    connection_class = BridgeServerConnection
+
+    def __init__(self) -> None:
+        self.selector = selectors.DefaultSelector()
+        self._registered: dict[irc.client.ServerConnection, socket.socket] = {}
+        super().__init__(on_connect=self._on_socket_open, on_disconnect=self._on_socket_gone)
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self.selector.register(self._wake_r, selectors.EVENT_READ, _WAKE)
+        # Highest priority so the socket leaves the selector before anyone reconnects.
+        self.add_global_handler("disconnect", self._on_disconnect_event, -100)
+
+    def _on_socket_open(self, sock: socket.socket) -> None:
+        for conn in self.connections:
+            if getattr(conn, "socket", None) is sock:
+                self.selector.register(sock, selectors.EVENT_READ, conn)
+                self._registered[conn] = sock
+                return
+
+    def _forget(self, conn: Any) -> None:
+        sock = self._registered.pop(conn, None)
+        if sock is not None:
+            try:
+                self.selector.unregister(sock)
+            except (KeyError, ValueError):
+                pass
+
+    def _on_socket_gone(self, sock: socket.socket | None) -> None:
+        for conn, registered in list(self._registered.items()):
+            if registered is sock:
+                self._forget(conn)
+
+    def _on_disconnect_event(self, conn: Any, event: irc.client.Event) -> None:
+        self._forget(conn)
+
+    def wake(self) -> None:
+        """Interrupt a waiting poll; safe from any thread."""
+        try:
+            self._wake_w.send(b"\0")
+        except (BlockingIOError, OSError):
+            pass  # already awake (buffer full) or closing
+
+    def process_once(self, timeout: float = 0) -> None:
+        events = self.selector.select(timeout)
+        with self.mutex:
+            for key, _mask in events:
+                if key.data is _WAKE:
+                    try:
+                        while self._wake_r.recv(4096):
+                            pass
+                    except (BlockingIOError, OSError):
+                        pass
+                    continue
+                conn = key.data
+                if conn.socket is None:
+                    continue
+                conn.process_data()
+                # TLS may hold decrypted bytes the poller cannot see.
+                sock = getattr(conn, "socket", None)
+                while sock is not None and getattr(sock, "pending", lambda: 0)():
+                    conn.process_data()
+                    sock = getattr(conn, "socket", None)
+            self.process_timeout()
+
+    def close(self) -> None:
+        self.selector.close()
+        self._wake_r.close()
+        self._wake_w.close()
+
+
+class Timer:
+    """A handle for a callback scheduled on the IRC thread."""
+
+    __slots__ = ("when", "fn", "cancelled")
+
+    def __init__(self, when: float, fn: Callable[[], Any]):
+        self.when = when
+        self.fn = fn
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class IrcThread:
+    """Owns the reactor; other threads reach it only through `call`."""
+
+    def __init__(self, name: str = "irc-reactor", poll_interval: float = 0.5):
+        self.reactor = SelectorReactor()
+        self._calls: queue.SimpleQueue[tuple[Callable[..., Any], tuple[Any, ...]]] = (
+            queue.SimpleQueue()
+        )
+        self._timers: list[tuple[float, int, Timer]] = []
+        self._seq = itertools.count()
+        self._stop = threading.Event()
+        self._poll_interval = poll_interval
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self.started = threading.Event()
+
+    # ------------------------------------------------------------ any thread
+    def start(self) -> None:
+        self._thread.start()
+        self.started.wait(5)
+
+    def call(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Run fn(*args) on the IRC thread, soon; the only safe way in from other threads."""
+        self._calls.put((fn, args))
+        if threading.current_thread() is not self._thread:
+            self.reactor.wake()
+
+    def call_sync(self, fn: Callable[..., Any], *args: Any, timeout: float = 10.0) -> Any:
+        """Run fn on the IRC thread and wait for its result (never from the IRC thread)."""
+        if self.in_thread():
+            return fn(*args)
+        done = threading.Event()
+        box: dict[str, Any] = {}
+
+        def run() -> None:
+            try:
+                box["result"] = fn(*args)
+            except BaseException as e:  # noqa: BLE001 - handed back to the caller
+                box["error"] = e
+            finally:
+                done.set()
+
+        self.call(run)
+        if not done.wait(timeout):
+            raise TimeoutError("the IRC thread did not answer in time")
+        if "error" in box:
+            raise box["error"]
+        return box.get("result")
+
+    def in_thread(self) -> bool:
+        return threading.current_thread() is self._thread
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        self.reactor.wake()
+        if self._thread.is_alive() and not self.in_thread():
+            self._thread.join(timeout)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    # ------------------------------------------------------------ IRC thread only
+    def call_later(self, delay: float, fn: Callable[[], Any]) -> Timer:
+        timer = Timer(time.monotonic() + max(0.0, delay), fn)
+        heapq.heappush(self._timers, (timer.when, next(self._seq), timer))
+        return timer
+
+    def _run(self) -> None:
+        log.debug("IRC thread started")
+        self.started.set()
+        while not self._stop.is_set():
+            try:
+                self.reactor.process_once(self._next_timeout())
+                self._drain_calls()
+                self._run_timers()
+            except Exception:  # noqa: BLE001 - one bad handler must not stop every connection
+                log.exception("error on the IRC thread; continuing")
+        self._drain_calls()  # final QUITs handed in by stop()
+        try:
+            self.reactor.close()
+        except Exception:  # noqa: BLE001
+            log.debug("closing the reactor failed", exc_info=True)
+        log.debug("IRC thread stopped")
+
+    def _next_timeout(self) -> float:
+        if not self._calls.empty():
+            return 0.0
+        if self._timers:
+            return max(0.0, min(self._poll_interval, self._timers[0][0] - time.monotonic()))
+        return self._poll_interval
+
+    def _drain_calls(self) -> None:
+        while True:
+            try:
+                fn, args = self._calls.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                fn(*args)
+            except Exception:  # noqa: BLE001
+                log.exception("error in work handed to the IRC thread")
+
+    def _run_timers(self) -> None:
+        now = time.monotonic()
+        while self._timers and self._timers[0][0] <= now:
+            _, _, timer = heapq.heappop(self._timers)
+            if timer.cancelled:
+                continue
+            try:
+                timer.fn()
+            except Exception:  # noqa: BLE001
+                log.exception("error in a timer on the IRC thread")

@@ -1,0 +1,47 @@
+"""The homeserver side of the bridge: the AS's client-server API calls.
+
+`client.HomeserverClient` is the raw, retrying HTTP client (one per bridge);
+`intent.Intent` acts as one user with the register/join preconditions handled;
+`errors` holds the typed `MatrixError` tree. Nothing here imports core or web.
+"""
+
+from __future__ import annotations
+
+from .client import HomeserverClient
+from .errors import (
+    BadJson,
+    Exclusive,
+    Forbidden,
+    HomeserverUnavailable,
+    LimitExceeded,
+    MatrixError,
+    MissingToken,
+    NotFound,
+    NotJson,
+    RoomInUse,
+    TooLarge,
+    UnknownToken,
+    UserInUse,
+    error_from_response,
+)
+from .intent import Intent, IntentCache
+
+__all__ = [
+    "BadJson",
+    "Exclusive",
+    "Forbidden",
+    "HomeserverClient",
+    "HomeserverUnavailable",
+    "Intent",
+    "IntentCache",
+    "LimitExceeded",
+    "MatrixError",
+    "MissingToken",
+    "NotFound",
+    "NotJson",
+    "RoomInUse",
+    "TooLarge",
+    "UnknownToken",
+    "UserInUse",
+    "error_from_response",
+]

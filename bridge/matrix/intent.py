@@ -1,0 +1,310 @@
+"""Act as one Matrix user of the bridge: a virtual (IRC) user, or the sender bot.
+
+Why: every masqueraded call needs the user registered (Synapse answers 403 "Application
+service has not registered this user" otherwise, 5.H.55) and most need the user joined.
+`Intent` makes those preconditions explicit (`ensure_registered`, `ensure_joined`),
+remembers them in a shared `IntentCache` so the homeserver is asked once, and recovers
+once when the cache turns out to be stale (the user was never registered after all, or
+was kicked): it re-registers or re-joins and repeats the call.
+
+The bot (`is_bot=True`) is the AS's `sender_localpart` user: its calls carry no `user_id`
+parameter, but it is still registered once (synapse#4143: profile changes fail otherwise).
+
+Thread: any; the cache is locked, the client is thread-safe.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, TypeVar
+
+from .client import MAX_DISPLAYNAME_LEN, HomeserverClient
+from .errors import Forbidden, RoomInUse, UserInUse
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+_UNREGISTERED = "unregistered"
+_NOT_IN_ROOM = "not_in_room"
+# Synapse: "Application service has not registered this user (@x:y)".
+_UNREGISTERED_RE = re.compile(r"has not registered this user", re.IGNORECASE)
+# Synapse event auth: "User @x:y not in room !r (None)", invites: "@x:y not in room !r.".
+_NOT_IN_ROOM_RE = re.compile(r"not in (?:the )?room|not joined|not a member", re.IGNORECASE)
+
+
+def _forbidden_kind(error: Forbidden) -> str | None:
+    if _UNREGISTERED_RE.search(error.error):
+        return _UNREGISTERED
+    if _NOT_IN_ROOM_RE.search(error.error):
+        return _NOT_IN_ROOM
+    return None
+
+
+class IntentCache:
+    """What the bridge already made true on the homeserver, shared by all its intents.
+
+    In memory only: after a restart each fact is re-established once (registration and
+    joins are idempotent on the homeserver side).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._registered: set[str] = set()
+        self._joined: set[tuple[str, str]] = set()
+        self._displaynames: dict[str, str] = {}
+
+    def is_registered(self, user_id: str) -> bool:
+        with self._lock:
+            return user_id in self._registered
+
+    def mark_registered(self, user_id: str) -> None:
+        with self._lock:
+            self._registered.add(user_id)
+
+    def forget_registered(self, user_id: str) -> None:
+        with self._lock:
+            self._registered.discard(user_id)
+            self._displaynames.pop(user_id, None)
+
+    def is_joined(self, room_id: str, user_id: str) -> bool:
+        with self._lock:
+            return (room_id, user_id) in self._joined
+
+    def mark_joined(self, room_id: str, user_id: str) -> None:
+        with self._lock:
+            self._joined.add((room_id, user_id))
+
+    def forget_joined(self, room_id: str, user_id: str) -> None:
+        """Call when a leave/kick/ban of `user_id` in `room_id` is seen."""
+        with self._lock:
+            self._joined.discard((room_id, user_id))
+
+    def forget_room(self, room_id: str) -> None:
+        """Drop every membership remembered for `room_id`."""
+        with self._lock:
+            self._joined = {pair for pair in self._joined if pair[0] != room_id}
+
+    def displayname(self, user_id: str) -> str | None:
+        with self._lock:
+            return self._displaynames.get(user_id)
+
+    def set_displayname(self, user_id: str, name: str) -> None:
+        with self._lock:
+            self._displaynames[user_id] = name
+
+
+class Intent:
+    """One user's view of the homeserver: the calls it makes, with their preconditions."""
+
+    def __init__(
+        self,
+        client: HomeserverClient,
+        user_id: str,
+        *,
+        is_bot: bool = False,
+        cache: IntentCache,
+    ) -> None:
+        if not user_id.startswith("@") or ":" not in user_id:
+            raise ValueError(f"not a user id: {user_id!r}")
+        self.client = client
+        self.user_id = user_id
+        self.is_bot = is_bot
+        self.cache = cache
+
+    def __repr__(self) -> str:
+        return f"<Intent {self.user_id}{' (bot)' if self.is_bot else ''}>"
+
+    @property
+    def localpart(self) -> str:
+        return self.user_id[1:].split(":", 1)[0]
+
+    @property
+    def _as(self) -> str | None:
+        """The `user_id` query parameter: none for the bot (the AS acts as it by default)."""
+        return None if self.is_bot else self.user_id
+
+    # ------------------------------------------------------------------ preconditions
+
+    def ensure_registered(self) -> None:
+        """Register this user once; an existing user (M_USER_IN_USE) is fine."""
+        if self.cache.is_registered(self.user_id):
+            return
+        try:
+            self.client.register(self.localpart)
+            log.info("registered %s", self.user_id)
+        except UserInUse:
+            pass
+        self.cache.mark_registered(self.user_id)
+
+    def ensure_joined(self, room_id: str) -> None:
+        """Join `room_id` once. Raises Forbidden (e.g. invite-only room, banned)."""
+        if self.cache.is_joined(room_id, self.user_id):
+            return
+        self.ensure_registered()
+        joined = self._recovering(lambda: self.client.join(room_id, self._as))
+        self.cache.mark_joined(room_id, self.user_id)
+        if joined != room_id:  # joined by alias: remember the id too
+            self.cache.mark_joined(joined, self.user_id)
+
+    def _recovering(self, call: Callable[[], T], room_id: str | None = None) -> T:
+        """Run `call`; on a 403 that a stale cache explains, fix it and retry once per cause."""
+        fixed: set[str] = set()
+        while True:
+            try:
+                return call()
+            except Forbidden as error:
+                kind = _forbidden_kind(error)
+                if kind is None or kind in fixed or (kind == _NOT_IN_ROOM and room_id is None):
+                    raise
+                fixed.add(kind)
+                log.info("%s: %s; recovering and retrying", self.user_id, error)
+                if kind == _UNREGISTERED:
+                    self.cache.forget_registered(self.user_id)
+                    self.ensure_registered()
+                else:
+                    assert room_id is not None
+                    self.cache.forget_joined(room_id, self.user_id)
+                    self.ensure_joined(room_id)
+
+    # ------------------------------------------------------------------ messages, state
+
+    def send_message(
+        self,
+        room_id: str,
+        content: Mapping[str, Any],
+        *,
+        ts: int | None = None,
+        txn_id: str | None = None,
+        event_type: str = "m.room.message",
+    ) -> str:
+        """Send an event as this user; returns its event id.
+
+        Pass a durable `txn_id` to make retries across restarts idempotent; otherwise a
+        fresh one is made and reused for every retry of this call.
+        """
+        if txn_id is None:
+            txn_id = self.client.new_txn_id()
+        self.ensure_registered()
+        self.ensure_joined(room_id)
+        return self._recovering(
+            lambda: self.client.send(room_id, event_type, content, txn_id, user_id=self._as, ts=ts),
+            room_id,
+        )
+
+    def set_state(
+        self,
+        room_id: str,
+        event_type: str,
+        state_key: str,
+        content: Mapping[str, Any],
+        *,
+        ts: int | None = None,
+    ) -> str:
+        """Send a state event as this user; returns its event id."""
+        self.ensure_registered()
+        return self._recovering(
+            lambda: self.client.send_state(
+                room_id, event_type, state_key, content, user_id=self._as, ts=ts
+            ),
+            room_id,
+        )
+
+    def get_state(self, room_id: str, event_type: str, state_key: str = "") -> dict[str, Any] | None:
+        """Content of a state event as this user sees it, or None."""
+        return self.client.get_state(room_id, event_type, state_key, user_id=self._as)
+
+    # ------------------------------------------------------------------ profile
+
+    def set_displayname(self, name: str) -> None:
+        """Set the display name unless it is already the one we set."""
+        name = name[:MAX_DISPLAYNAME_LEN]
+        if self.cache.displayname(self.user_id) == name:
+            return
+        self.ensure_registered()
+        self._recovering(lambda: self.client.set_displayname(self.user_id, name))
+        self.cache.set_displayname(self.user_id, name)
+
+    def set_avatar_url(self, mxc_uri: str) -> None:
+        """Set the avatar to an `mxc://` URI."""
+        self.ensure_registered()
+        self._recovering(lambda: self.client.set_avatar_url(self.user_id, mxc_uri))
+
+    # ------------------------------------------------------------------ rooms
+
+    def create_room(
+        self,
+        *,
+        alias_localpart: str | None,
+        name: str | None,
+        topic: str | None,
+        preset: str = "public_chat",
+        invite: Iterable[str] = (),
+        extra_state: Iterable[Mapping[str, Any]] = (),
+        extra_body: Mapping[str, Any] | None = None,
+    ) -> str:
+        """Create a room owned by this user; returns its id.
+
+        `alias_localpart` is the alias localpart only (no `:server`). If the alias is
+        already taken (M_ROOM_IN_USE) the existing room is resolved, joined and returned.
+        No `visibility` is sent: publish with `HomeserverClient.publish_appservice_room`.
+        `extra_body` is merged into the createRoom body last (room_version, power levels).
+        """
+        body: dict[str, Any] = {"preset": preset}
+        if alias_localpart is not None:
+            if ":" in alias_localpart or any(c.isspace() for c in alias_localpart):
+                raise ValueError(f"alias localpart may not hold ':' or spaces: {alias_localpart!r}")
+            body["room_alias_name"] = alias_localpart
+        if name:
+            body["name"] = name
+        if topic:
+            body["topic"] = topic
+        invitees = [user for user in invite if user != self.user_id]
+        if invitees:
+            body["invite"] = invitees
+        initial_state = [
+            {"type": s["type"], "state_key": s.get("state_key", ""), "content": s["content"]}
+            for s in extra_state
+        ]
+        if initial_state:
+            body["initial_state"] = initial_state
+        body.update(extra_body or {})
+        self.ensure_registered()
+        try:
+            room_id = self._recovering(lambda: self.client.create_room(body, self._as))
+        except RoomInUse:
+            alias = f"#{alias_localpart}:{self.client.server_name}"
+            existing = self.client.resolve_alias(alias)
+            if existing is None:  # deleted in between: let the caller decide
+                raise
+            log.info("%s already exists as %s", alias, existing)
+            self.ensure_joined(existing)
+            return existing
+        self.cache.mark_joined(room_id, self.user_id)
+        return room_id
+
+    def join(self, room_id_or_alias: str) -> str:
+        """Join (by id or alias) and return the room id."""
+        self.ensure_registered()
+        room_id = self._recovering(lambda: self.client.join(room_id_or_alias, self._as))
+        self.cache.mark_joined(room_id, self.user_id)
+        return room_id
+
+    def leave(self, room_id: str) -> None:
+        """Leave `room_id`."""
+        self.cache.forget_joined(room_id, self.user_id)
+        self.client.leave(room_id, self._as)
+
+    def invite(self, room_id: str, user_id: str) -> None:
+        """Invite `user_id` (this user must be joined with invite power)."""
+        self.ensure_registered()
+        self._recovering(lambda: self.client.invite(room_id, user_id, self._as), room_id)
+
+    def kick(self, room_id: str, user_id: str, reason: str) -> None:
+        """Kick `user_id` from `room_id`."""
+        self.ensure_registered()
+        self._recovering(lambda: self.client.kick(room_id, user_id, reason, self._as), room_id)
+        self.cache.forget_joined(room_id, user_id)

@@ -1,0 +1,617 @@
+"""What the bridge must remember, in SQLite or PostgreSQL, through peewee.
+
+Holds the room <-> channel links, virtual users, Matrix users' IRC settings, the two durable
+queues (the inbox of homeserver events, written before a transaction is answered, and the
+outbox of IRC lines, written before they are sent to the homeserver), scrollback, the schema
+version and the single-instance locks. peewee keeps one connection per thread, so every
+thread that calls a Store method gets its own connection.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import secrets
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import peewee as pw
+from playhouse.shortcuts import ReconnectMixin
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+PENDING, DONE, FAILED = 0, 1, 2
+
+
+class SchemaOutdated(Exception):
+    """The database was made by an older bridge; `ircbridge migrate` brings it up to date."""
+
+
+class LockHeld(Exception):
+    """Another bridge process already serves this network on this database."""
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class BaseModel(pw.Model):
+    class Meta:
+        database = None  # bound by Store
+
+
+class Meta(BaseModel):
+    key = pw.CharField(primary_key=True, max_length=64)
+    value = pw.TextField()
+
+    class Meta:
+        table_name = "meta"
+
+
+class RoomLink(BaseModel):
+    """A Matrix room bridged to an IRC channel (a portal made by an alias query, or plumbed)."""
+
+    network = pw.CharField(max_length=64)
+    channel = pw.CharField(max_length=200)  # case-folded, the key
+    channel_name = pw.CharField(max_length=200)  # as first seen
+    room_id = pw.CharField(max_length=255, unique=True)
+    alias = pw.CharField(max_length=255, null=True)
+    kind = pw.CharField(max_length=16, default="portal")
+    created_at = pw.BigIntegerField(default=now_ms)
+
+    class Meta:
+        table_name = "room_link"
+        indexes = ((("network", "channel"), True),)
+
+
+class VirtualUser(BaseModel):
+    """A Matrix user the bridge registered to stand for an IRC nick."""
+
+    user_id = pw.CharField(max_length=255, primary_key=True)
+    network = pw.CharField(max_length=64)
+    nick = pw.CharField(max_length=100)
+    displayname = pw.CharField(max_length=256, null=True)
+    created_at = pw.BigIntegerField(default=now_ms)
+
+    class Meta:
+        table_name = "virtual_user"
+
+
+class IrcIdentity(BaseModel):
+    """A Matrix user's settings on one IRC network (their puppet connection)."""
+
+    user_id = pw.CharField(max_length=255)
+    network = pw.CharField(max_length=64)
+    nick = pw.CharField(max_length=100, null=True)
+    settings = pw.TextField(default="{}")
+
+    class Meta:
+        table_name = "irc_identity"
+        indexes = ((("user_id", "network"), True),)
+
+
+class HsTransaction(BaseModel):
+    """A transaction the homeserver pushed; its events are in InboxEvent."""
+
+    txn_id = pw.CharField(max_length=255, primary_key=True)
+    digest = pw.CharField(max_length=64)
+    received_at = pw.BigIntegerField(default=now_ms)
+
+    class Meta:
+        table_name = "hs_transaction"
+
+
+class InboxEvent(BaseModel):
+    """Durable queue homeserver -> bridge: stored before the transaction is answered 200."""
+
+    id = pw.BigAutoField()
+    event_id = pw.CharField(max_length=255, unique=True)
+    room_id = pw.CharField(max_length=255, null=True)
+    txn_id = pw.CharField(max_length=255)
+    payload = pw.TextField()
+    state = pw.SmallIntegerField(default=PENDING, index=True)
+    created_at = pw.BigIntegerField(default=now_ms)
+
+    class Meta:
+        table_name = "inbox_event"
+
+
+class OutboxMessage(BaseModel):
+    """Durable queue IRC -> homeserver: stored before it is sent; its id makes the txnId."""
+
+    id = pw.BigAutoField()
+    room_id = pw.CharField(max_length=255, index=True)
+    network = pw.CharField(max_length=64)
+    sender = pw.CharField(max_length=255)  # virtual user id
+    nick = pw.CharField(max_length=100)
+    msgtype = pw.CharField(max_length=32, default="m.text")
+    body = pw.TextField()
+    html = pw.TextField(null=True)
+    ts = pw.BigIntegerField()
+    state = pw.SmallIntegerField(default=PENDING, index=True)
+    attempts = pw.IntegerField(default=0)
+    event_id = pw.CharField(max_length=255, null=True)
+    error = pw.TextField(null=True)
+    created_at = pw.BigIntegerField(default=now_ms)
+
+    class Meta:
+        table_name = "outbox_message"
+
+
+class Scrollback(BaseModel):
+    """Lines said in a channel before any room existed for it, replayed when one is made."""
+
+    id = pw.BigAutoField()
+    network = pw.CharField(max_length=64)
+    channel = pw.CharField(max_length=200)
+    nick = pw.CharField(max_length=100)
+    msgtype = pw.CharField(max_length=32, default="m.text")
+    body = pw.TextField()
+    html = pw.TextField(null=True)
+    ts = pw.BigIntegerField()
+
+    class Meta:
+        table_name = "scrollback"
+        indexes = ((("network", "channel", "id"), False),)
+
+
+MODELS: tuple[type[BaseModel], ...] = (
+    Meta,
+    RoomLink,
+    VirtualUser,
+    IrcIdentity,
+    HsTransaction,
+    InboxEvent,
+    OutboxMessage,
+    Scrollback,
+)
+
+
+class ReconnectingPostgres(ReconnectMixin, pw.PostgresqlDatabase):
+    """Reconnects after the server restarted instead of failing every later query."""
+
+
+def open_database(url: str) -> pw.Database:
+    """A peewee database from `sqlite:///path` or `postgresql://user:pass@host:port/db`."""
+    if url.startswith("sqlite:///"):
+        path = url[len("sqlite:///") :]
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        return pw.SqliteDatabase(
+            path,
+            pragmas={
+                "journal_mode": "wal",
+                "synchronous": "normal",
+                "foreign_keys": 1,
+                "busy_timeout": 15000,
+            },
+            timeout=15,
+        )
+    parts = urlsplit(url)
+    if parts.scheme in ("postgresql", "postgres"):
+        return ReconnectingPostgres(
+            unquote(parts.path.lstrip("/")) or "postgres",
+            user=unquote(parts.username) if parts.username else None,
+            password=unquote(parts.password) if parts.password else None,
+            host=parts.hostname,
+            port=parts.port or 5432,
+            connect_timeout=10,
+        )
+    raise ValueError(f"unsupported database url scheme: {parts.scheme!r}")
+
+
+@dataclass(frozen=True)
+class Link:
+    network: str
+    channel: str
+    channel_name: str
+    room_id: str
+    alias: str | None
+    kind: str
+
+
+@dataclass(frozen=True)
+class QueuedLine:
+    """One outbox row, as the homeserver senders see it."""
+
+    id: int
+    room_id: str
+    network: str
+    sender: str
+    nick: str
+    msgtype: str
+    body: str
+    html: str | None
+    ts: int
+    attempts: int = 0
+
+
+@dataclass(frozen=True)
+class IrcLine:
+    """A line said on IRC, before it is known whether it goes to a room or to scrollback."""
+
+    network: str
+    channel: str  # case-folded
+    channel_name: str
+    nick: str
+    sender: str
+    msgtype: str
+    body: str
+    html: str | None
+    ts: int
+
+
+class Store:
+    """Repository over the bridge's tables; safe to call from any thread."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self.db = open_database(url)
+        self.db.bind(MODELS, bind_refs=False, bind_backrefs=False)
+        self._locks: list[Any] = []
+        self._lock_guard = threading.Lock()
+
+    @property
+    def is_sqlite(self) -> bool:
+        return isinstance(self.db, pw.SqliteDatabase)
+
+    # ---------------------------------------------------------------- schema
+    def schema_version(self) -> int | None:
+        """The stored schema version; None for an empty database."""
+        with self.db.connection_context():
+            if not self.db.table_exists(Meta._meta.table_name):  # type: ignore[attr-defined]
+                return None
+            row = Meta.get_or_none(Meta.key == "schema_version")
+            return int(row.value) if row else 0
+
+    def migrate(self) -> tuple[int | None, int]:
+        """Create or upgrade the schema; returns (version before, version after)."""
+        before = self.schema_version()
+        with self.db.connection_context(), self.db.atomic():
+            self.db.create_tables(MODELS, safe=True)
+            Meta.insert(key="schema_version", value=str(SCHEMA_VERSION)).on_conflict(
+                conflict_target=[Meta.key], update={Meta.value: str(SCHEMA_VERSION)}
+            ).execute()
+            Meta.insert(key="txn_prefix", value=secrets.token_hex(6)).on_conflict_ignore().execute()
+        return before, SCHEMA_VERSION
+
+    def open(self, config_name: str = "config.ini") -> None:
+        """Check the schema before serving: create it when empty, refuse when old."""
+        version = self.schema_version()
+        if version is None:
+            log.info("empty database: creating the schema (version %d)", SCHEMA_VERSION)
+            self.migrate()
+        elif version < SCHEMA_VERSION:
+            raise SchemaOutdated(
+                f"the database schema is at version {version} and this bridge needs "
+                f"{SCHEMA_VERSION}: run `ircbridge -c {config_name} migrate` first"
+            )
+        elif version > SCHEMA_VERSION:
+            raise SchemaOutdated(
+                f"the database schema is at version {version}, newer than this bridge "
+                f"({SCHEMA_VERSION}): upgrade ircbridge"
+            )
+
+    def close(self) -> None:
+        if not self.db.is_closed():
+            self.db.close()
+        self.release_locks()
+
+    def meta(self, key: str) -> str | None:
+        row = Meta.get_or_none(Meta.key == key)
+        return row.value if row else None
+
+    def txn_prefix(self) -> str:
+        """A random prefix made once per database, so outbox txnIds never repeat."""
+        value = self.meta("txn_prefix")
+        if value is None:
+            value = secrets.token_hex(6)
+            Meta.insert(key="txn_prefix", value=value).on_conflict_ignore().execute()
+            value = self.meta("txn_prefix") or value
+        return value
+
+    # ---------------------------------------------------------------- locks
+    def acquire_network_lock(self, network: str) -> None:
+        """Take the exclusive per-network lock, or raise LockHeld naming the holder."""
+        with self._lock_guard:
+            if self.is_sqlite:
+                path = f"{self.db.database}.{network}.lock"
+                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    holder = os.read(fd, 64).decode(errors="replace").strip() or "?"
+                    os.close(fd)
+                    raise LockHeld(
+                        f"another bridge (pid {holder}) already serves network {network!r} "
+                        f"with this database (lock file {path}); stop it first"
+                    ) from None
+                os.ftruncate(fd, 0)
+                os.write(fd, str(os.getpid()).encode())
+                self._locks.append(("file", fd))
+            else:
+                key = _advisory_key(network)
+                conn = self._dedicated_pg_connection()
+                with conn.cursor() as cur:
+                    cur.execute("SELECT pg_try_advisory_lock(%s)", (key,))
+                    (ok,) = cur.fetchone()
+                if not ok:
+                    conn.close()
+                    raise LockHeld(
+                        f"another bridge already serves network {network!r} on this "
+                        "PostgreSQL database (advisory lock held); stop it first"
+                    )
+                self._locks.append(("pg", conn))
+
+    def _dedicated_pg_connection(self) -> Any:
+        import psycopg2  # only with the postgres extra
+
+        params = dict(self.db.connect_params)
+        conn = psycopg2.connect(dbname=self.db.database, **params)
+        conn.autocommit = True
+        return conn
+
+    def release_locks(self) -> None:
+        with self._lock_guard:
+            for kind, handle in self._locks:
+                try:
+                    if kind == "file":
+                        os.close(handle)
+                    else:
+                        handle.close()
+                except Exception:  # noqa: BLE001 - best effort on shutdown
+                    log.debug("releasing a lock failed", exc_info=True)
+            self._locks.clear()
+
+    # ---------------------------------------------------------------- links
+    def all_links(self) -> list[Link]:
+        return [_link(r) for r in RoomLink.select().order_by(RoomLink.id)]
+
+    def link_for_channel(self, network: str, channel: str) -> Link | None:
+        row = RoomLink.get_or_none((RoomLink.network == network) & (RoomLink.channel == channel))
+        return _link(row) if row else None
+
+    def link_for_room(self, room_id: str) -> Link | None:
+        row = RoomLink.get_or_none(RoomLink.room_id == room_id)
+        return _link(row) if row else None
+
+    def add_link(
+        self, network: str, channel: str, channel_name: str, room_id: str, alias: str | None,
+        kind: str = "portal",
+    ) -> Link:
+        with self.db.atomic():
+            RoomLink.insert(
+                network=network, channel=channel, channel_name=channel_name, room_id=room_id,
+                alias=alias, kind=kind,
+            ).on_conflict_ignore().execute()
+        link = self.link_for_channel(network, channel)
+        assert link is not None
+        return link
+
+    def remove_link(self, room_id: str) -> bool:
+        return RoomLink.delete().where(RoomLink.room_id == room_id).execute() > 0
+
+    # ---------------------------------------------------------------- users
+    def remember_virtual_user(self, user_id: str, network: str, nick: str, displayname: str) -> None:
+        VirtualUser.insert(
+            user_id=user_id, network=network, nick=nick, displayname=displayname
+        ).on_conflict(
+            conflict_target=[VirtualUser.user_id],
+            update={VirtualUser.nick: nick, VirtualUser.displayname: displayname},
+        ).execute()
+
+    def virtual_user(self, user_id: str) -> VirtualUser | None:
+        return VirtualUser.get_or_none(VirtualUser.user_id == user_id)
+
+    def identity(self, user_id: str, network: str) -> dict[str, Any]:
+        row = IrcIdentity.get_or_none(
+            (IrcIdentity.user_id == user_id) & (IrcIdentity.network == network)
+        )
+        if row is None:
+            return {}
+        data = json.loads(row.settings or "{}")
+        if row.nick:
+            data["nick"] = row.nick
+        return data
+
+    def set_identity(self, user_id: str, network: str, **settings: Any) -> None:
+        current = self.identity(user_id, network)
+        current.update(settings)
+        nick = current.pop("nick", None)
+        IrcIdentity.insert(
+            user_id=user_id, network=network, nick=nick, settings=json.dumps(current)
+        ).on_conflict(
+            conflict_target=[IrcIdentity.user_id, IrcIdentity.network],
+            update={IrcIdentity.nick: nick, IrcIdentity.settings: json.dumps(current)},
+        ).execute()
+
+    def identities(self, network: str) -> list[tuple[str, dict[str, Any]]]:
+        rows = IrcIdentity.select().where(IrcIdentity.network == network)
+        return [(r.user_id, self.identity(r.user_id, network)) for r in rows]
+
+    # ---------------------------------------------------------------- inbox
+    def record_transaction(self, txn_id: str, events: list[dict[str, Any]]) -> tuple[bool, int]:
+        """Store a pushed transaction's events before answering; dedupe by txnId and event_id.
+
+        Returns (seen_before, number of new events queued). A txnId seen before with the same
+        events is a retry and a no-op; with other events (Synapse on SQLite restarts its
+        counter at 1) the events are still checked one by one.
+        """
+        ids = [str(e.get("event_id")) for e in events]
+        digest = hashlib.sha256("\n".join(ids).encode()).hexdigest()
+        with self.db.atomic():
+            previous = HsTransaction.get_or_none(HsTransaction.txn_id == txn_id)
+            if previous is not None and previous.digest == digest:
+                return True, 0
+            rows = [
+                {
+                    "event_id": event_id,
+                    "room_id": e.get("room_id") if isinstance(e.get("room_id"), str) else None,
+                    "txn_id": txn_id,
+                    "payload": json.dumps(e, ensure_ascii=False),
+                }
+                for event_id, e in zip(ids, events, strict=True)
+            ]
+            new = 0
+            for batch in _chunks(rows, 100):
+                existing = {
+                    r.event_id
+                    for r in InboxEvent.select(InboxEvent.event_id).where(
+                        InboxEvent.event_id.in_([b["event_id"] for b in batch])
+                    )
+                }
+                fresh = [b for b in batch if b["event_id"] not in existing]
+                fresh = list({b["event_id"]: b for b in fresh}.values())
+                if fresh:
+                    InboxEvent.insert_many(fresh).on_conflict_ignore().execute()
+                    new += len(fresh)
+            HsTransaction.insert(txn_id=txn_id, digest=digest).on_conflict(
+                conflict_target=[HsTransaction.txn_id],
+                update={HsTransaction.digest: digest, HsTransaction.received_at: now_ms()},
+            ).execute()
+        return previous is not None, new
+
+    def pending_inbox(self, after_id: int = 0, limit: int = 200) -> list[tuple[int, dict[str, Any]]]:
+        rows = (
+            InboxEvent.select(InboxEvent.id, InboxEvent.payload)
+            .where((InboxEvent.state == PENDING) & (InboxEvent.id > after_id))
+            .order_by(InboxEvent.id)
+            .limit(limit)
+        )
+        return [(r.id, json.loads(r.payload)) for r in rows]
+
+    def mark_inbox(self, ids: Iterable[int], state: int = DONE) -> None:
+        ids = list(ids)
+        for batch in _chunks(ids, 500):
+            InboxEvent.update(state=state).where(InboxEvent.id.in_(batch)).execute()
+
+    def inbox_depth(self) -> int:
+        return InboxEvent.select().where(InboxEvent.state == PENDING).count()
+
+    def prune(self, max_age_ms: int = 7 * 86400 * 1000) -> None:
+        """Forget handled transactions and events older than the window (dedupe stays bounded)."""
+        cutoff = now_ms() - max_age_ms
+        with self.db.atomic():
+            HsTransaction.delete().where(HsTransaction.received_at < cutoff).execute()
+            InboxEvent.delete().where(
+                (InboxEvent.state != PENDING) & (InboxEvent.created_at < cutoff)
+            ).execute()
+            OutboxMessage.delete().where(
+                (OutboxMessage.state != PENDING) & (OutboxMessage.created_at < cutoff)
+            ).execute()
+
+    # ---------------------------------------------------------------- outbox / scrollback
+    def queue_lines(self, lines: list[IrcLine], rooms: dict[tuple[str, str], str],
+                    scrollback_limits: dict[str, int]) -> list[QueuedLine]:
+        """Persist IRC lines in one transaction: to the outbox if their channel has a room
+        (per `rooms`), else to scrollback (pruned to the network's limit)."""
+        queued: list[QueuedLine] = []
+        trimmed: set[tuple[str, str]] = set()
+        with self.db.atomic():
+            for line in lines:
+                room_id = rooms.get((line.network, line.channel))
+                if room_id is None:
+                    if scrollback_limits.get(line.network, 0) <= 0:
+                        continue
+                    Scrollback.create(
+                        network=line.network, channel=line.channel, nick=line.nick,
+                        msgtype=line.msgtype, body=line.body, html=line.html, ts=line.ts,
+                    )
+                    trimmed.add((line.network, line.channel))
+                    continue
+                row = OutboxMessage.create(
+                    room_id=room_id, network=line.network, sender=line.sender, nick=line.nick,
+                    msgtype=line.msgtype, body=line.body, html=line.html, ts=line.ts,
+                )
+                queued.append(_queued(row))
+            for network, channel in trimmed:
+                self._trim_scrollback(network, channel, scrollback_limits.get(network, 0))
+        return queued
+
+    def _trim_scrollback(self, network: str, channel: str, keep: int) -> None:
+        where = (Scrollback.network == network) & (Scrollback.channel == channel)
+        cutoff = (
+            Scrollback.select(Scrollback.id).where(where).order_by(Scrollback.id.desc())
+            .offset(keep).limit(1).scalar()
+        )
+        if cutoff is not None:
+            Scrollback.delete().where(where & (Scrollback.id <= cutoff)).execute()
+
+    def replay_scrollback(self, network: str, channel: str, room_id: str,
+                          sender_for: Any) -> list[QueuedLine]:
+        """Move a channel's scrollback into the outbox of its new room, oldest first."""
+        queued: list[QueuedLine] = []
+        with self.db.atomic():
+            where = (Scrollback.network == network) & (Scrollback.channel == channel)
+            for sb in Scrollback.select().where(where).order_by(Scrollback.id):
+                row = OutboxMessage.create(
+                    room_id=room_id, network=network, sender=sender_for(sb.nick), nick=sb.nick,
+                    msgtype=sb.msgtype, body=sb.body, html=sb.html, ts=sb.ts,
+                )
+                queued.append(_queued(row))
+            Scrollback.delete().where(where).execute()
+        return queued
+
+    def scrollback(self, network: str, channel: str) -> list[Scrollback]:
+        where = (Scrollback.network == network) & (Scrollback.channel == channel)
+        return list(Scrollback.select().where(where).order_by(Scrollback.id))
+
+    def pending_outbox(self) -> list[QueuedLine]:
+        rows = OutboxMessage.select().where(OutboxMessage.state == PENDING).order_by(OutboxMessage.id)
+        return [_queued(r) for r in rows]
+
+    def outbox_done(self, ids_and_events: list[tuple[int, str]]) -> None:
+        with self.db.atomic():
+            for row_id, event_id in ids_and_events:
+                OutboxMessage.update(state=DONE, event_id=event_id).where(
+                    OutboxMessage.id == row_id
+                ).execute()
+
+    def outbox_failed(self, row_id: int, error: str) -> None:
+        OutboxMessage.update(state=FAILED, error=error[:1000]).where(
+            OutboxMessage.id == row_id
+        ).execute()
+
+    def outbox_attempt(self, row_id: int) -> None:
+        OutboxMessage.update(attempts=OutboxMessage.attempts + 1).where(
+            OutboxMessage.id == row_id
+        ).execute()
+
+    def outbox_depth(self) -> int:
+        return OutboxMessage.select().where(OutboxMessage.state == PENDING).count()
+
+    @contextmanager
+    def connection(self) -> Iterator[None]:
+        """Open this thread's connection if needed; keeps it for the thread's next call."""
+        self.db.connect(reuse_if_open=True)
+        yield
+
+
+def _link(row: RoomLink) -> Link:
+    return Link(row.network, row.channel, row.channel_name, row.room_id, row.alias, row.kind)
+
+
+def _queued(row: OutboxMessage) -> QueuedLine:
+    return QueuedLine(
+        id=row.id, room_id=row.room_id, network=row.network, sender=row.sender, nick=row.nick,
+        msgtype=row.msgtype, body=row.body, html=row.html, ts=row.ts, attempts=row.attempts,
+    )
+
+
+def _advisory_key(network: str) -> int:
+    digest = hashlib.blake2b(f"ircbridge:{network}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]

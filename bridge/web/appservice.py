@@ -1,0 +1,158 @@
+"""The application service API the homeserver calls (Matrix spec, AS API v1).
+
+Checks the hs_token (header or legacy `access_token`), answers every error as Matrix JSON,
+stores pushed transactions durably before answering 200, and hands queries to the core.
+The founding document's unprefixed paths answer the same as the /_matrix/app/v1 ones.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+from typing import Any
+
+from flask import Blueprint, Response, current_app, jsonify, request
+
+from .errors import matrix_error
+
+log = logging.getLogger(__name__)
+
+bp = Blueprint("appservice", __name__)
+
+
+def _bridge() -> Any:
+    return current_app.extensions["bridge"]
+
+
+def _token_problem() -> Response | None:
+    """None when the request carries the right hs_token; else the 401/403 answer."""
+    expected: str = current_app.config["IRCBRIDGE_HS_TOKEN"]
+    header = request.headers.get("Authorization")
+    query = request.args.get("access_token")
+    header_token = None
+    if header is not None:
+        scheme, _, value = header.partition(" ")
+        if scheme.lower() != "bearer" or not value.strip():
+            return matrix_error(401, "M_MISSING_TOKEN", "Authorization must be 'Bearer <token>'")
+        header_token = value.strip()
+    if header_token is None and query is None:
+        return matrix_error(401, "M_MISSING_TOKEN", "No hs_token was supplied")
+    for token in (header_token, query):
+        if token is not None and not hmac.compare_digest(
+            token.encode("utf-8", "surrogatepass"), expected.encode()
+        ):
+            return matrix_error(403, "M_FORBIDDEN", "The hs_token is not recognised")
+    return None
+
+
+def _json_body() -> tuple[Any, Response | None]:
+    raw = request.get_data(cache=True)
+    if not raw:
+        return None, matrix_error(400, "M_NOT_JSON", "The request body is empty")
+    try:
+        return json.loads(raw.decode("utf-8")), None
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return None, matrix_error(400, "M_NOT_JSON", "The request body is not valid JSON")
+
+
+@bp.before_request
+def _authenticate() -> Response | None:
+    return _token_problem()
+
+
+@bp.route("/_matrix/app/v1/transactions/<path:txn_id>", methods=["PUT"])
+@bp.route("/transactions/<path:txn_id>", methods=["PUT"])
+def put_transaction(txn_id: str) -> Response:
+    body, problem = _json_body()
+    if problem is not None:
+        return problem
+    if not isinstance(body, dict):
+        return matrix_error(400, "M_BAD_JSON", "The body must be a JSON object")
+    events = body.get("events")
+    if not isinstance(events, list):
+        return matrix_error(400, "M_BAD_JSON", "'events' must be a list")
+    good: list[dict[str, Any]] = []
+    for event in events:
+        if not isinstance(event, dict) or not isinstance(event.get("event_id"), str):
+            log.warning("transaction %s: skipping an event without an event_id", txn_id)
+            continue
+        good.append(event)
+    seen, new = _bridge().handle_transaction(txn_id, good)
+    if seen and not new:
+        log.debug("transaction %s already handled", txn_id)
+    return jsonify({})
+
+
+@bp.route("/_matrix/app/v1/users/<path:user_id>", methods=["GET"])
+@bp.route("/users/<path:user_id>", methods=["GET"])
+def query_user(user_id: str) -> Response:
+    if _bridge().query_user(user_id):
+        return jsonify({})
+    return matrix_error(404, "M_NOT_FOUND", "No such user on the bridged IRC networks")
+
+
+@bp.route("/_matrix/app/v1/rooms/<path:alias>", methods=["GET"])
+@bp.route("/rooms/<path:alias>", methods=["GET"])
+def query_room(alias: str) -> Response:
+    if _bridge().query_room(alias):
+        return jsonify({})
+    return matrix_error(404, "M_NOT_FOUND", "No such channel on the bridged IRC networks")
+
+
+@bp.route("/_matrix/app/v1/ping", methods=["POST"])
+def ping() -> Response:
+    body, problem = _json_body()
+    if problem is not None and request.get_data():
+        return problem
+    if body is not None and not isinstance(body, dict):
+        return matrix_error(400, "M_BAD_JSON", "The body must be a JSON object")
+    return jsonify({})
+
+
+@bp.route("/_matrix/app/v1/thirdparty/protocol/<protocol>", methods=["GET"])
+@bp.route("/_matrix/app/unstable/thirdparty/protocol/<protocol>", methods=["GET"])
+def thirdparty_protocol(protocol: str) -> Response:
+    if protocol != "irc":
+        return matrix_error(404, "M_NOT_FOUND", "Unknown protocol")
+    return jsonify(_bridge().thirdparty_protocol())
+
+
+@bp.route("/_matrix/app/v1/thirdparty/location/<protocol>", methods=["GET"])
+@bp.route("/_matrix/app/unstable/thirdparty/location/<protocol>", methods=["GET"])
+def thirdparty_location(protocol: str) -> Response:
+    if protocol != "irc":
+        return matrix_error(404, "M_NOT_FOUND", "Unknown protocol")
+    found = _bridge().thirdparty_location(request.args.get("network"), request.args.get("channel"))
+    if not found:
+        return matrix_error(404, "M_NOT_FOUND", "No such channel")
+    return jsonify(found)
+
+
+@bp.route("/_matrix/app/v1/thirdparty/user/<protocol>", methods=["GET"])
+@bp.route("/_matrix/app/unstable/thirdparty/user/<protocol>", methods=["GET"])
+def thirdparty_user(protocol: str) -> Response:
+    if protocol != "irc":
+        return matrix_error(404, "M_NOT_FOUND", "Unknown protocol")
+    found = _bridge().thirdparty_user(request.args.get("network"), request.args.get("nickname"))
+    if not found:
+        return matrix_error(404, "M_NOT_FOUND", "No such user")
+    return jsonify(found)
+
+
+@bp.route("/_matrix/app/v1/thirdparty/location", methods=["GET"])
+@bp.route("/_matrix/app/unstable/thirdparty/location", methods=["GET"])
+def thirdparty_location_reverse() -> Response:
+    found = _bridge().thirdparty_location_by_alias(request.args.get("alias"))
+    if not found:
+        return matrix_error(404, "M_NOT_FOUND", "Not a bridged alias")
+    return jsonify(found)
+
+
+@bp.route("/_matrix/app/v1/thirdparty/user", methods=["GET"])
+@bp.route("/_matrix/app/unstable/thirdparty/user", methods=["GET"])
+def thirdparty_user_reverse() -> Response:
+    found = _bridge().thirdparty_user_by_id(request.args.get("userid"))
+    if not found:
+        return matrix_error(404, "M_NOT_FOUND", "Not a bridged user")
+    return jsonify(found)
