@@ -41,3 +41,4 @@ def setup(config: LoggingConfig) -> None:
     # Library chatter that would otherwise log every IRC line or HTTP connection.
     logging.getLogger("irc.client").setLevel(max(logging.INFO, root.level))
     logging.getLogger("urllib3").setLevel(logging.WARNING)
+    logging.getLogger("peewee").setLevel(max(logging.INFO, root.level))

@@ -367,7 +367,7 @@ class RawIrcClient:
         self.sock.settimeout(timeout if timeout > 0 else 0.0)
         try:
             data = self.sock.recv(65536)
-        except (TimeoutError, BlockingIOError, socket.timeout):
+        except (TimeoutError, BlockingIOError):
             return False
         except OSError:
             self.close()
@@ -623,7 +623,9 @@ class MatrixClient:
         """Wait for an m.room.message whose body is exactly ``body``."""
         return self.wait_for_message(
             room_id,
-            lambda e: e.get("type") == "m.room.message" and e.get("content", {}).get("body") == body,
+            lambda e: (
+                e.get("type") == "m.room.message" and e.get("content", {}).get("body") == body
+            ),
             timeout,
         )
 

@@ -267,6 +267,14 @@ class SynapseServer:
             log.info("Synapse %s stopped (exit code %s)", self.url, code)
         self._http.close()
 
+    def kill(self) -> None:
+        """SIGKILL at once (a crash, for fault tests)."""
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+        self.stop()
+
     def restart(self, timeout: float = 60) -> SynapseServer:
         """Stop and start again on the same port with the same data."""
         self.stop()

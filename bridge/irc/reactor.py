@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import irc.buffer
+from jaraco.stream import buffer as line_buffer
 import irc.client
 
 log = logging.getLogger(__name__)
@@ -30,7 +30,7 @@ _WAKE = object()
 class BridgeServerConnection(irc.client.ServerConnection):
     """A ServerConnection that decodes input leniently (IRC is not always UTF-8)."""
 
-    buffer_class = irc.buffer.LenientDecodingLineBuffer
+    buffer_class = line_buffer.LenientDecodingLineBuffer
 
 
 class SelectorReactor(irc.client.Reactor):

@@ -213,7 +213,9 @@ class Intent:
             room_id,
         )
 
-    def get_state(self, room_id: str, event_type: str, state_key: str = "") -> dict[str, Any] | None:
+    def get_state(
+        self, room_id: str, event_type: str, state_key: str = ""
+    ) -> dict[str, Any] | None:
         """Content of a state event as this user sees it, or None."""
         return self.client.get_state(room_id, event_type, state_key, user_id=self._as)
 

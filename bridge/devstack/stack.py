@@ -1,0 +1,191 @@
+"""A whole local stack: an IRC daemon, a Synapse and the bridge, wired together on loopback.
+
+Used by `ircbridge demo` and by the end-to-end tests, so the demo shows exactly what the tests
+check. The bridge runs as its own process through `ircbridge run` (gunicorn), as an admin
+would run it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import requests
+
+from .clients import MatrixClient, RawIrcClient
+from .ircd import IrcDaemon
+from .ports import LOOPBACK, free_port, tail, terminate, track, wait_until
+from .synapse import SynapseServer
+
+log = logging.getLogger(__name__)
+
+SERVER_NAME = "localhost"
+
+
+class BridgeProcess:
+    """`ircbridge -c config.ini run` as a child process, with its log in a file."""
+
+    def __init__(self, config_path: Path, port: int, env: dict[str, str] | None = None):
+        self.config_path = config_path
+        self.port = port
+        self.log_path = config_path.parent / "bridge.log"
+        self.env = env or {}
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}"
+
+    def start(self, timeout: float = 60) -> BridgeProcess:
+        env = {**os.environ, **self.env}
+        with open(self.log_path, "ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "bridge", "-c", str(self.config_path), "run"],
+                stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                cwd=self.config_path.parent,
+            )
+        track(self.proc)
+
+        def healthy() -> bool:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"the bridge exited ({self.proc.returncode}):\n"
+                                   + tail(self.log_path, 60))
+            try:
+                return requests.get(f"{self.url}/health", timeout=2).status_code == 200
+            except requests.RequestException:
+                return False
+
+        try:
+            wait_until(healthy, timeout, interval=0.1, what="the bridge's /health")
+        except TimeoutError as e:
+            raise RuntimeError(f"{e}\n{tail(self.log_path, 60)}") from e
+        return self
+
+    def health(self) -> dict:
+        return requests.get(f"{self.url}/health", timeout=5).json()
+
+    def stop(self, timeout: float = 15) -> int | None:
+        if self.proc is None:
+            return None
+        code = terminate(self.proc, timeout)
+        self.proc = None
+        return code
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+            self.proc = None
+
+    def log(self, lines: int = 80) -> str:
+        return tail(self.log_path, lines)
+
+
+class Stack:
+    """IRC daemon + Synapse + bridge in one folder; `start()` brings them up in order."""
+
+    def __init__(self, workdir: Path, *, database_url: str | None = None,
+                 channels: str = "#matrix", user_template: str = "irc_local_{nick}",
+                 alias_template: str = "irc_local_{channel}", scrollback_lines: int = 50,
+                 log_level: str = "INFO", ircd_kind: str | None = None):
+        self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.ircd = IrcDaemon(workdir / "ircd", kind=ircd_kind)
+        self.bridge_port = free_port()
+        self.config_path = workdir / "bridge" / "config.ini"
+        self.config_path.parent.mkdir(exist_ok=True)
+        self.registration = self.config_path.parent / "registration.yaml"
+        self.synapse = SynapseServer(workdir / "synapse", server_name=SERVER_NAME,
+                                     registration_files=[self.registration])
+        self.database_url = database_url or f"sqlite:///{self.config_path.parent / 'bridge.db'}"
+        self.channels = channels
+        self.user_template = user_template
+        self.alias_template = alias_template
+        self.scrollback_lines = scrollback_lines
+        self.log_level = log_level
+        self.bridge = BridgeProcess(self.config_path, self.bridge_port)
+
+    def write_config(self) -> None:
+        self.config_path.write_text(f"""; written by the devstack
+[homeserver]
+url = {self.synapse.url}
+domain = {SERVER_NAME}
+
+[appservice]
+id = ircbridge
+url = http://{LOOPBACK}:{self.bridge_port}
+bind = {LOOPBACK}:{self.bridge_port}
+threads = 8
+as_token =
+hs_token =
+sender_localpart = ircbot
+registration = registration.yaml
+
+[database]
+url = {self.database_url}
+
+[logging]
+level = {self.log_level}
+
+[network:local]
+host = {LOOPBACK}
+port = {self.ircd.port}
+tls = false
+user_template = {self.user_template}
+alias_template = {self.alias_template}
+puppet_nick_template = {{localpart}}[m]
+bot_nick = ircbot
+channels = {self.channels}
+scrollback_lines = {self.scrollback_lines}
+flood_rate = 0
+flood_burst = 5
+connect_timeout = 5
+
+[permissions]
+* = user
+""", encoding="utf-8")
+
+    def start(self) -> Stack:
+        from ..cli import main as cli_main
+
+        self.ircd.start()
+        self.write_config()
+        if cli_main(["-c", str(self.config_path), "generate-registration"]) != 0:
+            raise RuntimeError("generate-registration failed")
+        self.synapse.start()
+        self.bridge.start()
+        return self
+
+    def stop(self) -> None:
+        for part in (self.bridge, self.synapse, self.ircd):
+            try:
+                part.stop()
+            except Exception:  # noqa: BLE001 - stop everything we can
+                log.exception("stopping %s failed", part)
+
+    def __enter__(self) -> Stack:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # helpers for scripted users
+    def irc_user(self, nick: str) -> RawIrcClient:
+        return self.ircd.client(nick)
+
+    def matrix_user(self, localpart: str) -> MatrixClient:
+        return self.synapse.register_user(localpart)
+
+    def alias(self, channel: str) -> str:
+        local = self.alias_template.replace("{channel}", channel.lower())
+        return f"#{local}:{SERVER_NAME}"
+
+    def ghost(self, nick: str) -> str:
+        from ..names import NetworkNames
+
+        names = NetworkNames(self.user_template, self.alias_template, SERVER_NAME)
+        return names.user_id_for_nick(nick)

@@ -1,0 +1,111 @@
+"""Shared fixtures: a config.ini in a temp folder, and the test database.
+
+The database is a temp-file SQLite by default; with IRCBRIDGE_TEST_DATABASE_URL set (CI sets
+it to the local PostgreSQL) every test runs against that server instead, on clean tables.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bridge import config as config_module
+from bridge.store import MODELS, Store
+
+TEST_DB_ENV = "IRCBRIDGE_TEST_DATABASE_URL"
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    url = os.environ.get(TEST_DB_ENV)
+    return f"ircbridge database: {url or 'sqlite (temp files)'}"
+
+
+def write_config(folder: Path, *, hs_url: str = "http://127.0.0.1:8008", domain: str = "localhost",
+                 as_url: str = "http://127.0.0.1:9999", bind: str = "127.0.0.1:9999",
+                 db_url: str | None = None, irc_host: str = "127.0.0.1", irc_port: int = 6667,
+                 channels: str = "#matrix", extra_network: str = "", tokens: bool = True,
+                 user_template: str = "irc_local_{nick}",
+                 alias_template: str = "irc_local_{channel}", flood_rate: float = 0.0) -> Path:
+    db_url = db_url or f"sqlite:///{folder / 'bridge.db'}"
+    as_token = "as-token-for-tests-0123456789" if tokens else ""
+    hs_token = "hs-token-for-tests-9876543210" if tokens else ""
+    path = folder / "config.ini"
+    path.write_text(f"""
+[homeserver]
+url = {hs_url}
+domain = {domain}
+
+[appservice]
+id = ircbridge-test
+url = {as_url}
+bind = {bind}
+threads = 8
+as_token = {as_token}
+hs_token = {hs_token}
+sender_localpart = ircbot
+registration = registration.yaml
+
+[database]
+url = {db_url}
+
+[logging]
+level = DEBUG
+
+[network:local]
+host = {irc_host}
+port = {irc_port}
+tls = false
+user_template = {user_template}
+alias_template = {alias_template}
+puppet_nick_template = {{localpart}}[m]
+bot_nick = ircbot
+channels = {channels}
+scrollback_lines = 5
+flood_rate = {flood_rate}
+flood_burst = 5
+{extra_network}
+
+[permissions]
+* = user
+""", encoding="utf-8")
+    return path
+
+
+def clean_database(url: str) -> None:
+    """Drop the bridge's tables so a PostgreSQL test starts from nothing."""
+    store = Store(url)
+    with store.db.connection_context():
+        store.db.drop_tables(MODELS, safe=True)
+    store.close()
+
+
+@pytest.fixture
+def db_url(tmp_path: Path) -> Iterator[str]:
+    url = os.environ.get(TEST_DB_ENV)
+    if url:
+        clean_database(url)
+        yield url
+        clean_database(url)
+    else:
+        yield f"sqlite:///{tmp_path / 'bridge.db'}"
+
+
+@pytest.fixture
+def store(db_url: str) -> Iterator[Store]:
+    s = Store(db_url)
+    s.open()
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def config_path(tmp_path: Path, db_url: str) -> Path:
+    return write_config(tmp_path, db_url=db_url)
+
+
+@pytest.fixture
+def config(config_path: Path) -> config_module.Config:
+    return config_module.load(config_path)
