@@ -70,6 +70,8 @@ class Bridge:
         self.senders: Senders | None = None
         self.inbox: InboxWorker | None = None
         self.hs_ready = threading.Event()
+        # Admin rooms and their commands (bridge.admin); None until that part is wired in.
+        self.admin: Any = None
         self.health: dict[str, Any] = {"homeserver": "unknown", "ping": "unknown"}
         self._stopping = threading.Event()
         self._started = False
@@ -328,12 +330,67 @@ class Bridge:
         if net is not None:
             self.irc.call(net.join_bot, channel)
 
+    def link_room(self, network: str, channel: str, room_id: str, *, kind: str = "plumbed") -> Link:
+        """Bridge an existing Matrix room to a channel (provisioning, static mappings).
+
+        The bot joins the room (it must be public or the bot invited) and the channel.
+        Raises ValueError for an unknown network, an invalid channel, or a channel or room
+        that is already linked elsewhere.
+        """
+        from .names import valid_channel
+
+        if network not in self.names:
+            raise ValueError(f"unknown network {network!r}")
+        if not valid_channel(channel):
+            raise ValueError(f"not a valid IRC channel: {channel!r}")
+        folded = irc_lower(channel)
+        with self._links_lock:
+            existing = self._links_by_channel.get((network, folded))
+            by_room = self._links_by_room.get(room_id)
+        if existing is not None and existing.room_id != room_id:
+            raise ValueError(f"{channel} on {network} is already linked to {existing.room_id}")
+        if by_room is not None and (by_room.network, by_room.channel) != (network, folded):
+            raise ValueError(f"{room_id} is already linked to {by_room.channel_name} on "
+                             f"{by_room.network}")
+        if existing is not None:
+            return existing
+        self.bot.ensure_registered()
+        self.bot.join(room_id)
+        link = self.store.add_link(network, folded, channel, room_id, None, kind=kind)
+        self._remember_link(link)
+        self._after_room_created(network, channel, folded, room_id)
+        return link
+
+    def unlink_room(self, room_id: str) -> Link | None:
+        """Stop bridging a room; the bot leaves the channel when no other room needs it."""
+        link = self.link_for_room(room_id)
+        if link is None:
+            return None
+        self.store.remove_link(room_id)
+        with self._links_lock:
+            self._links_by_room.pop(room_id, None)
+            self._links_by_channel.pop((link.network, link.channel), None)
+        if self.recorder is not None:
+            self.recorder.forget(link.network, link.channel)
+        net = self.irc.network(link.network)
+        if net is not None and self.irc.started:
+            self.irc.call(net.part_bot, link.channel_name)
+        return link
+
+    def links(self, room_id: str | None = None) -> list[Link]:
+        with self._links_lock:
+            links = list(self._links_by_room.values())
+        return [lk for lk in links if room_id is None or lk.room_id == room_id]
+
     # ------------------------------------------------------------ Matrix -> IRC (inbox thread)
     def on_matrix_event(self, event: dict[str, Any], done: Callable[[bool], None]) -> None:
         sender = event.get("sender")
         room_id = event.get("room_id")
         etype = event.get("type")
         if not isinstance(sender, str) or not isinstance(room_id, str) or self.is_ours(sender):
+            done(True)
+            return
+        if self.admin is not None and self.admin.handle_event(event):
             done(True)
             return
         link = self.link_for_room(room_id)

@@ -71,6 +71,10 @@ class Recorder:
         self.pending += 1
         self._queue.put(item)
 
+    def forget(self, network: str, channel: str) -> None:
+        """An unlinked channel: its later lines become scrollback again."""
+        self.put(RoomCreated(network, channel, "", threading.Event()))
+
     def stop(self, timeout: float = 5.0) -> None:
         self._queue.put(None)
         if self._thread.is_alive():
@@ -116,6 +120,11 @@ class Recorder:
             self.dispatch(queued)
 
     def _room_created(self, item: RoomCreated) -> None:
+        if not item.room_id:
+            self.rooms.pop((item.network, item.channel), None)
+            self.pending -= 1
+            item.done.set()
+            return
         self.rooms[(item.network, item.channel)] = item.room_id
         while True:
             try:

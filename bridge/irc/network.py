@@ -114,6 +114,12 @@ class Network:
         if self.bot is not None:
             self.bot.join(channel)
 
+    def part_bot(self, channel: str) -> None:
+        if self.bot is not None and irc_lower(channel) not in {
+            irc_lower(c) for c in self.config.channels
+        }:
+            self.bot.part(channel)
+
     def puppet(self, user_id: str, displayname: str | None = None,
                nick: str | None = None) -> IrcConnection:
         """The Matrix user's own connection, made (and started) on first use."""
