@@ -65,6 +65,7 @@ class Bridge:
         self._alias_locks: dict[tuple[str, str], threading.Lock] = {}
         self._alias_locks_guard = threading.Lock()
         self._topics: dict[tuple[str, str], str] = {}
+        self._channel_waiters: dict[tuple[str, str], list[threading.Event]] = {}
         self.txn_prefix = ""
         self.recorder: Recorder | None = None
         self.senders: Senders | None = None
@@ -289,11 +290,40 @@ class Bridge:
                 except MatrixError as e:
                     log.info("alias %s for existing room: %s", alias, e)
                 return True
+            self._bot_into_channel(network, channel, folded)
             room_id = self._create_portal(network, channel, alias)
             link = self.store.add_link(network, folded, channel, room_id, alias)
             self._remember_link(link)
         self._after_room_created(network, channel, folded, room_id)
         return True
+
+    def _bot_into_channel(self, network: str, channel: str, folded: str,
+                          timeout: float = 5.0) -> None:
+        """Have the bot join before the room is made, so its name and topic are known.
+
+        Bounded: Synapse gives the whole alias query 60 s, and a channel that cannot be
+        joined still gets a room (the bot keeps trying to join in the background).
+        """
+        net = self.irc.network(network)
+        if net is None or not self.irc.started:
+            return
+        ready = threading.Event()
+        with self._links_lock:
+            self._channel_waiters.setdefault((network, folded), []).append(ready)
+        try:
+            if self.irc.call_sync(net.bot_in, channel, timeout=timeout):
+                return
+            self.irc.call(net.join_bot, channel)
+            if not ready.wait(timeout):
+                log.warning("the bot could not join %s on %s within %.0f s; creating the "
+                            "room anyway", channel, network, timeout)
+        except TimeoutError:
+            log.warning("the IRC thread did not answer; creating the room for %s anyway", channel)
+        finally:
+            with self._links_lock:
+                waiters = self._channel_waiters.get((network, folded), [])
+                if ready in waiters:
+                    waiters.remove(ready)
 
     def _create_portal(self, network: str, channel: str, alias: str) -> str:
         localpart = alias[1:].rsplit(":", 1)[0]
@@ -493,6 +523,11 @@ class Bridge:
 
     def irc_connection(self, network: str, owner: str, what: str, details: dict[str, Any]) -> None:
         who = owner or "bot"
+        if what == "channel_ready":
+            with self._links_lock:
+                for event in self._channel_waiters.get((network, details["channel"]), []):
+                    event.set()
+            return
         if what == "connected":
             log.info("%s connected to %s as %s", who, network, details.get("nick"))
         elif what == "nick_collision":

@@ -68,7 +68,8 @@ _CODE_RE = re.compile(
     r"|[\x02\x0f\x11\x16\x1d\x1e\x1f]"
 )
 # Characters that would be read as part of a colour code written just before them.
-_COLOUR_CONTINUATION = frozenset("0123456789abcdefABCDEF,")
+_MIRC_CONTINUATION = frozenset("0123456789,")
+_HEX_CONTINUATION = frozenset("0123456789abcdefABCDEF,")
 _COLOUR_GUARD = BOLD + BOLD  # an invisible separator after a colour code
 
 # mIRC colours 0-15 plus the extended palette 16-98 (https://modern.ircdocs.horse/formatting);
@@ -319,19 +320,19 @@ def _restore_colour(fg: str | None, bg: str | None) -> str:
     return HEX_COLOUR + _hex(fg)[1:] + ("," + _hex(bg)[1:] if bg else "")
 
 
-def _style_codes(style: _Style) -> str:
-    """The codes that switch a fresh IRC line to this style (colour last)."""
+def _with_style(style: _Style, text: str) -> str:
+    """text, preceded by the codes that switch a fresh IRC line to style (colour last).
+
+    A guard keeps text's first character from being read as part of the colour code.
+    """
     codes = "".join(code for code in _TOGGLES if code in style.toggles)
     if style.reverse:
         codes += REVERSE
-    return codes + _restore_colour(style.fg, style.bg)
-
-
-def _prefix_codes(codes: str, text: str) -> str:
-    """codes + text, with a guard so text's first character is not read as a colour number."""
-    if codes.endswith(tuple(_COLOUR_CONTINUATION)) and text[:1] in _COLOUR_CONTINUATION:
-        return codes + _COLOUR_GUARD + text
-    return codes + text
+    colour = _restore_colour(style.fg, style.bg)
+    continuation = _HEX_CONTINUATION if colour.startswith(HEX_COLOUR) else _MIRC_CONTINUATION
+    if colour and text[:1] in continuation:
+        colour += _COLOUR_GUARD
+    return codes + colour + text
 
 
 def strip_irc_formatting(text: str) -> str:
@@ -538,7 +539,7 @@ class _IrcRenderer(HTMLParser):
         """Append text as is (starting the line first if needed)."""
         if not self._started:
             self._start_line()
-        if self._guard and text[0] in _COLOUR_CONTINUATION:
+        if self._guard and text[0] in _MIRC_CONTINUATION:
             self._parts.append(_COLOUR_GUARD)
         self._parts.append(text)
         self._guard = False
@@ -759,7 +760,7 @@ def _split_keeping_format(line: str, max_bytes: int) -> list[str]:
     chunks = split_for_irc(line, max_bytes - _CARRY_RESERVE)
     out = chunks[:1]
     for chunk in chunks[1:]:
-        out.append(_prefix_codes(_style_codes(_style_after(out[-1])), chunk))
+        out.append(_with_style(_style_after(out[-1]), chunk))
     return out
 
 

@@ -109,3 +109,12 @@ def config_path(tmp_path: Path, db_url: str) -> Path:
 @pytest.fixture
 def config(config_path: Path) -> config_module.Config:
     return config_module.load(config_path)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    from tests.figures import FIGURES
+
+    if FIGURES:
+        terminalreporter.section("figures measured by the end-to-end tests")
+        for name, value in FIGURES.items():
+            terminalreporter.write_line(f"{name}: {value}")

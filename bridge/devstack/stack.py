@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import requests
@@ -149,7 +150,12 @@ connect_timeout = 5
 * = user
 """, encoding="utf-8")
 
-    def start(self) -> Stack:
+    def start(self, before_bridge: Callable[[Stack], None] | None = None) -> Stack:
+        """IRC daemon, config and registration, Synapse, then the bridge.
+
+        `before_bridge` runs once the IRC daemon and Synapse are up (e.g. to have IRC users
+        in a channel before the bridge arrives, as in the founding story).
+        """
         from ..cli import main as cli_main
 
         self.ircd.start()
@@ -157,6 +163,8 @@ connect_timeout = 5
         if cli_main(["-c", str(self.config_path), "generate-registration"]) != 0:
             raise RuntimeError("generate-registration failed")
         self.synapse.start()
+        if before_bridge is not None:
+            before_bridge(self)
         self.bridge.start()
         return self
 

@@ -27,7 +27,7 @@ __all__ = ["IrcSide", "IrcListener", "Network", "IrcConnection", "State"]
 EVENTS = (
     "welcome", "featurelist", "nicknameinuse", "erroneusnickname", "disconnect", "error",
     "join", "part", "kick", "currenttopic", "topic", "pubmsg", "pubnotice", "action",
-    "privmsg", "privnotice",
+    "privmsg", "privnotice", "endofnames",
 )
 
 

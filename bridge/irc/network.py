@@ -214,6 +214,15 @@ class Network:
             if conn.is_bot:
                 conn.wanted_channels.pop(irc_lower(event.target), None)
 
+    def _on_endofnames(self, conn: IrcConnection, event: irc.client.Event) -> None:
+        if conn.is_bot and event.arguments:
+            self.listener.irc_connection(
+                self.name, "", "channel_ready", {"channel": irc_lower(event.arguments[0])}
+            )
+
+    def bot_in(self, channel: str) -> bool:
+        return self.bot is not None and irc_lower(channel) in self.bot.channels
+
     def _on_currenttopic(self, conn: IrcConnection, event: irc.client.Event) -> None:
         channel, topic = event.arguments[0], event.arguments[1] if len(event.arguments) > 1 else ""
         self._topic(conn, channel, topic, None)
