@@ -569,6 +569,14 @@ class _IrcRenderer(HTMLParser):
 
     # -- parser callbacks --------------------------------------------------------------
 
+    def parse_marked_section(self, i: int, report: int = 1) -> int:
+        """html.parser raises on "<![" + junk; keep such text instead of failing."""
+        try:
+            return super().parse_marked_section(i, report)
+        except AssertionError:
+            self.handle_data(self.rawdata[i : i + 3])
+            return i + 3
+
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         if self._skip:
             if tag in _SKIP_TAGS:

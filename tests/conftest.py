@@ -118,3 +118,13 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         terminalreporter.section("figures measured by the end-to-end tests")
         for name, value in FIGURES.items():
             terminalreporter.write_line(f"{name}: {value}")
+
+
+# Property tests run on slow shared machines too: no per-example deadline.
+try:
+    from hypothesis import settings as _hypothesis_settings
+
+    _hypothesis_settings.register_profile("ircbridge", deadline=None, max_examples=200)
+    _hypothesis_settings.load_profile("ircbridge")
+except ImportError:  # pragma: no cover - hypothesis is in the test extra
+    pass

@@ -17,6 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from bridge import formatting
 from bridge.formatting import (
     IRC_LINE_LIMIT,
     edit_text,
@@ -34,8 +35,9 @@ from bridge.formatting import (
     strip_reply_fallback,
 )
 
-B, C, H, O, M, R, I, S, U = "\x02", "\x03", "\x04", "\x0f", "\x11", "\x16", "\x1d", "\x1e", "\x1f"
+B, C, H, RS, M, R, IT, S, U = "\x02", "\x03", "\x04", "\x0f", "\x11", "\x16", "\x1d", "\x1e", "\x1f"
 UNSAFE = ("\r", "\n", "\0", "\x01")
+FR, DE = "\U0001F1EB\U0001F1F7", "\U0001F1E9\U0001F1EA"  # flag emoji: two code points each
 
 
 def nbytes(text: str) -> int:
@@ -59,7 +61,7 @@ def nbytes(text: str) -> int:
         ("", []),
         ("\n\n", []),
         ("nul\0byte", ["nulbyte"]),
-        (f"{S}strike{S} and {I}italic{I}", [f"{S}strike{S} and {I}italic{I}"]),  # not line breaks
+        (f"{S}strike{S} {IT}italic{IT}", [f"{S}strike{S} {IT}italic{IT}"]),  # not line breaks
     ],
 )
 def test_split_lines(text: str, expected: list[str]) -> None:
@@ -96,7 +98,7 @@ def test_sanitize_line(text: str, expected: str) -> None:
         (" abcdefg", 4, [" abc", "defg"]),  # never an empty chunk
         ("éééé", 5, ["éé", "éé"]),  # 2-byte characters never cut
         ("e\u0301" * 4, 7, ["e\u0301e\u0301", "e\u0301e\u0301"]),  # accent stays on its letter
-        ("\U0001F1EB\U0001F1F7\U0001F1E9\U0001F1EA", 8, ["\U0001F1EB\U0001F1F7", "\U0001F1E9\U0001F1EA"]),
+        (FR + DE, 8, [FR, DE]),  # flags are never cut in half
         (f"ab{C}12cd", 4, ["ab", f"{C}12c", "d"]),  # colour code kept whole
         ("a\ud800b", 10, ["a\ufffdb"]),  # lone surrogate cannot be encoded
     ],
@@ -159,7 +161,7 @@ def test_payload_budget_fills_exactly_one_irc_line(prefix_len: int) -> None:
         ("just text", "just text", None),
         ("<script>alert(1)</script>", "<script>alert(1)</script>", None),  # plain stays plain
         (f"{B}hi{B} there", "hi there", "<b>hi</b> there"),
-        (f"{I}it{I}", "it", "<i>it</i>"),
+        (f"{IT}it{IT}", "it", "<i>it</i>"),
         (f"{U}un{U}", "un", "<u>un</u>"),
         (f"{S}gone{S}", "gone", "<del>gone</del>"),
         (f"{M}x = 1{M}", "x = 1", "<code>x = 1</code>"),
@@ -169,15 +171,16 @@ def test_payload_budget_fills_exactly_one_irc_line(prefix_len: int) -> None:
         (f"{C}88x", "x", '<font data-mx-color="#000000">x</font>'),
         (f"{C}99x", "x", None),  # 99 = default colour
         (f"{H}FF8800orange", "orange", '<font data-mx-color="#ff8800">orange</font>'),
-        (f"{H}ff0000,0000ffx", "x", '<font data-mx-color="#ff0000" data-mx-bg-color="#0000ff">x</font>'),
+        (f"{H}ff0000,0000ffx", "x",
+         '<font data-mx-color="#ff0000" data-mx-bg-color="#0000ff">x</font>'),
         (f"{C}12345", "345", '<font data-mx-color="#0000fc">345</font>'),  # at most 2 digits
         (f"{C}4,x", ",x", '<font data-mx-color="#ff0000">,x</font>'),  # comma without digit is text
         (f"{C},5x", ",5x", None),  # bare \x03 resets, the rest is text
         (f"{C}04red{C} plain", "red plain", '<font data-mx-color="#ff0000">red</font> plain'),
         (f"{B}<script>{B}", "<script>", "<b>&lt;script&gt;</b>"),  # IRC cannot inject markup
         (f'{B}"a" & b{B}', '"a" & b', "<b>&quot;a&quot; &amp; b</b>"),
-        (f"{B}a{I}b{B}c{I}", "abc", "<b>a<i>b</i></b><i>c</i>"),  # overlapping, reopened
-        (f"{B}{I}ab{O}c", "abc", "<b><i>ab</i></b>c"),  # reset closes everything
+        (f"{B}a{IT}b{B}c{IT}", "abc", "<b>a<i>b</i></b><i>c</i>"),  # overlapping, reopened
+        (f"{B}{IT}ab{RS}c", "abc", "<b><i>ab</i></b>c"),  # reset closes everything
         (f"{B}open", "open", "<b>open</b>"),  # closed at the end
         (f"{C}04{B}x{C}y", "xy", '<b><font data-mx-color="#ff0000">x</font>y</b>'),
         (f"{C}04,01{R}x", "x", '<font data-mx-color="#000000" data-mx-bg-color="#ff0000">x</font>'),
@@ -193,7 +196,8 @@ def test_irc_to_matrix(text: str, body: str, html: str | None) -> None:
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        (f"{B}b{B} {C}04,01c{C} {H}ff0000,00ff00d{O} {I}i{I}{U}u{U}{S}s{S}{M}m{M}{R}r", "b c d iusmr"),
+        (f"{B}b{B} {C}04,01c{C} {H}ff0000,00ff00d{RS} {IT}i{IT}{U}u{U}{S}s{S}{M}m{M}{R}r",
+         "b c d iusmr"),
         (f"{C}1234", "34"),
         (f"{C},5", ",5"),
         ("nothing to strip", "nothing to strip"),
@@ -213,12 +217,12 @@ def test_strip_irc_formatting(text: str, expected: str) -> None:
     [
         ("<b>bold</b> word", f"{B}bold{B} word"),
         ("<strong>bold</strong>", f"{B}bold{B}"),
-        ("<i>a</i><em>b</em>", f"{I}a{I}{I}b{I}"),
+        ("<i>a</i><em>b</em>", f"{IT}a{IT}{IT}b{IT}"),
         ("<u>under</u>", f"{U}under{U}"),
         ("<del>a</del><s>b</s><strike>c</strike>", f"{S}a{S}{S}b{S}{S}c{S}"),
         ("run <code>ls -l</code>", f"run {M}ls -l{M}"),
         ("<b>a <b>b</b> c</b>", f"{B}a b c{B}"),  # nested same style does not toggle off
-        ("<b><i>x</b>y</i>", f"{B}{I}x{I}{B}y"),  # misnested: closed in order
+        ("<b><i>x</b>y</i>", f"{B}{IT}x{IT}{B}y"),  # misnested: closed in order
         ("<b>unclosed", f"{B}unclosed"),
         ("<b>a<br>b</b>", f"{B}a\n{B}b{B}"),  # every IRC line is bold again
         ("<a href='https://example.com'>site</a>", "site (https://example.com)"),
@@ -238,8 +242,8 @@ def test_strip_irc_formatting(text: str, expected: str) -> None:
         ("<ul><li>a<ul><li>b</li></ul></li></ul>", "• a\n  • b"),
         ("<blockquote>quoted<br>two</blockquote>reply", "> quoted\n> two\nreply"),
         ("<blockquote><blockquote>deep</blockquote></blockquote>", "> > deep"),
-        ("<mx-reply><blockquote><a href='https://matrix.to/#/@a:b'>a</a> old</blockquote></mx-reply>new",
-         "new"),
+        ("<mx-reply><blockquote><a href='https://matrix.to/#/@a:b'>a</a> old</blockquote>"
+         "</mx-reply>new", "new"),
         ("<img src='mxc://x/y' alt=':cat:'> meow", ":cat: meow"),
         ("<img src='mxc://x/y'>", ""),
         ("<font data-mx-color='#ff0000'>red</font> plain", f"{C}04red{C} plain"),
@@ -259,11 +263,22 @@ def test_strip_irc_formatting(text: str, expected: str) -> None:
         ("<table><tr><td>a</td><td>b</td></tr><tr><td>c</td></tr></table>", "a b\nc"),
         ("</i>stray", "stray"),
         ("a < b > c", "a < b > c"),
+        ("a <![ b <b>bold</b>", f"a <![ b {B}bold{B}"),  # html.parser would raise here
+        ("<![CDATA[x]]>y", "y"),
         ("", ""),
     ],
 )
 def test_html_to_irc(html: str, expected: str) -> None:
     assert html_to_irc(html) == expected
+
+
+def test_html_to_irc_survives_a_parser_failure(monkeypatch: pytest.MonkeyPatch) -> None:
+    def explode(self: object, data: str) -> None:
+        raise AssertionError("parser bug")
+
+    monkeypatch.setattr(formatting._IrcRenderer, "feed", explode)
+    html = "<p>first &amp; <b>second</b></p><mx-reply>quote</mx-reply><script>x</script>third"
+    assert html_to_irc(html) == "first & second\nthird"
 
 
 # --------------------------------------------------------------------------------------
@@ -305,7 +320,8 @@ def test_long_bold_line_is_bold_in_every_chunk() -> None:
 
 
 def test_coloured_chunk_start_keeps_digits_visible() -> None:
-    lines = matrix_body_to_irc_lines("", "<font data-mx-color='#ff0000'>" + "1" * 100 + "</font>", 40)
+    html = "<font data-mx-color='#ff0000'>" + "1" * 100 + "</font>"
+    lines = matrix_body_to_irc_lines("", html, 40)
     assert "".join(irc_to_matrix(line)[0] for line in lines) == "1" * 100
 
 
@@ -414,7 +430,7 @@ def test_emote_round_trips(text: str) -> None:
 # --------------------------------------------------------------------------------------
 
 IRC_ALPHABET = st.sampled_from(
-    list("ab ,0123459<>&\"'é") + [B, C, H, O, M, R, I, S, U, "\U0001F600", "\u0301", "fF"]
+    list("ab ,0123459<>&\"'é") + [B, C, H, RS, M, R, IT, S, U, "\U0001F600", "\u0301", "fF"]
 )
 HTML_PIECES = st.sampled_from([
     "<b>", "</b>", "<i>", "</i>", "<p>", "</p>", "<br>", "<ul>", "<li>", "</li>", "</ul>",
@@ -520,16 +536,20 @@ def test_html_to_irc_never_raises_or_leaks_unsafe_characters(html: str) -> None:
     st.one_of(st.none(), st.text(), html_like),
     st.integers(min_value=4, max_value=IRC_LINE_LIMIT),
 )
-def test_matrix_body_to_irc_lines_are_safe_and_fit(body: str, html: str | None, max_bytes: int) -> None:
+def test_matrix_body_to_irc_lines_are_safe_and_fit(
+    body: str, html: str | None, max_bytes: int
+) -> None:
     for line in matrix_body_to_irc_lines(body, html, max_bytes):
         assert not any(ch in line for ch in UNSAFE)
         assert 0 < nbytes(line) <= max_bytes
         assert strip_irc_formatting(line).strip()
 
 
+WORDS = st.sampled_from(["alpha", "beta", "gamma", "delta", "x/y"])
+
+
 @settings(deadline=None)
-@given(st.lists(st.sampled_from(["alpha", "beta", "gamma", "delta", "x/y"]), min_size=1, max_size=12),
-       st.lists(st.sampled_from(["alpha", "beta", "gamma", "delta", "x/y"]), min_size=1, max_size=12))
+@given(st.lists(WORDS, min_size=1, max_size=12), st.lists(WORDS, min_size=1, max_size=12))
 def test_edit_text_sed_applies_to_the_old_text(old_words: list[str], new_words: list[str]) -> None:
     old, new = " ".join(old_words), " ".join(new_words)
     out = edit_text(old, new)

@@ -95,7 +95,8 @@ class Stack:
                  log_level: str = "INFO", ircd_kind: str | None = None):
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
-        self.ircd = IrcDaemon(workdir / "ircd", kind=ircd_kind)
+        # IRCBRIDGE_IRCD=miniircd|ngircd picks the daemon (default: ngircd when installed).
+        self.ircd = IrcDaemon(workdir / "ircd", kind=ircd_kind or os.environ.get("IRCBRIDGE_IRCD"))
         self.bridge_port = free_port()
         self.config_path = workdir / "bridge" / "config.ini"
         self.config_path.parent.mkdir(exist_ok=True)
