@@ -92,6 +92,18 @@ class LoggingConfig:
     level: str
     format: str
     file: str
+    # (logger name, level) pairs from `levels = bridge.irc=DEBUG, peewee=WARNING`
+    levels: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    bind: str = ""  # empty: /metrics on the bridge's own port; else HOST:PORT of its own
+
+
+@dataclass(frozen=True)
+class ProvisioningConfig:
+    secret: str = ""  # empty: the status page (and provisioning) answer 403
 
 
 @dataclass(frozen=True)
@@ -104,6 +116,8 @@ class Config:
     permissions: tuple[tuple[str, str], ...]
     logging: LoggingConfig
     warnings: tuple[str, ...] = field(default=())
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    provisioning: ProvisioningConfig = field(default_factory=ProvisioningConfig)
 
     def network(self, name: str) -> NetworkConfig | None:
         for net in self.networks:
@@ -137,7 +151,9 @@ SECTION_KEYS: dict[str, dict[str, Any]] = {
         "senders": "4",
     },
     "database": {"url": "sqlite:///ircbridge.db"},
-    "logging": {"level": "INFO", "format": "text", "file": ""},
+    "logging": {"level": "INFO", "format": "text", "file": "", "levels": ""},
+    "metrics": {"bind": ""},
+    "provisioning": {"secret": ""},
 }
 NETWORK_KEYS: dict[str, Any] = {
     "host": REQUIRED,
@@ -294,6 +310,29 @@ def _channels(value: str) -> str | None:
     return None
 
 
+LEVEL_NAMES = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+LOGGER_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
+
+
+def _levels(value: str) -> str | None:
+    for item in _split_list(value):
+        name, sep, level = item.partition("=")
+        if not sep or not LOGGER_NAME_RE.match(name.strip()) \
+                or level.strip().upper() not in LEVEL_NAMES:
+            return ("a comma-separated list of logger=LEVEL, e.g. bridge.irc=DEBUG, "
+                    f"peewee=WARNING (bad: {item!r})")
+    return None
+
+
+def _logger_levels(value: str) -> tuple[tuple[str, str], ...]:
+    pairs = []
+    for item in _split_list(value):
+        name, _, level = item.partition("=")
+        if LOGGER_NAME_RE.match(name.strip()) and level.strip().upper() in LEVEL_NAMES:
+            pairs.append((name.strip(), level.strip().upper()))
+    return tuple(pairs)
+
+
 def _split_list(value: str) -> list[str]:
     return [item.strip() for item in value.split(",") if item.strip()]
 
@@ -393,6 +432,11 @@ def parse(text: str, *, path: Path, environ: dict[str, str] | None = None) -> Co
             "format", "text", lambda v: None if v in ("text", "json") else "text or json"
         ),
         file=lg.string("file", ""),
+        levels=_logger_levels(lg.string("levels", "", _levels)),
+    )
+    metrics = MetricsConfig(bind=_Reader(parser, "metrics", problems).string("bind", "", _bind))
+    provisioning = ProvisioningConfig(
+        secret=_Reader(parser, "provisioning", problems).string("secret", "")
     )
 
     networks = tuple(
@@ -415,6 +459,8 @@ def parse(text: str, *, path: Path, environ: dict[str, str] | None = None) -> Co
         permissions=permissions,
         logging=logging_config,
         warnings=tuple(warnings),
+        metrics=metrics,
+        provisioning=provisioning,
     )
 
 

@@ -500,6 +500,7 @@ class _IrcRenderer(HTMLParser):
         self._styles = dict.fromkeys(_TOGGLES, 0)
         self._colours: list[tuple[int | None, int | None]] = []
         self._open: list[tuple[str, tuple[str, ...]]] = []  # (tag, how to undo it)
+        self._open_names: dict[str, int] = {}  # how many of each tag are open
         self._skip = 0
         self._pre = 0
         self._pre_fresh = False
@@ -581,23 +582,28 @@ class _IrcRenderer(HTMLParser):
         if self._skip:
             if tag in _SKIP_TAGS:
                 self._skip += 1
-                self._open.append((tag, ("skip",)))
+                self._push(tag, ("skip",))
         elif tag in _VOID_TAGS:
             self._void(tag, dict(attrs))
         else:
-            self._open.append((tag, self._start(tag, dict(attrs))))
+            self._push(tag, self._start(tag, dict(attrs)))
 
     def handle_endtag(self, tag: str) -> None:
         if tag in _VOID_TAGS or (self._skip and tag not in _SKIP_TAGS):
             return
-        names = [name for name, _ in self._open]
-        if tag not in names:
+        if not self._open_names.get(tag):  # a stray end tag: ignored
             return
-        index = len(names) - 1 - names[::-1].index(tag)
-        while len(self._open) > index:
-            _, undo = self._open.pop()
+        while True:  # close everything opened inside it, then the element itself
+            name, undo = self._open.pop()
+            self._open_names[name] -= 1
             for action in reversed(undo):
                 self._undo(action)
+            if name == tag:
+                return
+
+    def _push(self, tag: str, undo: tuple[str, ...]) -> None:
+        self._open.append((tag, undo))
+        self._open_names[tag] = self._open_names.get(tag, 0) + 1
 
     def handle_data(self, data: str) -> None:
         if self._skip:

@@ -260,6 +260,14 @@ class Store:
         self._locks: list[Any] = []
         self._lock_guard = threading.Lock()
 
+    def writing(self) -> Any:
+        """A write transaction. On SQLite it takes the write lock up front (BEGIN IMMEDIATE):
+        a deferred transaction that read first cannot wait for the lock and fails with
+        'database is locked' when another thread wrote meanwhile."""
+        if self.is_sqlite:
+            return self.db.atomic("IMMEDIATE")
+        return self.db.atomic()
+
     @property
     def is_sqlite(self) -> bool:
         return isinstance(self.db, pw.SqliteDatabase)
@@ -276,7 +284,7 @@ class Store:
     def migrate(self) -> tuple[int | None, int]:
         """Create or upgrade the schema; returns (version before, version after)."""
         before = self.schema_version()
-        with self.db.connection_context(), self.db.atomic():
+        with self.db.connection_context(), self.writing():
             self.db.create_tables(MODELS, safe=True)
             Meta.insert(key="schema_version", value=str(SCHEMA_VERSION)).on_conflict(
                 conflict_target=[Meta.key], update={Meta.value: str(SCHEMA_VERSION)}
@@ -388,7 +396,7 @@ class Store:
         self, network: str, channel: str, channel_name: str, room_id: str, alias: str | None,
         kind: str = "portal",
     ) -> Link:
-        with self.db.atomic():
+        with self.writing():
             RoomLink.insert(
                 network=network, channel=channel, channel_name=channel_name, room_id=room_id,
                 alias=alias, kind=kind,
@@ -448,7 +456,7 @@ class Store:
         """
         ids = [str(e.get("event_id")) for e in events]
         digest = hashlib.sha256("\n".join(ids).encode()).hexdigest()
-        with self.db.atomic():
+        with self.writing():
             previous = HsTransaction.get_or_none(HsTransaction.txn_id == txn_id)
             if previous is not None and previous.digest == digest:
                 return True, 0
@@ -500,7 +508,7 @@ class Store:
     def prune(self, max_age_ms: int = 7 * 86400 * 1000) -> None:
         """Forget handled transactions and events older than the window (dedupe stays bounded)."""
         cutoff = now_ms() - max_age_ms
-        with self.db.atomic():
+        with self.writing():
             HsTransaction.delete().where(HsTransaction.received_at < cutoff).execute()
             InboxEvent.delete().where(
                 (InboxEvent.state != PENDING) & (InboxEvent.created_at < cutoff)
@@ -516,7 +524,7 @@ class Store:
         (per `rooms`), else to scrollback (pruned to the network's limit)."""
         queued: list[QueuedLine] = []
         trimmed: set[tuple[str, str]] = set()
-        with self.db.atomic():
+        with self.writing():
             for line in lines:
                 room_id = rooms.get((line.network, line.channel))
                 if room_id is None:
@@ -550,7 +558,7 @@ class Store:
                           sender_for: Any) -> list[QueuedLine]:
         """Move a channel's scrollback into the outbox of its new room, oldest first."""
         queued: list[QueuedLine] = []
-        with self.db.atomic():
+        with self.writing():
             where = (Scrollback.network == network) & (Scrollback.channel == channel)
             for sb in Scrollback.select().where(where).order_by(Scrollback.id):
                 row = OutboxMessage.create(
@@ -570,7 +578,7 @@ class Store:
         return [_queued(r) for r in rows]
 
     def outbox_done(self, ids_and_events: list[tuple[int, str]]) -> None:
-        with self.db.atomic():
+        with self.writing():
             for row_id, event_id in ids_and_events:
                 OutboxMessage.update(state=DONE, event_id=event_id).where(
                     OutboxMessage.id == row_id

@@ -195,3 +195,39 @@ def test_location_and_user_lookups_return_lists(client: FlaskClient) -> None:
     r = client.get("/_matrix/app/v1/thirdparty/location?alias=%23irc_local_%23matrix:localhost",
                    headers=AUTH)
     assert r.json[0]["fields"]["channel"] == "#matrix"
+
+
+def test_authentication_comes_before_any_side_effect(client: FlaskClient, app: Flask) -> None:
+    for headers in ({}, {"Authorization": "Bearer wrong"}):
+        client.put("/_matrix/app/v1/transactions/11", data=txn([ev(11)]), headers=headers)
+    assert app.extensions["bridge"].store.pending_inbox() == []
+    r = client.put("/_matrix/app/v1/transactions/11", data=txn([ev(11)]), headers=AUTH)
+    assert r.status_code == 200  # the txnId was not marked processed by the refused tries
+    assert len(app.extensions["bridge"].store.pending_inbox()) == 1
+
+
+def test_an_empty_transaction_is_fine(client: FlaskClient) -> None:
+    r = client.put("/_matrix/app/v1/transactions/12", data=txn([]), headers=AUTH)
+    assert (r.status_code, r.json) == (200, {})
+
+
+def test_a_retry_racing_the_first_attempt_queues_each_event_once(app: Flask) -> None:
+    import concurrent.futures
+
+    events = [ev(100 + i) for i in range(50)]
+
+    def put(_: int) -> int:
+        return app.test_client().put("/_matrix/app/v1/transactions/13", data=txn(events),
+                                     headers=AUTH).status_code
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        assert set(pool.map(put, range(8))) == {200}
+    ids = [e["event_id"] for _, e in app.extensions["bridge"].store.pending_inbox()]
+    assert ids == [e["event_id"] for e in events]  # once each, in the order given
+
+
+def test_every_answer_is_a_json_object(client: FlaskClient) -> None:
+    for method, path in (("GET", "/"), ("GET", "/_matrix/app/v1/users/"), ("DELETE", "/users/x"),
+                         ("PUT", "/_matrix/app/v1/transactions/"), ("GET", "/health/x")):
+        r = client.open(path, method=method, headers=AUTH)
+        assert r.is_json and isinstance(r.json, dict), (method, path, r.status_code)

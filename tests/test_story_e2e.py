@@ -256,3 +256,18 @@ def test_the_bridge_log_never_shows_a_token(story: Story) -> None:
     reg = yaml.safe_load(story.stack.registration.read_text())
     text = Path(story.stack.bridge.log_path).read_text(errors="replace")
     assert reg["as_token"] not in text and reg["hs_token"] not in text
+
+
+def test_the_user_query_registers_then_answers_and_is_repeatable(story: Story) -> None:
+    reg = yaml.safe_load(story.stack.registration.read_text())
+    auth = {"Authorization": f"Bearer {reg['hs_token']}"}
+    base = f"{story.stack.bridge.url}/_matrix/app/v1/users/"
+    ghost = story.stack.ghost("Quentin")
+    for _ in range(2):  # the second time Synapse says M_USER_IN_USE: still 200
+        r = requests.get(base + requests.utils.quote(ghost, safe=""), headers=auth, timeout=30)
+        assert (r.status_code, r.json()) == (200, {})
+    assert story.alice.profile(ghost)["displayname"] == "Quentin"
+    r = requests.get(base + "%40outsider%3Alocalhost", headers=auth, timeout=30)
+    assert (r.status_code, r.json()["errcode"]) == (404, "M_NOT_FOUND")
+    with pytest.raises(Exception):
+        story.alice.profile("@outsider:localhost")
