@@ -104,6 +104,9 @@ class MetricsConfig:
 @dataclass(frozen=True)
 class ProvisioningConfig:
     secret: str = ""  # empty: the status page (and provisioning) answer 403
+    # Fernet key for what users store with !storepass/!certfp (`ircbridge generate-key`);
+    # None: nothing secret can be stored.
+    key_file: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -153,7 +156,7 @@ SECTION_KEYS: dict[str, dict[str, Any]] = {
     "database": {"url": "sqlite:///ircbridge.db"},
     "logging": {"level": "INFO", "format": "text", "file": "", "levels": ""},
     "metrics": {"bind": ""},
-    "provisioning": {"secret": ""},
+    "provisioning": {"secret": "", "key_file": ""},
 }
 NETWORK_KEYS: dict[str, Any] = {
     "host": REQUIRED,
@@ -435,8 +438,11 @@ def parse(text: str, *, path: Path, environ: dict[str, str] | None = None) -> Co
         levels=_logger_levels(lg.string("levels", "", _levels)),
     )
     metrics = MetricsConfig(bind=_Reader(parser, "metrics", problems).string("bind", "", _bind))
+    pr = _Reader(parser, "provisioning", problems)
+    key_file = pr.string("key_file", "")
     provisioning = ProvisioningConfig(
-        secret=_Reader(parser, "provisioning", problems).string("secret", "")
+        secret=pr.string("secret", ""),
+        key_file=resolve_path(base, key_file) if key_file else None,
     )
 
     networks = tuple(

@@ -106,8 +106,8 @@ _ZWJ = "\u200d"
 def split_lines(text: str) -> list[str]:
     """Split a Matrix body into IRC lines; NULs go, trailing empty lines are dropped.
 
-    Only real line breaks split (not str.splitlines(), which also splits on \\x1c-\\x1e,
-    and \\x1e is the IRC strikethrough code).
+    Only real line breaks split: str.splitlines() would also split on \\x1d and \\x1e,
+    the IRC italic and strikethrough codes.
     """
     lines = _LINE_BREAK_RE.split(text.replace("\0", ""))
     while lines and not lines[-1]:
@@ -150,8 +150,8 @@ def _joins(cluster: str, ch: str) -> bool:
     """Whether ch continues the grapheme cluster (an approximation of UAX #29)."""
     if unicodedata.category(cluster[0]) == "Cc" or unicodedata.category(ch) == "Cc":
         return False
-    if cluster[-1] == _ZWJ:
-        return True
+    if cluster[-1] == _ZWJ:  # emoji ZWJ sequences
+        return not ch.isspace()
     if _is_regional_indicator(ch):
         return len(cluster) == 1 and _is_regional_indicator(cluster)
     return _is_attached(ch)
@@ -417,6 +417,7 @@ _CSS_COLOUR_RE = re.compile(r"#?([0-9a-fA-F]{6}|[0-9a-fA-F]{3})")
 _PILL_RE = re.compile(r"(https?://matrix\.to/#/[@#!]|matrix:(u|r|roomid)/)", re.IGNORECASE)
 _SCHEME_RE = re.compile(r"^[a-z][a-z0-9+.-]*:(//)?", re.IGNORECASE)
 _PRE_BREAK_RE = re.compile("\r\n|[\r\n]")
+_MAX_NESTING = 8  # deeper quotes and lists are not indented further
 
 
 def _clean_text(text: str) -> str:
@@ -530,7 +531,7 @@ class _IrcRenderer(HTMLParser):
 
     def _start_line(self) -> None:
         self._started = True
-        self._parts.append("> " * self._quote)
+        self._parts.append("> " * min(self._quote, _MAX_NESTING))
         self._parts.append("".join(c for c in _TOGGLES if self._styles[c] > 0))
         self._space = self._quote > 0
         if self._colours:
@@ -665,8 +666,6 @@ class _IrcRenderer(HTMLParser):
 
     def _end_link(self) -> None:
         href, parts = self._links.pop()
-        if self._links:
-            self._links[-1][1].extend(parts)
         suffix = _link_suffix(_clean_attr("".join(parts)), href)
         if suffix:
             self._write_inline(suffix)
@@ -690,7 +689,7 @@ class _IrcRenderer(HTMLParser):
         marker = "• " if number is None else f"{number}. "
         if number is not None:
             self._lists[-1] = number + 1
-        self._write("  " * max(len(self._lists) - 1, 0) + marker)
+        self._write("  " * min(max(len(self._lists) - 1, 0), _MAX_NESTING) + marker)
 
     def _start_quote(self, tag: str, attrs: dict[str, str | None]) -> str:
         self._quote += 1
@@ -731,11 +730,8 @@ def _fallback_lines(html: str) -> list[str]:
 def _tidy_lines(lines: list[str]) -> str:
     # rstrip(" \t"), not rstrip(): Python counts the IRC codes \x1d-\x1f as whitespace.
     lines = [line.rstrip(" \t") for line in lines]
-    while lines and not lines[-1]:
-        lines.pop()
-    while lines and not lines[0]:
-        lines.pop(0)
-    return "\n".join(lines)
+    filled = [index for index, line in enumerate(lines) if line]
+    return "\n".join(lines[filled[0] : filled[-1] + 1]) if filled else ""
 
 
 def html_to_irc(html: str) -> str:

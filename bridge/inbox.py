@@ -15,6 +15,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from . import metrics
 from .store import DONE, FAILED, Store
 
 log = logging.getLogger(__name__)
@@ -112,6 +113,7 @@ class InboxWorker:
                 break
             (done_ids if ok else failed_ids).append(row_id)
             self._in_flight.discard(row_id)
+        metrics.inbox_handled(self, len(done_ids), len(failed_ids))
         if done_ids:
             self.store.mark_inbox(done_ids, DONE)
         if failed_ids:

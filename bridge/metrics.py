@@ -164,6 +164,8 @@ def transaction(owner: object, seen: bool, new: int) -> None:
 
 
 def inbox_handled(owner: object, done: int, failed: int) -> None:
+    if not done and not failed:
+        return
     metrics = for_owner(owner)
     if metrics is None:
         return

@@ -18,6 +18,7 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from . import metrics
 from .store import IrcLine, QueuedLine, Store
 
 log = logging.getLogger(__name__)
@@ -202,21 +203,25 @@ class Senders:
             except Retry as e:
                 log.warning("could not deliver line %d to %s (%s); retrying in %.1f s",
                             line.id, line.room_id, e, pause)
+                metrics.outbox_retry(self)
                 self._stop.wait(pause)
                 pause = min(self.retry_cap, pause * 2)
                 continue
             except GiveUp as e:
                 log.error("giving up on line %d for %s: %s", line.id, line.room_id, e)
+                metrics.outbox_failed(self)
                 self._mark(lambda: self.store.outbox_failed(line.id, str(e)))
                 return
             except Exception as e:  # noqa: BLE001 - unexpected: count it, retry a few times
                 log.exception("error delivering line %d", line.id)
                 if attempts >= self.max_attempts:
+                    metrics.outbox_failed(self)
                     self._mark(lambda: self.store.outbox_failed(line.id, repr(e)))
                     return
                 self._stop.wait(pause)
                 pause = min(self.retry_cap, pause * 2)
                 continue
+            metrics.relayed(self, "irc_to_matrix", line.msgtype)
             self._mark(lambda: self.store.outbox_done([(line.id, event_id)]))
             return
 

@@ -272,6 +272,20 @@ class IrcConnection:
     def left(self, channel: str) -> None:
         self.channels.discard(irc_lower(channel))
 
+    def refused(self, channel: str, reason: str) -> None:
+        """The server refused our JOIN: fail the lines waiting for that channel."""
+        folded = irc_lower(channel)
+        self.wanted_channels.pop(folded, None)
+        kept: collections.deque[Outgoing] = collections.deque()
+        for item in self.queue:
+            if item.channel == folded:
+                if item.done:
+                    item.done(False, reason)
+            else:
+                kept.append(item)
+        self.queue = kept
+        self.drain()
+
     # ------------------------------------------------------------ output
     def send(self, line: str, *, channel: str | None = None,
              done: Callable[[bool, str | None], None] | None = None) -> None:

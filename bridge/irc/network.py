@@ -8,6 +8,7 @@ methods must only queue work (they run on the IRC thread).
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -15,6 +16,8 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 import irc.client
+
+import irc.modes
 
 from ..names import irc_lower, is_channel, puppet_nick
 from .connection import ConnectSlots, IrcConnection, State
@@ -40,6 +43,17 @@ class IrcListener(Protocol):
     def irc_topic(self, network: str, channel: str, topic: str, nick: str | None) -> None: ...
 
     def irc_connection(self, network: str, owner: str, what: str, details: dict[str, Any]) -> None: ...
+
+    def irc_membership(self, network: str, channel: str, nick: str, what: str,
+                       details: dict[str, Any]) -> None: ...
+
+    def irc_mode(self, network: str, channel: str, sign: str, mode: str,
+                 argument: str | None, by: str | None) -> None: ...
+
+    def irc_failure(self, network: str, owner: str, target: str, reason: str) -> None: ...
+
+
+_WORD = re.compile(r"[A-Za-z\[\]\\`_^{|}][A-Za-z0-9\[\]\\`_^{|}-]*")
 
 
 def event_time_ms(event: irc.client.Event) -> int:
@@ -82,6 +96,10 @@ class Network:
         self.topics: dict[str, str] = {}
         self.nick_max = 30
         self.casemapping = "rfc1459"
+        # The forwarding connection's view of who is in each channel (folded -> folded nicks).
+        self.members: dict[str, set[str]] = {}
+        # Folded nick of each puppet -> its Matrix user id, for mentions and PMs.
+        self.puppet_nicks: dict[str, str] = {}
 
     # ------------------------------------------------------------ connections
     def _new_connection(self, owner: str, nick: str, username: str, realname: str,
@@ -135,8 +153,17 @@ class Network:
             conn.start()
         return conn
 
+    def _remember_puppet_nick(self, conn: IrcConnection) -> None:
+        for folded, owner in list(self.puppet_nicks.items()):
+            if owner == conn.owner:
+                del self.puppet_nicks[folded]
+        self.puppet_nicks[irc_lower(conn.nick)] = conn.owner
+
     def drop_puppet(self, user_id: str, message: str = "") -> None:
         conn = self.puppets.pop(user_id, None)
+        for folded, owner in list(self.puppet_nicks.items()):
+            if owner == user_id:
+                del self.puppet_nicks[folded]
         if conn is not None:
             conn.close(message)
             self._unregister(conn.conn)
@@ -162,6 +189,8 @@ class Network:
         return None
 
     def _connection_changed(self, conn: IrcConnection, what: str, details: dict[str, Any]) -> None:
+        if what == "connected" and not conn.is_bot:
+            self._remember_puppet_nick(conn)
         if what == "connected" and conn.is_bot:
             isupport = conn.conn.features
             self.nick_max = int(getattr(isupport, "nicklen", None) or self.nick_max)
@@ -196,23 +225,119 @@ class Network:
     def _on_error(self, conn: IrcConnection, event: irc.client.Event) -> None:
         log.warning("%s: server error: %s", conn, event.target)
 
+    def _mine(self, conn: IrcConnection, nick: str | None) -> bool:
+        return bool(nick) and irc_lower(nick or "") == irc_lower(conn.conn.get_nickname())
+
+    def _ours(self, nick: str) -> bool:
+        return irc_lower(nick) in self.our_nicks()
+
     def _on_join(self, conn: IrcConnection, event: irc.client.Event) -> None:
-        if event.source and irc_lower(event.source.nick) == irc_lower(conn.conn.get_nickname()):
+        nick = event.source.nick if event.source else ""
+        channel = irc_lower(event.target)
+        if self._mine(conn, nick):
+            if self.forwarder(channel) is None or conn.is_bot:
+                self.members[channel] = set()
             conn.joined(event.target)
+            return
+        if self._ours(nick) or self.forwarder(channel) is not conn:
+            return
+        self.members.setdefault(channel, set()).add(irc_lower(nick))
+        self.listener.irc_membership(self.name, channel, nick, "join", {"ts": event_time_ms(event)})
 
     def _on_part(self, conn: IrcConnection, event: irc.client.Event) -> None:
-        if event.source and irc_lower(event.source.nick) == irc_lower(conn.conn.get_nickname()):
+        nick = event.source.nick if event.source else ""
+        channel = irc_lower(event.target)
+        if self._mine(conn, nick):
             conn.left(event.target)
+            return
+        if self._ours(nick) or self.forwarder(channel) is not conn:
+            return
+        self.members.get(channel, set()).discard(irc_lower(nick))
+        reason = event.arguments[0] if event.arguments else ""
+        self.listener.irc_membership(self.name, channel, nick, "part", {"reason": reason})
 
     def _on_kick(self, conn: IrcConnection, event: irc.client.Event) -> None:
         kicked = event.arguments[0] if event.arguments else ""
-        if irc_lower(kicked) == irc_lower(conn.conn.get_nickname()):
+        reason = event.arguments[1] if len(event.arguments) > 1 else ""
+        by = event.source.nick if event.source else ""
+        channel = irc_lower(event.target)
+        if self._mine(conn, kicked):
             conn.left(event.target)
             self.listener.irc_connection(
-                self.name, conn.owner, "kicked", {"channel": event.target}
+                self.name, conn.owner, "kicked", {"channel": channel, "by": by, "reason": reason}
             )
             if conn.is_bot:
-                conn.wanted_channels.pop(irc_lower(event.target), None)
+                conn.wanted_channels.pop(channel, None)
+            return
+        if self._ours(kicked) or self.forwarder(channel) is not conn:
+            return
+        self.members.get(channel, set()).discard(irc_lower(kicked))
+        self.listener.irc_membership(self.name, channel, kicked, "kick",
+                                     {"by": by, "reason": reason})
+
+    def _on_quit(self, conn: IrcConnection, event: irc.client.Event) -> None:
+        nick = event.source.nick if event.source else ""
+        if not nick or self._ours(nick):
+            return
+        folded = irc_lower(nick)
+        reason = event.arguments[0] if event.arguments else ""
+        for channel, members in self.members.items():
+            if folded in members and self.forwarder(channel) is conn:
+                members.discard(folded)
+                self.listener.irc_membership(self.name, channel, nick, "quit",
+                                             {"reason": reason})
+
+    def _on_nick(self, conn: IrcConnection, event: irc.client.Event) -> None:
+        old = event.source.nick if event.source else ""
+        new = event.target or ""
+        if conn.owner and irc_lower(new) == irc_lower(conn.conn.get_nickname()):
+            self._remember_puppet_nick(conn)
+            self.listener.irc_connection(self.name, conn.owner, "nick_changed",
+                                         {"old": old, "new": new})
+            return
+        if not old or self._ours(old) or self._ours(new):
+            return
+        for channel, members in self.members.items():
+            if irc_lower(old) in members and self.forwarder(channel) is conn:
+                members.discard(irc_lower(old))
+                members.add(irc_lower(new))
+                self.listener.irc_membership(self.name, channel, old, "nick", {"new": new})
+
+    def _on_namreply(self, conn: IrcConnection, event: irc.client.Event) -> None:
+        if len(event.arguments) < 3:
+            return
+        channel = irc_lower(event.arguments[1])
+        if self.forwarder(channel) is not conn and not conn.is_bot:
+            return
+        names = {irc_lower(n.lstrip("@+%~&!")) for n in event.arguments[2].split()}
+        self.members.setdefault(channel, set()).update(names)
+
+    def _on_mode(self, conn: IrcConnection, event: irc.client.Event) -> None:
+        channel = irc_lower(event.target)
+        if self.forwarder(channel) is not conn:
+            return
+        by = event.source.nick if event.source else None
+        try:
+            changes = irc.modes.parse_channel_modes(" ".join(event.arguments))
+        except (IndexError, ValueError):
+            return
+        for sign, mode, argument in changes:
+            if mode in "ov" and argument and self._ours(argument):
+                continue
+            self.listener.irc_mode(self.name, channel, sign, mode, argument, by)
+
+    def _failure(self, conn: IrcConnection, event: irc.client.Event) -> None:
+        target = event.arguments[0] if event.arguments else ""
+        reason = event.arguments[-1] if event.arguments else event.type
+        if not conn.is_bot:
+            self.listener.irc_failure(self.name, conn.owner, target, reason)
+        if event.type in ("bannedfromchan", "inviteonlychan", "badchannelkey", "channelisfull"):
+            conn.refused(target, reason)
+
+    _on_cannotsendtochan = _on_nosuchnick = _on_nosuchchannel = _failure
+    _on_channelisfull = _on_inviteonlychan = _on_bannedfromchan = _failure
+    _on_badchannelkey = _on_nochanmodes = _on_chanoprivsneeded = _failure
+    _on_toomanychannels = _failure
 
     def _on_endofnames(self, conn: IrcConnection, event: irc.client.Event) -> None:
         if conn.is_bot and event.arguments:
@@ -250,7 +375,18 @@ class Network:
         if self.forwarder(channel) is not conn:
             return
         self.listener.irc_message(self.name, irc_lower(channel), nick, text, kind,
-                                  event_time_ms(event))
+                                  event_time_ms(event), self.mentions(text))
+
+    def mentions(self, text: str) -> dict[str, str]:
+        """Nicks of our puppets named in `text` -> their Matrix user ids (for pills)."""
+        if not self.puppet_nicks:
+            return {}
+        found: dict[str, str] = {}
+        for word in _WORD.findall(text):
+            owner = self.puppet_nicks.get(irc_lower(word))
+            if owner is not None:
+                found[word] = owner
+        return found
 
     def _on_pubmsg(self, conn: IrcConnection, event: irc.client.Event) -> None:
         self._relay_channel(conn, event, event.arguments[0], "m.text")
@@ -278,9 +414,39 @@ class Network:
         nick = event.source.nick if event.source else ""
         if not nick or irc_lower(nick) in self.our_nicks():
             return
+        if not conn.owner:
+            return  # the bot's PMs are not bridged
         self.listener.irc_private(self.name, conn.owner, nick, text, kind, event_time_ms(event))
 
     # ------------------------------------------------------------ Matrix -> IRC
+    def command(self, user_id: str, line: str, channel: str | None = None) -> None:
+        """A control line (TOPIC, KICK, MODE, NICK) from the user's puppet, flood-controlled."""
+        conn = self.puppet(user_id)
+        if channel is not None:
+            conn.join(channel)
+        conn.send(line, channel=channel)
+
+    def say_private(self, user_id: str, nick: str, lines: list[str], kind: str,
+                    done: Callable[[bool, str | None], None]) -> None:
+        conn = self.puppet(user_id)
+        if not lines:
+            done(True, None)
+            return
+        remaining = [len(lines)]
+        failed: list[str] = []
+
+        def one_done(ok: bool, error: str | None) -> None:
+            if not ok:
+                failed.append(error or "not sent")
+            remaining[0] -= 1
+            if remaining[0] == 0:
+                done(not failed, failed[0] if failed else None)
+
+        command = "NOTICE" if kind == "m.notice" else "PRIVMSG"
+        for line in lines:
+            text = f"\x01ACTION {line}\x01" if kind == "m.emote" else line
+            conn.send(f"{command} {nick} :{text}", done=one_done)
+
     def say(self, user_id: str, displayname: str | None, channel: str, lines: list[str],
             kind: str, done: Callable[[bool, str | None], None]) -> None:
         """Say `lines` in `channel` from the user's puppet; `done` once all left (or failed)."""

@@ -1,12 +1,22 @@
-"""Flask blueprints and the JSON error handlers; the only package that imports Flask."""
+"""Flask blueprints and the JSON error handlers; the only package that imports Flask.
+
+`register` also gives the app its own metrics (a per-app Prometheus registry, see
+`bridge.metrics`) and tells the log filter which secrets of this config must never be
+written; `shutdown` undoes what `register` started besides the bridge itself.
+"""
 
 from __future__ import annotations
 
 import logging
+import time
+from typing import Any
+from urllib.parse import urlsplit
 
 from flask import Flask, Response
 from werkzeug.exceptions import HTTPException
 
+from .. import logs
+from . import ops_metrics
 from .appservice import bp as appservice_bp
 from .errors import matrix_error
 from .ops import bp as ops_bp
@@ -15,6 +25,10 @@ log = logging.getLogger(__name__)
 
 
 def register(app: Flask) -> None:
+    bridge: Any = app.extensions["bridge"]
+    logs.protect(_secrets(bridge.config))
+    app.extensions["ircbridge_started_at"] = time.time()
+    app.extensions["ircbridge_metrics"] = ops_metrics.setup(bridge)
     app.register_blueprint(appservice_bp)
     app.register_blueprint(ops_bp)
 
@@ -38,3 +52,23 @@ def register(app: Flask) -> None:
     def internal(e: Exception) -> Response:
         log.exception("unhandled error")
         return matrix_error(500, "M_UNKNOWN", "Internal error; see the bridge's log")
+
+
+def shutdown(app: Flask) -> None:
+    """Stop the bridge and this app's own metrics port (for gunicorn's worker_exit)."""
+    bridge = app.extensions.get("bridge")
+    if bridge is not None:
+        bridge.stop()
+    metrics = app.extensions.get("ircbridge_metrics")
+    if metrics is not None:
+        metrics.close()
+
+
+def _secrets(config: Any) -> list[str]:
+    found = [config.appservice.as_token, config.appservice.hs_token,
+             config.provisioning.secret]
+    password = urlsplit(config.database.url).password
+    if password:
+        found.append(password)
+    found.extend(n.password for n in config.networks if n.password)
+    return found

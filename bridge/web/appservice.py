@@ -14,6 +14,7 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
+from .. import metrics
 from .errors import matrix_error
 
 log = logging.getLogger(__name__)
@@ -79,6 +80,7 @@ def put_transaction(txn_id: str) -> Response:
             continue
         good.append(event)
     seen, new = _bridge().handle_transaction(txn_id, good)
+    metrics.transaction(_bridge(), seen, new)
     if seen and not new:
         log.debug("transaction %s already handled", txn_id)
     return jsonify({})

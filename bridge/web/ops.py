@@ -1,19 +1,189 @@
-"""Operational endpoints: /health for load balancers and admins."""
+"""Operational endpoints: /health for load balancers, /metrics for Prometheus, / for admins.
+
+/health answers 200 only when every part the bridge needs works (homeserver reached with the
+as_token, the homeserver's AS ping reached us, the database answers, every network's bot is
+connected) and 503 naming the parts that do not. /metrics is unprotected by design (bind it to
+loopback or a private port with `[metrics] bind`, or filter it in the reverse proxy). The
+status page at / shows the live numbers and needs `[provisioning] secret`.
+"""
 
 from __future__ import annotations
 
+import base64
+import hmac
+import time
 from typing import Any
 
-from flask import Blueprint, Response, current_app, jsonify
+from flask import Blueprint, Response, current_app, jsonify, render_template, request
+from prometheus_client.exposition import choose_encoder
+
+from .. import __version__
+from . import ops_queries
+from .errors import matrix_error
 
 bp = Blueprint("ops", __name__)
+
+PING_ACCEPTED = ("ok", "M_UNRECOGNIZED")  # an older homeserver without the ping endpoint
+
+
+def _bridge() -> Any:
+    return current_app.extensions["bridge"]
+
+
+def health_report(bridge: Any) -> tuple[bool, dict[str, Any]]:
+    """(ready, report): the report keeps bridge.status()'s keys and adds the checks."""
+    failing: dict[str, str] = {}
+    status, irc_error = ops_queries.safe(bridge.status)
+    if irc_error is not None:
+        status = {"homeserver": bridge.health.get("homeserver"),
+                  "ping": bridge.health.get("ping"), "networks": {}}
+        failing["irc"] = f"no status from the IRC thread ({irc_error})"
+    homeserver, ping = status.get("homeserver"), status.get("ping")
+    if homeserver != "ok":
+        failing["homeserver"] = str(homeserver)
+    if ping not in PING_ACCEPTED:
+        failing["ping"] = str(ping)
+    _, db_error = ops_queries.safe(ops_queries.ping, bridge.store.db)
+    if db_error is not None:
+        failing["database"] = db_error
+    networks = status.get("networks") or {}
+    for net in bridge.config.networks:
+        state = (networks.get(net.name) or {}).get("bot", "not started")
+        if state != "connected":
+            failing[f"irc:{net.name}"] = str(state)
+    report = {"ok": not failing, **status, "database": db_error or "ok", "failing": failing}
+    return not failing, report
 
 
 @bp.route("/health", methods=["GET"])
 def health() -> Response:
-    bridge: Any = current_app.extensions["bridge"]
-    status = bridge.status()
-    ok = status.get("homeserver") == "ok"
-    response = jsonify({"ok": ok, **status})
+    ok, report = health_report(_bridge())
+    response = jsonify(report)
     response.status_code = 200 if ok else 503
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@bp.route("/metrics", methods=["GET"])
+def metrics() -> Response:
+    bridge = _bridge()
+    if bridge.config.metrics.bind:
+        return matrix_error(404, "M_NOT_FOUND",
+                            f"metrics are served on {bridge.config.metrics.bind} "
+                            "([metrics] bind)")
+    registry = current_app.extensions["ircbridge_metrics"].registry
+    encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+    response = Response(encoder(registry), content_type=content_type)
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+# ---------------------------------------------------------------- status page
+def _given_secret() -> str | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    if scheme.lower() == "basic" and value.strip():
+        try:
+            decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
+        except (ValueError, UnicodeDecodeError):
+            return ""
+        return decoded.partition(":")[2]
+    return request.args.get("secret")
+
+
+def _page(status: int, title: str, text: str, **headers: str) -> Response:
+    html = render_template("status.html", denied={"title": title, "text": text},
+                           version=__version__)
+    response = Response(html, status=status, content_type="text/html; charset=utf-8")
+    for key, value in headers.items():
+        response.headers[key.replace("_", "-")] = value
+    return response
+
+
+def _status_auth(secret: str) -> Response | None:
+    if not secret:
+        return _page(403, "The status page is off",
+                     "Set a long random secret under [provisioning] secret = ... in "
+                     "config.ini and restart the bridge; then open this page with it "
+                     "(any user name, the secret as password).")
+    given = _given_secret()
+    if given is None or not hmac.compare_digest(
+        given.encode("utf-8", "surrogatepass"), secret.encode("utf-8")
+    ):
+        return _page(401, "Authentication needed",
+                     "Give [provisioning] secret as the password (any user name), as "
+                     "'Authorization: Bearer <secret>', or as ?secret=<secret>.",
+                     WWW_Authenticate='Basic realm="ircbridge status", charset="UTF-8"')
+    return None
+
+
+def status_snapshot(bridge: Any, started_at: float) -> dict[str, Any]:
+    """Everything the status page shows, read now."""
+    ok, report = health_report(bridge)
+    db = bridge.store.db
+    queues, _ = ops_queries.safe(ops_queries.queue_stats, db, default={})
+    rooms, _ = ops_queries.safe(ops_queries.rooms, db, default=[])
+    per_network, _ = ops_queries.safe(ops_queries.rooms_by_network, db, default={})
+    networks = []
+    for net in bridge.config.networks:
+        live = (report.get("networks") or {}).get(net.name) or {}
+        puppets: dict[str, str] = live.get("puppets") or {}
+        states: dict[str, int] = {}
+        for state in puppets.values():
+            states[state] = states.get(state, 0) + 1
+        networks.append({
+            "name": net.name, "display_name": net.display_name,
+            "address": f"{net.host}:{net.port}" + (" (TLS)" if net.tls else ""),
+            "bot": live.get("bot", "not started"), "bot_nick": live.get("bot_nick") or "",
+            "channels": live.get("channels") or [], "puppets": len(puppets),
+            "puppet_states": dict(sorted(states.items())),
+            "rooms": per_network.get(net.name, 0),
+        })
+    return {
+        "ok": ok, "failing": report["failing"], "version": __version__,
+        "server_name": bridge.config.homeserver.domain,
+        "homeserver": report.get("homeserver"), "ping": report.get("ping"),
+        "database": report.get("database"), "networks": networks, "rooms": rooms,
+        "room_count": sum(per_network.values()), "queues": queues,
+        "inbox_in_flight": bridge.inbox.in_flight if bridge.inbox is not None else 0,
+        "senders_pending": bridge.senders.depth if bridge.senders is not None else 0,
+        "uptime": _duration(time.time() - started_at),
+        "now": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+    }
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    days, seconds = divmod(seconds, 86400)
+    hours, seconds = divmod(seconds, 3600)
+    minutes, seconds = divmod(seconds, 60)
+    if days:
+        return f"{days}d {hours}h"
+    if hours:
+        return f"{hours}h {minutes}m"
+    return f"{minutes}m {seconds}s"
+
+
+@bp.route("/", methods=["GET"])
+def status_page() -> Response:
+    bridge = _bridge()
+    denied = _status_auth(bridge.config.provisioning.secret)
+    if denied is not None:
+        return denied
+    html = render_template("status.html", denied=None, **status_snapshot(
+        bridge, current_app.extensions.get("ircbridge_started_at", time.time())))
+    return Response(html, content_type="text/html; charset=utf-8")
+
+
+@bp.after_request
+def _headers(response: Response) -> Response:
+    if request.path == "/":
+        response.headers["Cache-Control"] = "no-store"
+        response.headers["Referrer-Policy"] = "no-referrer"
+        response.headers["X-Frame-Options"] = "DENY"
+        response.headers["Content-Security-Policy"] = (
+            "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'"
+        )
     return response

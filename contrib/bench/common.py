@@ -724,11 +724,11 @@ def _thread_name(frame: str) -> str:
 
 
 def _short(frame: str) -> str:
-    # 'function (path/to/file.py:123)' -> 'function (file.py:123)'
+    """'function (path/to/file.py:123)' -> 'function (file.py)' (lines merged)."""
     m = re.match(r"^(.*?) \((.*?):(\d+)\)$", frame.strip())
     if not m:
         return frame.strip()
-    func, path, line = m.groups()
+    func, path, _line = m.groups()
     parts = path.split("/")
     if "bridge" in parts:
         short = "/".join(parts[parts.index("bridge"):])
@@ -736,7 +736,7 @@ def _short(frame: str) -> str:
         short = "/".join(parts[parts.index("site-packages") + 1:])
     else:
         short = parts[-1]
-    return f"{func} ({short}:{line})"
+    return f"{func} ({short})"
 
 
 # --------------------------------------------------------------------------- setup helpers

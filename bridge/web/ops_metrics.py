@@ -1,0 +1,186 @@
+"""What /metrics shows that is computed at scrape time, and the wiring of one app's metrics.
+
+Counters live in `bridge.metrics` (incremented where things happen); gauges that describe the
+present (connection states, queue depths, rooms) are read when Prometheus asks, by a custom
+collector, so they are never stale and cost nothing between scrapes.
+
+`instrument()` is a stop-gap: the core does not yet call the metrics hooks for Matrix -> IRC
+relays and lost IRC connections, so the bridge's two listener methods are wrapped on this one
+instance (the IRC side and the inbox worker look them up on the instance). Once the core
+calls `metrics.relayed(self, "matrix_to_irc", ...)` and `metrics.irc_reconnect(self, ...)`
+itself, drop the call to `instrument()`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client import ProcessCollector, start_http_server
+from prometheus_client.core import GaugeMetricFamily, Metric
+
+from .. import __version__
+from ..config import role_of
+from ..irc import State
+from ..metrics import Metrics
+from . import ops_queries
+
+log = logging.getLogger(__name__)
+
+STATES = tuple(s.value for s in State)
+KINDS = ("bot", "puppet")
+
+
+def _families() -> dict[str, GaugeMetricFamily]:
+    g = GaugeMetricFamily
+    return {
+        "connections": g("ircbridge_irc_connections",
+                         "IRC connections of the bridge, by network, kind (bot or puppet) and "
+                         "state.", labels=["network", "kind", "state"]),
+        "bot_connected": g("ircbridge_irc_bot_connected",
+                           "1 when the network's bot connection is registered and usable.",
+                           labels=["network"]),
+        "irc_up": g("ircbridge_irc_thread_responding",
+                    "1 when the IRC thread answered the status question at this scrape."),
+        "depth": g("ircbridge_queue_depth",
+                   "Pending rows of a durable queue (inbox: homeserver events not yet handled; "
+                   "outbox: IRC lines not yet accepted by the homeserver).", labels=["queue"]),
+        "age": g("ircbridge_queue_oldest_age_seconds",
+                 "Age of the oldest pending row of a durable queue (0 when empty).",
+                 labels=["queue"]),
+        "failed": g("ircbridge_queue_failed_rows",
+                    "Rows of a durable queue marked failed (kept until pruned).",
+                    labels=["queue"]),
+        "rooms": g("ircbridge_rooms_bridged", "Matrix rooms linked to an IRC channel.",
+                   labels=["network"]),
+        "db_up": g("ircbridge_database_up", "1 when the database answered a trivial query."),
+        "hs_up": g("ircbridge_homeserver_up",
+                   "1 when the startup checks reached the homeserver with a valid as_token."),
+        "ping": g("ircbridge_as_ping_ok",
+                  "1 when the homeserver's AS ping reached the bridge (it can push events)."),
+        "in_flight": g("ircbridge_inbox_in_flight",
+                       "Inbox events handed to IRC whose sending has not finished."),
+        "senders": g("ircbridge_senders_pending",
+                     "Outbox rows handed to the homeserver senders, not yet delivered."),
+        "info": g("ircbridge_build_info", "Always 1; the version is a label.",
+                  labels=["version"]),
+    }
+
+
+class BridgeCollector:
+    """Reads the bridge's present state at each scrape."""
+
+    def __init__(self, bridge: Any):
+        self.bridge = bridge
+
+    def describe(self) -> Iterator[Metric]:
+        # Declared without samples, so registering does not query the database.
+        return iter(_families().values())
+
+    def collect(self) -> Iterator[Metric]:
+        b = self.bridge
+        f = _families()
+        networks = [n.name for n in b.config.networks]
+        status, irc_error = ops_queries.safe(b.irc.status, default={})
+        f["irc_up"].add_metric([], 0.0 if irc_error else 1.0)
+        for name in networks:
+            net = status.get(name) or {}
+            counts = {(kind, state): 0 for kind in KINDS for state in STATES}
+            bot = net.get("bot", "idle")
+            if bot in STATES:
+                counts[("bot", bot)] += 1
+            for state in (net.get("puppets") or {}).values():
+                if state in STATES:
+                    counts[("puppet", state)] += 1
+            for (kind, state), count in counts.items():
+                f["connections"].add_metric([name, kind, state], count)
+            f["bot_connected"].add_metric([name], 1.0 if bot == State.CONNECTED.value else 0.0)
+
+        _, db_error = ops_queries.safe(ops_queries.ping, b.store.db)
+        f["db_up"].add_metric([], 0.0 if db_error else 1.0)
+        if not db_error:
+            queues, _ = ops_queries.safe(ops_queries.queue_stats, b.store.db, default={})
+            for queue, stats in queues.items():
+                f["depth"].add_metric([queue], stats.pending)
+                f["age"].add_metric([queue], stats.oldest_age_seconds)
+                f["failed"].add_metric([queue], stats.failed)
+            rooms, _ = ops_queries.safe(ops_queries.rooms_by_network, b.store.db, default={})
+            for name in sorted(set(networks) | set(rooms)):
+                f["rooms"].add_metric([name], rooms.get(name, 0))
+        health = getattr(b, "health", {}) or {}
+        f["hs_up"].add_metric([], 1.0 if health.get("homeserver") == "ok" else 0.0)
+        f["ping"].add_metric([], 1.0 if health.get("ping") == "ok" else 0.0)
+        f["in_flight"].add_metric([], b.inbox.in_flight if b.inbox is not None else 0)
+        f["senders"].add_metric([], b.senders.depth if b.senders is not None else 0)
+        f["info"].add_metric([__version__], 1.0)
+        return iter(f.values())
+
+
+def _relayable_msgtype(bridge: Any, event: dict[str, Any]) -> str | None:
+    """The msgtype of an event the core will send to IRC, else None (mirrors its checks)."""
+    sender, room_id, content = event.get("sender"), event.get("room_id"), event.get("content")
+    if event.get("type") != "m.room.message" or not isinstance(content, dict):
+        return None
+    if not isinstance(sender, str) or not isinstance(room_id, str) or bridge.is_ours(sender):
+        return None
+    if not isinstance(content.get("body"), str) or bridge.link_for_room(room_id) is None:
+        return None
+    if role_of(bridge.config, sender) is None:
+        return None
+    return str(content.get("msgtype"))
+
+
+def instrument(bridge: Any, metrics: Metrics) -> None:
+    """Count Matrix -> IRC relays and lost IRC connections (see the module docstring)."""
+    if getattr(bridge, "_ircbridge_instrumented", False):
+        return
+    bridge._ircbridge_instrumented = True
+    on_matrix_event = bridge.on_matrix_event
+    irc_connection = bridge.irc_connection
+
+    def counted_on_matrix_event(event: dict[str, Any], done: Callable[[bool], None]) -> None:
+        msgtype = _relayable_msgtype(bridge, event) if isinstance(event, dict) else None
+        if msgtype is None:
+            on_matrix_event(event, done)
+            return
+
+        def counted_done(ok: bool = True) -> None:
+            if ok:
+                metrics.relayed("matrix_to_irc", msgtype)
+            done(ok)
+
+        on_matrix_event(event, counted_done)
+
+    def counted_irc_connection(network: str, owner: str, what: str,
+                               details: dict[str, Any]) -> None:
+        if what == "lost":
+            metrics.irc_reconnects.labels(network).inc()
+        irc_connection(network, owner, what, details)
+
+    bridge.on_matrix_event = counted_on_matrix_event
+    bridge.irc_connection = counted_irc_connection
+
+
+def setup(bridge: Any) -> Metrics:
+    """The app's Metrics: registry, scrape-time collectors, hooks, and its own port if set."""
+
+    def owned() -> tuple[object, ...]:
+        return (bridge, bridge.client, bridge.senders, bridge.inbox, bridge.recorder)
+
+    metrics = Metrics(owned, networks=[n.name for n in bridge.config.networks])
+    metrics.registry.register(BridgeCollector(bridge))
+    ProcessCollector(namespace="ircbridge", registry=metrics.registry)
+    instrument(bridge, metrics)
+    bind = bridge.config.metrics.bind
+    if bind:
+        host, _, port = bind.rpartition(":")
+        try:
+            metrics.server = start_http_server(int(port), addr=host.strip("[]"),
+                                               registry=metrics.registry)
+            log.info("metrics served on http://%s/metrics", bind)
+        except OSError as e:
+            log.error("cannot serve metrics on [metrics] bind = %s (%s); /metrics is off",
+                      bind, e)
+    return metrics
+
