@@ -24,7 +24,9 @@ def create_app(config_path: str | None = None, *, config: Any = None,
 
     from . import config as config_module
     from . import logs, web
+    from .admin import AdminRooms
     from .core import Bridge
+    from .media import MediaLinks, load_secret
     from .store import Store
 
     if config is None:
@@ -41,6 +43,11 @@ def create_app(config_path: str | None = None, *, config: Any = None,
     store = Store(config.database.url)
     store.open(config.path.name)
     bridge = Bridge(config, store=store)
+    bridge.admin = AdminRooms(bridge)  # admin rooms, static mappings, room directory
+    bridge.media = MediaLinks(
+        bridge.client, config.media.public_url or config.appservice.url, load_secret(store),
+        ttl_seconds=config.media.link_ttl_days * 86400, max_bytes=config.media.max_bytes,
+    )
 
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = config.appservice.max_body_bytes
@@ -51,6 +58,7 @@ def create_app(config_path: str | None = None, *, config: Any = None,
     app.wsgi_app = _NoDelay(app.wsgi_app)  # type: ignore[method-assign]
     if start_background:
         bridge.start()
+        bridge.admin.start()
         atexit.register(bridge.stop)
     return app
 

@@ -36,6 +36,13 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         return 2
     names = ", ".join(n.name for n in config.networks)
     print(f"{args.config}: valid ({len(config.networks)} network(s): {names})")
+    if getattr(args, "online", False):
+        from .checks import run_online
+
+        results = run_online(config)
+        for result in results:
+            print(result.line())
+        return 0 if all(r.ok for r in results) else 1
     return 0
 
 
@@ -152,7 +159,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="write the registration file; fill empty tokens into config.ini")
     p.add_argument("-o", "--output", help="where to write it (default: [appservice] registration)")
     p.set_defaults(func=cmd_generate_registration)
-    sub.add_parser("check-config", help="validate config.ini").set_defaults(func=cmd_check_config)
+    p = sub.add_parser("check-config", help="validate config.ini")
+    p.add_argument("--online", action="store_true",
+                   help="also run the startup checks once: homeserver, as_token, AS ping, "
+                        "database, each IRC network (exit 1 if one fails)")
+    p.set_defaults(func=cmd_check_config)
     sub.add_parser("run", help="serve the bridge with gunicorn").set_defaults(func=cmd_run)
     sub.add_parser("migrate", help="bring the database schema up to date").set_defaults(
         func=cmd_migrate)

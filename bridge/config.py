@@ -85,6 +85,9 @@ class NetworkConfig:
     connect_timeout: float
     max_concurrent_connects: int
     password: str
+    # Static mappings from `rooms = #chan = !roomid, #other = !room2`: (channel, room id)
+    # pairs linked at every start (kind "static"); see docs/admin.md.
+    rooms: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -110,6 +113,13 @@ class ProvisioningConfig:
 
 
 @dataclass(frozen=True)
+class MediaConfig:
+    public_url: str = ""  # empty: [appservice] url
+    link_ttl_days: int = 30
+    max_bytes: int = 50 * 1024 * 1024
+
+
+@dataclass(frozen=True)
 class Config:
     path: Path
     homeserver: HomeserverConfig
@@ -121,6 +131,7 @@ class Config:
     warnings: tuple[str, ...] = field(default=())
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     provisioning: ProvisioningConfig = field(default_factory=ProvisioningConfig)
+    media: MediaConfig = field(default_factory=MediaConfig)
 
     def network(self, name: str) -> NetworkConfig | None:
         for net in self.networks:
@@ -157,6 +168,7 @@ SECTION_KEYS: dict[str, dict[str, Any]] = {
     "logging": {"level": "INFO", "format": "text", "file": "", "levels": ""},
     "metrics": {"bind": ""},
     "provisioning": {"secret": "", "key_file": ""},
+    "media": {"public_url": "", "link_ttl_days": "30", "max_bytes": str(50 * 1024 * 1024)},
 }
 NETWORK_KEYS: dict[str, Any] = {
     "host": REQUIRED,
@@ -176,6 +188,7 @@ NETWORK_KEYS: dict[str, Any] = {
     "connect_timeout": "10",
     "max_concurrent_connects": "5",
     "password": "",
+    "rooms": "",
 }
 ROLES = ("user", "admin")
 LOCALPART_RE = re.compile(r"^[a-z0-9._=\-/+]+$")
@@ -304,6 +317,33 @@ def _template(placeholder: str) -> Callable[[str], str | None]:
         return None
 
     return check
+
+
+ROOM_ID_RE = re.compile(r"^![^\s,=]{1,254}$")
+
+
+def _room_pairs(value: str) -> list[tuple[str, str]]:
+    """`#chan = !room, #other = !room2` (commas or new lines between pairs)."""
+    pairs = []
+    for item in re.split(r"[,\n]", value):
+        if item.strip():
+            channel, _, room_id = item.partition("=")
+            pairs.append((channel.strip(), room_id.strip()))
+    return pairs
+
+
+def _rooms(value: str) -> str | None:
+    channels: set[str] = set()
+    rooms: set[str] = set()
+    for channel, room_id in _room_pairs(value):
+        if not CHANNEL_RE.match(channel) or not ROOM_ID_RE.match(room_id):
+            return ("a comma-separated list of #channel = !roomid pairs "
+                    f"(bad: {channel!r} = {room_id!r})")
+        if channel.lower() in channels or room_id in rooms:
+            return f"each channel and each room at most once (repeated: {channel} = {room_id})"
+        channels.add(channel.lower())
+        rooms.add(room_id)
+    return None
 
 
 def _channels(value: str) -> str | None:
@@ -445,6 +485,14 @@ def parse(text: str, *, path: Path, environ: dict[str, str] | None = None) -> Co
         key_file=resolve_path(base, key_file) if key_file else None,
     )
 
+    md = _Reader(parser, "media", problems)
+    media_defaults = SECTION_KEYS["media"]
+    media = MediaConfig(
+        public_url=md.string("public_url", "", _http_url).rstrip("/") or appservice.url,
+        link_ttl_days=md.integer("link_ttl_days", media_defaults["link_ttl_days"], 1, 3650),
+        max_bytes=md.integer("max_bytes", media_defaults["max_bytes"], 1024, 1 << 40),
+    )
+
     networks = tuple(
         _network(parser, section, problems, warnings)
         for section in parser.sections()
@@ -467,6 +515,7 @@ def parse(text: str, *, path: Path, environ: dict[str, str] | None = None) -> Co
         warnings=tuple(warnings),
         metrics=metrics,
         provisioning=provisioning,
+        media=media,
     )
 
 
@@ -517,6 +566,7 @@ def _network(
             "max_concurrent_connects", NETWORK_KEYS["max_concurrent_connects"], 1, 10000
         ),
         password=r.string("password", ""),
+        rooms=tuple(_room_pairs(r.string("rooms", "", _rooms))),
     )
 
 

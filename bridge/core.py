@@ -11,13 +11,17 @@ queue); the senders call `deliver`.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
+import re
 import threading
 import time
+from html import escape
 from collections.abc import Callable
 from typing import Any
 
-from . import formatting
+from . import formatting, translate
 from .config import Config, NetworkConfig, role_of
 from .inbox import InboxWorker
 from .irc import IrcSide
@@ -31,14 +35,27 @@ from .matrix import (
     RoomInUse,
     UnknownToken,
 )
-from .names import NetworkNames, displayname_for_nick, irc_lower
+from .names import NetworkNames, displayname_for_nick, irc_lower, is_channel, puppet_nick
 from .outbox import GiveUp, Recorder, Retry, RoomCreated, Senders
-from .store import IrcLine, Link, QueuedLine, Store
+from .store import PM_PREFIX, IrcLine, Link, QueuedLine, Store
 
 log = logging.getLogger(__name__)
 
-TEXT_TYPES = ("m.text", "m.notice", "m.emote")
-MEDIA_TYPES = ("m.image", "m.file", "m.video", "m.audio")
+# IRC channel modes -> Matrix power levels of the virtual user (matrix-appservice-irc's
+# default map).
+POWER_FOR_MODE = {"o": 50, "v": 1}
+# "irc.example.net other.example.net": the QUIT reason servers give in a netsplit.
+_NETSPLIT = re.compile(r"^[\w.-]+\.[a-z]{2,} [\w.-]+\.[a-z]{2,}$", re.I)
+
+
+def with_pills(html: str, mentions: dict[str, str]) -> str:
+    """Turn IRC nicks of Matrix users into pills (matrix.to links) in escaped HTML."""
+    for nick, user_id in sorted(mentions.items(), key=lambda kv: -len(kv[0])):
+        pattern = re.compile(r"(?<![\w\[\]\\`^{|}-])" + re.escape(escape(nick))
+                             + r"(?![\w\[\]\\`^{|}-])")
+        link = f'<a href="https://matrix.to/#/{escape(user_id)}">{escape(nick)}</a>'
+        html = pattern.sub(lambda _m, link=link: link, html)
+    return html
 
 
 class Bridge:
@@ -73,6 +90,8 @@ class Bridge:
         self.hs_ready = threading.Event()
         # Admin rooms and their commands (bridge.admin); None until that part is wired in.
         self.admin: Any = None
+        # Signed media links and pastes of long messages (bridge.media); None = plain mxc.
+        self.media: Any = None
         self.health: dict[str, Any] = {"homeserver": "unknown", "ping": "unknown"}
         self._stopping = threading.Event()
         self._started = False
@@ -416,41 +435,54 @@ class Bridge:
     def on_matrix_event(self, event: dict[str, Any], done: Callable[[bool], None]) -> None:
         sender = event.get("sender")
         room_id = event.get("room_id")
-        etype = event.get("type")
-        if not isinstance(sender, str) or not isinstance(room_id, str) or self.is_ours(sender):
+        content = event.get("content")
+        if not isinstance(sender, str) or not isinstance(room_id, str) or self.is_ours(sender) \
+                or not isinstance(content, dict):
             done(True)
             return
         if self.admin is not None and self.admin.handle_event(event):
             done(True)
             return
-        link = self.link_for_room(room_id)
-        if link is None:
+        if event.get("type") == "m.room.member" and self._invite_to_ghost(event, content):
             done(True)
             return
         if role_of(self.config, sender) is None:
             log.info("ignoring %s in %s: not allowed by [permissions]", sender, room_id)
             done(True)
             return
+        link = self.link_for_room(room_id)
+        if link is not None:
+            self._channel_event(event, content, link, done)
+            return
+        pm = self.store.pm_for_room(room_id)
+        if pm is not None and pm.owner == sender:
+            self._private_event(event, content, pm, done)
+            return
+        done(True)
+
+    def _channel_event(self, event: dict[str, Any], content: dict[str, Any], link: Link,
+                       done: Callable[[bool], None]) -> None:
         net = self.irc.network(link.network)
+        etype = event.get("type")
+        sender = str(event["sender"])
         if net is None:
             done(True)
             return
-        content = event.get("content")
-        if not isinstance(content, dict):
+        if etype == "m.room.member":
+            self._membership_to_irc(event, content, link)
             done(True)
             return
-        if etype == "m.room.member" and event.get("state_key") == sender:
-            membership = content.get("membership")
-            if membership == "join":
-                self.irc.call(self._puppet_join, link, sender, content.get("displayname"))
-            elif membership in ("leave", "ban"):
-                self.irc.call(self._puppet_part, link, sender)
+        if etype == "m.room.topic" and event.get("state_key") == "":
+            topic = formatting.sanitize_line(str(content.get("topic") or "")).strip()
+            self.irc.call(net.command, sender, f"TOPIC {link.channel_name} :{topic}",
+                          link.channel_name)
             done(True)
             return
         if etype != "m.room.message":
             done(True)
             return
-        lines, kind = self._irc_lines(content, net.config)
+        lines, kind = translate.to_irc(content, self._translate_context(net.config,
+                                                                        link.channel_name))
         if not lines:
             done(True)
             return
@@ -462,6 +494,102 @@ class Bridge:
 
         self.irc.call(net.say, sender, None, link.channel_name, lines, kind, sent)
 
+    def _private_event(self, event: dict[str, Any], content: dict[str, Any], pm: Any,
+                       done: Callable[[bool], None]) -> None:
+        net = self.irc.network(pm.network)
+        if net is None or event.get("type") != "m.room.message":
+            done(True)
+            return
+        nick = self.names[pm.network].nick_for_user_id(pm.ghost) or pm.nick
+        lines, kind = translate.to_irc(content, self._translate_context(net.config, nick))
+
+        def sent(ok: bool, error: str | None) -> None:
+            done(ok)
+
+        self.irc.call(net.say_private, str(event["sender"]), nick, lines, kind, sent)
+
+    def _translate_context(self, network: NetworkConfig, target: str) -> translate.Context:
+        def find(event_id: str) -> translate.Origin | None:
+            found = self.store.find_message(event_id)
+            return translate.Origin(*found) if found else None
+
+        return translate.Context(
+            budget=formatting.payload_budget("PRIVMSG", target),
+            max_lines=network.max_lines,
+            find_message=find,
+            nick_for_user=lambda user_id: self.nick_of(network.name, user_id),
+            media=self.media,
+        )
+
+    def nick_of(self, network: str, user_id: str) -> str:
+        """The IRC nick that stands for a Matrix user id: a ghost's nick, or a puppet's."""
+        names = self.names.get(network)
+        if names is not None:
+            nick = names.nick_for_user_id(user_id)
+            if nick is not None:
+                return nick
+        net = self.irc.network(network)
+        conn = net.puppets.get(user_id) if net is not None else None
+        if conn is not None:
+            return conn.nick
+        config = self.config.network(network)
+        template = config.puppet_nick_template if config else "{localpart}[m]"
+        return puppet_nick(template, user_id, None, net.nick_max if net else 30)
+
+    def _membership_to_irc(self, event: dict[str, Any], content: dict[str, Any],
+                           link: Link) -> None:
+        sender = str(event["sender"])
+        target = event.get("state_key")
+        membership = content.get("membership")
+        if not isinstance(target, str):
+            return
+        net = self.irc.network(link.network)
+        if net is None:
+            return
+        channel = link.channel_name
+        if target == sender:
+            if membership == "join":
+                self.irc.call(self._puppet_join, link, sender, content.get("displayname"))
+            elif membership == "leave":
+                self.irc.call(self._puppet_part, link, sender)
+            return
+        nick = self.names[link.network].nick_for_user_id(target)
+        reason = formatting.sanitize_line(str(content.get("reason") or ""))[:200]
+        if nick is not None and membership in ("leave", "ban"):
+            # A Matrix user removed an IRC user: their puppet does it on IRC (if it may).
+            if membership == "ban":
+                self.irc.call(net.command, sender, f"MODE {channel} +b {nick}!*@*", channel)
+            self.irc.call(net.command, sender, f"KICK {channel} {nick} :{reason or 'kicked'}",
+                          channel)
+        elif nick is None and membership in ("leave", "ban") and not self.is_ours(target):
+            self.irc.call(self._puppet_part, link, target)
+
+    def _invite_to_ghost(self, event: dict[str, Any], content: dict[str, Any]) -> bool:
+        """A Matrix user invites a virtual user: a private conversation with that nick."""
+        target = event.get("state_key")
+        if content.get("membership") != "invite" or not isinstance(target, str):
+            return False
+        for network, names in self.names.items():
+            nick = names.nick_for_user_id(target)
+            if nick is None:
+                continue
+            room_id = str(event["room_id"])
+            if self.link_for_room(room_id) is not None:
+                return True  # invited into a bridged room: IRC decides who is there
+            intent = self._prepare_ghost(network, nick, target)
+            try:
+                intent.join(room_id)
+            except MatrixError as e:
+                log.warning("%s could not join %s: %s", target, room_id, e)
+                return True
+            self.store.set_pm_room(network, str(event["sender"]), irc_lower(nick), target,
+                                   room_id)
+            net = self.irc.network(network)
+            if net is not None:
+                self.irc.call(net.puppet, str(event["sender"]))
+            return True
+        return False
+
     def _puppet_join(self, link: Link, user_id: str, displayname: str | None) -> None:
         net = self.irc.network(link.network)
         if net is not None:
@@ -472,54 +600,90 @@ class Bridge:
         if net is not None and user_id in net.puppets:
             net.puppets[user_id].part(link.channel_name)
 
-    def _irc_lines(self, content: dict[str, Any], network: NetworkConfig) -> tuple[list[str], str]:
-        msgtype = content.get("msgtype")
-        body = content.get("body")
-        if not isinstance(body, str):
-            return [], "m.text"
-        new_content = content.get("m.new_content")
-        relates = content.get("m.relates_to")
-        if isinstance(new_content, dict) and isinstance(relates, dict) \
-                and relates.get("rel_type") == "m.replace":
-            new_body = new_content.get("body")
-            if isinstance(new_body, str):
-                body = "* " + new_body
-                content = {**new_content, "body": body, "format": None}
-        html = content.get("formatted_body") if content.get("format") == \
-            "org.matrix.custom.html" else None
-        if not isinstance(html, str):
-            html = None
-        if msgtype in MEDIA_TYPES:
-            url = content.get("url")
-            return formatting.matrix_body_to_irc_lines(
-                f"{body} ({url})" if isinstance(url, str) else body, None, 400
-            ), "m.text"
-        kind = msgtype if msgtype in TEXT_TYPES else "m.text"
-        budget = formatting.payload_budget("PRIVMSG", "#" + "x" * 50)
-        if kind == "m.emote":
-            budget -= len("\x01ACTION \x01")
-        return formatting.matrix_body_to_irc_lines(body, html, budget), kind
-
     # ------------------------------------------------------------ IRC listener (IRC thread)
-    def irc_message(self, network: str, channel: str, nick: str, text: str, kind: str,
-                    ts: int) -> None:
+    def _record(self, network: str, channel: str, nick: str, sender: str, msgtype: str,
+                body: str, html: str | None, ts: int | None = None) -> None:
         if self.recorder is None:
             return
+        self.recorder.put(IrcLine(
+            network=network, channel=channel, channel_name=channel, nick=nick, sender=sender,
+            msgtype=msgtype, body=body, html=html,
+            ts=ts if ts is not None else int(time.time() * 1000),
+        ))
+
+    def _has_room(self, network: str, channel: str) -> bool:
+        with self._links_lock:
+            return (network, channel) in self._links_by_channel
+
+    def irc_message(self, network: str, channel: str, nick: str, text: str, kind: str,
+                    ts: int, mentions: dict[str, str] | None = None) -> None:
         body, html = formatting.irc_to_matrix(text)
         if not body.strip():
             return
-        self.recorder.put(IrcLine(
-            network=network, channel=channel, channel_name=channel, nick=nick,
-            sender=self._sender_for_nick(network, nick), msgtype=kind, body=body, html=html,
-            ts=ts,
-        ))
+        if mentions:
+            html = with_pills(html if html is not None else escape(body), mentions)
+        self._record(network, channel, nick, self._sender_for_nick(network, nick), kind, body,
+                     html, ts)
 
     def irc_private(self, network: str, owner: str, nick: str, text: str, kind: str,
                     ts: int) -> None:
-        log.debug("private message on %s from %s (not bridged yet)", network, nick)
+        body, html = formatting.irc_to_matrix(text)
+        if not body.strip():
+            return
+        key = f"{PM_PREFIX}{owner}:{irc_lower(nick)}"
+        self._record(network, key, nick, self._sender_for_nick(network, nick), kind, body,
+                     html, ts)
 
     def irc_topic(self, network: str, channel: str, topic: str, nick: str | None) -> None:
         self._topics[(network, channel)] = topic
+        if nick is not None and self._has_room(network, channel):
+            self._record(network, channel, nick, self._sender_for_nick(network, nick),
+                         "x.topic", json.dumps({"topic": topic}), None)
+
+    def irc_membership(self, network: str, channel: str, nick: str, what: str,
+                       details: dict[str, Any]) -> None:
+        if not self._has_room(network, channel):
+            return
+        sender = self._sender_for_nick(network, nick)
+        if what == "nick":
+            new = str(details.get("new"))
+            self._record(network, channel, nick, sender, "x.leave",
+                         json.dumps({"reason": f"changed nick to {new}"}), None)
+            self._record(network, channel, new, self._sender_for_nick(network, new), "x.join",
+                         "{}", None)
+            return
+        if what == "quit" and _NETSPLIT.match(str(details.get("reason") or "")):
+            return  # a netsplit: they are back when it heals; do not churn the room
+        kind = {"join": "x.join", "part": "x.leave", "quit": "x.leave", "kick": "x.kick"}[what]
+        self._record(network, channel, nick, sender, kind, json.dumps(details), None,
+                     details.get("ts"))
+
+    def irc_mode(self, network: str, channel: str, sign: str, mode: str,
+                 argument: str | None, by: str | None, user_id: str | None = None) -> None:
+        if not self._has_room(network, channel):
+            return
+        if mode in POWER_FOR_MODE and argument:
+            level = POWER_FOR_MODE[mode] if sign == "+" else 0
+            self._record(network, channel, argument,
+                         user_id or self._sender_for_nick(network, argument), "x.power",
+                         json.dumps({"level": level, "matrix_user": bool(user_id)}), None)
+        elif mode in ("i", "k"):
+            self._record(network, channel, "", self.config.bot_user_id, "x.joinrule",
+                         json.dumps({"invite": sign == "+", "mode": mode}), None)
+
+    def irc_failure(self, network: str, owner: str, target: str, reason: str) -> None:
+        """A line of a Matrix user was refused by IRC: tell them, never drop it silently."""
+        folded = irc_lower(target)
+        who = self.nick_of(network, owner)
+        text = f"{who}: not delivered to {target} on IRC: {reason}"
+        if is_channel(target):
+            if self._has_room(network, folded):
+                self._record(network, folded, "", self.config.bot_user_id, "m.notice", text,
+                             None)
+            return
+        # In a private room the bot is not a member: the other side's virtual user says it.
+        self._record(network, f"{PM_PREFIX}{owner}:{folded}", target,
+                     self._sender_for_nick(network, target), "m.notice", text, None)
 
     def irc_connection(self, network: str, owner: str, what: str, details: dict[str, Any]) -> None:
         who = owner or "bot"
@@ -528,6 +692,11 @@ class Bridge:
                 for event in self._channel_waiters.get((network, details["channel"]), []):
                     event.set()
             return
+        if self.admin is not None and hasattr(self.admin, "connection_event"):
+            try:
+                self.admin.connection_event(network, owner, what, details)
+            except Exception:  # noqa: BLE001 - reporting must never break the IRC thread
+                log.exception("admin room report failed")
         if what == "connected":
             log.info("%s connected to %s as %s", who, network, details.get("nick"))
         elif what == "nick_collision":
@@ -536,15 +705,23 @@ class Bridge:
 
     # ------------------------------------------------------------ IRC -> Matrix (senders)
     def deliver(self, line: QueuedLine) -> str:
-        """Send one outbox row as its virtual user, with the IRC time as `ts`."""
+        """Send one outbox row to the homeserver, as its virtual user, with the IRC time."""
         try:
-            intent = self._prepare_ghost(line.network, line.nick, line.sender)
+            room_id, line = self._route(line)
+            if room_id is None:
+                raise GiveUp(f"no room for {line.room_id}")
+            if line.msgtype.startswith("x."):
+                return self._deliver_state(line, room_id)
+            if line.sender == self.config.bot_user_id:
+                intent = self.bot
+            else:
+                intent = self._prepare_ghost(line.network, line.nick, line.sender)
             content: dict[str, Any] = {"msgtype": line.msgtype, "body": line.body}
             if line.html:
                 content["format"] = "org.matrix.custom.html"
                 content["formatted_body"] = line.html
             return intent.send_message(
-                line.room_id, content, ts=line.ts, txn_id=f"{self.txn_prefix}.{line.id}"
+                room_id, content, ts=line.ts, txn_id=f"{self.txn_prefix}.{line.id}"
             )
         except HomeserverUnavailable as e:
             raise Retry(str(e)) from e
@@ -554,6 +731,78 @@ class Bridge:
             if e.status == 429 or e.status >= 500 or e.status == 0:
                 raise Retry(str(e)) from e
             raise GiveUp(str(e)) from e
+
+    def _route(self, line: QueuedLine) -> tuple[str | None, QueuedLine]:
+        """The room of a row; a private conversation's room is looked up, or made.
+
+        In a private room the other side is one virtual user whatever the case of the nick
+        IRC used this time, so the row is sent as that user.
+        """
+        if not line.room_id.startswith(PM_PREFIX):
+            return line.room_id, line
+        owner, _, nick = line.room_id[len(PM_PREFIX):].rpartition(":")
+        pm = self.store.pm_room(line.network, owner, nick)
+        if pm is not None:
+            if line.sender != pm.ghost and irc_lower(line.nick) == nick:
+                ghost_nick = self.names[line.network].nick_for_user_id(pm.ghost) or line.nick
+                line = dataclasses.replace(line, sender=pm.ghost, nick=ghost_nick)
+            return pm.room_id, line
+        if line.sender == self.config.bot_user_id:
+            return None, line
+        ghost = self._prepare_ghost(line.network, line.nick, line.sender)
+        room_id = ghost.create_room(
+            alias_localpart=None, name=None, topic=None, preset="trusted_private_chat",
+            invite=[owner], extra_body={"is_direct": True},
+        )
+        self.store.set_pm_room(line.network, owner, nick, line.sender, room_id)
+        log.info("opened a private room %s for %s and %s", room_id, owner, line.nick)
+        return room_id, line
+
+    def _deliver_state(self, line: QueuedLine, room_id: str) -> str:
+        """Membership, topic and power changes said on IRC, as their virtual users."""
+        details = json.loads(line.body or "{}")
+        kind = line.msgtype
+        if kind == "x.join":
+            self._prepare_ghost(line.network, line.nick, line.sender).ensure_joined(room_id)
+        elif kind in ("x.leave", "x.kick"):
+            if not self.cache.is_joined(room_id, line.sender):
+                return ""
+            reason = str(details.get("reason") or "")
+            if kind == "x.kick" and details.get("by"):
+                reason = f"kicked by {details['by']}" + (f": {reason}" if reason else "")
+                try:
+                    self.bot.kick(room_id, line.sender, reason)
+                except Forbidden:
+                    Intent(self.client, line.sender, cache=self.cache).leave(room_id)
+            else:
+                Intent(self.client, line.sender, cache=self.cache).leave(room_id)
+            self.cache.forget_joined(room_id, line.sender)
+        elif kind == "x.topic":
+            intent = self._prepare_ghost(line.network, line.nick, line.sender)
+            try:
+                return intent.set_state(room_id, "m.room.topic", "",
+                                        {"topic": details.get("topic", "")}, ts=line.ts)
+            except Forbidden:
+                return self.bot.set_state(room_id, "m.room.topic", "",
+                                          {"topic": details.get("topic", "")}, ts=line.ts)
+        elif kind == "x.power":
+            if not details.get("matrix_user"):
+                self._prepare_ghost(line.network, line.nick, line.sender)
+            power = self.bot.get_state(room_id, "m.room.power_levels") or {}
+            users = dict(power.get("users") or {})
+            level = int(details.get("level", 0))
+            if users.get(line.sender, 0) == level:
+                return ""
+            if level:
+                users[line.sender] = level
+            else:
+                users.pop(line.sender, None)
+            return self.bot.set_state(room_id, "m.room.power_levels", "",
+                                      {**power, "users": users})
+        elif kind == "x.joinrule":
+            rule = "invite" if details.get("invite") else "public"
+            return self.bot.set_state(room_id, "m.room.join_rules", "", {"join_rule": rule})
+        return ""
 
     # ------------------------------------------------------------ third-party lookups
     def thirdparty_protocol(self) -> dict[str, Any]:

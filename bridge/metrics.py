@@ -28,9 +28,14 @@ HTTP_METHODS = ("GET", "PUT", "POST", "DELETE")
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
-def msgtype_label(msgtype: Any) -> str:
-    """Keep the label's values bounded: anything unknown is `other`."""
-    return msgtype if msgtype in MSGTYPES else "other"
+def msgtype_label(msgtype: Any) -> str | None:
+    """Keep the label's values bounded: an unknown m.* type is `other`; None for what is
+    not a message (the outbox also carries the bridge's own `x.*` rows, e.g. joins)."""
+    if msgtype in MSGTYPES:
+        return str(msgtype)
+    if isinstance(msgtype, str) and msgtype.startswith("m."):
+        return "other"
+    return None
 
 
 class Metrics:
@@ -95,7 +100,9 @@ class Metrics:
             return False
 
     def relayed(self, direction: str, msgtype: Any) -> None:
-        self.messages_relayed.labels(direction, msgtype_label(msgtype)).inc()
+        label = msgtype_label(msgtype)
+        if label is not None:
+            self.messages_relayed.labels(direction, label).inc()
 
     def close(self) -> None:
         """Forget this app (hooks stop reaching it) and stop its own metrics port, if any."""

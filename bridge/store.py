@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 PENDING, DONE, FAILED = 0, 1, 2
+PM_PREFIX = "pm:"  # outbox routing key of a private conversation: pm:<owner>:<folded nick>
 
 
 class SchemaOutdated(Exception):
@@ -165,6 +166,21 @@ class Scrollback(BaseModel):
         indexes = ((("network", "channel", "id"), False),)
 
 
+class PmRoom(BaseModel):
+    """A private conversation: a Matrix user's puppet and one IRC nick share this room."""
+
+    network = pw.CharField(max_length=64)
+    owner = pw.CharField(max_length=255)  # the Matrix user
+    nick = pw.CharField(max_length=100)  # case-folded
+    ghost = pw.CharField(max_length=255)  # the virtual user in the room
+    room_id = pw.CharField(max_length=255, unique=True)
+    created_at = pw.BigIntegerField(default=now_ms)
+
+    class Meta:
+        table_name = "pm_room"
+        indexes = ((("network", "owner", "nick"), True),)
+
+
 MODELS: tuple[type[BaseModel], ...] = (
     Meta,
     RoomLink,
@@ -174,6 +190,7 @@ MODELS: tuple[type[BaseModel], ...] = (
     InboxEvent,
     OutboxMessage,
     Scrollback,
+    PmRoom,
 )
 
 
@@ -446,6 +463,46 @@ class Store:
         rows = IrcIdentity.select().where(IrcIdentity.network == network)
         return [(r.user_id, self.identity(r.user_id, network)) for r in rows]
 
+    # ---------------------------------------------------------------- private rooms
+    def pm_room(self, network: str, owner: str, nick: str) -> PmRoom | None:
+        return PmRoom.get_or_none(
+            (PmRoom.network == network) & (PmRoom.owner == owner) & (PmRoom.nick == nick)
+        )
+
+    def pm_for_room(self, room_id: str) -> PmRoom | None:
+        return PmRoom.get_or_none(PmRoom.room_id == room_id)
+
+    def set_pm_room(self, network: str, owner: str, nick: str, ghost: str, room_id: str) -> None:
+        with self.writing():
+            PmRoom.delete().where(
+                (PmRoom.network == network) & (PmRoom.owner == owner) & (PmRoom.nick == nick)
+            ).execute()
+            PmRoom.insert(network=network, owner=owner, nick=nick, ghost=ghost,
+                          room_id=room_id).on_conflict(
+                conflict_target=[PmRoom.room_id],
+                update={PmRoom.network: network, PmRoom.owner: owner, PmRoom.nick: nick,
+                        PmRoom.ghost: ghost},
+            ).execute()
+
+    # ---------------------------------------------------------------- message history
+    def find_message(self, event_id: str) -> tuple[str, str, str, int] | None:
+        """What a Matrix event said, for replies and edits: (origin, who, body, ts).
+
+        origin is "irc" (who = the nick) or "matrix" (who = the sender's user id).
+        """
+        row = OutboxMessage.get_or_none(OutboxMessage.event_id == event_id)
+        if row is not None:
+            return "irc", row.nick, row.body, row.ts
+        inbox = InboxEvent.get_or_none(InboxEvent.event_id == event_id)
+        if inbox is not None:
+            event = json.loads(inbox.payload)
+            content = event.get("content") if isinstance(event.get("content"), dict) else {}
+            new = content.get("m.new_content")
+            body = (new if isinstance(new, dict) else content).get("body")
+            return ("matrix", str(event.get("sender")), body if isinstance(body, str) else "",
+                    int(event.get("origin_server_ts") or 0))
+        return None
+
     # ---------------------------------------------------------------- inbox
     def record_transaction(self, txn_id: str, events: list[dict[str, Any]]) -> tuple[bool, int]:
         """Store a pushed transaction's events before answering; dedupe by txnId and event_id.
@@ -527,7 +584,12 @@ class Store:
         with self.writing():
             for line in lines:
                 room_id = rooms.get((line.network, line.channel))
+                if room_id is None and line.channel.startswith(PM_PREFIX):
+                    room_id = line.channel  # resolved (or made) by the sender
                 if room_id is None:
+                    if line.msgtype.startswith("x.") or line.sender.startswith("@") and \
+                            line.nick == "":
+                        continue  # membership and bridge notices are never scrollback
                     if scrollback_limits.get(line.network, 0) <= 0:
                         continue
                     Scrollback.create(

@@ -48,7 +48,7 @@ class IrcListener(Protocol):
                        details: dict[str, Any]) -> None: ...
 
     def irc_mode(self, network: str, channel: str, sign: str, mode: str,
-                 argument: str | None, by: str | None) -> None: ...
+                 argument: str | None, by: str | None, user_id: str | None) -> None: ...
 
     def irc_failure(self, network: str, owner: str, target: str, reason: str) -> None: ...
 
@@ -322,9 +322,13 @@ class Network:
         except (IndexError, ValueError):
             return
         for sign, mode, argument in changes:
+            user_id = None
             if mode in "ov" and argument and self._ours(argument):
-                continue
-            self.listener.irc_mode(self.name, channel, sign, mode, argument, by)
+                # IRC operators also lead the room: a puppet's op becomes its user's power.
+                user_id = self.puppet_nicks.get(irc_lower(argument))
+                if user_id is None:
+                    continue  # the bot
+            self.listener.irc_mode(self.name, channel, sign, mode, argument, by, user_id)
 
     def _failure(self, conn: IrcConnection, event: irc.client.Event) -> None:
         target = event.arguments[0] if event.arguments else ""

@@ -19,7 +19,9 @@ from .. import logs
 from . import ops_metrics
 from .appservice import bp as appservice_bp
 from .errors import matrix_error
+from .media import bp as media_bp
 from .ops import bp as ops_bp
+from .provisioning import bp as provisioning_bp
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +33,8 @@ def register(app: Flask) -> None:
     app.extensions["ircbridge_metrics"] = ops_metrics.setup(bridge)
     app.register_blueprint(appservice_bp)
     app.register_blueprint(ops_bp)
+    app.register_blueprint(media_bp)
+    app.register_blueprint(provisioning_bp)
 
     @app.errorhandler(404)
     def not_found(_e: Exception) -> Response:

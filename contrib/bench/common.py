@@ -755,3 +755,26 @@ def wait_bot_in(watcher: IrcWatcher, channel: str, nick: str = "ircbot",
 
 def loopback() -> str:
     return LOOPBACK
+
+
+def tail_text(path: Path, lines: int = 40) -> str:
+    """The last `lines` lines of a text file."""
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def postgres_available(url: str = PG_URL) -> bool:
+    """True when the PostgreSQL server of `url` accepts a connection now."""
+    try:
+        import psycopg2
+    except ImportError:
+        return False
+    try:
+        conn = psycopg2.connect(url, connect_timeout=3)
+    except Exception:  # noqa: BLE001 - any failure means "not available"
+        return False
+    conn.close()
+    return True

@@ -5,7 +5,10 @@ a plain IRC client in the channel records when each numbered line arrives. Phase
 
 1. warm-up: one message per sender, so every puppet connects and joins first;
 2. paced: single-event transactions at a light rate: latency without queueing;
-3. burst: back-to-back transactions of 100 events (one in flight, like Synapse): sustained
+3. steady: a fixed offered rate (1,000 and 5,000 events/s) in transactions every 10 ms:
+   latency at that load (it grows without bound when the rate is above what the bridge
+   sustains);
+4. burst: back-to-back transactions of 100 events (one in flight, like Synapse): sustained
    events/s, and latency from the PUT to arrival (which then includes the queue).
 """
 
@@ -73,7 +76,14 @@ def run(workdir: Path, db: str, *, quick: bool, profile: Path | None = None,
         lat = [watcher.arrivals[s] - put_at[s] for s in put_at if s in watcher.arrivals]
         result["paced"] = {"rate_per_s": 1 / interval, **latency_summary(lat)}
 
-        # 3. burst: back-to-back transactions of 100.
+        # 3. steady: a fixed offered rate, transactions every 10 ms (as Synapse batches
+        # what queued while the previous transaction was in flight).
+        result["steady"] = []
+        for rate in (1000, 5000):
+            result["steady"].append(
+                _steady(pusher, watcher, room_id, ids, rate, 2.0 if quick else 4.0))
+
+        # 4. burst: back-to-back transactions of 100.
         watcher.retag("m2i")
         put_at = {}
         put_times: list[float] = []
@@ -124,6 +134,47 @@ def run(workdir: Path, db: str, *, quick: bool, profile: Path | None = None,
         if watcher is not None:
             watcher.close()
         stack.stop()
+
+
+def _steady(pusher: Any, watcher: IrcWatcher, room_id: str, ids: list[str], rate: int,
+            seconds: float) -> dict[str, Any]:
+    """Offer `rate` events/s for `seconds` in transactions every 10 ms; latency at that load."""
+    tag = f"st{rate}"
+    watcher.retag(tag)
+    per_txn = max(1, rate // 100)
+    txns = int(seconds * 100)
+    put_at: dict[int, float] = {}
+    seq = 0
+    start = time.monotonic()
+    behind = 0
+    for n in range(txns):
+        due = start + n * 0.01
+        now = time.monotonic()
+        if due > now:
+            time.sleep(due - now)
+        elif now - due > 0.01:
+            behind += 1
+        batch = []
+        stamp = time.monotonic()
+        for _ in range(per_txn):
+            put_at[seq] = stamp
+            batch.append(pusher.message(room_id, ids[seq % len(ids)], f"{tag} {seq} x"))
+            seq += 1
+        pusher.put_transaction(batch)
+    offered_s = time.monotonic() - start
+    _wait_progress(watcher, seq, idle_timeout=15, hard_timeout=120)
+    arrived = dict(watcher.arrivals)
+    lat = [arrived[s] - put_at[s] for s in arrived if s in put_at]
+    last = max(arrived.values()) if arrived else time.monotonic()
+    return {
+        "offered_per_s": rate,
+        "achieved_offer_per_s": round(seq / max(offered_s, 1e-6), 1),
+        "late_txns": behind,
+        "events": seq,
+        "arrived": len(arrived),
+        "delivered_per_s": round(len(arrived) / max(last - start, 1e-6), 1),
+        **latency_summary(lat),
+    }
 
 
 def _wait_progress(watcher: IrcWatcher, total: int, *, idle_timeout: float,

@@ -1,0 +1,460 @@
+"""The admin commands' IRC work: WHOIS, NICK, JOIN, reconnects, with their replies collected.
+
+Why a module of its own: everything here runs on the IRC thread (the only thread that may
+touch a connection), while the commands wait on worker threads. A worker hands a request in
+with `bridge.irc.call` and waits on a `concurrent.futures.Future`; handlers registered on the
+reactor (from the IRC thread, at a priority after the bridge's own) resolve it when the
+server answers, and a timer on the IRC thread gives up when it does not. Nothing here does
+HTTP or touches the database.
+
+Until the IRC side offers hooks for them, two things are attached at runtime on the IRC
+thread (see docs/admin.md, "Hooks"): each Network's listener is wrapped so connection events
+also reach `AdminRooms.connection_event`, and `Network.puppet` is wrapped so a new connection
+gets the user's stored nick, username and server password.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import irc.client
+
+from .irc import State
+from .names import irc_lower
+
+if TYPE_CHECKING:
+    from .irc import IrcConnection, Network
+
+log = logging.getLogger(__name__)
+
+PRIORITY = 10  # after the bridge's own handlers (0), so connection state is already updated
+WHOIS_TIMEOUT = 10.0
+NICK_TIMEOUT = 10.0
+JOIN_TIMEOUT = 30.0
+WHOIS_PARTS = ("whoisuser", "whoisserver", "whoisoperator", "whoisidle", "whoischannels",
+               "whoisaccount", "away")
+NICK_ERRORS = ("nicknameinuse", "erroneusnickname", "unavailresource", "438", "restricted")
+JOIN_ERRORS = ("nosuchchannel", "toomanychannels", "channelisfull", "inviteonlychan",
+               "bannedfromchan", "badchannelkey", "badchanmask", "nochanmodes", "479",
+               "unavailresource", "489")
+BANNED_WORDS = ("banned", "k-lined", "g-lined", "z-lined", "d-lined", "klined", "glined")
+
+
+class IrcUnavailable(Exception):
+    """The IRC side cannot do it now (not started, not connected, no answer in time)."""
+
+
+@dataclass(eq=False)
+class WhoisResult:
+    nick: str
+    found: bool = False
+    user: str = ""
+    host: str = ""
+    realname: str = ""
+    server: str = ""
+    channels: list[str] = field(default_factory=list)
+    idle_seconds: int | None = None
+    account: str | None = None
+    away: str | None = None
+    operator: bool = False
+
+    def add(self, kind: str, args: list[str]) -> None:
+        if kind == "whoisuser" and len(args) >= 5:
+            self.found = True
+            self.nick, self.user, self.host, self.realname = args[0], args[1], args[2], args[4]
+        elif kind == "whoisserver" and len(args) >= 2:
+            self.server = args[1]
+        elif kind == "whoisoperator":
+            self.operator = True
+        elif kind == "whoisidle" and len(args) >= 2 and args[1].isdigit():
+            self.idle_seconds = int(args[1])
+        elif kind == "whoischannels" and len(args) >= 2:
+            self.channels.extend(args[1].split())
+        elif kind == "whoisaccount" and len(args) >= 2:
+            self.account = args[1]
+        elif kind == "away" and len(args) >= 2:
+            self.away = args[1]
+
+    def text(self) -> str:
+        if not self.found:
+            return f"No such nick: {self.nick}"
+        parts = [f"{self.nick} is {self.user}@{self.host} ({self.realname})"]
+        if self.server:
+            parts.append(f"on {self.server}")
+        if self.account:
+            parts.append(f"logged in as {self.account}")
+        if self.operator:
+            parts.append("an IRC operator")
+        if self.channels:
+            parts.append("in " + " ".join(self.channels))
+        if self.idle_seconds is not None:
+            parts.append(f"idle {self.idle_seconds} s")
+        if self.away:
+            parts.append(f"away: {self.away}")
+        return "; ".join(parts)
+
+
+@dataclass
+class _PendingNick:
+    conn: IrcConnection
+    old: str
+    new: str
+    future: Future[str | None]
+
+
+def _resolve(future: Future[Any], value: Any = None, error: BaseException | None = None) -> None:
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(value)
+
+
+class ListenerTap:
+    """Wraps a Network's listener: everything goes through, connection events also to us."""
+
+    def __init__(self, inner: Any, tap: Callable[[str, str, str, dict[str, Any]], None]):
+        self._inner = inner
+        self._tap = tap
+
+    def irc_connection(self, network: str, owner: str, what: str, details: dict[str, Any]) -> None:
+        try:
+            self._inner.irc_connection(network, owner, what, details)
+        finally:
+            self._tap(network, owner, what, details)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+class IrcQueries:
+    """IRC-thread helpers for the admin commands; the blocking `ask_*` run on workers."""
+
+    def __init__(self, bridge: Any, admin: Any):
+        self.bridge = bridge
+        self.admin = admin
+        self._whois: dict[tuple[Any, str], list[WhoisResult]] = {}
+        self._whois_futures: dict[int, Future[WhoisResult]] = {}
+        self._nicks: dict[Any, _PendingNick] = {}
+        self._joins: dict[tuple[Any, str], list[tuple[IrcConnection, Future[str | None]]]] = {}
+        self._recent_events: deque[dict[str, Any]] = deque(maxlen=64)
+        self.installed = False
+
+    # ------------------------------------------------------------------ any thread
+    def ask(self, fn: Callable[..., None], *args: Any, timeout: float) -> Any:
+        """Run `fn(future, *args)` on the IRC thread and wait for the future (workers only)."""
+        irc_side = self.bridge.irc
+        if not irc_side.started or not irc_side.thread.alive:
+            raise IrcUnavailable("the bridge's IRC side is not running")
+        future: Future[Any] = Future()
+        irc_side.call(self._guarded, fn, future, *args)
+        try:
+            return future.result(timeout + 2.0)
+        except FutureTimeout:
+            raise IrcUnavailable("the IRC thread did not answer in time") from None
+
+    def _guarded(self, fn: Callable[..., None], future: Future[Any], *args: Any) -> None:
+        try:
+            fn(future, *args)
+        except Exception as e:  # noqa: BLE001 - handed back to the waiting worker
+            log.exception("admin IRC work failed")
+            _resolve(future, error=e)
+
+    # ------------------------------------------------------------------ IRC thread: setup
+    def install(self) -> None:
+        """Register the reply handlers and attach the hooks (IRC thread)."""
+        if self.installed:
+            return
+        self.installed = True
+        reactor = self.bridge.irc.thread.reactor
+        for kind in WHOIS_PARTS:
+            reactor.add_global_handler(kind, self._on_whois_part, PRIORITY)
+        reactor.add_global_handler("endofwhois", self._on_whois_end, PRIORITY)
+        reactor.add_global_handler("nosuchnick", self._on_whois_end, PRIORITY)
+        reactor.add_global_handler("nick", self._on_nick, PRIORITY)
+        for kind in NICK_ERRORS:
+            reactor.add_global_handler(kind, self._on_nick_error, PRIORITY)
+        reactor.add_global_handler("join", self._on_join, PRIORITY)
+        for kind in JOIN_ERRORS:
+            reactor.add_global_handler(kind, self._on_join_error, PRIORITY)
+        reactor.add_global_handler("yourebannedcreep", self._on_banned, PRIORITY)
+        reactor.add_global_handler("error", self._on_error, PRIORITY)
+        reactor.add_global_handler("passwdmismatch", self._on_password_refused, PRIORITY)
+        for kind in ("saslfail", "saslaborted", "sasltoolong"):
+            reactor.add_global_handler(kind, self._on_sasl_failed, PRIORITY)
+        for net in self.bridge.irc.networks.values():
+            self._attach(net)
+
+    def _attach(self, net: Network) -> None:
+        if not isinstance(net.listener, ListenerTap):
+            net.listener = ListenerTap(net.listener, self.connection_event)
+        if getattr(net.puppet, "_ircbridge_admin", False):
+            return
+        original = net.puppet
+        settings_for = self.admin.puppet_settings
+
+        def puppet(user_id: str, displayname: str | None = None,
+                   nick: str | None = None) -> IrcConnection:
+            before = net.puppets.get(user_id)
+            settings = settings_for(net.name, user_id)
+            conn = original(user_id, displayname, nick or settings.get("nick"))
+            if conn is not before:
+                apply_settings(conn, settings)
+            return conn
+
+        puppet._ircbridge_admin = True  # type: ignore[attr-defined]
+        net.puppet = puppet  # type: ignore[method-assign]
+
+    def connection_event(self, network: str, owner: str, what: str,
+                         details: dict[str, Any]) -> None:
+        """From the listener tap (and the core's hook, once it has one): once per event."""
+        if any(d is details for d in self._recent_events):
+            return
+        self._recent_events.append(details)
+        self.admin.queue_connection_event(network, owner, what, dict(details))
+        if what == "connected" and owner:
+            self.run_autocmds(network, owner)
+
+    # ------------------------------------------------------------------ IRC thread: lookups
+    def _network(self, name: str) -> Network:
+        net = self.bridge.irc.network(name)
+        if net is None:
+            raise IrcUnavailable(f"network {name!r} is not configured")
+        return net
+
+    def _find(self, server_conn: Any) -> tuple[Network, IrcConnection] | None:
+        for net in self.bridge.irc.networks.values():
+            for conn in net.all_connections():
+                if conn.conn is server_conn:
+                    return net, conn
+        return None
+
+    @staticmethod
+    def _connected(conn: IrcConnection | None) -> bool:
+        return conn is not None and conn.state is State.CONNECTED
+
+    # ------------------------------------------------------------------ WHOIS
+    def whois(self, future: Future[WhoisResult], network: str, nick: str, user_id: str) -> None:
+        net = self._network(network)
+        conn = net.bot if self._connected(net.bot) else net.puppets.get(user_id)
+        if not self._connected(conn):
+            raise IrcUnavailable(f"the bridge is not connected to {network} right now")
+        assert conn is not None
+        key = (conn.conn, irc_lower(nick))
+        result = WhoisResult(nick)
+        entries = self._whois.setdefault(key, [])
+        entries.append(result)
+        self._whois_futures[id(result)] = future
+        conn.send(f"WHOIS {nick}")
+
+        def expire() -> None:
+            if result in self._whois.get(key, []):
+                self._whois[key].remove(result)
+                if not self._whois[key]:
+                    del self._whois[key]
+            fut = self._whois_futures.pop(id(result), None)
+            if fut is not None:
+                _resolve(fut, error=IrcUnavailable(f"{network} did not answer the WHOIS"))
+
+        self.bridge.irc.thread.call_later(WHOIS_TIMEOUT, expire)
+
+    def _on_whois_part(self, server_conn: Any, event: irc.client.Event) -> None:
+        if not self._whois or not event.arguments:
+            return
+        for result in self._whois.get((server_conn, irc_lower(event.arguments[0])), []):
+            result.add(event.type, list(event.arguments))
+
+    def _on_whois_end(self, server_conn: Any, event: irc.client.Event) -> None:
+        if not self._whois or not event.arguments:
+            return
+        for result in self._whois.pop((server_conn, irc_lower(event.arguments[0])), []):
+            future = self._whois_futures.pop(id(result), None)
+            if future is not None:
+                _resolve(future, result)
+
+    # ------------------------------------------------------------------ NICK
+    def change_nick(self, future: Future[str | None], network: str, user_id: str,
+                    new: str) -> None:
+        """Resolves None when the server took the nick, "offline" without a connection,
+        else the server's refusal."""
+        net = self._network(network)
+        conn = net.puppets.get(user_id)
+        if conn is None or not self._connected(conn):
+            if conn is not None:
+                conn.wanted_nick = new
+            _resolve(future, "offline")
+            return
+        if conn.nick == new:
+            _resolve(future, None)
+            return
+        pending = _PendingNick(conn, conn.nick, new, future)
+        self._nicks[conn.conn] = pending
+        conn.send(f"NICK {new}")
+
+        def expire() -> None:
+            if self._nicks.get(conn.conn) is pending:
+                del self._nicks[conn.conn]
+            _resolve(future, error=IrcUnavailable(f"{network} did not answer the NICK"))
+
+        self.bridge.irc.thread.call_later(NICK_TIMEOUT, expire)
+
+    def _on_nick(self, server_conn: Any, event: irc.client.Event) -> None:
+        pending = self._nicks.get(server_conn)
+        if pending is None or event.source is None:
+            return
+        if irc_lower(event.source.nick) == irc_lower(pending.old):
+            del self._nicks[server_conn]
+            pending.conn.wanted_nick = event.target or pending.new
+            _resolve(pending.future, None)
+
+    def _on_nick_error(self, server_conn: Any, event: irc.client.Event) -> None:
+        pending = self._nicks.get(server_conn)
+        if pending is None:
+            return
+        args = list(event.arguments)
+        if event.type == "unavailresource" and args and irc_lower(args[0]) != irc_lower(
+                pending.new):
+            return  # about a channel
+        del self._nicks[server_conn]
+        _resolve(pending.future, args[-1] if args else event.type)
+
+    # ------------------------------------------------------------------ JOIN / PART
+    def join(self, future: Future[str | None], network: str, user_id: str, channel: str,
+             key: str | None) -> None:
+        """Resolves None once in the channel, else the server's refusal."""
+        net = self._network(network)
+        conn = net.puppet(user_id)
+        folded = irc_lower(channel)
+        if folded in conn.channels:
+            _resolve(future, None)
+            return
+        waiting = self._joins.setdefault((conn.conn, folded), [])
+        waiting.append((conn, future))
+        conn.join(channel, key)
+
+        def expire() -> None:
+            entry = (conn, future)
+            if entry in self._joins.get((conn.conn, folded), []):
+                self._joins[(conn.conn, folded)].remove(entry)
+            _resolve(future, error=IrcUnavailable(
+                f"no answer from {network} yet (state: {conn.state.value}); "
+                f"the bridge keeps trying to join {channel}"))
+
+        self.bridge.irc.thread.call_later(JOIN_TIMEOUT, expire)
+
+    def _on_join(self, server_conn: Any, event: irc.client.Event) -> None:
+        if not self._joins or event.source is None or not event.target:
+            return
+        if irc_lower(event.source.nick) != irc_lower(server_conn.get_nickname()):
+            return
+        for _conn, future in self._joins.pop((server_conn, irc_lower(event.target)), []):
+            _resolve(future, None)
+
+    def _on_join_error(self, server_conn: Any, event: irc.client.Event) -> None:
+        if not self._joins or not event.arguments:
+            return
+        folded = irc_lower(event.arguments[0])
+        waiting = self._joins.pop((server_conn, folded), [])
+        for conn, future in waiting:
+            conn.wanted_channels.pop(folded, None)  # do not retry it at every reconnect
+            reason = event.arguments[-1] if len(event.arguments) > 1 else event.type
+            _resolve(future, reason)
+
+    def part(self, future: Future[bool], network: str, user_id: str, channel: str) -> None:
+        """Resolves True when the connection was in (or joining) the channel."""
+        net = self._network(network)
+        conn = net.puppets.get(user_id)
+        folded = irc_lower(channel)
+        if conn is None or (folded not in conn.channels and folded not in conn.wanted_channels):
+            _resolve(future, False)
+            return
+        conn.part(channel, "Left with !part")
+        _resolve(future, True)
+
+    # ------------------------------------------------------------------ connection
+    def reconnect(self, future: Future[bool], network: str, user_id: str) -> None:
+        """Drop and remake the user's connection, keeping its channels and nick."""
+        net = self._network(network)
+        old = net.puppets.get(user_id)
+        channels = dict(old.wanted_channels) if old is not None else {}
+        nick = old.wanted_nick if old is not None else None
+        net.drop_puppet(user_id, "Reconnecting")
+        settings = self.admin.puppet_settings(network, user_id)
+        conn = net.puppet(user_id, None, settings.get("nick") or nick)
+        conn.wanted_channels.update(channels)
+        _resolve(future, old is not None)
+
+    def quit(self, future: Future[bool], network: str, user_id: str) -> None:
+        net = self._network(network)
+        existed = user_id in net.puppets
+        net.drop_puppet(user_id, "Disconnected with !quit")
+        _resolve(future, existed)
+
+    def send_raw(self, future: Future[None], network: str, user_id: str, line: str) -> None:
+        net = self._network(network)
+        net.puppet(user_id).send(line)
+        _resolve(future, None)
+
+    def snapshot(self, future: Future[dict[str, Any]], user_id: str) -> None:
+        """{network: {"state", "nick", "channels", "bot"}} for the user's connections."""
+        out: dict[str, Any] = {}
+        for name, net in self.bridge.irc.networks.items():
+            conn = net.puppets.get(user_id)
+            out[name] = {
+                "bot": net.bot.state.value if net.bot is not None else "idle",
+                "state": conn.state.value if conn is not None else "none",
+                "nick": conn.nick if conn is not None else None,
+                "channels": sorted(conn.wanted_channels.values()) if conn is not None else [],
+                "in": sorted(conn.channels) if conn is not None else [],
+            }
+        _resolve(future, out)
+
+    def run_autocmds(self, network: str, owner: str) -> None:
+        """Send the user's !autocmd lines on their fresh connection (IRC thread)."""
+        lines = self.admin.autocmds_for(network, owner)
+        if not lines:
+            return
+        net = self.bridge.irc.network(network)
+        conn = net.puppets.get(owner) if net is not None else None
+        if conn is None:
+            return
+        for line in lines:
+            conn.send(line)
+
+    # ------------------------------------------------------------------ refusals
+    def _report(self, server_conn: Any, what: str, details: dict[str, Any]) -> None:
+        found = self._find(server_conn)
+        if found is not None and found[1].owner:
+            self.admin.queue_connection_event(found[0].name, found[1].owner, what, details)
+
+    def _on_banned(self, server_conn: Any, event: irc.client.Event) -> None:
+        reason = event.arguments[-1] if event.arguments else "banned"
+        self._report(server_conn, "banned", {"reason": reason})
+
+    def _on_error(self, server_conn: Any, event: irc.client.Event) -> None:
+        text = str(event.target or "")
+        if any(word in text.lower() for word in BANNED_WORDS):
+            self._report(server_conn, "banned", {"reason": text})
+
+    def _on_password_refused(self, server_conn: Any, event: irc.client.Event) -> None:
+        reason = event.arguments[-1] if event.arguments else "password incorrect"
+        self._report(server_conn, "password_refused", {"reason": reason})
+
+    def _on_sasl_failed(self, server_conn: Any, event: irc.client.Event) -> None:
+        reason = event.arguments[-1] if event.arguments else "SASL authentication failed"
+        self._report(server_conn, "sasl_failed", {"reason": reason})
+
+
+def apply_settings(conn: IrcConnection, settings: dict[str, Any]) -> None:
+    """Give a connection that has not registered yet the user's username and password."""
+    if settings.get("username"):
+        conn.username = settings["username"]
+    if settings.get("password") and settings.get("password_kind", "server") == "server":
+        conn.password = settings["password"]

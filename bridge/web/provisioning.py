@@ -1,0 +1,90 @@
+"""The provisioning HTTP API: `/_ircbridge/provisioning/v1/` (link, unlink, links, networks).
+
+Authenticated by its own secret (`Authorization: Bearer <[provisioning] secret>`, compared in
+constant time), separate from the homeserver's hs_token: it is meant for an integration
+manager or a script, not for the homeserver. An empty secret turns the API off (403 with a
+hint). Errors are JSON `{errcode, error}` with a 4xx status; the checks live in
+`bridge.provisioning`.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+from typing import Any
+
+from flask import Blueprint, Response, current_app, jsonify, request
+
+from ..matrix import MatrixError
+from ..provisioning import Provisioner, ProvisioningError
+from .errors import matrix_error
+
+log = logging.getLogger(__name__)
+
+PREFIX = "/_ircbridge/provisioning/v1"
+bp = Blueprint("provisioning", __name__, url_prefix=PREFIX)
+
+
+def _bridge() -> Any:
+    return current_app.extensions["bridge"]
+
+
+@bp.before_request
+def _authenticate() -> Response | None:
+    secret: str = _bridge().config.provisioning.secret
+    if not secret:
+        return matrix_error(403, "M_FORBIDDEN", "The provisioning API is off: set a long random "
+                            "[provisioning] secret in the bridge's config.ini and restart it")
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return matrix_error(401, "M_MISSING_TOKEN",
+                            "Send Authorization: Bearer <[provisioning] secret>")
+    if not hmac.compare_digest(token.strip().encode("utf-8", "surrogatepass"),
+                               secret.encode("utf-8")):
+        return matrix_error(403, "M_FORBIDDEN", "The provisioning secret is not recognised")
+    return None
+
+
+def _body() -> Any:
+    raw = request.get_data(cache=True)
+    if not raw:
+        raise ProvisioningError(400, "M_NOT_JSON", "The request body is empty")
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise ProvisioningError(400, "M_NOT_JSON", "The request body is not valid JSON") from None
+
+
+def _answer(fn: Any, *args: Any) -> Response:
+    try:
+        return jsonify(fn(*args))
+    except ProvisioningError as e:
+        return matrix_error(e.status, e.errcode, e.error)
+    except MatrixError as e:
+        log.warning("provisioning: homeserver error %s", e)
+        status = 502 if e.status == 0 or e.status >= 500 else 400
+        return matrix_error(status, e.errcode or "M_UNKNOWN",
+                            f"The homeserver refused: {e.error or e.errcode}")
+
+
+@bp.route("/networks", methods=["GET"])
+def networks() -> Response:
+    return _answer(lambda: {"networks": Provisioner(_bridge()).networks()})
+
+
+@bp.route("/links", methods=["GET"])
+def links() -> Response:
+    room_id = request.args.get("room_id") or None
+    return _answer(lambda: {"links": Provisioner(_bridge()).links(room_id)})
+
+
+@bp.route("/link", methods=["POST"])
+def link() -> Response:
+    return _answer(lambda: Provisioner(_bridge()).link(_body()))
+
+
+@bp.route("/unlink", methods=["POST"])
+def unlink() -> Response:
+    return _answer(lambda: Provisioner(_bridge()).unlink(_body()))

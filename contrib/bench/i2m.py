@@ -1,0 +1,236 @@
+"""i2m: IRC -> Matrix, against the homeserver's own ceiling measured in the same run.
+
+Rooms: `ROOMS` portal rooms (made through the real alias query). The bridge sends each room's
+lines from one of its `senders` threads (a room always maps to the same thread, to keep its
+order), so the rooms are picked to land on distinct sender threads where possible: the bridge
+then has the same concurrency as the ceiling client (one thread per room, different rooms).
+
+Phases, each run first through the bridge and then straight to Synapse:
+
+1. burst: N lines, N/ROOMS per room, said at once by one plain IRC client per channel; the
+   ceiling client sends the same N messages from ROOMS threads (one room each) with the
+   as_token as the same virtual users. Figures: lines/s, p50/p99 latency, ratio.
+2. paced: single room, one line every 100 ms; the ceiling sends the same way from one
+   thread. Figures: p50/p99 latency and the bridge-added p50 (bridge p50 - ceiling p50).
+
+Arrival is the homeserver's creation time of the event (read with /messages as the time of
+the answer minus `unsigned.age`), so how often the bench reads does not add latency.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import zlib
+from pathlib import Path
+from typing import Any
+
+from bridge.devstack.clients import MatrixClient
+
+from common import (
+    BenchStack,
+    IrcSpeaker,
+    IrcWatcher,
+    Profiler,
+    RoomReader,
+    cpu_seconds,
+    latency_summary,
+    q,
+    summarize_profile,
+    wait_for,
+)
+
+ROOMS = 4
+SENDERS = 4  # the bridge's [appservice] senders (default)
+
+
+def run(workdir: Path, db: str, *, quick: bool, profile: Path | None = None,
+        lines: int | None = None) -> dict[str, Any]:
+    total = lines or (200 if quick else 1000)
+    paced = 30 if quick else 100
+    total -= total % ROOMS
+    stack = BenchStack(workdir, db=db, appservice={"senders": str(SENDERS)})
+    result: dict[str, Any] = {"lines": total, "rooms": ROOMS, "bridge_senders": SENDERS,
+                              "ceiling_threads": ROOMS, "layout": "one room per thread"}
+    speakers: list[IrcSpeaker] = []
+    watcher: IrcWatcher | None = None
+    try:
+        stack.start()
+        user = stack.matrix_user("i2mreader")
+        rooms = _pick_rooms(stack, user)
+        result["sender_threads_hit"] = len({_sender_of(r) for _c, r in rooms})
+        channels = [c for c, _r in rooms]
+        # Wait until the bot is in every channel (a watcher sees its JOIN or is told by NAMES).
+        watcher = IrcWatcher(stack.ircd.host, stack.ircd.port, "i2mwatch").connect()
+        for channel in channels:
+            watcher.join(channel)
+        for i in range(ROOMS):
+            speaker = IrcSpeaker(stack.ircd.host, stack.ircd.port, f"spk{i}").connect()
+            speaker.join(channels[i])
+            speakers.append(speaker)
+        readers = [RoomReader(user, room_id) for _c, room_id in rooms]
+
+        # warm-up: each speaker's ghost is registered and joined.
+        for i, speaker in enumerate(speakers):
+            speaker.say(channels[i], f"warm {i}")
+        _read_until(readers, "warm", [1] * ROOMS, idle_timeout=30, hard_timeout=60)
+        ghosts = [stack.ghost(f"spk{i}") for i in range(ROOMS)]
+        room_ids = [r for _c, r in rooms]
+        hs = [MatrixClient(stack.synapse.url, stack.as_token, ghosts[i]) for i in range(ROOMS)]
+
+        # 1. burst through the bridge
+        per_room = total // ROOMS
+        worker = stack.worker_pid()
+        cpu_before = cpu_seconds(worker)
+        sent: dict[int, float] = {}
+        prof = Profiler(worker, profile, duration=120) if profile else None
+        if prof:
+            prof.__enter__()
+        try:
+            first = time.time()
+            for i, speaker in enumerate(speakers):
+                seqs = range(i * per_room, (i + 1) * per_room)
+                now = time.time()
+                sent.update((s, now) for s in seqs)
+                speaker.say_many(channels[i], [f"i2m {s} x" for s in seqs])
+            _read_until(readers, "i2m", [per_room] * ROOMS, idle_timeout=30,
+                        hard_timeout=60 + total * 0.1)
+        finally:
+            if prof:
+                prof.__exit__(None, None, None)
+        bridge_cpu = cpu_seconds(worker) - cpu_before
+        result["burst_bridge"] = _figures(readers, "i2m", sent, first, total)
+        result["burst_bridge"]["bridge_cpu_s"] = round(bridge_cpu, 2)
+        result["burst_bridge"]["in_order_rooms"] = sum(
+            1 for r in readers if _in_order(r, "i2m"))
+
+        # 1b. the same burst straight to Synapse: one thread per room.
+        sent = {}
+        first = time.time()
+        threads = [
+            threading.Thread(target=_direct, args=(hs[i], room_ids[i], "hs",
+                                                   range(i * per_room, (i + 1) * per_room), sent))
+            for i in range(ROOMS)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60 + total * 0.1)
+        _read_until(readers, "hs", [per_room] * ROOMS, idle_timeout=30, hard_timeout=60)
+        result["burst_ceiling"] = _figures(readers, "hs", sent, first, total)
+        b, c = result["burst_bridge"], result["burst_ceiling"]
+        result["ratio_throughput"] = round(b["lines_per_s"] / c["lines_per_s"], 3) \
+            if c["lines_per_s"] else None
+
+        # 2. paced, one room: bridge then ceiling.
+        sent = {}
+        for k in range(paced):
+            seq = k
+            sent[seq] = time.time()
+            speakers[0].say(channels[0], f"lat {seq} x")
+            time.sleep(0.1)
+        _read_until(readers[:1], "lat", [paced], idle_timeout=15, hard_timeout=60)
+        result["paced_bridge"] = _figures(readers[:1], "lat", sent, min(sent.values()), paced)
+        sent = {}
+        for k in range(paced):
+            _direct(hs[0], room_ids[0], "hslat", range(k, k + 1), sent)
+            time.sleep(0.1)
+        _read_until(readers[:1], "hslat", [paced], idle_timeout=15, hard_timeout=60)
+        result["paced_ceiling"] = _figures(readers[:1], "hslat", sent, min(sent.values()),
+                                           paced)
+        pb, pc = result["paced_bridge"]["p50_ms"], result["paced_ceiling"]["p50_ms"]
+        result["bridge_added_p50_ms"] = round(pb - pc, 2) if pb is not None and pc else None
+        if profile:
+            result["profile"] = {"file": profile.name, **summarize_profile(profile)}
+        result["rss"] = stack.bridge_rss_kb()
+        for client in hs:
+            client.close()
+        return result
+    finally:
+        for speaker in speakers:
+            speaker.close()
+        if watcher is not None:
+            watcher.close()
+        stack.stop()
+
+
+def _sender_of(room_id: str) -> int:
+    """Which sender thread the bridge uses for a room (mirrors bridge/outbox.py's Senders)."""
+    return zlib.crc32(room_id.encode()) % SENDERS
+
+
+def _pick_rooms(stack: BenchStack, user: MatrixClient, max_rooms: int = 16
+                ) -> list[tuple[str, str]]:
+    """Make portal rooms until ROOMS of them map to distinct sender threads (bounded)."""
+    chosen: dict[int, tuple[str, str]] = {}
+    spare: list[tuple[str, str]] = []
+    for n in range(max_rooms):
+        channel = f"#i2m{n}"
+        room_id = user.join(stack.alias(channel))
+        index = _sender_of(room_id)
+        if index in chosen:
+            spare.append((channel, room_id))
+        else:
+            chosen[index] = (channel, room_id)
+        if len(chosen) >= ROOMS:
+            break
+    picked = list(chosen.values())
+    while len(picked) < ROOMS and spare:
+        picked.append(spare.pop(0))
+    return picked
+
+
+def _direct(client: MatrixClient, room_id: str, tag: str, seqs: range,
+            sent: dict[int, float]) -> None:
+    """Send numbered messages straight to Synapse as the client's (virtual) user."""
+    for seq in seqs:
+        now = time.time()
+        sent[seq] = now
+        txn = f"bench{tag}{seq}-{int(now * 1000)}"
+        client.request(
+            "PUT", f"/_matrix/client/v3/rooms/{q(room_id)}/send/m.room.message/{txn}",
+            json={"msgtype": "m.text", "body": f"{tag} {seq} x"},
+            params={"user_id": client.user_id, "ts": str(int(now * 1000))},
+        )
+
+
+def _read_until(readers: list[RoomReader], tag: str, wanted: list[int], *,
+                idle_timeout: float, hard_timeout: float, interval: float = 0.25) -> None:
+    """Read the rooms until each has `wanted` events of `tag` or no progress for a while."""
+    deadline = time.monotonic() + hard_timeout
+    last_total, last_change = -1, time.monotonic()
+    while time.monotonic() < deadline:
+        for reader in readers:
+            reader.poll()
+        counts = [r.count(tag) for r in readers]
+        if all(c >= w for c, w in zip(counts, wanted, strict=True)):
+            return
+        total = sum(counts)
+        if total != last_total:
+            last_total, last_change = total, time.monotonic()
+        elif time.monotonic() - last_change > idle_timeout:
+            return
+        time.sleep(interval)
+
+
+def _figures(readers: list[RoomReader], tag: str, sent: dict[int, float], first: float,
+             total: int) -> dict[str, Any]:
+    created: dict[int, float] = {}
+    for reader in readers:
+        created.update(reader.created.get(tag, {}))
+    lat = [created[s] - sent[s] for s in created if s in sent]
+    last = max(created.values()) if created else first
+    span = max(last - first, 1e-6)
+    return {
+        "arrived": len(created),
+        "lost": total - len(created),
+        "lines_per_s": round(len(created) / span, 1),
+        **latency_summary(lat),
+    }
+
+
+def _in_order(reader: RoomReader, tag: str) -> bool:
+    """Did the room's events of `tag` arrive in sequence order?"""
+    table = reader.created.get(tag, {})
+    by_time = [seq for seq, _t in sorted(table.items(), key=lambda kv: kv[1])]
+    return by_time == sorted(by_time)

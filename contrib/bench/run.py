@@ -1,0 +1,274 @@
+#!/usr/bin/env python
+"""Run the ircbridge benchmarks against a real local stack (ngircd + Synapse + the bridge).
+
+    python contrib/bench/run.py [--db sqlite|postgresql|both] [--only m2i,i2m,...] [--quick]
+                                [--large] [--profile] [--keep]
+
+Every scenario starts its own stack (bridge.devstack.stack.Stack) in a temporary folder, so
+scenarios do not disturb each other. Each run prints a table per scenario and writes
+contrib/bench/results/<scenario>-<db>.json. Not part of the test suite. See
+docs/performance.md for what the figures mean and the latest results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(1, str(HERE.parents[1]))
+
+import common  # noqa: E402
+import i2m  # noqa: E402
+import m2i  # noqa: E402
+import puppets  # noqa: E402
+import query  # noqa: E402
+import startup  # noqa: E402
+
+SCENARIOS: dict[str, Callable[..., dict[str, Any]]] = {
+    "m2i": m2i.run,
+    "i2m": i2m.run,
+    "puppets": puppets.run,
+    "query": query.run,
+    "startup": startup.run,
+}
+ORDER = ("startup", "query", "m2i", "i2m", "puppets")
+
+log = logging.getLogger("bench")
+
+
+# --------------------------------------------------------------------------- figures
+
+def _get(data: dict[str, Any], path: str) -> Any:
+    node: Any = data
+    for part in path.split("."):
+        if isinstance(node, list):
+            try:
+                node = node[int(part)]
+            except (ValueError, IndexError):
+                return None
+        elif isinstance(node, dict):
+            node = node.get(part)
+        else:
+            return None
+        if node is None:
+            return None
+    return node
+
+
+def rows_for(scenario: str, data: dict[str, Any]) -> list[tuple[str, Any, str, bool | None]]:
+    """(figure, value, target text, met?) rows of one scenario's result."""
+    rows: list[tuple[str, Any, str, bool | None]] = []
+
+    def add(label: str, path: str, target: str = "", ok: Callable[[Any], bool] | None = None
+            ) -> None:
+        value = _get(data, path)
+        met = ok(value) if ok is not None and value is not None else None
+        rows.append((label, value, target, met))
+
+    if scenario == "m2i":
+        add("senders (puppets)", "senders")
+        add("burst: events/s sustained", "burst.events_per_s", ">= 5000", lambda v: v >= 5000)
+        add("burst: PUT -> IRC p50 ms", "burst.p50_ms")
+        add("burst: PUT -> IRC p99 ms", "burst.p99_ms")
+        add("burst: accepted (PUT) events/s", "burst.accepted_per_s")
+        add("burst: bridge CPU ms/event", "burst.bridge_cpu_ms_per_event")
+        add("burst: lost / failed txns", "burst.lost")
+        add("burst: failed PUTs (retried)", "burst.txn_failures")
+        add("steady 1000/s: p50 ms", "steady.0.p50_ms", "<= 20", lambda v: v <= 20)
+        add("steady 1000/s: p99 ms", "steady.0.p99_ms")
+        add("steady 5000/s: p50 ms", "steady.1.p50_ms", "<= 20", lambda v: v <= 20)
+        add("steady 5000/s: p99 ms", "steady.1.p99_ms")
+        add("steady 5000/s: delivered/s", "steady.1.delivered_per_s")
+        add("paced 50/s: p50 ms", "paced.p50_ms", "<= 20", lambda v: v <= 20)
+        add("paced 50/s: p99 ms", "paced.p99_ms")
+    elif scenario == "i2m":
+        add("rooms / sender threads used", "sender_threads_hit")
+        add("burst bridge: lines/s", "burst_bridge.lines_per_s")
+        add("burst ceiling: msgs/s", "burst_ceiling.lines_per_s")
+        add("burst: ratio bridge/ceiling", "ratio_throughput", ">= 0.9", lambda v: v >= 0.9)
+        add("burst bridge: p50 ms", "burst_bridge.p50_ms")
+        add("burst bridge: p99 ms", "burst_bridge.p99_ms")
+        add("burst ceiling: p50 ms", "burst_ceiling.p50_ms")
+        add("burst ceiling: p99 ms", "burst_ceiling.p99_ms")
+        add("burst bridge: lost", "burst_bridge.lost")
+        add("paced 10/s bridge: p50 ms", "paced_bridge.p50_ms")
+        add("paced 10/s bridge: p99 ms", "paced_bridge.p99_ms")
+        add("paced 10/s ceiling: p50 ms", "paced_ceiling.p50_ms")
+        add("paced 10/s ceiling: p99 ms", "paced_ceiling.p99_ms")
+        add("bridge-added p50 ms", "bridge_added_p50_ms", "<= 5", lambda v: v <= 5)
+    elif scenario == "puppets":
+        for i, level in enumerate(data.get("levels", [])):
+            k = level.get("puppets")
+            add(f"K={k}: joined", f"levels.{i}.joined", f"= {k}", lambda v, k=k: v >= k)
+            add(f"K={k}: time to connect all s", f"levels.{i}.connect_all_s")
+            add(f"K={k}: connects/s", f"levels.{i}.connects_per_s")
+            add(f"K={k}: worker RSS before KB", f"levels.{i}.rss_before_kb.worker_kb")
+            add(f"K={k}: worker RSS after KB", f"levels.{i}.rss_after_kb.worker_kb")
+            add(f"K={k}: RSS per puppet KB", f"levels.{i}.rss_per_puppet_kb", "<= 25",
+                lambda v: v <= 25)
+            add(f"K={k}: bridge CPU s", f"levels.{i}.bridge_cpu_s")
+            add(f"K={k}: msg via last puppet ms", f"levels.{i}.last_puppet_msg_ms")
+            add(f"K={k}: again, idle ms", f"levels.{i}.last_puppet_msg2_ms")
+    elif scenario == "query":
+        add("alias query (join) p50 ms", "alias.p50_ms", "<= 1000", lambda v: v <= 1000)
+        add("alias query (join) p99 ms", "alias.p99_ms")
+        add("alias failures", "alias.failures")
+        add("HS createRoom alone p50 ms", "hs_create_room.p50_ms")
+        add("user query fresh p50 ms", "user_fresh.p50_ms")
+        add("user query fresh p99 ms", "user_fresh.p99_ms")
+        add("user query known p50 ms", "user_known.p50_ms")
+    elif scenario == "startup":
+        add("empty DB: ready s", "empty_ready_s")
+        add("rooms / virtual users", "seeded.room_links")
+        add("seeded: ready s", "seeded_ready_s", "<= 10", lambda v: v <= 10)
+        add("seeded: worker RSS KB", "seeded_rss_kb.worker_kb")
+        add("empty: worker RSS KB", "empty_rss_kb.worker_kb")
+    if data.get("error"):
+        rows.append(("ERROR", data["error"].splitlines()[-1][:60], "", False))
+    return rows
+
+
+def fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.1f}" if abs(value) >= 100 else f"{value:,.2f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def table(scenario: str, results: dict[str, dict[str, Any]]) -> str:
+    """One scenario's figures, a column per database."""
+    dbs = list(results)
+    per_db = {db: rows_for(scenario, data) for db, data in results.items()}
+    labels: list[str] = []
+    targets: dict[str, str] = {}
+    for rows in per_db.values():
+        for label, _v, target, _m in rows:
+            if label not in labels:
+                labels.append(label)
+            if target:
+                targets[label] = target
+    cells = {db: {label: (fmt(v) + ("" if m is None else (" ok" if m else " MISS")))
+                  for label, v, _t, m in rows} for db, rows in per_db.items()}
+    head = ["figure", *dbs, "target"]
+    body = [[label, *[cells[db].get(label, "-") for db in dbs], targets.get(label, "")]
+            for label in labels]
+    widths = [max(len(str(r[i])) for r in [head, *body]) for i in range(len(head))]
+    lines = [f"== {scenario}"]
+    lines.append("  ".join(str(h).ljust(w) for h, w in zip(head, widths, strict=True)))
+    lines.append("  ".join("-" * w for w in widths))
+    for r in body:
+        lines.append("  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)))
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- running
+
+def run_one(name: str, db: str, args: argparse.Namespace, base: Path) -> dict[str, Any]:
+    """Run one scenario on one database in its own folder; never raises."""
+    workdir = Path(tempfile.mkdtemp(prefix=f"{name}-{db}-", dir=base))
+    profile = common.RESULTS / f"{name}-{db}.pyspy.txt" if args.profile else None
+    kwargs: dict[str, Any] = {"quick": args.quick, "profile": profile}
+    if name == "puppets":
+        kwargs["large"] = args.large
+        if args.puppets:
+            kwargs["counts"] = [int(x) for x in args.puppets.split(",")]
+        if args.per_room:
+            kwargs["per_room"] = args.per_room
+    started = time.monotonic()
+    meta = {
+        "scenario": name, "db": db, "quick": args.quick, "large": args.large,
+        "profiled": bool(args.profile),
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "revision": common.git_revision(), "cpus": os.cpu_count(),
+        "python": platform.python_version(), "machine": platform.machine(),
+    }
+    try:
+        data = SCENARIOS[name](workdir, db, **kwargs)
+    except Exception as e:  # noqa: BLE001 - one scenario's failure must not stop the others
+        log.error("%s on %s failed: %s", name, db, e)
+        data = {"error": traceback.format_exc()}
+        log_path = workdir / "bridge" / "bridge.log"
+        if log_path.exists():
+            data["bridge_log_tail"] = common.tail_text(log_path, 40)
+    meta["seconds"] = round(time.monotonic() - started, 1)
+    data = {"meta": meta, **data}
+    common.RESULTS.mkdir(parents=True, exist_ok=True)
+    out = common.RESULTS / f"{name}-{db}.json"
+    out.write_text(json.dumps(data, indent=1, default=str) + "\n", encoding="utf-8")
+    if not args.keep:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return data
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--db", choices=("sqlite", "postgresql", "both"), default="both")
+    parser.add_argument("--only", default=",".join(ORDER),
+                        help=f"comma-separated scenarios (default: all: {','.join(ORDER)})")
+    parser.add_argument("--quick", action="store_true", help="smaller runs (about 3 minutes)")
+    parser.add_argument("--large", action="store_true", help="puppets: add K=5000")
+    parser.add_argument("--puppets", help="puppets: comma-separated K values (overrides)")
+    parser.add_argument("--per-room", type=int, help="puppets: users per bridged room")
+    parser.add_argument("--profile", action="store_true",
+                        help="py-spy record the bridge worker during each measured phase")
+    parser.add_argument("--keep", action="store_true", help="keep the stacks' folders")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    names = [n.strip() for n in args.only.split(",") if n.strip()]
+    unknown = [n for n in names if n not in SCENARIOS]
+    if unknown:
+        parser.error(f"unknown scenario(s): {', '.join(unknown)}")
+    names = [n for n in ORDER if n in names]
+    dbs = ["sqlite", "postgresql"] if args.db == "both" else [args.db]
+    if "postgresql" in dbs and not common.postgres_available():
+        print(f"PostgreSQL at {common.PG_URL} does not answer: skipping it", file=sys.stderr)
+        dbs.remove("postgresql")
+    if args.profile and shutil.which("py-spy") is None:
+        parser.error("--profile needs py-spy (pip install py-spy)")
+    common.raise_nofile(16384 if args.large else 8192)
+    base = Path(tempfile.mkdtemp(prefix="ircbridge-bench-"))
+    started = time.monotonic()
+    results: dict[str, dict[str, dict[str, Any]]] = {n: {} for n in names}
+    try:
+        for db in dbs:
+            for name in names:
+                t0 = time.monotonic()
+                print(f"-- {name} on {db} ...", file=sys.stderr, flush=True)
+                results[name][db] = run_one(name, db, args, base)
+                print(f"   done in {time.monotonic() - t0:.0f} s", file=sys.stderr, flush=True)
+    finally:
+        if not args.keep:
+            shutil.rmtree(base, ignore_errors=True)
+        else:
+            print(f"stacks kept in {base}", file=sys.stderr)
+    for name in names:
+        print(table(name, results[name]))
+        print()
+    print(f"total {time.monotonic() - started:.0f} s; JSON in {common.RESULTS}")
+    failed = [f"{n}/{db}" for n, per in results.items() for db, d in per.items() if "error" in d]
+    if failed:
+        print(f"failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
