@@ -47,6 +47,7 @@ def create_app(config_path: str | None = None, *, config: Any = None,
     bridge.media = MediaLinks(
         bridge.client, config.media.public_url or config.appservice.url, load_secret(store),
         ttl_seconds=config.media.link_ttl_days * 86400, max_bytes=config.media.max_bytes,
+        max_concurrent=max(1, config.appservice.threads // 2),
     )
 
     app = Flask(__name__)

@@ -101,6 +101,7 @@ class AdminRooms:
         self._publishing: set[str] = set()
         self._down: set[tuple[str, str]] = set()  # (network, user) told "lost"
         self._expect: set[tuple[str, str]] = set()  # (network, user) asked to (re)connect
+        self._told: set[tuple[str, str, str]] = set()  # refusals told since last connect
         self._stop = threading.Event()
         self._started = False
 
@@ -394,6 +395,7 @@ class AdminRooms:
                     text = f"Connected to {network} as {details.get('nick')}."
                 self._down.discard(key)
                 self._expect.discard(key)
+                self._told = {t for t in self._told if t[:2] != key}
             elif what == "lost":
                 if key not in self._down:
                     self._down.add(key)
@@ -405,12 +407,17 @@ class AdminRooms:
                         f"{details.get('using')} (say !nick to choose another).")
             elif what == "kicked":
                 text = f"You were kicked from {details.get('channel')} on {network}."
+            elif (network, owner, what) in self._told:
+                pass  # said once already; the reconnects with backoff would repeat it
             elif what == "banned":
+                self._told.add((network, owner, what))
                 text = f"{network} refused your connection: {details.get('reason')}."
             elif what == "password_refused":
+                self._told.add((network, owner, what))
                 text = (f"{network} refused your password ({details.get('reason')}): "
                         "check it with !storepass, or !removepass.")
             elif what == "sasl_failed":
+                self._told.add((network, owner, what))
                 text = f"SASL login failed on {network}: {details.get('reason')}."
         if text:
             self.notify(owner, text)

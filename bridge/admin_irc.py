@@ -442,6 +442,8 @@ class IrcQueries:
         text = str(event.target or "")
         if any(word in text.lower() for word in BANNED_WORDS):
             self._report(server_conn, "banned", {"reason": text})
+        elif "password" in text.lower():
+            self._report(server_conn, "password_refused", {"reason": text})
 
     def _on_password_refused(self, server_conn: Any, event: irc.client.Event) -> None:
         reason = event.arguments[-1] if event.arguments else "password incorrect"

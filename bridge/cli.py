@@ -171,6 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep", action="store_true", help="keep the temporary folder")
     p.add_argument("-v", "--verbose", action="store_true", help="show the bridge's log")
     p.set_defaults(func=cmd_demo)
+    from .linkcli import add_parsers  # link, unlink, links, generate-key
+
+    add_parsers(sub, _load)
     return parser
 
 

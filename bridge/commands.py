@@ -158,7 +158,11 @@ class Command:
         return SPECS[self.name]
 
     def __repr__(self) -> str:
-        args = ("<redacted>",) if self.spec.secret and self.args else self.args
+        args = self.args
+        if self.spec.secret and args:
+            args = ("<redacted>",)
+        elif self.name == "autocmd" and args[:1] == ("add",):
+            args = ("add", "<redacted>")
         return f"Command({self.name!r}, network={self.network!r}, args={args!r})"
 
     __str__ = __repr__
@@ -224,6 +228,10 @@ def parse(body: str, networks: Sequence[str]) -> Command | None:
             if len(networks) == 1:
                 network = networks[0]
             elif spec.network == "one":
+                values = [w for w, _ in args]
+                if spec.max_args is not None and len(values) > spec.min_args \
+                        and re.match(r"^[A-Za-z0-9_.-]+$", values[0]):
+                    raise UnknownNetwork(values[0][:40], networks)
                 raise NetworkRequired(name, networks)
     values = [w for w, _ in args]
     if len(values) < spec.min_args:

@@ -9,7 +9,8 @@ database (meta `media_secret`), so links survive restarts and every bridge shari
 database agrees on them. Long Matrix messages use the same path: `paste()` uploads the text
 to the media repository and returns such a link.
 
-Thread: any. `MediaLinks` holds only immutable state; the homeserver client is thread-safe.
+Thread: any. `MediaLinks` holds immutable state and a semaphore; the homeserver client is
+thread-safe.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import hmac
 import logging
 import re
 import secrets
+import threading
 import time
 import unicodedata
 from typing import TYPE_CHECKING
@@ -32,7 +34,8 @@ log = logging.getLogger(__name__)
 
 SECRET_KEY = "media_secret"  # the key of the signing secret in the meta table
 LINK_PREFIX = "/_ircbridge/media"
-MAX_FILENAME_CHARS = 120
+# Bytes of the quoted file name in a link: a link must fit in one IRC line (~400 bytes).
+MAX_QUOTED_NAME = 100
 DEFAULT_TTL_SECONDS = 30 * 86400
 DEFAULT_MAX_BYTES = 50 * 1024 * 1024
 
@@ -57,21 +60,28 @@ def valid_media(server: str, media_id: str) -> bool:
 
 def clean_filename(filename: str | None, fallback: str) -> str:
     """A file name safe as one URL path segment: no slashes or control characters, not
-    `.`/`..`, at most MAX_FILENAME_CHARS; `fallback` (the media id) when nothing is left.
+    `.`/`..`, at most MAX_QUOTED_NAME bytes once quoted (keeping a short extension);
+    `fallback` (the media id) when nothing is left.
 
     A caption-like body ("look at this!\\nsecond line") becomes a usable, short name too.
     """
-    name = unicodedata.normalize("NFC", filename or "")
+    name = filename or ""
+    if len(name) > 1024:  # a long caption: keep its start and its (extension) end
+        name = name[:960] + name[-64:]
+    name = unicodedata.normalize("NFC", name)
     name = _UNSAFE_NAME_CHARS.sub("_", name).strip()
     # Bidi overrides and other format characters could disguise the extension.
     name = "".join(c for c in name if unicodedata.category(c) != "Cf")
-    if len(name) > MAX_FILENAME_CHARS:
+    if len(quote(name, safe="")) > MAX_QUOTED_NAME:
         stem, dot, ext = name.rpartition(".")
-        if dot and stem and 0 < len(ext) <= 10:
-            name = stem[: MAX_FILENAME_CHARS - len(ext) - 1].rstrip() + "." + ext
-        else:
-            name = name[:MAX_FILENAME_CHARS].rstrip()
-    if name.strip(".") == "":
+        if not (dot and stem and 0 < len(quote(ext, safe="")) <= 10):
+            stem, ext = name, ""
+        room = MAX_QUOTED_NAME - (len(quote(ext, safe="")) + 1 if ext else 0)
+        stem = stem[:room]  # every character quotes to at least one byte
+        while stem and len(quote(stem, safe="")) > room:
+            stem = stem[:-1]
+        name = stem.rstrip() + ("." + ext if ext else "")
+    if name.strip(".").strip() == "":
         return fallback
     return name
 
@@ -95,7 +105,7 @@ class MediaLinks:
 
     def __init__(self, client: HomeserverClient, public_url: str, secret: bytes,
                  ttl_seconds: int = DEFAULT_TTL_SECONDS,
-                 max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+                 max_bytes: int = DEFAULT_MAX_BYTES, *, max_concurrent: int = 4) -> None:
         if not secret:
             raise ValueError("a media signing secret is required")
         if ttl_seconds <= 0:
@@ -109,6 +119,10 @@ class MediaLinks:
         self.fetch_timeout = 20.0
         # Injectable clock (unix seconds) for tests.
         self.clock = time.time
+        # Downloads share gunicorn's request threads with the homeserver's transactions, so
+        # only this many may stream at once (a slow reader holds its thread throughout).
+        self.max_concurrent = max(1, int(max_concurrent))
+        self._slots = threading.BoundedSemaphore(self.max_concurrent)
 
     def __repr__(self) -> str:  # never shows the secret
         return f"<MediaLinks {self.public_url} ttl={self.ttl_seconds}s>"
@@ -146,6 +160,15 @@ class MediaLinks:
         # Compare first, in constant time, then look at the clock.
         good = hmac.compare_digest(expected.encode(), sig.lower().encode("utf-8", "replace"))
         return good and exp >= self.clock()
+
+    # ------------------------------------------------------------------ downloads
+    def try_acquire(self) -> bool:
+        """Take a download slot without waiting; False when all are busy."""
+        return self._slots.acquire(blocking=False)
+
+    def release(self) -> None:
+        """Give back a slot taken by try_acquire (once the answer is finished)."""
+        self._slots.release()
 
     # ------------------------------------------------------------------ pastes
     def paste(self, text: str, filename: str = "message.txt") -> str:

@@ -1,6 +1,7 @@
 """gunicorn settings for hosting ircbridge as a plain WSGI app.
 
-    IRCBRIDGE_CONFIG=/etc/ircbridge/config.ini gunicorn -c contrib/gunicorn.conf.py 'bridge:create_app()'
+    export IRCBRIDGE_CONFIG=/etc/ircbridge/config.ini
+    gunicorn -c contrib/gunicorn.conf.py 'bridge:create_app()'
 
 `ircbridge -c config.ini run` applies the same settings by itself; this file is for hosts that
 want to start gunicorn themselves. Why these values: the bridge holds stateful IRC connections

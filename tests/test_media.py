@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 import pytest
 import requests
@@ -130,7 +130,14 @@ def test_filenames_are_made_safe_path_segments() -> None:
         assert filename == expected
         assert media.verify(server, media_id, filename, exp, sig)
     long = clean_filename("x" * 500 + ".jpeg", "abc")
-    assert len(long) == 120 and long.endswith(".jpeg")
+    assert len(long) == 100 and long.endswith(".jpeg")
+    wide = clean_filename("日本語" * 100 + ".png", "abc")
+    assert wide.endswith(".png") and len(quote(wide, safe="")) <= 100
+    assert len(clean_filename("ü" * 200, "abc")) == 16  # 16 * 6 quoted bytes
+    # Even with a long name and a long public URL, a link fits in one IRC line.
+    url = links(public="https://irc-bridge.example.org:8443/some/prefix").link(
+        "mxc://matrix.example.org/AbCdEfGhIjKlMnOpQrStUvWx", "é" * 300 + ".jpeg")
+    assert len(url.encode()) < 330
 
 
 def test_expired_links_fail() -> None:
@@ -482,3 +489,37 @@ def test_e2e_signatures_and_tokens_stay_out_of_the_log(e2e: E2E) -> None:
     sig = parse_qs(urlsplit(url).query)["sig"][0]
     assert sig not in log_text and sig[:-1] not in log_text
     assert e2e.media.client._as_token not in log_text
+
+
+def test_downloads_at_once_are_capped_and_slots_come_back(app: Flask, fake: FakeClient) -> None:
+    media = app.extensions["bridge"].media
+    fake.files[("example.org", "img")] = (b"z" * 100, {"Content-Type": "image/png"})
+    url = local(media.link("mxc://example.org/img", "a.png"))
+    client = app.test_client()
+    for _ in range(3 * media.max_concurrent):  # finished answers give their slot back
+        r = client.get(url)
+        assert r.status_code == 200 and r.data == b"z" * 100
+        r.close()
+        r = client.get(local(media.link("mxc://example.org/gone", "a.png")))
+        assert r.status_code == 404
+        r.close()
+    held = [media.try_acquire() for _ in range(media.max_concurrent)]
+    assert all(held)
+    r = client.get(url)
+    assert (r.status_code, r.json["errcode"]) == (503, "M_LIMIT_EXCEEDED")
+    assert r.headers["Retry-After"] == "5"
+    media.release()
+    assert client.get(url).status_code == 200
+
+
+def test_e2e_download_slots_come_back_under_gunicorn(e2e: E2E) -> None:
+    big = os.urandom(3 << 20)
+    url = e2e.media.link(upload(e2e.alice, big, "image/png", "big.png"), "big.png")
+    missing = e2e.media.link("mxc://localhost/NoSuchMediaId456", "x.png")
+    for _ in range(3 * 8):
+        with requests.get(url, stream=True, timeout=30) as r:  # read a bit, then hang up
+            assert r.status_code == 200
+            assert len(next(r.iter_content(1024))) > 0
+        assert requests.head(url, timeout=30).status_code == 200
+        assert requests.get(missing, timeout=30).status_code == 404
+    assert requests.get(url, timeout=30).content == big

@@ -69,7 +69,7 @@ def exposed_names(text: str) -> set[str]:
             if kind == "counter" and not name.endswith("_total"):
                 names.add(f"{name}_total")
         elif line and not line.startswith("#"):
-            names.add(re.split(r"[{ ]", line, 1)[0])
+            names.add(re.split(r"[{ ]", line, maxsplit=1)[0])
     return names
 
 

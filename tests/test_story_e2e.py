@@ -199,15 +199,28 @@ def test_emotes_and_notices_cross_both_ways(story: Story) -> None:
 
 def test_line_breaks_become_lines_and_never_commands(story: Story) -> None:
     story.bob.mark()
-    story.alice.send_text(story.room_id, "line one\nline two\r\nQUIT :injected\rJOIN #evil")
+    story.alice.send_text(story.room_id, "line one\r\nQUIT :injected\rJOIN #evil")
     texts = []
-    for _ in range(4):
+    for _ in range(3):
         msg = story.bob.wait_for(lambda m: m.command == "PRIVMSG" and m.nick == "alice[m]",
                                  timeout=20)
         texts.append(msg.text)
-    assert texts == ["line one", "line two", "QUIT :injected", "JOIN #evil"]
+    assert texts == ["line one", "QUIT :injected", "JOIN #evil"]
     assert "alice[m]" in story.bob.names(CHANNEL)  # she did not quit
     assert not [m for m in story.bob.messages() if m.command == "JOIN" and m.target == "#evil"]
+
+
+def test_a_long_message_reaches_irc_as_its_first_line_and_a_link(story: Story) -> None:
+    story.bob.mark()
+    text = "\n".join(f"paragraph {i} of a long message" for i in range(1, 8))
+    story.alice.send_text(story.room_id, text)
+    msg = story.bob.wait_for(lambda m: m.command == "PRIVMSG" and "paragraph 1" in m.text,
+                             timeout=20)
+    assert msg.text.startswith("paragraph 1 of a long message")
+    url = msg.text.split("(full message: ", 1)[1].rstrip(")")
+    fetched = requests.get(url, timeout=10)
+    assert fetched.status_code == 200
+    assert fetched.content.decode() == text
 
 
 def test_formatting_from_irc_arrives_as_html_and_escaped(story: Story) -> None:
@@ -241,7 +254,8 @@ def test_inviting_an_unknown_virtual_user_registers_it_through_the_user_query(st
     ghost = story.stack.ghost("Zed")
     own_room = story.alice.create_room(preset="private_chat")
     story.alice.invite(own_room, ghost)
-    profile = wait_until(lambda: _profile(story.alice, ghost), 20, what="Zed's profile")
+    profile = wait_until(lambda: (p := _profile(story.alice, ghost)) and
+                         p.get("displayname") == "Zed" and p, 20, what="Zed's display name")
     assert profile["displayname"] == "Zed"
 
 

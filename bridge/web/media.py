@@ -62,6 +62,22 @@ def download(server: str, media_id: str, filename: str) -> Response:
         log.info("media %s/%s: missing, bad or expired signature", server, media_id)
         return _error(403, "M_FORBIDDEN", "This link is invalid or has expired")
 
+    if not media.try_acquire():
+        log.warning("media %s/%s: all %d download slots busy", server, media_id,
+                    media.max_concurrent)
+        response = _error(503, "M_LIMIT_EXCEEDED", "Too many downloads at once; try again")
+        response.headers["Retry-After"] = "5"
+        return response
+    try:
+        response = _fetch(media, server, media_id, filename)
+    except BaseException:
+        media.release()
+        raise
+    response.call_on_close(media.release)
+    return response
+
+
+def _fetch(media: Any, server: str, media_id: str, filename: str) -> Response:
     deadline = time.monotonic() + media.fetch_timeout
     try:
         upstream = media.client.download(server, media_id, deadline=deadline)
@@ -98,8 +114,10 @@ def _relay(upstream: requests.Response, filename: str, max_bytes: int, what: str
     if encoded not in ("", "identity"):
         length = None  # requests decodes the body, so the declared length is not ours
 
+    # Not direct_passthrough: Werkzeug then returns the bare generator and never runs the
+    # response's close callbacks (upstream.close here, the download slot in the view).
     response = Response(_body(upstream, max_bytes, length, what), status=200,
-                        content_type=content_type, direct_passthrough=True)
+                        content_type=content_type)
     response.call_on_close(upstream.close)
     if length is not None:
         response.headers["Content-Length"] = str(length)
