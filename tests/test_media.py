@@ -124,6 +124,7 @@ def test_filenames_are_made_safe_path_segments() -> None:
         ("a/b\\c.png", "a_b_c.png"), ("line1\nline2", "line1_line2"),
         ("réunion 2024 — plan.pdf", "réunion 2024 — plan.pdf"),
         ("evil\u202egnp.exe", "evilgnp.exe"), ("100%?#&.txt", "100%?#&.txt"),
+        ("bad\udcff.png", "bad.png"),
     ]:
         assert clean_filename(name, "abc") == expected
         server, media_id, filename, exp, sig = parts(media.link("mxc://example.org/abc", name))
@@ -176,6 +177,7 @@ def test_missing_signature_or_non_ascii_signature_fails() -> None:
     assert not media.verify(server, media_id, filename, exp, None)
     assert not media.verify(server, media_id, filename, exp, "")
     assert not media.verify(server, media_id, filename, exp, "é" * 64)
+    assert not media.verify(server, media_id, "a\udcff.png", exp, sig)
 
 
 def test_another_secret_does_not_verify() -> None:

@@ -97,17 +97,7 @@ class BridgeCollector:
                 f["connections"].add_metric([name, kind, state], count)
             f["bot_connected"].add_metric([name], 1.0 if bot == State.CONNECTED.value else 0.0)
 
-        _, db_error = ops_queries.safe(ops_queries.ping, b.store.db)
-        f["db_up"].add_metric([], 0.0 if db_error else 1.0)
-        if not db_error:
-            queues, _ = ops_queries.safe(ops_queries.queue_stats, b.store.db, default={})
-            for queue, stats in queues.items():
-                f["depth"].add_metric([queue], stats.pending)
-                f["age"].add_metric([queue], stats.oldest_age_seconds)
-                f["failed"].add_metric([queue], stats.failed)
-            rooms, _ = ops_queries.safe(ops_queries.rooms_by_network, b.store.db, default={})
-            for name in sorted(set(networks) | set(rooms)):
-                f["rooms"].add_metric([name], rooms.get(name, 0))
+        self._collect_database(f, networks)
         health = getattr(b, "health", {}) or {}
         f["hs_up"].add_metric([], 1.0 if health.get("homeserver") == "ok" else 0.0)
         f["ping"].add_metric([], 1.0 if health.get("ping") == "ok" else 0.0)
@@ -115,6 +105,27 @@ class BridgeCollector:
         f["senders"].add_metric([], b.senders.depth if b.senders is not None else 0)
         f["info"].add_metric([__version__], 1.0)
         return iter(f.values())
+
+
+    def _collect_database(self, f: dict[str, GaugeMetricFamily], networks: list[str]) -> None:
+        db = self.bridge.store.db
+        try:
+            with ops_queries.connection(db):  # one connection for the whole scrape
+                _, db_error = ops_queries.safe(ops_queries.ping, db)
+                f["db_up"].add_metric([], 0.0 if db_error else 1.0)
+                if db_error:
+                    return
+                queues, _ = ops_queries.safe(ops_queries.queue_stats, db, default={})
+                rooms, _ = ops_queries.safe(ops_queries.rooms_by_network, db, default={})
+        except Exception:  # noqa: BLE001 - closing a broken connection; the scrape goes on
+            log.debug("closing the scrape's database connection failed", exc_info=True)
+            return
+        for queue, stats in queues.items():
+            f["depth"].add_metric([queue], stats.pending)
+            f["age"].add_metric([queue], stats.oldest_age_seconds)
+            f["failed"].add_metric([queue], stats.failed)
+        for name in sorted(set(networks) | set(rooms)):
+            f["rooms"].add_metric([name], rooms.get(name, 0))
 
 
 def _relayable_msgtype(bridge: Any, event: dict[str, Any]) -> str | None:

@@ -39,7 +39,8 @@ class RoomRow:
 
 
 @contextmanager
-def _connection(db: pw.Database) -> Iterator[pw.Database]:
+def connection(db: pw.Database) -> Iterator[pw.Database]:
+    """Use this thread's connection; close it afterwards only if it was opened here."""
     opened = db.is_closed()
     try:
         yield db
@@ -51,7 +52,7 @@ def _connection(db: pw.Database) -> Iterator[pw.Database]:
 def ping(db: pw.Database) -> float:
     """Seconds a trivial query took; raises when the database does not answer."""
     started = time.monotonic()
-    with _connection(db):
+    with connection(db):
         db.execute_sql("SELECT 1").fetchone()
     return time.monotonic() - started
 
@@ -60,7 +61,7 @@ def queue_stats(db: pw.Database) -> dict[str, QueueStats]:
     """Pending rows and the age of the oldest, per durable queue (`inbox`, `outbox`)."""
     result: dict[str, QueueStats] = {}
     now = now_ms()
-    with _connection(db):
+    with connection(db):
         for name, model in QUEUES.items():
             query = model.select(
                 pw.fn.COUNT(model.id), pw.fn.MIN(model.created_at)  # type: ignore[attr-defined]
@@ -76,7 +77,7 @@ def queue_stats(db: pw.Database) -> dict[str, QueueStats]:
 
 
 def rooms_by_network(db: pw.Database) -> dict[str, int]:
-    with _connection(db):
+    with connection(db):
         query = RoomLink.select(RoomLink.network, pw.fn.COUNT(RoomLink.id)).group_by(
             RoomLink.network
         )
@@ -84,7 +85,7 @@ def rooms_by_network(db: pw.Database) -> dict[str, int]:
 
 
 def rooms(db: pw.Database, limit: int = 500) -> list[RoomRow]:
-    with _connection(db):
+    with connection(db):
         query = RoomLink.select(
             RoomLink.network, RoomLink.channel_name, RoomLink.room_id, RoomLink.alias,
             RoomLink.kind,

@@ -1,0 +1,299 @@
+"""IRC -> Matrix: what the bridge does with what IRC says, and how it reaches the room.
+
+A mixin of `core.Bridge`. The `irc_*` listener methods run on the IRC thread and only queue
+lines in the recorder; `deliver` runs on the homeserver senders and makes the calls, as the
+virtual users, with the IRC time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import re
+import time
+from html import escape
+from typing import TYPE_CHECKING, Any
+
+from . import formatting
+from .config import Config
+from .matrix import (
+    Forbidden,
+    HomeserverClient,
+    HomeserverUnavailable,
+    Intent,
+    IntentCache,
+    MatrixError,
+)
+from .names import NetworkNames, irc_lower, is_channel
+from .outbox import GiveUp, Retry
+from .store import PM_PREFIX, IrcLine, Link, QueuedLine, Store
+
+if TYPE_CHECKING:
+    from .irc import IrcSide
+    from .outbox import Recorder
+
+log = logging.getLogger(__name__)
+
+# IRC channel modes -> Matrix power levels of the virtual user (matrix-appservice-irc's
+# default map).
+POWER_FOR_MODE = {"o": 50, "v": 1}
+# "irc.example.net other.example.net": the QUIT reason servers give in a netsplit.
+_NETSPLIT = re.compile(r"^[\w.-]+\.[a-z]{2,} [\w.-]+\.[a-z]{2,}$", re.I)
+
+
+def with_pills(html: str, mentions: dict[str, str]) -> str:
+    """Turn IRC nicks of Matrix users into pills (matrix.to links) in escaped HTML."""
+    for nick, user_id in sorted(mentions.items(), key=lambda kv: -len(kv[0])):
+        pattern = re.compile(r"(?<![\w\[\]\\`^{|}-])" + re.escape(escape(nick))
+                             + r"(?![\w\[\]\\`^{|}-])")
+        link = f'<a href="https://matrix.to/#/{escape(user_id)}">{escape(nick)}</a>'
+        html = pattern.sub(lambda _m, link=link: link, html)
+    return html
+
+
+
+class IrcToMatrix:
+    """IRC events -> durable lines (IRC thread) -> homeserver calls (senders)."""
+
+    if TYPE_CHECKING:  # provided by core.Bridge
+        config: Config
+        store: Store
+        client: HomeserverClient
+        cache: IntentCache
+        bot: Intent
+        irc: IrcSide
+        names: dict[str, NetworkNames]
+        recorder: Recorder | None
+        admin: Any
+        media: Any
+
+        def is_ours(self, user_id: str) -> bool: ...
+        def link_for_room(self, room_id: str) -> Link | None: ...
+        def _prepare_ghost(self, network: str, nick: str, user_id: str) -> Intent: ...
+        def _sender_for_nick(self, network: str, nick: str) -> str: ...
+        _topics: dict[tuple[str, str], str]
+        _channel_waiters: dict[tuple[str, str], list[Any]]
+        _links_lock: Any
+        _links_by_channel: dict[tuple[str, str], Link]
+        txn_prefix: str
+
+        def nick_of(self, network: str, user_id: str) -> str: ...
+
+    # ------------------------------------------------------------ IRC listener (IRC thread)
+    def _record(self, network: str, channel: str, nick: str, sender: str, msgtype: str,
+                body: str, html: str | None, ts: int | None = None) -> None:
+        if self.recorder is None:
+            return
+        self.recorder.put(IrcLine(
+            network=network, channel=channel, channel_name=channel, nick=nick, sender=sender,
+            msgtype=msgtype, body=body, html=html,
+            ts=ts if ts is not None else int(time.time() * 1000),
+        ))
+
+    def _has_room(self, network: str, channel: str) -> bool:
+        with self._links_lock:
+            return (network, channel) in self._links_by_channel
+
+    def irc_message(self, network: str, channel: str, nick: str, text: str, kind: str,
+                    ts: int, mentions: dict[str, str] | None = None) -> None:
+        body, html = formatting.irc_to_matrix(text)
+        if not body.strip():
+            return
+        if mentions:
+            html = with_pills(html if html is not None else escape(body), mentions)
+        self._record(network, channel, nick, self._sender_for_nick(network, nick), kind, body,
+                     html, ts)
+
+    def irc_private(self, network: str, owner: str, nick: str, text: str, kind: str,
+                    ts: int) -> None:
+        body, html = formatting.irc_to_matrix(text)
+        if not body.strip():
+            return
+        key = f"{PM_PREFIX}{owner}:{irc_lower(nick)}"
+        self._record(network, key, nick, self._sender_for_nick(network, nick), kind, body,
+                     html, ts)
+
+    def irc_topic(self, network: str, channel: str, topic: str, nick: str | None) -> None:
+        self._topics[(network, channel)] = topic
+        if nick is not None and self._has_room(network, channel):
+            self._record(network, channel, nick, self._sender_for_nick(network, nick),
+                         "x.topic", json.dumps({"topic": topic}), None)
+
+    def irc_membership(self, network: str, channel: str, nick: str, what: str,
+                       details: dict[str, Any]) -> None:
+        if not self._has_room(network, channel):
+            return
+        sender = self._sender_for_nick(network, nick)
+        if what == "nick":
+            new = str(details.get("new"))
+            self._record(network, channel, nick, sender, "x.leave",
+                         json.dumps({"reason": f"changed nick to {new}"}), None)
+            self._record(network, channel, new, self._sender_for_nick(network, new), "x.join",
+                         "{}", None)
+            return
+        if what == "quit" and _NETSPLIT.match(str(details.get("reason") or "")):
+            return  # a netsplit: they are back when it heals; do not churn the room
+        kind = {"join": "x.join", "part": "x.leave", "quit": "x.leave", "kick": "x.kick"}[what]
+        self._record(network, channel, nick, sender, kind, json.dumps(details), None,
+                     details.get("ts"))
+
+    def irc_mode(self, network: str, channel: str, sign: str, mode: str,
+                 argument: str | None, by: str | None, user_id: str | None = None) -> None:
+        if not self._has_room(network, channel):
+            return
+        if mode in POWER_FOR_MODE and argument:
+            level = POWER_FOR_MODE[mode] if sign == "+" else 0
+            self._record(network, channel, argument,
+                         user_id or self._sender_for_nick(network, argument), "x.power",
+                         json.dumps({"level": level, "matrix_user": bool(user_id)}), None)
+        elif mode in ("i", "k"):
+            self._record(network, channel, "", self.config.bot_user_id, "x.joinrule",
+                         json.dumps({"invite": sign == "+", "mode": mode}), None)
+
+    def irc_failure(self, network: str, owner: str, target: str, reason: str) -> None:
+        """A line of a Matrix user was refused by IRC: tell them, never drop it silently."""
+        folded = irc_lower(target)
+        who = self.nick_of(network, owner)
+        text = f"{who}: not delivered to {target} on IRC: {reason}"
+        if is_channel(target):
+            if self._has_room(network, folded):
+                self._record(network, folded, "", self.config.bot_user_id, "m.notice", text,
+                             None)
+            return
+        # In a private room the bot is not a member: the other side's virtual user says it.
+        self._record(network, f"{PM_PREFIX}{owner}:{folded}", target,
+                     self._sender_for_nick(network, target), "m.notice", text, None)
+
+    def irc_connection(self, network: str, owner: str, what: str, details: dict[str, Any]) -> None:
+        who = owner or "bot"
+        if what == "channel_ready":
+            with self._links_lock:
+                for event in self._channel_waiters.get((network, details["channel"]), []):
+                    event.set()
+            return
+        if self.admin is not None and hasattr(self.admin, "connection_event"):
+            try:
+                self.admin.connection_event(network, owner, what, details)
+            except Exception:  # noqa: BLE001 - reporting must never break the IRC thread
+                log.exception("admin room report failed")
+        if what == "connected":
+            log.info("%s connected to %s as %s", who, network, details.get("nick"))
+        elif what == "nick_collision":
+            log.info("%s on %s: nick %s taken, using %s", who, network, details.get("wanted"),
+                     details.get("using"))
+
+    # ------------------------------------------------------------ IRC -> Matrix (senders)
+    def deliver(self, line: QueuedLine) -> str:
+        """Send one outbox row to the homeserver, as its virtual user, with the IRC time."""
+        try:
+            room_id, line = self._route(line)
+            if room_id is None:
+                raise GiveUp(f"no room for {line.room_id}")
+            if line.msgtype.startswith("x."):
+                return self._deliver_state(line, room_id)
+            if line.sender == self.config.bot_user_id:
+                intent = self.bot
+            else:
+                intent = self._prepare_ghost(line.network, line.nick, line.sender)
+            content: dict[str, Any] = {"msgtype": line.msgtype, "body": line.body}
+            if line.html:
+                content["format"] = "org.matrix.custom.html"
+                content["formatted_body"] = line.html
+            return intent.send_message(
+                room_id, content, ts=line.ts, txn_id=f"{self.txn_prefix}.{line.id}"
+            )
+        except HomeserverUnavailable as e:
+            raise Retry(str(e)) from e
+        except Forbidden as e:
+            raise GiveUp(str(e)) from e
+        except MatrixError as e:
+            if e.status == 429 or e.status >= 500 or e.status == 0:
+                raise Retry(str(e)) from e
+            raise GiveUp(str(e)) from e
+
+    def _route(self, line: QueuedLine) -> tuple[str | None, QueuedLine]:
+        """The room of a row; a private conversation's room is looked up, or made.
+
+        In a private room the other side is one virtual user whatever the case of the nick
+        IRC used this time, so the row is sent as that user.
+        """
+        if not line.room_id.startswith(PM_PREFIX):
+            return line.room_id, line
+        owner, _, nick = line.room_id[len(PM_PREFIX):].rpartition(":")
+        pm = self.store.pm_room(line.network, owner, nick)
+        if pm is not None:
+            if line.sender != pm.ghost and irc_lower(line.nick) == nick:
+                ghost_nick = self.names[line.network].nick_for_user_id(pm.ghost) or line.nick
+                line = dataclasses.replace(line, sender=pm.ghost, nick=ghost_nick)
+            return pm.room_id, line
+        if line.sender == self.config.bot_user_id:
+            return None, line
+        ghost = self._prepare_ghost(line.network, line.nick, line.sender)
+        room_id = ghost.create_room(
+            alias_localpart=None, name=None, topic=None, preset="trusted_private_chat",
+            invite=[owner], extra_body={"is_direct": True},
+        )
+        self.store.set_pm_room(line.network, owner, nick, line.sender, room_id)
+        log.info("opened a private room %s for %s and %s", room_id, owner, line.nick)
+        return room_id, line
+
+    def _deliver_state(self, line: QueuedLine, room_id: str) -> str:
+        """Membership, topic and power changes said on IRC, as their virtual users."""
+        details = json.loads(line.body or "{}")
+        handler = {
+            "x.join": self._state_join,
+            "x.leave": self._state_leave,
+            "x.kick": self._state_leave,
+            "x.topic": self._state_topic,
+            "x.power": self._state_power,
+            "x.joinrule": self._state_join_rule,
+        }.get(line.msgtype)
+        return handler(line, room_id, details) if handler else ""
+
+    def _state_join(self, line: QueuedLine, room_id: str, details: dict[str, Any]) -> str:
+        self._prepare_ghost(line.network, line.nick, line.sender).ensure_joined(room_id)
+        return ""
+
+    def _state_leave(self, line: QueuedLine, room_id: str, details: dict[str, Any]) -> str:
+        if not self.cache.is_joined(room_id, line.sender):
+            return ""
+        reason = str(details.get("reason") or "")
+        ghost = Intent(self.client, line.sender, cache=self.cache)
+        if line.msgtype == "x.kick" and details.get("by"):
+            reason = f"kicked by {details['by']}" + (f": {reason}" if reason else "")
+            try:
+                self.bot.kick(room_id, line.sender, reason)
+            except Forbidden:
+                ghost.leave(room_id)
+        else:
+            ghost.leave(room_id)
+        self.cache.forget_joined(room_id, line.sender)
+        return ""
+
+    def _state_topic(self, line: QueuedLine, room_id: str, details: dict[str, Any]) -> str:
+        content = {"topic": details.get("topic", "")}
+        intent = self._prepare_ghost(line.network, line.nick, line.sender)
+        try:
+            return intent.set_state(room_id, "m.room.topic", "", content, ts=line.ts)
+        except Forbidden:
+            return self.bot.set_state(room_id, "m.room.topic", "", content, ts=line.ts)
+
+    def _state_power(self, line: QueuedLine, room_id: str, details: dict[str, Any]) -> str:
+        if not details.get("matrix_user"):
+            self._prepare_ghost(line.network, line.nick, line.sender)
+        power = self.bot.get_state(room_id, "m.room.power_levels") or {}
+        users = dict(power.get("users") or {})
+        level = int(details.get("level", 0))
+        if users.get(line.sender, 0) == level:
+            return ""
+        if level:
+            users[line.sender] = level
+        else:
+            users.pop(line.sender, None)
+        return self.bot.set_state(room_id, "m.room.power_levels", "", {**power, "users": users})
+
+    def _state_join_rule(self, line: QueuedLine, room_id: str, details: dict[str, Any]) -> str:
+        rule = "invite" if details.get("invite") else "public"
+        return self.bot.set_state(room_id, "m.room.join_rules", "", {"join_rule": rule})
+
