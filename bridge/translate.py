@@ -97,9 +97,11 @@ def to_irc(content: dict[str, Any], ctx: Context) -> tuple[list[str], str]:
     if msgtype in MEDIA_TYPES:
         url = content.get("url")
         link = url if isinstance(url, str) else ""
+        # With `filename` present, `body` is a caption (spec v1.10).
+        filename = content.get("filename") if isinstance(content.get("filename"), str) else body
         if isinstance(url, str) and ctx.media is not None:
             try:
-                link = ctx.media.link(url, body)
+                link = ctx.media.link(url, filename)
             except ValueError:
                 link = url
         return formatting.matrix_body_to_irc_lines(f"{body} {link}".strip(), None, budget), kind

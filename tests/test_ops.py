@@ -113,8 +113,11 @@ def test_health_reports_a_database_that_does_not_answer(app: Flask) -> None:
     bridge.store.db.database = str(folder / "missing" / "db.sqlite")  # parent does not exist
     try:
         r = app.test_client().get("/health")
+        scrape = app.test_client().get("/metrics")
     finally:
         bridge.store.db.database = str(db_file)
+    assert scrape.status_code == 200  # the scrape still answers, and says so
+    assert value(scrape.data.decode(), "ircbridge_database_up") == 0
     assert r.status_code == 503
     assert r.json["database"].startswith("OperationalError")
     assert "database" in r.json["failing"]

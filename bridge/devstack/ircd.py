@@ -64,6 +64,7 @@ class IrcDaemon:
         server_name: str = "irc.localhost",
         flood_control: bool = False,
         kind: str | None = None,
+        tls: bool = False,
     ) -> None:
         kind = kind or default_kind()
         if kind not in KINDS:
@@ -80,6 +81,8 @@ class IrcDaemon:
         # An IRC operator (ngircd only), e.g. to KILL a bridge's connection in fault tests.
         self.oper_name = "devstack"
         self.oper_password = secrets.token_hex(8)
+        # ngircd only: a second port speaking TLS with a self-signed certificate.
+        self.tls_port = free_port() if tls else None
         self.config_path = self.workdir / f"{kind}.conf"
         self._log_path = self.workdir / f"{kind}.log"
         self._proc: subprocess.Popen[bytes] | None = None
@@ -151,6 +154,12 @@ class IrcDaemon:
             # Keep the system's /etc/ngircd/ngircd.conf.d out of this instance.
             f"\tIncludeDir = {include_dir}",
             "\tOperCanUseMode = yes",
+        ]
+        if self.tls_port:
+            cert, key = self_signed_certificate(self.workdir, self.server_name)
+            lines += ["[SSL]", f"\tCertFile = {cert}", f"\tKeyFile = {key}",
+                      f"\tPorts = {self.tls_port}"]
+        lines += [
             "[Operator]",
             f"\tName = {self.oper_name}",
             f"\tPassword = {self.oper_password}",
@@ -287,3 +296,32 @@ class IrcDaemon:
     def client(self, nick: str, timeout: float = 10) -> RawIrcClient:
         """A connected, registered :class:`RawIrcClient`."""
         return RawIrcClient().connect(self.host, self._port, nick, timeout=timeout)
+
+
+def self_signed_certificate(folder: Path, hostname: str) -> tuple[Path, Path]:
+    """A throwaway certificate for a TLS test server (cryptography ships with Synapse)."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name)
+        .public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(hostname)]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = folder / "tls.crt", folder / "tls.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    key_path.chmod(0o600)
+    return cert_path, key_path

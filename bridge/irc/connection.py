@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 
 MAX_BACKOFF = 300.0
 SEND_TIMEOUT = 5.0
+PING_AFTER = 120.0  # seconds of silence before we ask the server if it is still there
+DEAD_AFTER = 240.0  # seconds of silence after which the connection is dropped and redone
 
 
 class State(enum.Enum):
@@ -189,6 +191,17 @@ class IrcConnection:
             )
         except irc.client.ServerConnectionError as e:
             self._lost(str(e))
+
+    def check_alive(self, now: float) -> None:
+        """Liveness: PING a quiet server, drop one that stopped answering."""
+        if self.state is not State.CONNECTED:
+            return
+        silent = now - getattr(self.conn, "last_seen", now)
+        if silent > DEAD_AFTER:
+            log.warning("%s: no answer from the server for %.0f s; reconnecting", self, silent)
+            self.conn.disconnect("Ping timeout")
+        elif silent > PING_AFTER:
+            self.send_now(f"PING :ircbridge-{int(now)}")
 
     def registered(self) -> None:
         """001 arrived: the connection is usable; rejoin channels and flush the queue."""

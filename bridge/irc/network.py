@@ -53,6 +53,7 @@ class IrcListener(Protocol):
     def irc_failure(self, network: str, owner: str, target: str, reason: str) -> None: ...
 
 
+LIVENESS_EVERY = 30.0
 _WORD = re.compile(r"[A-Za-z\[\]\\`_^{|}][A-Za-z0-9\[\]\\`_^{|}-]*")
 
 
@@ -112,8 +113,15 @@ class Network:
         self._register(conn.conn, conn)
         return conn
 
+    def _liveness_tick(self) -> None:
+        now = time.monotonic()
+        for conn in self.all_connections():
+            conn.check_alive(now)
+        self._liveness_timer = self.thread.call_later(LIVENESS_EVERY, self._liveness_tick)
+
     def start(self) -> None:
         """Connect the bot and join the configured channels."""
+        self._liveness_timer = self.thread.call_later(LIVENESS_EVERY, self._liveness_tick)
         self.bot = self._new_connection(
             "", self.bot_nick, "ircbridge", "Matrix bridge bot", self.config.password or None
         )
@@ -122,6 +130,8 @@ class Network:
         self.bot.start()
 
     def stop(self, message: str = "Bridge shutting down") -> None:
+        if getattr(self, "_liveness_timer", None) is not None:
+            self._liveness_timer.cancel()
         for conn in [self.bot, *self.puppets.values()]:
             if conn is not None:
                 conn.close(message)

@@ -93,6 +93,7 @@ class SelectorReactor(irc.client.Reactor):
                 conn = key.data
                 if conn.socket is None:
                     continue
+                conn.last_seen = time.monotonic()
                 conn.process_data()
                 # TLS may hold decrypted bytes the poller cannot see.
                 sock = getattr(conn, "socket", None)

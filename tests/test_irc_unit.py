@@ -1,0 +1,131 @@
+"""The IRC connection's own rules, on the real IRC thread against a real IRC daemon."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bridge.config import NetworkConfig
+from bridge.devstack.ircd import IrcDaemon
+from bridge.devstack.ports import wait_until
+from bridge.irc import IrcSide
+from bridge.irc import connection as connection_module
+from bridge.irc.connection import State
+
+
+class Listener:
+    """Records what the IRC side tells the core."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, Any]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("irc_"):
+            return lambda *args: self.events.append((name, args))
+        raise AttributeError(name)
+
+
+def network(port: int, **overrides: Any) -> NetworkConfig:
+    values: dict[str, Any] = dict(
+        name="t", host="127.0.0.1", port=port, tls=False, tls_verify=True, display_name="t",
+        user_template="t_{nick}", alias_template="t_{channel}",
+        puppet_nick_template="{localpart}[m]", bot_nick="tbot", channels=("#unit",),
+        scrollback_lines=5, flood_rate=0.0, flood_burst=5, max_lines=3, connect_timeout=5.0,
+        max_concurrent_connects=2, password="",
+    )
+    values.update(overrides)
+    return NetworkConfig(**values)
+
+
+@pytest.fixture
+def ircd(tmp_path: Path) -> Iterator[IrcDaemon]:
+    daemon = IrcDaemon(tmp_path / "ircd")
+    daemon.start()
+    yield daemon
+    daemon.stop()
+
+
+def test_a_silent_server_is_pinged_then_dropped_and_reconnected(
+    ircd: IrcDaemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    listener = Listener()
+    side = IrcSide((network(ircd.port),), listener, lambda n: n.bot_nick)
+    side.start()
+    try:
+        net = side.network("t")
+        assert net is not None
+        wait_until(lambda: net.bot is not None and net.bot.state is State.CONNECTED, 10,
+                   what="the bot to connect")
+        bot = net.bot
+        monkeypatch.setattr(connection_module, "DEAD_AFTER", -1.0)  # everything looks dead
+        side.call(bot.check_alive, 10**9)
+        wait_until(lambda: any(e == "irc_connection" and a[2] == "lost"
+                               for e, a in listener.events), 10, what="the drop")
+        monkeypatch.setattr(connection_module, "DEAD_AFTER", 240.0)
+        wait_until(lambda: bot.state is State.CONNECTED and "#unit" in bot.channels, 20,
+                   what="the reconnect and rejoin")
+    finally:
+        side.stop()
+
+
+def test_many_puppets_connect_within_the_per_network_cap(ircd: IrcDaemon) -> None:
+    listener = Listener()
+    side = IrcSide((network(ircd.port, max_concurrent_connects=3),), listener,
+                   lambda n: n.bot_nick)
+    side.start()
+    try:
+        net = side.network("t")
+        assert net is not None
+        seen_active: list[int] = []
+
+        def start_many() -> None:
+            for i in range(30):
+                net.puppet(f"@user{i}:localhost")
+            seen_active.append(net.slots.active)
+
+        side.call_sync(start_many)
+        wait_until(lambda: side.call_sync(
+            lambda: all(c.state is State.CONNECTED for c in net.puppets.values())), 30,
+            what="30 puppets to connect")
+        assert max(seen_active) <= 3
+        nicks = side.call_sync(lambda: sorted(c.nick for c in net.puppets.values()))
+        assert nicks == sorted(f"user{i}[m]" for i in range(30))
+    finally:
+        side.stop()
+
+
+@pytest.fixture
+def tls_ircd(tmp_path: Path) -> Iterator[IrcDaemon]:
+    daemon = IrcDaemon(tmp_path / "tls-ircd", kind="ngircd", tls=True)
+    daemon.start()
+    yield daemon
+    daemon.stop()
+
+
+def test_tls_is_verified_by_default_and_self_signed_needs_an_opt_out(tls_ircd: IrcDaemon) -> None:
+    assert tls_ircd.tls_port is not None
+    strict = Listener()
+    side = IrcSide((network(tls_ircd.tls_port, tls=True, tls_verify=True),), strict,
+                   lambda n: n.bot_nick)
+    side.start()
+    try:
+        lost = wait_until(lambda: [a for e, a in strict.events
+                                   if e == "irc_connection" and a[2] == "lost"], 10,
+                          what="the refused certificate")
+        assert "CERTIFICATE_VERIFY_FAILED" in lost[0][3]["reason"]
+    finally:
+        side.stop()
+    relaxed = Listener()
+    side = IrcSide((network(tls_ircd.tls_port, tls=True, tls_verify=False),), relaxed,
+                   lambda n: n.bot_nick)
+    side.start()
+    try:
+        net = side.network("t")
+        assert net is not None
+        wait_until(lambda: net.bot is not None and "#unit" in net.bot.channels, 10,
+                   what="a TLS connection with the self-signed certificate")
+    finally:
+        side.stop()
