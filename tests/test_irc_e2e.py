@@ -261,3 +261,24 @@ def test_flood_control_spaces_lines_with_a_token_bucket(monkeypatch: pytest.Monk
     assert bucket.take() == 0.0
     assert connection.TokenBucket(rate=0, burst=1).take() == 0.0
     time.monotonic()  # the real clock is untouched outside the patch
+
+
+def test_an_image_reaches_irc_as_a_link_that_serves_its_bytes(world: World) -> None:
+    import requests
+
+    data = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4
+    upload = requests.post(
+        f"{world.stack.synapse.url}/_matrix/media/v3/upload", params={"filename": "cat.png"},
+        headers={"Authorization": f"Bearer {world.alice.access_token}",
+                 "Content-Type": "image/png"}, data=data, timeout=10).json()
+    world.bob.mark()
+    world.alice.send_event(world.room, "m.room.message", {
+        "msgtype": "m.image", "body": "a cat", "filename": "cat.png",
+        "url": upload["content_uri"], "info": {"mimetype": "image/png", "size": len(data)}})
+    msg = world.bob.wait_for(lambda m: m.command == "PRIVMSG" and "a cat" in m.text, timeout=20)
+    url = msg.text.split()[-1]
+    assert url.startswith(world.stack.bridge.url + "/_ircbridge/media/")
+    fetched = requests.get(url, timeout=10)
+    assert fetched.status_code == 200
+    assert fetched.content == data
+    assert fetched.headers["Content-Type"] == "image/png"
