@@ -161,7 +161,10 @@ class MatrixToIrc:
             return
         channel = link.channel_name
         if target == sender:
-            if membership == "join":
+            previous = (event.get("unsigned") or {}).get("prev_content") or {}
+            if membership == "join" and previous.get("membership") == "join":
+                self._displayname_changed(link, sender, content.get("displayname"))
+            elif membership == "join":
                 self.irc.call(self._puppet_join, link, sender, content.get("displayname"))
             elif membership == "leave":
                 self.irc.call(self._puppet_part, link, sender)
@@ -176,6 +179,16 @@ class MatrixToIrc:
                           channel)
         elif nick is None and membership in ("leave", "ban") and not self.is_ours(target):
             self.irc.call(self._puppet_part, link, target)
+
+    def _displayname_changed(self, link: Link, user_id: str, name: object) -> None:
+        """With `{displayname}` in puppet_nick_template, a new display name is a new nick."""
+        config = self.config.network(link.network)
+        net = self.irc.network(link.network)
+        if config is None or net is None or "{displayname}" not in config.puppet_nick_template:
+            return
+        nick = puppet_nick(config.puppet_nick_template, user_id,
+                           name if isinstance(name, str) else None, net.nick_max)
+        self.irc.call(net.command, user_id, f"NICK {nick}")
 
     def _invite_to_ghost(self, event: dict[str, Any], content: dict[str, Any]) -> bool:
         """A Matrix user invites a virtual user: a private conversation with that nick."""

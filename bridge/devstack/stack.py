@@ -92,7 +92,8 @@ class Stack:
     def __init__(self, workdir: Path, *, database_url: str | None = None,
                  channels: str = "#matrix", user_template: str = "irc_local_{nick}",
                  alias_template: str = "irc_local_{channel}", scrollback_lines: int = 50,
-                 log_level: str = "INFO", ircd_kind: str | None = None):
+                 log_level: str = "INFO", ircd_kind: str | None = None,
+                 puppet_nick_template: str = "{localpart}[m]"):
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         # IRCBRIDGE_IRCD=miniircd|ngircd picks the daemon (default: ngircd when installed).
@@ -109,6 +110,7 @@ class Stack:
         self.alias_template = alias_template
         self.scrollback_lines = scrollback_lines
         self.log_level = log_level
+        self.puppet_nick_template = puppet_nick_template
         self.bridge = BridgeProcess(self.config_path, self.bridge_port)
 
     def write_config(self) -> None:
@@ -139,7 +141,7 @@ port = {self.ircd.port}
 tls = false
 user_template = {self.user_template}
 alias_template = {self.alias_template}
-puppet_nick_template = {{localpart}}[m]
+puppet_nick_template = {self.puppet_nick_template}
 bot_nick = ircbot
 channels = {self.channels}
 scrollback_lines = {self.scrollback_lines}

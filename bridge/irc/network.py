@@ -301,6 +301,7 @@ class Network:
         old = event.source.nick if event.source else ""
         new = event.target or ""
         if conn.owner and irc_lower(new) == irc_lower(conn.conn.get_nickname()):
+            conn.wanted_nick = new  # a reconnect keeps the new nick
             self._remember_puppet_nick(conn)
             self.listener.irc_connection(self.name, conn.owner, "nick_changed",
                                          {"old": old, "new": new})
