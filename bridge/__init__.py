@@ -58,8 +58,8 @@ def create_app(config_path: str | None = None, *, config: Any = None,
     web.register(app)
     app.wsgi_app = _NoDelay(app.wsgi_app)  # type: ignore[method-assign]
     if start_background:
+        bridge.admin.start()  # first: its IRC hooks are queued before any connection
         bridge.start()
-        bridge.admin.start()
         atexit.register(bridge.stop)
     return app
 

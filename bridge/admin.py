@@ -262,11 +262,16 @@ class AdminRooms:
         content = event.get("content") if isinstance(event.get("content"), dict) else {}
         bot = self.config.bot_user_id
         if etype == "m.room.member" and event.get("state_key") == bot:
-            if content.get("membership") == "invite" and self.bridge.link_for_room(room_id) is None:
+            membership = content.get("membership")
+            if membership == "invite" and self.bridge.link_for_room(room_id) is None:
                 self.lanes.submit(room_id, self._accept_invite, room_id, sender,
                                   bool(content.get("is_direct")))
                 return True
-            return self.owner_of(room_id) is not None
+            if self.owner_of(room_id) is None:
+                return False
+            if membership in ("leave", "ban"):  # the bot was kicked out of an admin room
+                self.lanes.submit(room_id, self._forget_room, room_id)
+            return True
         owner = self.owner_of(room_id)
         if owner is None:
             self._maybe_publish(room_id)
@@ -382,43 +387,35 @@ class AdminRooms:
 
     def queue_connection_event(self, network: str, owner: str, what: str,
                                details: dict[str, Any]) -> None:
-        """Decide (memory only, IRC thread) whether the owner hears of it; queue the notice."""
+        """Decide (memory only, IRC thread) whether the owner hears of it; queue the notice.
+
+        Quiet by design: "connected" is told only after a "lost" or when the user asked for
+        a connection, "lost" once until the next "connected", and each refusal (banned,
+        password, SASL) once per connection attempt series, so reconnects with backoff do
+        not flood the room.
+        """
         if not owner:
             return
         key = (network, owner)
-        text: str | None = None
         with self._lock:
             if owner not in self._room_of:
                 return
             if what == "connected":
-                if key in self._down or key in self._expect:
-                    text = f"Connected to {network} as {details.get('nick')}."
+                told = key in self._down or key in self._expect
                 self._down.discard(key)
                 self._expect.discard(key)
                 self._told = {t for t in self._told if t[:2] != key}
+                if not told:
+                    return
             elif what == "lost":
-                if key not in self._down:
-                    self._down.add(key)
-                    retry = details.get("retry_in")
-                    when = f"; reconnecting in {retry:.0f} s" if isinstance(retry, float) else ""
-                    text = f"Lost the connection to {network} ({details.get('reason')}){when}."
-            elif what == "nick_collision":
-                text = (f"The nick {details.get('wanted')} is taken on {network}; you are "
-                        f"{details.get('using')} (say !nick to choose another).")
-            elif what == "kicked":
-                text = f"You were kicked from {details.get('channel')} on {network}."
-            elif (network, owner, what) in self._told:
-                pass  # said once already; the reconnects with backoff would repeat it
-            elif what == "banned":
+                if key in self._down:
+                    return
+                self._down.add(key)
+            elif what in ONCE_PER_CONNECTION:
+                if (network, owner, what) in self._told:
+                    return
                 self._told.add((network, owner, what))
-                text = f"{network} refused your connection: {details.get('reason')}."
-            elif what == "password_refused":
-                self._told.add((network, owner, what))
-                text = (f"{network} refused your password ({details.get('reason')}): "
-                        "check it with !storepass, or !removepass.")
-            elif what == "sasl_failed":
-                self._told.add((network, owner, what))
-                text = f"SASL login failed on {network}: {details.get('reason')}."
+        text = connection_text(network, what, details)
         if text:
             self.notify(owner, text)
 
@@ -479,6 +476,33 @@ class AdminRooms:
         finally:
             with self._lock:
                 self._publishing.discard(room_id)
+
+
+ONCE_PER_CONNECTION = ("banned", "password_refused", "sasl_failed")
+
+
+def connection_text(network: str, what: str, details: dict[str, Any]) -> str | None:
+    """The notice for one connection event of a user's own connection (None: say nothing)."""
+    if what == "connected":
+        return f"Connected to {network} as {details.get('nick')}."
+    if what == "lost":
+        retry = details.get("retry_in")
+        when = f"; reconnecting in {retry:.0f} s" if isinstance(retry, float) else ""
+        return f"Lost the connection to {network} ({details.get('reason')}){when}."
+    templates = {
+        "nick_collision": "The nick {wanted} is taken on {network}; you are {using} (say !nick "
+                          "to choose another).",
+        "kicked": "You were kicked from {channel} on {network}.",
+        "banned": "{network} refused your connection: {reason}.",
+        "password_refused": "{network} refused your password ({reason}): check it with "
+                            "!storepass, or !removepass.",
+        "sasl_failed": "SASL login failed on {network}: {reason}.",
+    }
+    template = templates.get(what)
+    if template is None:
+        return None
+    values = {k: details.get(k) for k in ("wanted", "using", "channel", "reason")}
+    return template.format(network=network, **values)
 
 
 def _protect(secrets: list[str]) -> None:

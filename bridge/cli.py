@@ -136,6 +136,8 @@ def gunicorn_settings(config: config_module.Config) -> dict[str, Any]:
         "preload_app": False,
         "max_requests": 0,
         "accesslog": None,
+        # Gunicorn's control socket could add workers at run time: one process only.
+        "control_socket_disable": True,
         "worker_exit": worker_exit,
     }
 

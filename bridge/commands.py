@@ -163,6 +163,8 @@ class Command:
             args = ("<redacted>",)
         elif self.name == "autocmd" and args[:1] == ("add",):
             args = ("add", "<redacted>")
+        elif self.name == "cmd" and args:
+            args = (args[0].split(" ", 1)[0] + " <redacted>",)  # may be a NickServ IDENTIFY
         return f"Command({self.name!r}, network={self.network!r}, args={args!r})"
 
     __str__ = __repr__
@@ -214,25 +216,7 @@ def parse(body: str, networks: Sequence[str]) -> Command | None:
     spec = SPECS.get(name)
     if spec is None:
         raise UnknownCommand(name[:40], _suggest(name))
-    args = words[1:]
-    consumed = words[0][1]
-    network: str | None = None
-    if spec.network != "none":
-        if args:
-            found = _network_named(args[0][0], networks)
-            if found is not None and len(args) - 1 >= spec.min_args:
-                network, consumed, args = found, args[0][1], args[1:]
-        if network is None:
-            if _extra_word_is_network(spec, [w for w, _ in args]):
-                raise UnknownNetwork(args[0][0][:40], networks)
-            if len(networks) == 1:
-                network = networks[0]
-            elif spec.network == "one":
-                values = [w for w, _ in args]
-                if spec.max_args is not None and len(values) > spec.min_args \
-                        and re.match(r"^[A-Za-z0-9_.-]+$", values[0]):
-                    raise UnknownNetwork(values[0][:40], networks)
-                raise NetworkRequired(name, networks)
+    network, consumed, args = _take_network(spec, words, networks)
     values = [w for w, _ in args]
     if len(values) < spec.min_args:
         raise UsageError(name, "Missing argument")
@@ -240,6 +224,30 @@ def parse(body: str, networks: Sequence[str]) -> Command | None:
         raise UsageError(name, "Too many arguments")
     checked = _CHECKS.get(name, _no_check)(name, values, body[consumed:].strip())
     return Command(name, network, checked)
+
+
+def _take_network(spec: Spec, words: list[tuple[str, int]], networks: Sequence[str]
+                  ) -> tuple[str | None, int, list[tuple[str, int]]]:
+    """(network, offset past the words used, remaining words) for a command's arguments."""
+    args = words[1:]
+    consumed = words[0][1]
+    if spec.network == "none":
+        return None, consumed, args
+    if args:
+        found = _network_named(args[0][0], networks)
+        if found is not None and len(args) - 1 >= spec.min_args:
+            return found, args[0][1], args[1:]
+    values = [w for w, _ in args]
+    if _extra_word_is_network(spec, values):
+        raise UnknownNetwork(values[0][:40], networks)
+    if len(networks) == 1:
+        return networks[0], consumed, args
+    if spec.network == "one":
+        if spec.max_args is not None and len(values) > spec.min_args \
+                and re.match(r"^[A-Za-z0-9_.-]+$", values[0]):
+            raise UnknownNetwork(values[0][:40], networks)
+        raise NetworkRequired(spec.name, networks)
+    return None, consumed, args
 
 
 def validate_raw(name: str, line: str) -> str:

@@ -16,7 +16,7 @@ import threading
 import time
 from typing import Any
 
-from .config import Config, NetworkConfig
+from .config import Config, NetworkConfig, role_of
 from .inbox import InboxWorker
 from .irc import IrcSide
 from .irc_to_matrix import IrcToMatrix
@@ -175,6 +175,34 @@ class Bridge(MatrixToIrc, IrcToMatrix, ThirdPartyLookups):
             self._stopping.wait(pause)
             pause = min(30.0, pause * 2)
         self._check_ping()
+        self._restore_puppets()
+
+    def _restore_puppets(self) -> None:
+        """After a restart, the Matrix users of every bridged room are back on IRC.
+
+        Their connections are opened through the per-network connect limit, so a restart
+        with many users is paced, never a reconnect storm.
+        """
+        if not self.irc.started:
+            return
+        wanted: list[tuple[Link, str, str | None]] = []
+        for link in self.links():
+            try:
+                members = self.client.joined_members(link.room_id)
+            except MatrixError as e:
+                log.warning("cannot list the members of %s: %s", link.room_id, e)
+                continue
+            for user_id, info in members.items():
+                if self.is_ours(user_id) or role_of(self.config, user_id) is None:
+                    continue
+                name = info.get("display_name") if isinstance(info, dict) else None
+                wanted.append((link, user_id, name))
+        if not wanted:
+            return
+        log.info("restoring %d IRC connections of Matrix users in %d rooms",
+                 len({u for _, u, _ in wanted}), len(self.links()))
+        for link, user_id, name in wanted:
+            self.irc.call(self._puppet_join, link, user_id, name)
 
     def _check_ping(self) -> None:
         """Ask the homeserver to ping us back (spec checklist item 43)."""

@@ -15,7 +15,7 @@ import time
 from html import escape
 from typing import TYPE_CHECKING, Any
 
-from . import formatting
+from . import formatting, metrics
 from .config import Config
 from .matrix import (
     Forbidden,
@@ -167,6 +167,8 @@ class IrcToMatrix:
 
     def irc_connection(self, network: str, owner: str, what: str, details: dict[str, Any]) -> None:
         who = owner or "bot"
+        if what == "lost":
+            metrics.irc_reconnect(self, network)
         if what == "channel_ready":
             with self._links_lock:
                 for event in self._channel_waiters.get((network, details["channel"]), []):

@@ -11,7 +11,7 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from . import formatting, translate
+from . import formatting, metrics, translate
 from .config import Config, NetworkConfig, role_of
 from .matrix import HomeserverClient, Intent, IntentCache, MatrixError
 from .names import NetworkNames, irc_lower, puppet_nick
@@ -101,7 +101,9 @@ class MatrixToIrc:
             return
 
         def sent(ok: bool, error: str | None) -> None:
-            if not ok:
+            if ok:
+                metrics.relayed(self, "matrix_to_irc", content.get("msgtype"))
+            else:
                 log.warning("message %s not sent to IRC: %s", event.get("event_id"), error)
             done(ok)
 
@@ -117,6 +119,8 @@ class MatrixToIrc:
         lines, kind = translate.to_irc(content, self._translate_context(net.config, nick))
 
         def sent(ok: bool, error: str | None) -> None:
+            if ok:
+                metrics.relayed(self, "matrix_to_irc", content.get("msgtype"))
             done(ok)
 
         self.irc.call(net.say_private, str(event["sender"]), nick, lines, kind, sent)

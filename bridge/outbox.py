@@ -210,13 +210,15 @@ class Senders:
             except GiveUp as e:
                 log.error("giving up on line %d for %s: %s", line.id, line.room_id, e)
                 metrics.outbox_failed(self)
-                self._mark(lambda: self.store.outbox_failed(line.id, str(e)))
+                reason = str(e)
+                self._mark(lambda: self.store.outbox_failed(line.id, reason))
                 return
-            except Exception as e:  # noqa: BLE001 - unexpected: count it, retry a few times
+            except Exception as unexpected:  # noqa: BLE001 - count it, retry a few times
                 log.exception("error delivering line %d", line.id)
                 if attempts >= self.max_attempts:
                     metrics.outbox_failed(self)
-                    self._mark(lambda: self.store.outbox_failed(line.id, repr(e)))
+                    reason = repr(unexpected)
+                    self._mark(lambda: self.store.outbox_failed(line.id, reason))
                     return
                 self._stop.wait(pause)
                 pause = min(self.retry_cap, pause * 2)

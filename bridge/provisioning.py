@@ -115,6 +115,9 @@ class Provisioner:
                                     f"{channel[:100]!r} is not a valid IRC channel")
         self._check_free(network, channel, room_id)
         self.check_power(room_id, user_id)
+        existing = self.bridge.link_for_room(room_id)
+        if existing is not None:  # the same pair again (_check_free refused any other)
+            return link_json(existing)
         try:
             link = self.bridge.link_room(network, channel, room_id, kind="plumbed")
         except ValueError as e:

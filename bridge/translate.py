@@ -63,7 +63,6 @@ def _html_of(content: dict[str, Any]) -> str | None:
 def _pills_to_nicks(html: str, ctx: Context) -> str:
     def replace(match: re.Match[str]) -> str:
         from html import escape
-
         from urllib.parse import unquote
 
         return escape(ctx.nick_for_user(unquote(match.group(1))))

@@ -8,6 +8,7 @@ static mapping `rooms = #static = !room` made before the bridge starts.
 
 from __future__ import annotations
 
+import os
 import secrets
 import subprocess
 import sys
@@ -22,6 +23,8 @@ from bridge.devstack.clients import MatrixClient, RawIrcClient
 from bridge.devstack.ports import wait_until
 from bridge.devstack.stack import Stack
 from bridge.vault import generate_key_file
+from tests.admin_db import clean
+from tests.conftest import TEST_DB_ENV
 
 BOT = "@ircbot:localhost"
 ADMIN = "admin"
@@ -32,7 +35,9 @@ TIMEOUT = 30
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    stack = Stack(tmp_path_factory.mktemp("admin"), channels="#matrix")
+    url = os.environ.get(TEST_DB_ENV)
+    clean(url)
+    stack = Stack(tmp_path_factory.mktemp("admin"), database_url=url, channels="#matrix")
     extra: dict[str, str] = {}
     clients: dict[str, MatrixClient] = {}
 
@@ -58,6 +63,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         yield stack
     finally:
         stack.stop()
+        clean(url)
 
 
 def user(stack: Stack, localpart: str) -> MatrixClient:
@@ -113,8 +119,22 @@ def irc_in(stack: Stack, nick: str, channel: str | None = None) -> RawIrcClient:
 
 
 def db_bytes(stack: Stack) -> bytes:
-    folder = stack.config_path.parent
-    return b"".join(p.read_bytes() for p in folder.glob("bridge.db*") if p.is_file())
+    """Everything the bridge's database holds: the SQLite files' bytes, or on PostgreSQL
+    the text of every row of every table."""
+    if stack.database_url.startswith("sqlite:///"):
+        folder = Path(stack.database_url[len("sqlite:///"):]).parent
+        return b"".join(p.read_bytes() for p in folder.glob("bridge.db*") if p.is_file())
+    from bridge.store import open_database
+
+    db = open_database(stack.database_url)
+    try:
+        tables = db.get_tables()
+        rows = [str(row) for table in tables
+                for row in db.execute_sql(f'SELECT t::text FROM "{table}" t').fetchall()]
+    finally:
+        db.close()
+    assert "inbox_event" in tables and "user_secret" in tables
+    return "\n".join(rows).encode()
 
 
 # ------------------------------------------------------------------ the room itself

@@ -282,3 +282,14 @@ def test_an_image_reaches_irc_as_a_link_that_serves_its_bytes(world: World) -> N
     assert fetched.status_code == 200
     assert fetched.content == data
     assert fetched.headers["Content-Type"] == "image/png"
+
+
+def test_after_a_bridge_restart_matrix_users_are_back_on_irc(world: World) -> None:
+    world.bob.mark()
+    world.stack.bridge.stop()
+    world.bob.wait_for(lambda m: m.command == "QUIT" and m.nick == "alice[m]", timeout=20)
+    world.stack.bridge.start()
+    wait_until(lambda: "alice[m]" in world.bob.names(CHANNEL), 30, interval=0.3,
+               what="alice's puppet to come back without her doing anything")
+    world.alice.send_text(world.room, "still here")
+    world.bob.wait_for_privmsg("still here", timeout=20)

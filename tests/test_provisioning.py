@@ -3,6 +3,7 @@ against the real Synapse and IRC daemon of one devstack; its off switch on a bar
 
 from __future__ import annotations
 
+import os
 import secrets
 import subprocess
 import sys
@@ -18,7 +19,8 @@ from bridge.config import load
 from bridge.devstack.clients import MatrixClient, RawIrcClient
 from bridge.devstack.ports import wait_until
 from bridge.devstack.stack import Stack
-from tests.conftest import write_config
+from tests.admin_db import clean
+from tests.conftest import TEST_DB_ENV, write_config
 
 BOT = "@ircbot:localhost"
 PREFIX = "/_ircbridge/provisioning/v1"
@@ -28,7 +30,9 @@ TIMEOUT = 30
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    stack = Stack(tmp_path_factory.mktemp("provisioning"), channels="#matrix")
+    url = os.environ.get(TEST_DB_ENV)
+    clean(url)
+    stack = Stack(tmp_path_factory.mktemp("provisioning"), database_url=url, channels="#matrix")
 
     def prepare(s: Stack) -> None:
         text = s.config_path.read_text(encoding="utf-8")
@@ -41,6 +45,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         yield stack
     finally:
         stack.stop()
+        clean(url)
 
 
 def user(stack: Stack, localpart: str) -> MatrixClient:

@@ -16,7 +16,6 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 import irc.client
-
 import irc.modes
 
 from ..names import irc_lower, is_channel, puppet_nick

@@ -19,8 +19,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from jaraco.stream import buffer as line_buffer
 import irc.client
+from jaraco.stream import buffer as line_buffer
 
 log = logging.getLogger(__name__)
 

@@ -182,7 +182,6 @@ def setup(bridge: Any) -> Metrics:
     metrics = Metrics(owned, networks=[n.name for n in bridge.config.networks])
     metrics.registry.register(BridgeCollector(bridge))
     ProcessCollector(namespace="ircbridge", registry=metrics.registry)
-    instrument(bridge, metrics)
     bind = bridge.config.metrics.bind
     if bind:
         host, _, port = bind.rpartition(":")

@@ -1,11 +1,18 @@
 """puppets: K Matrix users each get their own IRC connection (a puppet).
 
-Per level K (a fresh stack each): the users' `m.room.member` joins are pushed in transactions
-of 100 into bridged rooms, at most `per_room` users per room; a plain IRC client in each
-channel counts the puppets' JOINs. Figures: time until every puppet has joined, the bridge's
-RSS before and after (gunicorn master + worker; VmRSS), memory per puppet, and a message
-relayed through the last puppet (PUT -> seen on IRC), which crosses a channel where every
-other puppet of the room receives the line too.
+Two layouts, each level on a fresh stack:
+
+- spread (the connection count): K users join bridged rooms of `per_room` users each. The
+  rooms are links inserted into the bridge's database before it starts (as in `startup`:
+  the room ids need not exist on Synapse, and K/per_room real rooms would cost seconds
+  each to create). The users' `m.room.member` joins are pushed in transactions of 100; one
+  plain IRC client in every channel counts the puppets' JOINs. Figures: time until every
+  puppet has joined, the bridge's RSS before and after (VmRSS of the gunicorn worker; the
+  master is listed too), memory per puppet, open descriptors, and a message relayed through
+  the last puppet (PUT -> seen on IRC).
+- one room (a big channel): K users in one portal room made through the alias query. Every
+  puppet's JOIN reaches every other puppet already there, so the IRC lines into the bridge
+  grow with K squared; this layout shows what that costs.
 """
 
 from __future__ import annotations
@@ -28,49 +35,77 @@ from common import (
 
 def run(workdir: Path, db: str, *, quick: bool, profile: Path | None = None,
         large: bool = False, counts: list[int] | None = None,
-        per_room: int | None = None) -> dict[str, Any]:
-    counts = counts or ([100] if quick else [100, 1000] + ([5000] if large else []))
-    per_room = per_room or 1000
-    limits = raise_nofile(max(counts) * 2 + 2048)
-    result: dict[str, Any] = {"nofile": list(limits), "per_room": per_room, "levels": []}
+        per_room: int | None = None, one_room: list[int] | None = None) -> dict[str, Any]:
+    counts = counts or ([100, 1000] if quick else [100, 1000]) + ([5000] if large else [])
+    one_room = one_room if one_room is not None else \
+        ([100] if quick else [100, 300]) + ([1000] if large else [])
+    per_room = per_room or 10
+    limits = raise_nofile(max(counts + one_room) * 2 + 2048)
+    result: dict[str, Any] = {"nofile": list(limits), "per_room": per_room,
+                              "levels": [], "one_room": []}
+
+    def profile_for(tag: str) -> Path | None:
+        return profile.with_name(f"{profile.stem}-{tag}{profile.suffix}") if profile else None
+
     for k in counts:
-        level_profile = profile.with_name(f"{profile.stem}-{k}{profile.suffix}") \
-            if profile else None
         result["levels"].append(
-            _level(workdir / f"k{k}", db, k, per_room, level_profile, quick))
+            _level(workdir / f"k{k}", db, k, per_room, profile_for(f"{k}"), seeded=True))
+    for k in one_room:
+        result["one_room"].append(
+            _level(workdir / f"one{k}", db, k, k, profile_for(f"one{k}"), seeded=False))
     return result
 
 
-def _level(workdir: Path, db: str, k: int, per_room: int, profile: Path | None,
-           quick: bool) -> dict[str, Any]:
+def seed_links(url: str, rooms: int) -> None:
+    """Insert `rooms` links #pupN <-> !pupseedN with the bridge's own models."""
+    from bridge.store import RoomLink, Store
+
+    from startup import _fill
+
+    store = Store(url)
+    try:
+        store.open()
+        now = int(time.time() * 1000)
+        rows = [_fill(RoomLink, {
+            "network": "local", "channel": f"#pup{i}", "channel_name": f"#pup{i}",
+            "room_id": f"!pupseed{i:06d}", "alias": f"#irc_local_#pup{i}:localhost",
+            "kind": "portal", "created_at": now,
+        }) for i in range(rooms)]
+        with store.db.connection_context(), store.db.atomic():
+            for i in range(0, len(rows), 500):
+                RoomLink.insert_many(rows[i:i + 500]).execute()
+    finally:
+        store.close()
+
+
+def _level(workdir: Path, db: str, k: int, per_room: int, profile: Path | None, *,
+           seeded: bool) -> dict[str, Any]:
     rooms_needed = max(1, -(-k // per_room))
     stack = BenchStack(workdir, db=db)
-    watchers: list[IrcWatcher] = []
-    out: dict[str, Any] = {"puppets": k, "rooms": rooms_needed}
+    watcher: IrcWatcher | None = None
+    out: dict[str, Any] = {"puppets": k, "rooms": rooms_needed,
+                           "layout": "seeded links" if seeded else "one portal room"}
     try:
-        stack.start()
-        user = stack.matrix_user("pupuser")
         channels = [f"#pup{r}" for r in range(rooms_needed)]
-        room_ids = []
+        if seeded:
+            stack.start(before_bridge=lambda s: seed_links(s.database_url, rooms_needed))
+            room_ids = [f"!pupseed{r:06d}" for r in range(rooms_needed)]
+        else:
+            stack.start()
+        watcher = IrcWatcher(stack.ircd.host, stack.ircd.port, "pupwatch").connect()
         for channel in channels:
-            watcher = IrcWatcher(stack.ircd.host, stack.ircd.port,
-                                 f"pw{len(watchers)}").connect()
             watcher.join(channel)
-            watchers.append(watcher)
-            room_ids.append(user.join(stack.alias(channel)))
-        # The bot joins each channel; so does the reading user's own puppet (the homeserver
-        # pushes that user's join to the bridge). Both belong to the baseline.
-        for watcher, channel in zip(watchers, channels, strict=True):
-            wait_for(lambda w=watcher, c=channel: w.join_count(c) >= 1, 30, 0.05,
-                     f"the bot in {channel}")
+        if not seeded:
+            user = stack.matrix_user("pupuser")
+            room_ids = [user.join(stack.alias(channels[0]))]
+            # the bot, then the reading user's own puppet (the homeserver pushes its join)
+            wait_for(lambda: watcher.join_count(channels[0]) >= 1, 30, 0.05, "the bot")
             try:
-                wait_for(lambda w=watcher, c=channel: w.join_count(c) >= 2, 10, 0.05,
-                         f"the reader's puppet in {channel}")
+                wait_for(lambda: watcher.join_count(channels[0]) >= 2, 10, 0.05, "a puppet")
             except TimeoutError:
                 pass
-        time.sleep(1.0)  # let the rooms' own joins settle before the baseline
-        for watcher in watchers:
-            watcher.reset_joins()
+        time.sleep(1.0)  # let the start settle before the baseline
+        watcher.reset_joins()
         worker = stack.worker_pid()
         base = stack.bridge_rss_kb()
         base_fds = fd_count(worker)
@@ -78,7 +113,10 @@ def _level(workdir: Path, db: str, k: int, per_room: int, profile: Path | None,
         pusher = stack.as_client()
         users = [f"@p{i}:localhost" for i in range(k)]
         cpu_before = cpu_seconds(worker)
-        prof = Profiler(worker, profile, duration=600) if profile else None
+        # JOIN lines into the bridge grow as k * per_room / 2; give each about 2 us per puppet
+        hard = min(600.0 if seeded else 300.0, 120 + k * k * per_room * 1e-6)
+        out["deadline_s"] = round(hard)
+        prof = Profiler(worker, profile, duration=hard + 30) if profile else None
         if prof:
             prof.__enter__()
         try:
@@ -88,60 +126,51 @@ def _level(workdir: Path, db: str, k: int, per_room: int, profile: Path | None,
                           for i in range(chunk, min(k, chunk + 100))]
                 pusher.put_transaction(events)
             out["push_s"] = round(time.monotonic() - started, 2)
-
-            def joined() -> int:
-                return sum(w.join_count() for w in watchers)
-
-            hard = 120 + k * (0.2 if k > 1000 else 0.1)
-            _wait_count(joined, k, idle_timeout=60, hard_timeout=hard)
-            done = time.monotonic()
-            count = joined()
-            times = sorted(t for w in watchers for t in w.join_times)
+            _wait_count(watcher.join_count, k, idle_timeout=60, hard_timeout=hard)
+            count = watcher.join_count()
+            times = sorted(watcher.join_times)
             out["joined"] = count
-            out["connect_all_s"] = round((times[-1] if times else done) - started, 2)
-            out["connects_per_s"] = round(count / max(out["connect_all_s"], 1e-6), 1)
-            if times and count >= 2:
-                half = times[min(len(times) - 1, count // 2)]
-                out["connect_half_s"] = round(half - started, 2)
+            end = times[-1] if times else time.monotonic()
+            out["connect_all_s"] = round(end - started, 2)
+            out["connects_per_s"] = round(count / max(end - started, 1e-6), 1)
+            if count >= 2:
+                out["connect_half_s"] = round(times[count // 2 - 1] - started, 2)
         finally:
             if prof:
                 prof.__exit__(None, None, None)
         out["bridge_cpu_s"] = round(cpu_seconds(worker) - cpu_before, 2)
-        time.sleep(2.0)  # let buffers and late replies settle before reading memory
+        time.sleep(2.0)  # let late replies settle before reading memory
         after = stack.bridge_rss_kb()
         out["rss_after_kb"] = after
-        out["fds"] = fd_count(worker) - base_fds
+        out["fds_added"] = fd_count(worker) - base_fds
         delta = after["worker_kb"] - base["worker_kb"]
-        out["rss_per_puppet_kb"] = round(delta / max(count, 1), 2)
-        # a message through the last puppet
-        last = k - 1
-        room = room_ids[last // per_room]
-        watcher = watchers[last // per_room]
-        watcher.retag("last")
-        sent = time.monotonic()
-        pusher.put_transaction([pusher.message(room, users[last], "last 1 via the last puppet")])
-        try:
-            wait_for(lambda: watcher.arrived() >= 1, 120, 0.01, "the last puppet's line")
-            out["last_puppet_msg_ms"] = round((watcher.arrivals[1] - sent) * 1000, 1)
-        except TimeoutError:
-            out["last_puppet_msg_ms"] = None
-        # a second one, now that nothing else is going on
-        watcher.retag("again")
-        sent = time.monotonic()
-        pusher.put_transaction([pusher.message(room, users[last], "again 1 second line")])
-        try:
-            wait_for(lambda: watcher.arrived() >= 1, 120, 0.01, "the second line")
-            out["last_puppet_msg2_ms"] = round((watcher.arrivals[1] - sent) * 1000, 1)
-        except TimeoutError:
-            out["last_puppet_msg2_ms"] = None
+        out["rss_per_puppet_kb"] = round(delta / max(out["joined"], 1), 2)
+        out["last_puppet_msg_ms"] = _through_last(pusher, watcher, room_ids[(k - 1) // per_room],
+                                                  users[k - 1], "last")
+        out["last_puppet_msg2_ms"] = _through_last(pusher, watcher,
+                                                   room_ids[(k - 1) // per_room],
+                                                   users[k - 1], "again")
         if profile:
             out["profile"] = {"file": profile.name, **summarize_profile(profile)}
         pusher.close()
         return out
     finally:
-        for watcher in watchers:
+        if watcher is not None:
             watcher.close()
         stack.stop()
+
+
+def _through_last(pusher: Any, watcher: IrcWatcher, room_id: str, user_id: str, tag: str
+                  ) -> float | None:
+    """Milliseconds from the PUT of one message by `user_id` to its arrival on IRC."""
+    watcher.retag(tag)
+    sent = time.monotonic()
+    pusher.put_transaction([pusher.message(room_id, user_id, f"{tag} 1 via the last puppet")])
+    try:
+        wait_for(lambda: watcher.arrived() >= 1, 60, 0.005, f"the {tag} line")
+    except TimeoutError:
+        return None
+    return round((watcher.arrivals[1] - sent) * 1000, 1)
 
 
 def _wait_count(count: Any, total: int, *, idle_timeout: float, hard_timeout: float) -> None:

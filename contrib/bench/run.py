@@ -122,6 +122,14 @@ def rows_for(scenario: str, data: dict[str, Any]) -> list[tuple[str, Any, str, b
             add(f"K={k}: bridge CPU s", f"levels.{i}.bridge_cpu_s")
             add(f"K={k}: msg via last puppet ms", f"levels.{i}.last_puppet_msg_ms")
             add(f"K={k}: again, idle ms", f"levels.{i}.last_puppet_msg2_ms")
+        for i, level in enumerate(data.get("one_room", [])):
+            k = level.get("puppets")
+            add(f"one room K={k}: joined", f"one_room.{i}.joined", f"= {k}",
+                lambda v, k=k: v >= k)
+            add(f"one room K={k}: time to join all s", f"one_room.{i}.connect_all_s")
+            add(f"one room K={k}: bridge CPU s", f"one_room.{i}.bridge_cpu_s")
+            add(f"one room K={k}: RSS per puppet KB", f"one_room.{i}.rss_per_puppet_kb")
+            add(f"one room K={k}: msg via last puppet ms", f"one_room.{i}.last_puppet_msg_ms")
     elif scenario == "query":
         add("alias query (join) p50 ms", "alias.p50_ms", "<= 1000", lambda v: v <= 1000)
         add("alias query (join) p99 ms", "alias.p99_ms")

@@ -1,0 +1,24 @@
+"""Test helper: a clean PostgreSQL test database for the admin and provisioning stacks.
+
+conftest's clean_database drops the store's tables; the admin part keeps three more
+(bridge/admin_store.py), which must go too so that one module's rooms and sealed secrets
+do not leak into the next module's bridge.
+"""
+
+from __future__ import annotations
+
+from tests.conftest import clean_database
+
+
+def clean(url: str | None) -> None:
+    """Drop every table of the bridge (the admin ones too) on a PostgreSQL test database."""
+    if not url:
+        return
+    clean_database(url)
+    from bridge.admin_store import MODELS
+    from bridge.store import open_database
+
+    db = open_database(url)
+    with db.connection_context():
+        db.drop_tables(MODELS, safe=True)
+    db.close()
