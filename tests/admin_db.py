@@ -19,6 +19,6 @@ def clean(url: str | None) -> None:
     from bridge.store import open_database
 
     db = open_database(url)
-    with db.connection_context():
+    with db.connection_context(), db.bind_ctx(MODELS):
         db.drop_tables(MODELS, safe=True)
     db.close()

@@ -30,6 +30,8 @@ EVENTS = (
     "privmsg", "privnotice", "endofnames", "quit", "nick", "namreply", "mode",
     "cannotsendtochan", "nosuchnick", "nosuchchannel", "channelisfull", "inviteonlychan",
     "bannedfromchan", "badchannelkey", "nochanmodes", "chanoprivsneeded", "toomanychannels",
+    "cap", "authenticate", "saslsuccess", "saslfail", "saslaborted", "sasltoolong",
+    "passwdmismatch",
 )
 
 

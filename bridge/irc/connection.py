@@ -9,6 +9,7 @@ exponential backoff and jitter, and rejoin their channels.
 
 from __future__ import annotations
 
+import base64
 import collections
 import enum
 import logging
@@ -79,8 +80,12 @@ class TokenBucket:
         return (1.0 - self.tokens) / self.rate
 
 
-def open_socket(host: str, port: int, *, tls: bool, verify: bool, timeout: float) -> socket.socket:
-    """Connect (and TLS handshake) off the IRC thread; returns a socket ready for IRC."""
+def open_socket(host: str, port: int, *, tls: bool, verify: bool, timeout: float,
+                client_cert: tuple[str, str] | None = None) -> socket.socket:
+    """Connect (and TLS handshake) off the IRC thread; returns a socket ready for IRC.
+
+    `client_cert` is (certificate PEM, key PEM) for SASL EXTERNAL / CertFP.
+    """
     sock = socket.create_connection((host, port), timeout=timeout)
     try:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -89,6 +94,8 @@ def open_socket(host: str, port: int, *, tls: bool, verify: bool, timeout: float
             if not verify:
                 context.check_hostname = False
                 context.verify_mode = ssl.CERT_NONE
+            if client_cert is not None:
+                _load_client_cert(context, *client_cert)
             sock = context.wrap_socket(sock, server_hostname=host)
         # Reads happen only after the poller says so; a send that cannot finish in this time
         # means the server stopped reading, and the connection is dropped and redone.
@@ -97,6 +104,35 @@ def open_socket(host: str, port: int, *, tls: bool, verify: bool, timeout: float
     except BaseException:
         sock.close()
         raise
+
+
+def _load_client_cert(context: ssl.SSLContext, cert_pem: str, key_pem: str) -> None:
+    """ssl wants files: write the pair to a private temp file just long enough to load it."""
+    import os
+    import tempfile
+
+    fd, path = tempfile.mkstemp(prefix="ircbridge-cert-", suffix=".pem")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(cert_pem.strip() + "\n" + key_pem.strip() + "\n")
+        context.load_cert_chain(path)
+    finally:
+        os.unlink(path)
+
+
+@dataclass(frozen=True)
+class Sasl:
+    """SASL login for a connection: PLAIN (account + password) or EXTERNAL (certificate)."""
+
+    mechanism: str  # "PLAIN" or "EXTERNAL"
+    username: str = ""
+    password: str = ""
+
+    def first_response(self) -> str:
+        if self.mechanism == "EXTERNAL":
+            return "+"
+        raw = f"{self.username}\0{self.username}\0{self.password}".encode()
+        return base64.b64encode(raw).decode()
 
 
 class IrcConnection:
@@ -139,6 +175,11 @@ class IrcConnection:
         self._drain_timer: Timer | None = None
         self._retry_timer: Timer | None = None
         self.connected_at: float | None = None
+        # Set before start() (e.g. from the user's stored settings).
+        self.sasl: Sasl | None = None
+        self.client_cert: tuple[str, str] | None = None
+        self.autocmds: list[str] = []
+        self._sasl_step = ""
 
     @property
     def nick(self) -> str:
@@ -166,7 +207,7 @@ class IrcConnection:
         net = self.network
         future = self.connector.submit(
             open_socket, net.host, net.port, tls=net.tls, verify=net.tls_verify,
-            timeout=net.connect_timeout,
+            timeout=net.connect_timeout, client_cert=self.client_cert,
         )
         future.add_done_callback(lambda f: self.thread.call(self._socket_ready, f))
 
@@ -183,6 +224,10 @@ class IrcConnection:
         sock = future.result()
         self.state = State.REGISTERING
         self.nick_attempt = 0
+        if self.sasl is not None:
+            # CAP LS goes out before NICK/USER so the server holds registration for SASL.
+            sock.sendall(b"CAP LS 302\r\n")
+            self._sasl_step = "ls"
         try:
             self.conn.connect(
                 self.network.host, self.network.port, self.wanted_nick,
@@ -209,10 +254,49 @@ class IrcConnection:
         self.failures = 0
         self.connected_at = time.monotonic()
         self.channels.clear()
+        for line in self.autocmds:
+            self.send(line)  # e.g. a NickServ IDENTIFY, before the channels are joined
         for folded, name in self.wanted_channels.items():
             self.send_now(f"JOIN {name}")
         self.on_change(self, "connected", {"nick": self.conn.get_nickname()})
         self.drain()
+
+    # ------------------------------------------------------------ SASL (IRCv3 CAP)
+    def cap(self, arguments: list[str]) -> None:
+        """CAP LS / ACK / NAK during registration."""
+        if self.sasl is None or not arguments:
+            return
+        sub = arguments[0].upper()
+        caps = arguments[-1].split() if len(arguments) > 1 else []
+        if sub == "LS" and self._sasl_step == "ls":
+            if len(arguments) > 2 and arguments[1] == "*":
+                return  # more LS lines follow (CAP 302 multi-line)
+            if any(c.split("=", 1)[0] == "sasl" for c in caps):
+                self.send_now("CAP REQ :sasl")
+                self._sasl_step = "req"
+            else:
+                self._sasl_done(False, "the server offers no SASL")
+        elif sub == "ACK" and self._sasl_step == "req" and "sasl" in caps:
+            self.send_now(f"AUTHENTICATE {self.sasl.mechanism}")
+            self._sasl_step = "auth"
+        elif sub == "NAK" and self._sasl_step == "req":
+            self._sasl_done(False, "the server refused the sasl capability")
+
+    def authenticate(self, argument: str) -> None:
+        if self.sasl is not None and self._sasl_step == "auth" and argument == "+":
+            self.send_now(f"AUTHENTICATE {self.sasl.first_response()}")
+            self._sasl_step = "sent"
+
+    def sasl_result(self, ok: bool, reason: str) -> None:
+        if self._sasl_step in ("auth", "sent", "req"):
+            self._sasl_done(ok, reason)
+
+    def _sasl_done(self, ok: bool, reason: str) -> None:
+        self._sasl_step = ""
+        self.send_now("CAP END")
+        if not ok:
+            log.warning("%s: SASL login failed: %s", self, reason)
+            self.on_change(self, "sasl_failed", {"reason": reason})
 
     def nick_in_use(self) -> None:
         """433 while registering: try the next predictable alternative."""

@@ -19,7 +19,7 @@ import irc.client
 import irc.modes
 
 from ..names import irc_lower, is_channel, puppet_nick
-from .connection import ConnectSlots, IrcConnection, State
+from .connection import ConnectSlots, IrcConnection, Sasl, State
 
 if TYPE_CHECKING:
     from ..config import NetworkConfig
@@ -54,6 +54,22 @@ class IrcListener(Protocol):
 
 LIVENESS_EVERY = 30.0
 _WORD = re.compile(r"[A-Za-z\[\]\\`_^{|}][A-Za-z0-9\[\]\\`_^{|}-]*")
+
+
+def apply_settings(conn: IrcConnection, settings: dict[str, Any]) -> None:
+    """Give a connection that has not registered yet the user's login settings."""
+    password = settings.get("password")
+    kind = settings.get("password_kind", "server")
+    certificate = settings.get("certificate")
+    if isinstance(certificate, dict) and certificate.get("certificate") and certificate.get("key"):
+        conn.client_cert = (certificate["certificate"], certificate["key"])
+        conn.sasl = Sasl("EXTERNAL")
+    if password and kind == "sasl" and conn.sasl is None:
+        account = settings.get("sasl_username") or settings.get("username") or conn.username
+        conn.sasl = Sasl("PLAIN", account, password)
+    elif password and kind == "server":
+        conn.password = password
+    conn.autocmds = [str(line) for line in settings.get("autocmds") or []]
 
 
 def event_time_ms(event: irc.client.Event) -> int:
@@ -100,6 +116,10 @@ class Network:
         self.members: dict[str, set[str]] = {}
         # Folded nick of each puppet -> its Matrix user id, for mentions and PMs.
         self.puppet_nicks: dict[str, str] = {}
+        # (network, user id) -> the user's stored settings: nick, username, password,
+        # password_kind (server or sasl), certificate/key (PEM), autocmds. Memory only: it
+        # is called on the IRC thread when a connection is made.
+        self.settings_for: Callable[[str, str], dict[str, Any]] | None = None
 
     # ------------------------------------------------------------ connections
     def _new_connection(self, owner: str, nick: str, username: str, realname: str,
@@ -152,12 +172,16 @@ class Network:
         """The Matrix user's own connection, made (and started) on first use."""
         conn = self.puppets.get(user_id)
         if conn is None or conn.state is State.CLOSED:
-            wanted = nick or puppet_nick(
+            wanted = puppet_nick(
                 self.config.puppet_nick_template, user_id, displayname, self.nick_max
             )
             localpart = user_id[1:].split(":", 1)[0]
             username = "".join(c for c in localpart if c.isalnum())[:10] or "matrix"
-            conn = self._new_connection(user_id, wanted, username, user_id, None)
+            settings = self.settings_for(self.name, user_id) if self.settings_for else {}
+            wanted = nick or settings.get("nick") or wanted
+            conn = self._new_connection(user_id, wanted, settings.get("username") or username,
+                                        user_id, None)
+            apply_settings(conn, settings)
             self.puppets[user_id] = conn
             conn.start()
         return conn
@@ -213,6 +237,24 @@ class Network:
 
     def _on_welcome(self, conn: IrcConnection, event: irc.client.Event) -> None:
         conn.registered()
+
+    def _on_cap(self, conn: IrcConnection, event: irc.client.Event) -> None:
+        conn.cap(list(event.arguments or []))
+
+    def _on_authenticate(self, conn: IrcConnection, event: irc.client.Event) -> None:
+        conn.authenticate(str(event.target or ""))
+
+    def _on_saslsuccess(self, conn: IrcConnection, event: irc.client.Event) -> None:
+        conn.sasl_result(True, "")
+
+    def _on_saslfail(self, conn: IrcConnection, event: irc.client.Event) -> None:
+        conn.sasl_result(False, event.arguments[-1] if event.arguments else "SASL failed")
+
+    _on_saslaborted = _on_sasltoolong = _on_saslfail
+
+    def _on_passwdmismatch(self, conn: IrcConnection, event: irc.client.Event) -> None:
+        self.listener.irc_connection(self.name, conn.owner, "password_refused",
+                                     {"reason": event.arguments[-1] if event.arguments else ""})
 
     def _on_featurelist(self, conn: IrcConnection, event: irc.client.Event) -> None:
         if conn.is_bot:
