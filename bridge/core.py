@@ -37,6 +37,18 @@ from .thirdparty import ThirdPartyLookups
 
 log = logging.getLogger(__name__)
 
+def _raise_open_files_limit() -> None:
+    """One socket per puppet: allow as many open files as the system lets this process."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            log.debug("cannot raise the open files limit from %s", soft)
+
+
 class Bridge(MatrixToIrc, IrcToMatrix, ThirdPartyLookups):
     """One per process (in `app.extensions["bridge"]`); wires every part together."""
 
@@ -86,6 +98,7 @@ class Bridge(MatrixToIrc, IrcToMatrix, ThirdPartyLookups):
             if self._started:
                 return
             self._started = True
+        _raise_open_files_limit()
         networks = [n.name for n in self.config.networks]
         try:
             for name in networks:

@@ -129,3 +129,39 @@ def test_tls_is_verified_by_default_and_self_signed_needs_an_opt_out(tls_ircd: I
                    what="a TLS connection with the self-signed certificate")
     finally:
         side.stop()
+
+
+def test_more_than_1024_connections_work(tmp_path: Path) -> None:
+    """select() stops at descriptor 1024; the IRC thread polls with epoll instead."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 4096:
+        pytest.skip(f"the hard limit on open files is {hard}: too low for this test")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 4096), hard))
+    daemon = IrcDaemon(tmp_path / "big")  # inherits the raised limit
+    daemon.start()
+    listener = Listener()
+    side = IrcSide((network(daemon.port, max_concurrent_connects=64),), listener,
+                   lambda n: n.bot_nick)
+    side.start()
+    count = 1100
+    try:
+        net = side.network("t")
+        assert net is not None
+        side.call_sync(lambda: [net.puppet(f"@u{i}:localhost") for i in range(count)])
+        connected = wait_until(lambda: side.call_sync(
+            lambda: sum(c.state is State.CONNECTED for c in net.puppets.values())) == count
+            and count, 120, interval=0.5, what=f"{count} connections")
+        assert connected == count
+        highest = side.call_sync(lambda: max(c.conn.socket.fileno()
+                                             for c in net.puppets.values()))
+        assert highest > 1024
+        last = side.call_sync(lambda: net.puppets[f"@u{count - 1}:localhost"])
+        side.call_sync(lambda: last.join("#unit"))
+        wait_until(lambda: side.call_sync(lambda: "#unit" in last.channels), 20,
+                   what="the last connection to join")
+    finally:
+        side.stop()
+        daemon.stop()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

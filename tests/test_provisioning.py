@@ -89,7 +89,9 @@ def test_the_api_needs_its_secret(stack: Stack) -> None:
     assert "password" not in answer.text
 
 
-def test_an_empty_secret_turns_the_api_off(tmp_path: Path, db_url: str) -> None:
+def test_an_empty_secret_turns_the_api_off(tmp_path: Path) -> None:
+    # SQLite even in the PostgreSQL run: the `db_url` fixture would wipe the stack's tables.
+    db_url = f"sqlite:///{tmp_path / 'bridge.db'}"
     app = create_app(config=load(write_config(tmp_path, db_url=db_url)),
                      start_background=False, setup_logging=False)
     try:
