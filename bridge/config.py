@@ -88,6 +88,9 @@ class NetworkConfig:
     # Static mappings from `rooms = #chan = !roomid, #other = !room2`: (channel, room id)
     # pairs linked at every start (kind "static"); see docs/admin.md.
     rooms: tuple[tuple[str, str], ...] = ()
+    # Seconds a Matrix message may wait for its IRC connection before its sender is told it
+    # was not delivered.
+    give_up_after: float = 600.0
 
 
 @dataclass(frozen=True)
@@ -187,6 +190,7 @@ NETWORK_KEYS: dict[str, Any] = {
     "max_lines": "3",
     "connect_timeout": "10",
     "max_concurrent_connects": "5",
+    "give_up_after": "600",
     "password": "",
     "rooms": "",
 }
@@ -565,6 +569,7 @@ def _network(
         max_concurrent_connects=r.integer(
             "max_concurrent_connects", NETWORK_KEYS["max_concurrent_connects"], 1, 10000
         ),
+        give_up_after=r.number("give_up_after", NETWORK_KEYS["give_up_after"], 1.0, 7 * 86400.0),
         password=r.string("password", ""),
         rooms=tuple(_room_pairs(r.string("rooms", "", _rooms))),
     )

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import formatting, metrics, translate
 from .config import Config, NetworkConfig, role_of
+from .irc.connection import REFUSED
 from .matrix import HomeserverClient, Intent, IntentCache, MatrixError
 from .names import NetworkNames, irc_lower, puppet_nick
 from .store import Link, Store
@@ -43,6 +44,7 @@ class MatrixToIrc:
         def link_for_room(self, room_id: str) -> Link | None: ...
         def _prepare_ghost(self, network: str, nick: str, user_id: str) -> Intent: ...
         def _sender_for_nick(self, network: str, nick: str) -> str: ...
+        def irc_failure(self, network: str, owner: str, target: str, reason: str) -> None: ...
 
     # ------------------------------------------------------------ Matrix -> IRC (inbox thread)
     def on_matrix_event(self, event: dict[str, Any], done: Callable[[bool], None]) -> None:
@@ -105,6 +107,8 @@ class MatrixToIrc:
                 metrics.relayed(self, "matrix_to_irc", content.get("msgtype"))
             else:
                 log.warning("message %s not sent to IRC: %s", event.get("event_id"), error)
+                if error and not error.startswith(REFUSED):  # refusals are told by the server
+                    self.irc_failure(link.network, sender, link.channel_name, error)
             done(ok)
 
         self.irc.call(net.say, sender, None, link.channel_name, lines, kind, sent)
@@ -121,6 +125,8 @@ class MatrixToIrc:
         def sent(ok: bool, error: str | None) -> None:
             if ok:
                 metrics.relayed(self, "matrix_to_irc", content.get("msgtype"))
+            elif error and not error.startswith(REFUSED):
+                self.irc_failure(pm.network, str(event["sender"]), nick, error)
             done(ok)
 
         self.irc.call(net.say_private, str(event["sender"]), nick, lines, kind, sent)

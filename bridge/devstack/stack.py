@@ -93,7 +93,7 @@ class Stack:
                  channels: str = "#matrix", user_template: str = "irc_local_{nick}",
                  alias_template: str = "irc_local_{channel}", scrollback_lines: int = 50,
                  log_level: str = "INFO", ircd_kind: str | None = None,
-                 puppet_nick_template: str = "{localpart}[m]"):
+                 puppet_nick_template: str = "{localpart}[m]", network_extra: str = ""):
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         # IRCBRIDGE_IRCD=miniircd|ngircd picks the daemon (default: ngircd when installed).
@@ -111,6 +111,7 @@ class Stack:
         self.scrollback_lines = scrollback_lines
         self.log_level = log_level
         self.puppet_nick_template = puppet_nick_template
+        self.network_extra = network_extra  # more `key = value` lines for [network:local]
         self.bridge = BridgeProcess(self.config_path, self.bridge_port)
 
     def write_config(self) -> None:
@@ -148,6 +149,7 @@ scrollback_lines = {self.scrollback_lines}
 flood_rate = 0
 flood_burst = 5
 connect_timeout = 5
+{self.network_extra}
 
 [permissions]
 * = user

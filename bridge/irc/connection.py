@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 MAX_BACKOFF = 300.0
 SEND_TIMEOUT = 5.0
+REFUSED = "refused by the server: "  # prefix of errors the server already explained
 PING_AFTER = 120.0  # seconds of silence before we ask the server if it is still there
 DEAD_AFTER = 240.0  # seconds of silence after which the connection is dropped and redone
 
@@ -237,8 +238,17 @@ class IrcConnection:
         except irc.client.ServerConnectionError as e:
             self._lost(str(e))
 
+    def expire(self, now: float) -> None:
+        """Fail lines that waited longer than the network allows (their senders are told)."""
+        limit = self.network.give_up_after
+        while self.queue and now - self.queue[0].queued_at > limit:
+            item = self.queue.popleft()
+            if item.done:
+                item.done(False, f"no IRC connection for {limit:.0f} s")
+
     def check_alive(self, now: float) -> None:
         """Liveness: PING a quiet server, drop one that stopped answering."""
+        self.expire(now)
         if self.state is not State.CONNECTED:
             return
         silent = now - getattr(self.conn, "last_seen", now)
@@ -377,7 +387,7 @@ class IrcConnection:
         for item in self.queue:
             if item.channel == folded:
                 if item.done:
-                    item.done(False, reason)
+                    item.done(False, f"{REFUSED}{reason}")
             else:
                 kept.append(item)
         self.queue = kept

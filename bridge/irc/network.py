@@ -136,11 +136,15 @@ class Network:
         now = time.monotonic()
         for conn in self.all_connections():
             conn.check_alive(now)
-        self._liveness_timer = self.thread.call_later(LIVENESS_EVERY, self._liveness_tick)
+        self._liveness_timer = self.thread.call_later(self._tick_every, self._liveness_tick)
+
+    @property
+    def _tick_every(self) -> float:
+        return min(LIVENESS_EVERY, max(0.2, self.config.give_up_after / 4))
 
     def start(self) -> None:
         """Connect the bot and join the configured channels."""
-        self._liveness_timer = self.thread.call_later(LIVENESS_EVERY, self._liveness_tick)
+        self._liveness_timer = self.thread.call_later(self._tick_every, self._liveness_tick)
         self.bot = self._new_connection(
             "", self.bot_nick, "ircbridge", "Matrix bridge bot", self.config.password or None
         )

@@ -37,7 +37,10 @@ log = logging.getLogger("bench")
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 RESULTS = HERE / "results"
-PG_URL = os.environ.get("IRCBRIDGE_BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
+# The bench uses a database of its own on the test server: other developers' test runs use
+# `test` (and drop the bridge's tables and hold its per-network advisory lock there).
+PG_SERVER = "postgresql://postgres@127.0.0.1:5432"
+PG_URL = os.environ.get("IRCBRIDGE_BENCH_PG_URL", f"{PG_SERVER}/ircbridge_bench")
 
 
 # --------------------------------------------------------------------------- small helpers
@@ -767,14 +770,34 @@ def tail_text(path: Path, lines: int = 40) -> str:
 
 
 def postgres_available(url: str = PG_URL) -> bool:
-    """True when the PostgreSQL server of `url` accepts a connection now."""
+    """True when the PostgreSQL server of `url` answers; creates the database if missing."""
     try:
         import psycopg2
     except ImportError:
         return False
     try:
         conn = psycopg2.connect(url, connect_timeout=3)
+    except psycopg2.OperationalError as e:
+        if "does not exist" not in str(e):
+            return False
+        return _create_database(url)
     except Exception:  # noqa: BLE001 - any failure means "not available"
         return False
     conn.close()
+    return True
+
+
+def _create_database(url: str) -> bool:
+    import psycopg2
+
+    base, _, name = url.rpartition("/")
+    try:
+        conn = psycopg2.connect(f"{base}/postgres", connect_timeout=3)
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute(f'CREATE DATABASE "{name}"')
+        conn.close()
+    except Exception:  # noqa: BLE001
+        log.warning("could not create the database %s", name, exc_info=True)
+        return False
     return True

@@ -158,7 +158,8 @@ def _ceiling_burst(hs: list[MatrixClient], room_ids: list[str], readers: list[Ro
     first = time.time()
     threads = [
         threading.Thread(target=_direct, args=(hs[i], room_ids[i], tag,
-                                               range(i * per_room, (i + 1) * per_room), sent))
+                                               range(i * per_room, (i + 1) * per_room), sent,
+                                               first))
         for i in range(len(room_ids))
     ]
     for t in threads:
@@ -196,11 +197,15 @@ def _pick_rooms(stack: BenchStack, user: MatrixClient, max_rooms: int = 16
 
 
 def _direct(client: MatrixClient, room_id: str, tag: str, seqs: range,
-            sent: dict[int, float]) -> None:
-    """Send numbered messages straight to Synapse as the client's (virtual) user."""
+            sent: dict[int, float], offered: float | None = None) -> None:
+    """Send numbered messages straight to Synapse as the client's (virtual) user.
+
+    Latency counts from `offered` when given (a burst: every message was there at once, as
+    the IRC lines of the bridge's burst), else from each send.
+    """
     for seq in seqs:
         now = time.time()
-        sent[seq] = now
+        sent[seq] = offered if offered is not None else now
         txn = f"bench{tag}{seq}-{int(now * 1000)}"
         client.request(
             "PUT", f"/_matrix/client/v3/rooms/{q(room_id)}/send/m.room.message/{txn}",

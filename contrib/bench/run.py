@@ -145,7 +145,7 @@ def rows_for(scenario: str, data: dict[str, Any]) -> list[tuple[str, Any, str, b
         add("seeded: worker RSS KB", "seeded_rss_kb.worker_kb")
         add("empty: worker RSS KB", "empty_rss_kb.worker_kb")
     if data.get("error"):
-        rows.append(("ERROR", data["error"].splitlines()[-1][:60], "", False))
+        rows.append(("ERROR", str(data.get("error_summary") or "see the JSON")[:70], "", False))
     return rows
 
 
@@ -210,7 +210,8 @@ def run_one(name: str, db: str, args: argparse.Namespace, base: Path) -> dict[st
         data = SCENARIOS[name](workdir, db, **kwargs)
     except Exception as e:  # noqa: BLE001 - one scenario's failure must not stop the others
         log.error("%s on %s failed: %s", name, db, e)
-        data = {"error": traceback.format_exc()}
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        data = {"error": traceback.format_exc(), "error_summary": f"{type(e).__name__}: {first}"}
         log_path = workdir / "bridge" / "bridge.log"
         if log_path.exists():
             data["bridge_log_tail"] = common.tail_text(log_path, 40)
