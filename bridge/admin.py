@@ -122,11 +122,13 @@ class AdminRooms:
         self.lanes.stop()
 
     def _load(self) -> None:
+        rooms = self.store.admin_rooms()
+        published = self.store.published()
         with self._lock:
-            for room_id, owner in self.store.admin_rooms():
+            for room_id, owner in rooms:
                 self._owner[room_id] = owner
                 self._room_of[owner] = room_id
-            self._published = self.store.published()
+            self._published = published
         for net in self.config.networks:
             for user_id, identity in self.bridge.store.identities(net.name):
                 self._cache_identity(net.name, user_id, identity)
@@ -170,13 +172,14 @@ class AdminRooms:
         with self._lock:
             entry = self._settings.setdefault((network, user_id), {})
             if kind == "password":
+                for key in ("password", "password_kind", "sasl_username"):
+                    entry.pop(key, None)
                 if value:
                     entry["password"] = value.get("password", "")
                     entry["password_kind"] = value.get("kind", "server")
+                    if value.get("account"):
+                        entry["sasl_username"] = value["account"]
                     _protect([entry["password"]])
-                else:
-                    entry.pop("password", None)
-                    entry.pop("password_kind", None)
             elif kind == "autocmd":
                 entry["autocmds"] = list(value or [])
             elif kind == "certfp":
@@ -201,11 +204,15 @@ class AdminRooms:
         if value is None:
             self.store.remove_secret(user_id, network, kind)
             self._cache_secret(network, user_id, kind, None)
+            if kind == "autocmd":
+                self.bridge.irc.call(self.irc.refresh, network, user_id)
             return
         vault = self.require_vault()
         sealed = vault.seal(json.dumps(value))
         self.store.set_secret(user_id, network, kind, sealed)
         self._cache_secret(network, user_id, kind, sealed)
+        if kind == "autocmd":
+            self.bridge.irc.call(self.irc.refresh, network, user_id)
 
     def require_vault(self) -> Vault:
         if self.vault is None:
@@ -478,7 +485,7 @@ class AdminRooms:
                 self._publishing.discard(room_id)
 
 
-ONCE_PER_CONNECTION = ("banned", "password_refused", "sasl_failed")
+ONCE_PER_CONNECTION = ("banned", "password_refused", "sasl_failed", "nick_collision")
 
 
 def connection_text(network: str, what: str, details: dict[str, Any]) -> str | None:
@@ -493,6 +500,7 @@ def connection_text(network: str, what: str, details: dict[str, Any]) -> str | N
         "nick_collision": "The nick {wanted} is taken on {network}; you are {using} (say !nick "
                           "to choose another).",
         "kicked": "You were kicked from {channel} on {network}.",
+        "nick_changed": "Your nick on {network} is now {new} (it was {old}).",
         "banned": "{network} refused your connection: {reason}.",
         "password_refused": "{network} refused your password ({reason}): check it with "
                             "!storepass, or !removepass.",
@@ -501,7 +509,7 @@ def connection_text(network: str, what: str, details: dict[str, Any]) -> str | N
     template = templates.get(what)
     if template is None:
         return None
-    values = {k: details.get(k) for k in ("wanted", "using", "channel", "reason")}
+    values = {k: details.get(k) for k in ("wanted", "using", "channel", "reason", "old", "new")}
     return template.format(network=network, **values)
 
 

@@ -25,6 +25,7 @@ from .commands import (
     parse,
 )
 from .config import role_of
+from .irc import connection as irc_connection
 from .matrix import MatrixError
 from .names import irc_lower
 from .store import Link
@@ -32,6 +33,10 @@ from .vault import VaultError, fingerprints, make_client_certificate
 
 if TYPE_CHECKING:
     from .admin import AdminRooms
+
+# What the IRC side can do with stored secrets (older IRC sides only send PASS).
+IRC_SASL = hasattr(irc_connection, "Sasl")
+IRC_CLIENT_CERTS = IRC_SASL and "client_cert" in irc_connection.open_socket.__code__.co_varnames
 
 log = logging.getLogger(__name__)
 
@@ -263,14 +268,29 @@ class CommandRunner:
     def do_storepass(self, ctx: Ctx, c: Command) -> str:
         assert c.network is not None
         kind, password = c.args
-        self.admin.set_secret(c.network, ctx.user_id, "password",
-                              {"kind": kind, "password": password})
+        value: dict[str, str] = {"kind": kind, "password": password}
+        if kind == "sasl":
+            account = self._current_nick(ctx.user_id, c.network)
+            if account:
+                value["account"] = account
+        self.admin.set_secret(c.network, ctx.user_id, "password", value)
         text = (f"Stored your {kind} password for {c.network}, encrypted. It is used from "
                 "your next connection (!reconnect to use it now).")
-        if kind == "sasl":
+        if kind == "sasl" and not IRC_SASL:
             text += (" Note: this bridge's IRC connections do not speak SASL yet; the password "
                      "is kept for when they do. `!storepass server ...` sends it as PASS.")
+        elif kind == "sasl":
+            who = value.get("account") or "your username"
+            text += (f" SASL PLAIN logs in as account {who}; after a !nick, store it again "
+                     "to log in as the new nick.")
         return text
+
+    def _current_nick(self, user_id: str, network: str) -> str | None:
+        info = (self._snapshot(user_id) or {}).get(network) or {}
+        if info.get("state") not in (None, "none") and info.get("nick"):
+            return str(info["nick"])
+        nick = self.admin.puppet_settings(network, user_id).get("nick")
+        return str(nick) if nick else None
 
     def do_removepass(self, ctx: Ctx, c: Command) -> str:
         assert c.network is not None
@@ -296,10 +316,19 @@ class CommandRunner:
             made = True
         prints = fingerprints(current["certificate"])
         head = "Made your client certificate" if made else "Your client certificate"
-        return (f"{head} for {c.network}.\nSHA-512: {prints['sha512']}\n"
+        text = (f"{head} for {c.network}.\nSHA-512: {prints['sha512']}\n"
                 f"SHA-256: {prints['sha256']}\nRegister it with your services, e.g. "
-                f"/msg NickServ CERT ADD {prints['sha512']}. Note: this bridge presents it "
-                "once its IRC connections support TLS client certificates.")
+                f"/msg NickServ CERT ADD {prints['sha512']}.")
+        network = self.config.network(c.network)
+        if not IRC_CLIENT_CERTS:
+            text += (" Note: this bridge presents it once its IRC connections support TLS "
+                     "client certificates.")
+        elif network is not None and not network.tls:
+            text += f" Note: {c.network} is reached without TLS, so it is not presented there."
+        else:
+            text += (" It is presented from your next connection (with SASL EXTERNAL); "
+                     "!reconnect to use it now.")
+        return text
 
     def do_autocmd(self, ctx: Ctx, c: Command) -> str:
         assert c.network is not None

@@ -7,10 +7,10 @@ reactor (from the IRC thread, at a priority after the bridge's own) resolve it w
 server answers, and a timer on the IRC thread gives up when it does not. Nothing here does
 HTTP or touches the database.
 
-Until the IRC side offers hooks for them, two things are attached at runtime on the IRC
-thread (see docs/admin.md, "Hooks"): each Network's listener is wrapped so connection events
-also reach `AdminRooms.connection_event`, and `Network.puppet` is wrapped so a new connection
-gets the user's stored nick, username and server password.
+The IRC side asks `AdminRooms.puppet_settings` for a new connection's nick, username,
+password, certificate and autocmds through `Network.settings_for`, which `install` sets.
+(On an IRC side without that hook, `Network.puppet` is wrapped instead, for the nick,
+username and server password, and autocmds are sent on "connected".)
 """
 
 from __future__ import annotations
@@ -117,23 +117,6 @@ def _resolve(future: Future[Any], value: Any = None, error: BaseException | None
         future.set_result(value)
 
 
-class ListenerTap:
-    """Wraps a Network's listener: everything goes through, connection events also to us."""
-
-    def __init__(self, inner: Any, tap: Callable[[str, str, str, dict[str, Any]], None]):
-        self._inner = inner
-        self._tap = tap
-
-    def irc_connection(self, network: str, owner: str, what: str, details: dict[str, Any]) -> None:
-        try:
-            self._inner.irc_connection(network, owner, what, details)
-        finally:
-            self._tap(network, owner, what, details)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
-
-
 class IrcQueries:
     """IRC-thread helpers for the admin commands; the blocking `ask_*` run on workers."""
 
@@ -143,6 +126,7 @@ class IrcQueries:
         self._whois: dict[tuple[Any, str], list[WhoisResult]] = {}
         self._whois_futures: dict[int, Future[WhoisResult]] = {}
         self._nicks: dict[Any, _PendingNick] = {}
+        self._nick_owners: set[tuple[str, str]] = set()
         self._joins: dict[tuple[Any, str], list[tuple[IrcConnection, Future[str | None]]]] = {}
         self._recent_events: deque[dict[str, Any]] = deque(maxlen=64)
         self.installed = False
@@ -186,15 +170,14 @@ class IrcQueries:
             reactor.add_global_handler(kind, self._on_join_error, PRIORITY)
         reactor.add_global_handler("yourebannedcreep", self._on_banned, PRIORITY)
         reactor.add_global_handler("error", self._on_error, PRIORITY)
-        reactor.add_global_handler("passwdmismatch", self._on_password_refused, PRIORITY)
-        for kind in ("saslfail", "saslaborted", "sasltoolong"):
-            reactor.add_global_handler(kind, self._on_sasl_failed, PRIORITY)
         for net in self.bridge.irc.networks.values():
             self._attach(net)
 
     def _attach(self, net: Network) -> None:
-        if not isinstance(net.listener, ListenerTap):
-            net.listener = ListenerTap(net.listener, self.connection_event)
+        if hasattr(net, "settings_for"):
+            if net.settings_for is None:
+                net.settings_for = self.admin.puppet_settings
+            return
         if getattr(net.puppet, "_ircbridge_admin", False):
             return
         original = net.puppet
@@ -214,10 +197,13 @@ class IrcQueries:
 
     def connection_event(self, network: str, owner: str, what: str,
                          details: dict[str, Any]) -> None:
-        """From the listener tap (and the core's hook, once it has one): once per event."""
+        """A connection event from the core (IRC thread); handled once per event even when
+        it is handed in twice."""
         if any(d is details for d in self._recent_events):
             return
         self._recent_events.append(details)
+        if what == "nick_changed" and (network, owner) in self._nick_owners:
+            return  # the !nick in flight answers for itself
         self.admin.queue_connection_event(network, owner, what, dict(details))
         if what == "connected" and owner:
             self.run_autocmds(network, owner)
@@ -296,6 +282,8 @@ class IrcQueries:
             return
         pending = _PendingNick(conn, conn.nick, new, future)
         self._nicks[conn.conn] = pending
+        self._nick_owners.add((network, user_id))
+        future.add_done_callback(lambda _f: self._nick_owners.discard((network, user_id)))
         conn.send(f"NICK {new}")
 
         def expire() -> None:
@@ -417,16 +405,21 @@ class IrcQueries:
         _resolve(future, out)
 
     def run_autocmds(self, network: str, owner: str) -> None:
-        """Send the user's !autocmd lines on their fresh connection (IRC thread)."""
-        lines = self.admin.autocmds_for(network, owner)
-        if not lines:
-            return
+        """Send the user's !autocmd lines on their fresh connection (IRC thread), unless the
+        connection sends them itself (it has `autocmds`, from `puppet_settings`)."""
         net = self.bridge.irc.network(network)
         conn = net.puppets.get(owner) if net is not None else None
-        if conn is None:
+        if conn is None or hasattr(conn, "autocmds"):
             return
-        for line in lines:
+        for line in self.admin.autocmds_for(network, owner):
             conn.send(line)
+
+    def refresh(self, network: str, user_id: str) -> None:
+        """Give a live connection the user's current autocmds for its next registration."""
+        net = self.bridge.irc.network(network)
+        conn = net.puppets.get(user_id) if net is not None else None
+        if conn is not None and hasattr(conn, "autocmds"):
+            conn.autocmds = list(self.admin.autocmds_for(network, user_id))
 
     # ------------------------------------------------------------------ refusals
     def _report(self, server_conn: Any, what: str, details: dict[str, Any]) -> None:
@@ -444,14 +437,6 @@ class IrcQueries:
             self._report(server_conn, "banned", {"reason": text})
         elif "password" in text.lower():
             self._report(server_conn, "password_refused", {"reason": text})
-
-    def _on_password_refused(self, server_conn: Any, event: irc.client.Event) -> None:
-        reason = event.arguments[-1] if event.arguments else "password incorrect"
-        self._report(server_conn, "password_refused", {"reason": reason})
-
-    def _on_sasl_failed(self, server_conn: Any, event: irc.client.Event) -> None:
-        reason = event.arguments[-1] if event.arguments else "SASL authentication failed"
-        self._report(server_conn, "sasl_failed", {"reason": reason})
 
 
 def apply_settings(conn: IrcConnection, settings: dict[str, Any]) -> None:

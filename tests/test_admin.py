@@ -28,8 +28,8 @@ from tests.conftest import TEST_DB_ENV
 
 BOT = "@ircbot:localhost"
 ADMIN = "admin"
-USERS = ("alice", "joiner", "nicky", "namer", "passy", "certy", "autoy", "quitter", "kicky",
-         "leaver", "lister", "roomowner", "dirlooker")
+USERS = ("alice", "joiner", "nicky", "namer", "passy", "sasly", "certy", "autoy", "quitter",
+         "kicky", "leaver", "lister", "roomowner", "dirlooker")
 TIMEOUT = 30
 
 
@@ -298,6 +298,33 @@ def test_storepass_is_encrypted_redacted_and_sent(stack: Stack) -> None:
     assert "had no stored password" in ask(passy, room, "!removepass")
     marker = passy.send_text(room, "!reconnect")
     wait_notice(passy, room, marker, lambda b: b.startswith("Connected to local as passy[m]"))
+
+
+def test_storepass_sasl_uses_the_current_nick_as_account(stack: Stack) -> None:
+    sasly = user(stack, "sasly")
+    room = admin_room(sasly)
+    ask(sasly, room, "!reconnect", "onnecting to local")
+    wait_notice(sasly, room, None, lambda b: b.startswith("Connected to local as sasly[m]"))
+    reply = ask(sasly, room, "!storepass sasl secret words here")
+    assert "Stored your sasl password" in reply and "account sasly[m]" in reply
+    assert "secret words" not in "".join(bot_notices(sasly, room))
+    assert "password: stored (sasl)" in ask(sasly, room, "!status")
+
+
+def test_without_a_key_file_secrets_are_refused(tmp_path: Path) -> None:
+    from bridge import create_app
+    from bridge.config import load
+    from tests.conftest import write_config
+
+    app = create_app(config=load(write_config(tmp_path)), start_background=False,
+                     setup_logging=False)
+    try:
+        runner = app.extensions["bridge"].admin.runner
+        for command in ("!storepass hunter2", "!certfp", "!autocmd add AWAY :gone"):
+            reply = runner.run(command, "@alice:localhost", "!room:localhost")
+            assert "ircbridge generate-key" in reply, (command, reply)
+    finally:
+        app.extensions["bridge"].store.close()
 
 
 def test_certfp(stack: Stack) -> None:

@@ -19,6 +19,7 @@ from bridge.config import load
 from bridge.devstack.clients import MatrixClient, RawIrcClient
 from bridge.devstack.ports import wait_until
 from bridge.devstack.stack import Stack
+from bridge.provisioning import DEFAULT_NEEDED, INFINITE, power_check
 from tests.admin_db import clean
 from tests.conftest import TEST_DB_ENV, write_config
 
@@ -102,6 +103,29 @@ def test_an_empty_secret_turns_the_api_off(tmp_path: Path) -> None:
         assert "[provisioning] secret" in answer.json["error"]
     finally:
         app.extensions["bridge"].store.close()
+
+
+@pytest.mark.parametrize(("levels", "create", "user_id", "expected"), [
+    # v12+: creators outrank power levels, even when listed lower
+    ({"users": {"@c:x": 0}}, {"sender": "@c:x", "content": {"room_version": "12"}}, "@c:x",
+     (INFINITE, DEFAULT_NEEDED)),
+    (None, {"sender": "@c:x", "content": {"room_version": "12",
+                                          "additional_creators": ["@d:x"]}}, "@d:x",
+     (INFINITE, DEFAULT_NEEDED)),
+    # older rooms: the power levels decide, creators included
+    ({"users": {"@c:x": 100}, "events": {"m.room.power_levels": 100}},
+     {"sender": "@c:x", "content": {"room_version": "10"}}, "@c:x", (100, 100)),
+    ({"users": {"@c:x": 100}, "users_default": 10, "state_default": 60},
+     {"sender": "@c:x", "content": {"room_version": "10"}}, "@u:x", (10, 60)),
+    ({"users": {"@u:x": "75"}, "events": {"m.room.power_levels": "70"}},
+     {"sender": "@c:x", "content": {}}, "@u:x", (75, 70)),
+    # no power levels at all: the creator has 100, the others 0
+    (None, {"sender": "@c:x", "content": {"room_version": "6"}}, "@c:x", (100, 50)),
+    (None, {"sender": "@c:x", "content": {"room_version": "6"}}, "@u:x", (0, 50)),
+])
+def test_power_check(levels: dict[str, Any] | None, create: dict[str, Any], user_id: str,
+                     expected: tuple[int, int]) -> None:
+    assert power_check(levels, create, user_id) == expected
 
 
 # ------------------------------------------------------------------ link

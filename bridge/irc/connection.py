@@ -181,6 +181,7 @@ class IrcConnection:
         self.client_cert: tuple[str, str] | None = None
         self.autocmds: list[str] = []
         self._sasl_step = ""
+        self.server_error = ""  # the text of the server's last ERROR, if it closed on us
 
     @property
     def nick(self) -> str:
@@ -266,7 +267,7 @@ class IrcConnection:
         self.channels.clear()
         for line in self.autocmds:
             self.send(line)  # e.g. a NickServ IDENTIFY, before the channels are joined
-        for folded, name in self.wanted_channels.items():
+        for name in self.wanted_channels.values():
             self.send_now(f"JOIN {name}")
         self.on_change(self, "connected", {"nick": self.conn.get_nickname()})
         self.drain()
@@ -325,6 +326,8 @@ class IrcConnection:
         self._lost(reason)
 
     def _lost(self, reason: str) -> None:
+        if self.server_error:
+            reason, self.server_error = self.server_error, ""
         self.channels.clear()
         self.failures += 1
         delay = min(MAX_BACKOFF, 2.0 ** min(self.failures, 10)) * random.uniform(0.5, 1.0)

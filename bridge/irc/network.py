@@ -278,7 +278,13 @@ class Network:
         conn.disconnected(" ".join(event.arguments or []) or "disconnected")
 
     def _on_error(self, conn: IrcConnection, event: irc.client.Event) -> None:
-        log.warning("%s: server error: %s", conn, event.target)
+        """ERROR: the server is closing the link; its words are the reason we report."""
+        text = str(event.target or "")
+        log.warning("%s: server error: %s", conn, text)
+        conn.server_error = text
+        if any(word in text.lower() for word in ("password", "access denied")):
+            self.listener.irc_connection(self.name, conn.owner, "password_refused",
+                                         {"reason": text})
 
     def _mine(self, conn: IrcConnection, nick: str | None) -> bool:
         return bool(nick) and irc_lower(nick or "") == irc_lower(conn.conn.get_nickname())

@@ -40,6 +40,10 @@ RESULTS = HERE / "results"
 # The bench uses a database of its own on the test server: other developers' test runs use
 # `test` (and drop the bridge's tables and hold its per-network advisory lock there).
 PG_SERVER = "postgresql://postgres@127.0.0.1:5432"
+WHATIF_DIR = HERE / "whatif"
+# What-if patches (whatif/sitecustomize.py) every BenchStack loads into the bridge; run.py
+# sets it from --whatif.
+WHATIF: list[str] = []
 PG_URL = os.environ.get("IRCBRIDGE_BENCH_PG_URL", f"{PG_SERVER}/ircbridge_bench")
 
 
@@ -154,6 +158,45 @@ def rss_kb(pid: int) -> int:
     return 0
 
 
+def system_cpu() -> tuple[float, float]:
+    """(busy, total) jiffies of the whole machine, from /proc/stat."""
+    try:
+        with open("/proc/stat") as fh:
+            fields = [float(x) for x in fh.readline().split()[1:]]
+    except (OSError, ValueError):
+        return 0.0, 0.0
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0.0)
+    return sum(fields) - idle, sum(fields)
+
+
+def loadavg() -> float | None:
+    try:
+        with open("/proc/loadavg") as fh:
+            return float(fh.read().split()[0])
+    except (OSError, ValueError):
+        return None
+
+
+def foreign_load(own: set[int] | None = None, marker: str = "") -> list[str]:
+    """Other test stacks running on the machine now (pytest, Synapse, ngircd, bridges whose
+    command line does not hold `marker`, the bench's own folder): they share the CPUs."""
+    found: list[str] = []
+    mine = own or set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) in mine:
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as fh:
+                cmd = fh.read().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:
+            continue
+        if marker and marker in cmd:
+            continue
+        if any(word in cmd for word in ("pytest", "synapse.app", "ngircd", "-m bridge")):
+            found.append(f"{entry} {cmd[:80]}")
+    return found
+
+
 def fd_count(pid: int) -> int:
     try:
         return len(os.listdir(f"/proc/{pid}/fd"))
@@ -192,6 +235,12 @@ class BenchStack(Stack):
                           "appservice": dict(appservice or {})}
         self._hs_token: str | None = None
         self._as_token: str | None = None
+        if WHATIF:
+            path = os.environ.get("PYTHONPATH", "")
+            self.bridge.env = {
+                "PYTHONPATH": str(WHATIF_DIR) + (os.pathsep + path if path else ""),
+                "IRCBRIDGE_BENCH_WHATIF": ",".join(WHATIF),
+            }
 
     def write_config(self) -> None:
         super().write_config()
@@ -510,27 +559,33 @@ class IrcWatcher:
             return
         command = parts[1]
         if command == b"PRIVMSG" and len(parts) == 4:
-            text = parts[3][1:] if parts[3].startswith(b":") else parts[3]
-            if text.startswith(self._prefix):
-                seq_text = text[len(self._prefix):].split(b" ", 1)[0]
-                try:
-                    seq = int(seq_text)
-                except ValueError:
-                    return
-                if seq in self.arrivals:
-                    self.duplicates += 1
-                else:
-                    self.arrivals[seq] = now
+            self._privmsg(parts[3], now)
         elif command == b"JOIN":
-            nick = parts[0][1:].split(b"!", 1)[0].decode(errors="replace")
-            channel = parts[2].lstrip(b":").decode(errors="replace").lower()
-            if nick.lower() == self.nick.lower():
-                self._joined.add(channel)
-            else:
-                self.joins.setdefault(channel, set()).add(nick)
-                self.join_times.append(now)
+            self._join(parts[0], parts[2], now)
         elif command == b"001":
             self._registered.set()
+
+    def _privmsg(self, trailing: bytes, now: float) -> None:
+        text = trailing[1:] if trailing.startswith(b":") else trailing
+        if not text.startswith(self._prefix):
+            return
+        try:
+            seq = int(text[len(self._prefix):].split(b" ", 1)[0])
+        except ValueError:
+            return
+        if seq in self.arrivals:
+            self.duplicates += 1
+        else:
+            self.arrivals[seq] = now
+
+    def _join(self, prefix: bytes, target: bytes, now: float) -> None:
+        nick = prefix[1:].split(b"!", 1)[0].decode(errors="replace")
+        channel = target.lstrip(b":").decode(errors="replace").lower()
+        if nick.lower() == self.nick.lower():
+            self._joined.add(channel)
+        else:
+            self.joins.setdefault(channel, set()).add(nick)
+            self.join_times.append(now)
 
 
 class IrcSpeaker:

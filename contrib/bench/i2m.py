@@ -28,8 +28,6 @@ import zlib
 from pathlib import Path
 from typing import Any
 
-from bridge.devstack.clients import MatrixClient
-
 from common import (
     BenchStack,
     IrcSpeaker,
@@ -40,8 +38,9 @@ from common import (
     latency_summary,
     q,
     summarize_profile,
-    wait_for,
 )
+
+from bridge.devstack.clients import MatrixClient
 
 ROOMS = 4
 SENDERS = 4  # the bridge's [appservice] senders (default)
@@ -49,7 +48,7 @@ SENDERS = 4  # the bridge's [appservice] senders (default)
 
 def run(workdir: Path, db: str, *, quick: bool, profile: Path | None = None,
         lines: int | None = None) -> dict[str, Any]:
-    total = lines or (200 if quick else 600)
+    total = lines or (200 if quick else 1000)
     paced = 30 if quick else 100
     total -= total % ROOMS
     stack = BenchStack(workdir, db=db, appservice={"senders": str(SENDERS)})
@@ -86,28 +85,15 @@ def run(workdir: Path, db: str, *, quick: bool, profile: Path | None = None,
         # 1. burst: ceiling, bridge, ceiling again (Synapse slows down as rooms grow, so
         # the ceiling is the mean of the runs on either side of the bridge's).
         result["burst_ceiling_before"] = _ceiling_burst(hs, room_ids, readers, "hsa", per_room)
-        cpu_before = cpu_seconds(worker)
-        sent: dict[int, float] = {}
         prof = Profiler(worker, profile, duration=120 + total * 0.2) if profile else None
         if prof:
             prof.__enter__()
         try:
-            first = time.time()
-            for i, speaker in enumerate(speakers):
-                seqs = range(i * per_room, (i + 1) * per_room)
-                now = time.time()
-                sent.update((s, now) for s in seqs)
-                speaker.say_many(channels[i], [f"i2m {s} x" for s in seqs])
-            _read_until(readers, "i2m", [per_room] * ROOMS, idle_timeout=30,
-                        hard_timeout=60 + total * 0.2)
+            result["burst_bridge"] = _bridge_burst(speakers, channels, readers, per_room,
+                                                   worker)
         finally:
             if prof:
                 prof.__exit__(None, None, None)
-        bridge_cpu = cpu_seconds(worker) - cpu_before
-        result["burst_bridge"] = _figures(readers, "i2m", sent, first, total)
-        result["burst_bridge"]["bridge_cpu_s"] = round(bridge_cpu, 2)
-        result["burst_bridge"]["in_order_rooms"] = sum(
-            1 for r in readers if _in_order(r, "i2m"))
         result["burst_ceiling_after"] = _ceiling_burst(hs, room_ids, readers, "hsb", per_room)
         before, after = result["burst_ceiling_before"], result["burst_ceiling_after"]
         result["burst_ceiling"] = {
@@ -119,22 +105,9 @@ def run(workdir: Path, db: str, *, quick: bool, profile: Path | None = None,
         result["ratio_throughput"] = round(result["burst_bridge"]["lines_per_s"] / c, 3) \
             if c else None
 
-        # 2. paced, one room: a line through the bridge and a message straight to Synapse
-        # in turn, 50 ms apart, so both see the same homeserver.
-        sent_bridge: dict[int, float] = {}
-        sent_direct: dict[int, float] = {}
-        for seq in range(paced):
-            sent_bridge[seq] = time.time()
-            speakers[0].say(channels[0], f"lat {seq} x")
-            time.sleep(0.05)
-            _direct(hs[0], room_ids[0], "hslat", range(seq, seq + 1), sent_direct)
-            time.sleep(0.05)
-        _read_until(readers[:1], "lat", [paced], idle_timeout=15, hard_timeout=60)
-        _read_until(readers[:1], "hslat", [paced], idle_timeout=15, hard_timeout=60)
-        result["paced_bridge"] = _figures(readers[:1], "lat", sent_bridge,
-                                          min(sent_bridge.values()), paced)
-        result["paced_ceiling"] = _figures(readers[:1], "hslat", sent_direct,
-                                           min(sent_direct.values()), paced)
+        # 2. paced, one room
+        result["paced_bridge"], result["paced_ceiling"] = _paced(
+            speakers[0], channels[0], hs[0], room_ids[0], readers[0], paced)
         pb, pc = result["paced_bridge"]["p50_ms"], result["paced_ceiling"]["p50_ms"]
         result["bridge_added_p50_ms"] = round(pb - pc, 2) if pb is not None and pc else None
         if profile:
@@ -149,6 +122,44 @@ def run(workdir: Path, db: str, *, quick: bool, profile: Path | None = None,
         if watcher is not None:
             watcher.close()
         stack.stop()
+
+
+def _bridge_burst(speakers: list[IrcSpeaker], channels: list[str], readers: list[RoomReader],
+                  per_room: int, worker: int) -> dict[str, Any]:
+    """Each speaker says `per_room` lines at once in its channel; read until all arrived."""
+    total = per_room * len(speakers)
+    cpu_before = cpu_seconds(worker)
+    sent: dict[int, float] = {}
+    first = time.time()
+    for i, speaker in enumerate(speakers):
+        seqs = range(i * per_room, (i + 1) * per_room)
+        now = time.time()
+        sent.update((s, now) for s in seqs)
+        speaker.say_many(channels[i], [f"i2m {s} x" for s in seqs])
+    _read_until(readers, "i2m", [per_room] * len(readers), idle_timeout=30,
+                hard_timeout=60 + total * 0.2)
+    figures = _figures(readers, "i2m", sent, first, total)
+    figures["bridge_cpu_s"] = round(cpu_seconds(worker) - cpu_before, 2)
+    figures["in_order_rooms"] = sum(1 for r in readers if _in_order(r, "i2m"))
+    return figures
+
+
+def _paced(speaker: IrcSpeaker, channel: str, hs: MatrixClient, room_id: str,
+           reader: RoomReader, count: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A line through the bridge and a message straight to Synapse in turn, 50 ms apart,
+    so both see the same homeserver; returns (bridge figures, ceiling figures)."""
+    sent_bridge: dict[int, float] = {}
+    sent_direct: dict[int, float] = {}
+    for seq in range(count):
+        sent_bridge[seq] = time.time()
+        speaker.say(channel, f"lat {seq} x")
+        time.sleep(0.05)
+        _direct(hs, room_id, "hslat", range(seq, seq + 1), sent_direct)
+        time.sleep(0.05)
+    _read_until([reader], "lat", [count], idle_timeout=15, hard_timeout=60)
+    _read_until([reader], "hslat", [count], idle_timeout=15, hard_timeout=60)
+    return (_figures([reader], "lat", sent_bridge, min(sent_bridge.values()), count),
+            _figures([reader], "hslat", sent_direct, min(sent_direct.values()), count))
 
 
 def _ceiling_burst(hs: list[MatrixClient], room_ids: list[str], readers: list[RoomReader],

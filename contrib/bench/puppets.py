@@ -58,9 +58,9 @@ def run(workdir: Path, db: str, *, quick: bool, profile: Path | None = None,
 
 def seed_links(url: str, rooms: int) -> None:
     """Insert `rooms` links #pupN <-> !pupseedN with the bridge's own models."""
-    from bridge.store import RoomLink, Store
-
     from startup import _fill
+
+    from bridge.store import RoomLink, Store
 
     store = Store(url)
     try:
@@ -89,67 +89,28 @@ def _level(workdir: Path, db: str, k: int, per_room: int, profile: Path | None, 
         channels = [f"#pup{r}" for r in range(rooms_needed)]
         if seeded:
             stack.start(before_bridge=lambda s: seed_links(s.database_url, rooms_needed))
-            room_ids = [f"!pupseed{r:06d}" for r in range(rooms_needed)]
         else:
             stack.start()
         watcher = IrcWatcher(stack.ircd.host, stack.ircd.port, "pupwatch").connect()
         for channel in channels:
             watcher.join(channel)
-        if not seeded:
-            user = stack.matrix_user("pupuser")
-            room_ids = [user.join(stack.alias(channels[0]))]
-            # the bot, then the reading user's own puppet (the homeserver pushes its join)
-            wait_for(lambda: watcher.join_count(channels[0]) >= 1, 30, 0.05, "the bot")
-            try:
-                wait_for(lambda: watcher.join_count(channels[0]) >= 2, 10, 0.05, "a puppet")
-            except TimeoutError:
-                pass
+        if seeded:
+            room_ids = [f"!pupseed{r:06d}" for r in range(rooms_needed)]
+        else:
+            room_ids = [_portal(stack, watcher, channels[0])]
         time.sleep(1.0)  # let the start settle before the baseline
         watcher.reset_joins()
-        worker = stack.worker_pid()
-        base = stack.bridge_rss_kb()
-        base_fds = fd_count(worker)
-        out["rss_before_kb"] = base
         pusher = stack.as_client()
         users = [f"@p{i}:localhost" for i in range(k)]
-        cpu_before = cpu_seconds(worker)
         # JOIN lines into the bridge grow as k * per_room / 2; give each about 2 us per puppet
         hard = min(600.0 if seeded else 300.0, 120 + k * k * per_room * 1e-6)
         out["deadline_s"] = round(hard)
-        prof = Profiler(worker, profile, duration=hard + 30) if profile else None
-        if prof:
-            prof.__enter__()
-        try:
-            started = time.monotonic()
-            for chunk in range(0, k, 100):
-                events = [pusher.member_join(room_ids[i // per_room], users[i])
-                          for i in range(chunk, min(k, chunk + 100))]
-                pusher.put_transaction(events)
-            out["push_s"] = round(time.monotonic() - started, 2)
-            _wait_count(watcher.join_count, k, idle_timeout=60, hard_timeout=hard)
-            count = watcher.join_count()
-            times = sorted(watcher.join_times)
-            out["joined"] = count
-            end = times[-1] if times else time.monotonic()
-            out["connect_all_s"] = round(end - started, 2)
-            out["connects_per_s"] = round(count / max(end - started, 1e-6), 1)
-            if count >= 2:
-                out["connect_half_s"] = round(times[count // 2 - 1] - started, 2)
-        finally:
-            if prof:
-                prof.__exit__(None, None, None)
-        out["bridge_cpu_s"] = round(cpu_seconds(worker) - cpu_before, 2)
-        time.sleep(2.0)  # let late replies settle before reading memory
-        after = stack.bridge_rss_kb()
-        out["rss_after_kb"] = after
-        out["fds_added"] = fd_count(worker) - base_fds
-        delta = after["worker_kb"] - base["worker_kb"]
-        out["rss_per_puppet_kb"] = round(delta / max(out["joined"], 1), 2)
-        out["last_puppet_msg_ms"] = _through_last(pusher, watcher, room_ids[(k - 1) // per_room],
-                                                  users[k - 1], "last")
-        out["last_puppet_msg2_ms"] = _through_last(pusher, watcher,
-                                                   room_ids[(k - 1) // per_room],
-                                                   users[k - 1], "again")
+        out.update(_connect_all(stack, watcher, pusher, room_ids, users, per_room, hard,
+                                profile))
+        last_room = room_ids[(k - 1) // per_room]
+        out["last_puppet_msg_ms"] = _through_last(pusher, watcher, last_room, users[-1], "last")
+        out["last_puppet_msg2_ms"] = _through_last(pusher, watcher, last_room, users[-1],
+                                                   "again")
         if profile:
             out["profile"] = {"file": profile.name, **summarize_profile(profile)}
         pusher.close()
@@ -158,6 +119,61 @@ def _level(workdir: Path, db: str, k: int, per_room: int, profile: Path | None, 
         if watcher is not None:
             watcher.close()
         stack.stop()
+
+
+def _portal(stack: BenchStack, watcher: IrcWatcher, channel: str) -> str:
+    """A portal room made through the alias query; waits for the bot and the reader's puppet."""
+    user = stack.matrix_user("pupuser")
+    room_id = user.join(stack.alias(channel))
+    wait_for(lambda: watcher.join_count(channel) >= 1, 30, 0.05, "the bot")
+    try:  # the reading user's own puppet (the homeserver pushes its join to the bridge)
+        wait_for(lambda: watcher.join_count(channel) >= 2, 10, 0.05, "a puppet")
+    except TimeoutError:
+        pass
+    return room_id
+
+
+def _connect_all(stack: BenchStack, watcher: IrcWatcher, pusher: Any, room_ids: list[str],
+                 users: list[str], per_room: int, hard: float, profile: Path | None
+                 ) -> dict[str, Any]:
+    """Push every user's join; wait until the watcher saw every puppet JOIN (bounded)."""
+    k = len(users)
+    worker = stack.worker_pid()
+    base = stack.bridge_rss_kb()
+    base_fds = fd_count(worker)
+    out: dict[str, Any] = {"rss_before_kb": base}
+    cpu_before = cpu_seconds(worker)
+    prof = Profiler(worker, profile, duration=hard + 30) if profile else None
+    if prof:
+        prof.__enter__()
+    try:
+        started = time.monotonic()
+        for chunk in range(0, k, 100):
+            events = [pusher.member_join(room_ids[i // per_room], users[i])
+                      for i in range(chunk, min(k, chunk + 100))]
+            pusher.put_transaction(events)
+        out["push_s"] = round(time.monotonic() - started, 2)
+        _wait_count(watcher.join_count, k, idle_timeout=60, hard_timeout=hard)
+    finally:
+        if prof:
+            prof.__exit__(None, None, None)
+    count = watcher.join_count()
+    times = sorted(watcher.join_times)
+    end = times[-1] if times else time.monotonic()
+    out["joined"] = count
+    out["connect_all_s"] = round(end - started, 2)
+    out["connects_per_s"] = round(count / max(end - started, 1e-6), 1)
+    if count >= 2:
+        out["connect_half_s"] = round(times[count // 2 - 1] - started, 2)
+        out["connect_p90_s"] = round(times[int(count * 0.9) - 1] - started, 2)
+    out["bridge_cpu_s"] = round(cpu_seconds(worker) - cpu_before, 2)
+    time.sleep(2.0)  # let late replies settle before reading memory
+    after = stack.bridge_rss_kb()
+    out["rss_after_kb"] = after
+    out["fds_added"] = fd_count(worker) - base_fds
+    out["rss_per_puppet_kb"] = round((after["worker_kb"] - base["worker_kb"]) / max(count, 1),
+                                     2)
+    return out
 
 
 def _through_last(pusher: Any, watcher: IrcWatcher, room_id: str, user_id: str, tag: str

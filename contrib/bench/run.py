@@ -68,9 +68,99 @@ def _get(data: dict[str, Any], path: str) -> Any:
     return node
 
 
-def rows_for(scenario: str, data: dict[str, Any]) -> list[tuple[str, Any, str, bool | None]]:
+Row = tuple[str, Any, str, bool | None]
+Adder = Callable[..., None]
+
+
+def _m2i_rows(add: Adder, data: dict[str, Any]) -> None:
+    add("senders (puppets in the channel)", "senders")
+    add("burst: events/s sustained", "burst.events_per_s", ">= 5000", lambda v: v >= 5000)
+    add("burst: queued -> IRC p50 ms", "burst.p50_ms")
+    add("burst: queued -> IRC p99 ms", "burst.p99_ms")
+    add("burst: accepted by the AS API /s", "burst.accepted_per_s")
+    add("burst: PUT of 100 events p50 ms", "burst.put_ms.p50_ms")
+    add("burst: bridge CPU ms/event", "burst.bridge_cpu_ms_per_event")
+    add("burst: lost", "burst.lost")
+    add("failed PUTs (retried like Synapse)", "txn_failures")
+    for i, rate in enumerate((1000, 5000)):
+        add(f"{rate}/s offered: delivered/s", f"steady.{i}.events_per_s")
+        add(f"{rate}/s offered: p50 ms", f"steady.{i}.p50_ms", "<= 20", lambda v: v <= 20)
+        add(f"{rate}/s offered: p99 ms", f"steady.{i}.p99_ms")
+        add(f"{rate}/s offered: mean txn size", f"steady.{i}.mean_txn_size")
+    add("50/s (no load): p50 ms", "paced.p50_ms", "<= 20", lambda v: v <= 20)
+    add("50/s (no load): p99 ms", "paced.p99_ms")
+    add("50/s (no load): PUT p50 ms", "paced.put_ms.p50_ms")
+
+
+def _i2m_rows(add: Adder, data: dict[str, Any]) -> None:
+    add("rooms / sender threads used", "sender_threads_hit")
+    add("burst bridge: lines/s", "burst_bridge.lines_per_s")
+    add("burst ceiling: msgs/s", "burst_ceiling.lines_per_s")
+    add("burst: ratio bridge/ceiling", "ratio_throughput", ">= 0.9", lambda v: v >= 0.9)
+    add("burst bridge: p50 ms", "burst_bridge.p50_ms")
+    add("burst bridge: p99 ms", "burst_bridge.p99_ms")
+    add("burst ceiling: p50 ms", "burst_ceiling.p50_ms")
+    add("burst ceiling: p99 ms", "burst_ceiling.p99_ms")
+    add("burst bridge: lost", "burst_bridge.lost")
+    add("burst bridge: rooms in order", "burst_bridge.in_order_rooms")
+    add("paced 10/s bridge: p50 ms", "paced_bridge.p50_ms")
+    add("paced 10/s bridge: p99 ms", "paced_bridge.p99_ms")
+    add("paced 10/s ceiling: p50 ms", "paced_ceiling.p50_ms")
+    add("paced 10/s ceiling: p99 ms", "paced_ceiling.p99_ms")
+    add("bridge-added p50 ms", "bridge_added_p50_ms", "<= 5", lambda v: v <= 5)
+
+
+def _puppets_rows(add: Adder, data: dict[str, Any]) -> None:
+    for i, level in enumerate(data.get("levels", [])):
+        k = level.get("puppets")
+        add(f"K={k}: joined", f"levels.{i}.joined", f"= {k}", lambda v, k=k: v >= k)
+        add(f"K={k}: time to connect all s", f"levels.{i}.connect_all_s")
+        add(f"K={k}: connects/s", f"levels.{i}.connects_per_s")
+        add(f"K={k}: worker RSS before KB", f"levels.{i}.rss_before_kb.worker_kb")
+        add(f"K={k}: worker RSS after KB", f"levels.{i}.rss_after_kb.worker_kb")
+        add(f"K={k}: RSS per puppet KB", f"levels.{i}.rss_per_puppet_kb", "<= 25",
+            lambda v: v <= 25)
+        add(f"K={k}: bridge CPU s", f"levels.{i}.bridge_cpu_s")
+        add(f"K={k}: msg via last puppet ms", f"levels.{i}.last_puppet_msg_ms")
+        add(f"K={k}: again, idle ms", f"levels.{i}.last_puppet_msg2_ms")
+    for i, level in enumerate(data.get("one_room", [])):
+        k = level.get("puppets")
+        add(f"one room K={k}: joined", f"one_room.{i}.joined", f"= {k}", lambda v, k=k: v >= k)
+        add(f"one room K={k}: time to join all s", f"one_room.{i}.connect_all_s")
+        add(f"one room K={k}: bridge CPU s", f"one_room.{i}.bridge_cpu_s")
+        add(f"one room K={k}: RSS per puppet KB", f"one_room.{i}.rss_per_puppet_kb")
+        add(f"one room K={k}: msg via last puppet ms", f"one_room.{i}.last_puppet_msg_ms")
+
+
+def _query_rows(add: Adder, data: dict[str, Any]) -> None:
+    add("alias query (join) p50 ms", "alias.p50_ms", "<= 1000", lambda v: v <= 1000)
+    add("alias query (join) p99 ms", "alias.p99_ms")
+    add("alias failures", "alias.failures")
+    add("HS createRoom alone p50 ms", "hs_create_room.p50_ms")
+    add("user query fresh p50 ms", "user_fresh.p50_ms")
+    add("user query fresh p99 ms", "user_fresh.p99_ms")
+    add("user query known p50 ms", "user_known.p50_ms")
+
+
+def _startup_rows(add: Adder, data: dict[str, Any]) -> None:
+    add("empty DB: ready s", "empty_ready_s")
+    add("rooms / virtual users", "seeded.room_links")
+    add("seeded: ready s", "seeded_ready_s", "<= 10", lambda v: v <= 10)
+    add("seeded: busy after ready s", "busy_after_ready_s")
+    add("seeded: CPU after ready s", "cpu_after_ready_s")
+    add("seeded: worker RSS KB", "seeded_rss_kb.worker_kb")
+    add("empty: worker RSS KB", "empty_rss_kb.worker_kb")
+
+
+ROWS: dict[str, Callable[[Adder, dict[str, Any]], None]] = {
+    "m2i": _m2i_rows, "i2m": _i2m_rows, "puppets": _puppets_rows, "query": _query_rows,
+    "startup": _startup_rows,
+}
+
+
+def rows_for(scenario: str, data: dict[str, Any]) -> list[Row]:
     """(figure, value, target text, met?) rows of one scenario's result."""
-    rows: list[tuple[str, Any, str, bool | None]] = []
+    rows: list[Row] = []
 
     def add(label: str, path: str, target: str = "", ok: Callable[[Any], bool] | None = None
             ) -> None:
@@ -78,72 +168,7 @@ def rows_for(scenario: str, data: dict[str, Any]) -> list[tuple[str, Any, str, b
         met = ok(value) if ok is not None and value is not None else None
         rows.append((label, value, target, met))
 
-    if scenario == "m2i":
-        add("senders (puppets)", "senders")
-        add("burst: events/s sustained", "burst.events_per_s", ">= 5000", lambda v: v >= 5000)
-        add("burst: PUT -> IRC p50 ms", "burst.p50_ms")
-        add("burst: PUT -> IRC p99 ms", "burst.p99_ms")
-        add("burst: accepted (PUT) events/s", "burst.accepted_per_s")
-        add("burst: bridge CPU ms/event", "burst.bridge_cpu_ms_per_event")
-        add("burst: lost / failed txns", "burst.lost")
-        add("burst: failed PUTs (retried)", "burst.txn_failures")
-        add("steady 1000/s: p50 ms", "steady.0.p50_ms", "<= 20", lambda v: v <= 20)
-        add("steady 1000/s: p99 ms", "steady.0.p99_ms")
-        add("steady 5000/s: p50 ms", "steady.1.p50_ms", "<= 20", lambda v: v <= 20)
-        add("steady 5000/s: p99 ms", "steady.1.p99_ms")
-        add("steady 5000/s: delivered/s", "steady.1.delivered_per_s")
-        add("paced 50/s: p50 ms", "paced.p50_ms", "<= 20", lambda v: v <= 20)
-        add("paced 50/s: p99 ms", "paced.p99_ms")
-    elif scenario == "i2m":
-        add("rooms / sender threads used", "sender_threads_hit")
-        add("burst bridge: lines/s", "burst_bridge.lines_per_s")
-        add("burst ceiling: msgs/s", "burst_ceiling.lines_per_s")
-        add("burst: ratio bridge/ceiling", "ratio_throughput", ">= 0.9", lambda v: v >= 0.9)
-        add("burst bridge: p50 ms", "burst_bridge.p50_ms")
-        add("burst bridge: p99 ms", "burst_bridge.p99_ms")
-        add("burst ceiling: p50 ms", "burst_ceiling.p50_ms")
-        add("burst ceiling: p99 ms", "burst_ceiling.p99_ms")
-        add("burst bridge: lost", "burst_bridge.lost")
-        add("paced 10/s bridge: p50 ms", "paced_bridge.p50_ms")
-        add("paced 10/s bridge: p99 ms", "paced_bridge.p99_ms")
-        add("paced 10/s ceiling: p50 ms", "paced_ceiling.p50_ms")
-        add("paced 10/s ceiling: p99 ms", "paced_ceiling.p99_ms")
-        add("bridge-added p50 ms", "bridge_added_p50_ms", "<= 5", lambda v: v <= 5)
-    elif scenario == "puppets":
-        for i, level in enumerate(data.get("levels", [])):
-            k = level.get("puppets")
-            add(f"K={k}: joined", f"levels.{i}.joined", f"= {k}", lambda v, k=k: v >= k)
-            add(f"K={k}: time to connect all s", f"levels.{i}.connect_all_s")
-            add(f"K={k}: connects/s", f"levels.{i}.connects_per_s")
-            add(f"K={k}: worker RSS before KB", f"levels.{i}.rss_before_kb.worker_kb")
-            add(f"K={k}: worker RSS after KB", f"levels.{i}.rss_after_kb.worker_kb")
-            add(f"K={k}: RSS per puppet KB", f"levels.{i}.rss_per_puppet_kb", "<= 25",
-                lambda v: v <= 25)
-            add(f"K={k}: bridge CPU s", f"levels.{i}.bridge_cpu_s")
-            add(f"K={k}: msg via last puppet ms", f"levels.{i}.last_puppet_msg_ms")
-            add(f"K={k}: again, idle ms", f"levels.{i}.last_puppet_msg2_ms")
-        for i, level in enumerate(data.get("one_room", [])):
-            k = level.get("puppets")
-            add(f"one room K={k}: joined", f"one_room.{i}.joined", f"= {k}",
-                lambda v, k=k: v >= k)
-            add(f"one room K={k}: time to join all s", f"one_room.{i}.connect_all_s")
-            add(f"one room K={k}: bridge CPU s", f"one_room.{i}.bridge_cpu_s")
-            add(f"one room K={k}: RSS per puppet KB", f"one_room.{i}.rss_per_puppet_kb")
-            add(f"one room K={k}: msg via last puppet ms", f"one_room.{i}.last_puppet_msg_ms")
-    elif scenario == "query":
-        add("alias query (join) p50 ms", "alias.p50_ms", "<= 1000", lambda v: v <= 1000)
-        add("alias query (join) p99 ms", "alias.p99_ms")
-        add("alias failures", "alias.failures")
-        add("HS createRoom alone p50 ms", "hs_create_room.p50_ms")
-        add("user query fresh p50 ms", "user_fresh.p50_ms")
-        add("user query fresh p99 ms", "user_fresh.p99_ms")
-        add("user query known p50 ms", "user_known.p50_ms")
-    elif scenario == "startup":
-        add("empty DB: ready s", "empty_ready_s")
-        add("rooms / virtual users", "seeded.room_links")
-        add("seeded: ready s", "seeded_ready_s", "<= 10", lambda v: v <= 10)
-        add("seeded: worker RSS KB", "seeded_rss_kb.worker_kb")
-        add("empty: worker RSS KB", "empty_rss_kb.worker_kb")
+    ROWS[scenario](add, data)
     if data.get("error"):
         rows.append(("ERROR", str(data.get("error_summary") or "see the JSON")[:70], "", False))
     return rows
@@ -190,7 +215,8 @@ def table(scenario: str, results: dict[str, dict[str, Any]]) -> str:
 def run_one(name: str, db: str, args: argparse.Namespace, base: Path) -> dict[str, Any]:
     """Run one scenario on one database in its own folder; never raises."""
     workdir = Path(tempfile.mkdtemp(prefix=f"{name}-{db}-", dir=base))
-    profile = common.RESULTS / f"{name}-{db}.pyspy.txt" if args.profile else None
+    stem = f"{name}-{db}" + (f"-whatif-{'+'.join(common.WHATIF)}" if common.WHATIF else "")
+    profile = common.RESULTS / f"{stem}.pyspy.txt" if args.profile else None
     kwargs: dict[str, Any] = {"quick": args.quick, "profile": profile}
     if name == "puppets":
         kwargs["large"] = args.large
@@ -201,11 +227,14 @@ def run_one(name: str, db: str, args: argparse.Namespace, base: Path) -> dict[st
     started = time.monotonic()
     meta = {
         "scenario": name, "db": db, "quick": args.quick, "large": args.large,
-        "profiled": bool(args.profile),
+        "profiled": bool(args.profile), "whatif": list(common.WHATIF),
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "revision": common.git_revision(), "cpus": os.cpu_count(),
         "python": platform.python_version(), "machine": platform.machine(),
     }
+    meta["loadavg_before"] = common.loadavg()
+    meta["other_processes_before"] = common.foreign_load({os.getpid()}, str(base))
+    busy0, total0 = common.system_cpu()
     try:
         data = SCENARIOS[name](workdir, db, **kwargs)
     except Exception as e:  # noqa: BLE001 - one scenario's failure must not stop the others
@@ -216,9 +245,14 @@ def run_one(name: str, db: str, args: argparse.Namespace, base: Path) -> dict[st
         if log_path.exists():
             data["bridge_log_tail"] = common.tail_text(log_path, 40)
     meta["seconds"] = round(time.monotonic() - started, 1)
+    busy1, total1 = common.system_cpu()
+    # both cores busy = 100 %: how loaded the machine was while this scenario ran
+    meta["machine_busy_pct"] = round(100 * (busy1 - busy0) / max(total1 - total0, 1), 1)
+    meta["loadavg_after"] = common.loadavg()
+    meta["other_processes_after"] = common.foreign_load({os.getpid()}, str(base))
     data = {"meta": meta, **data}
     common.RESULTS.mkdir(parents=True, exist_ok=True)
-    out = common.RESULTS / f"{name}-{db}.json"
+    out = common.RESULTS / f"{stem}.json"
     out.write_text(json.dumps(data, indent=1, default=str) + "\n", encoding="utf-8")
     if not args.keep:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -236,11 +270,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--per-room", type=int, help="puppets: users per bridged room")
     parser.add_argument("--profile", action="store_true",
                         help="py-spy record the bridge worker during each measured phase")
+    parser.add_argument("--whatif", default="",
+                        help="measure with what-if patches loaded into the bridge "
+                             "(whatif/sitecustomize.py: our_nicks, irc_lower); results go "
+                             "to <scenario>-<db>-whatif-<names>.json")
     parser.add_argument("--keep", action="store_true", help="keep the stacks' folders")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    common.WHATIF[:] = [n.strip() for n in args.whatif.split(",") if n.strip()]
     names = [n.strip() for n in args.only.split(",") if n.strip()]
     unknown = [n for n in names if n not in SCENARIOS]
     if unknown:

@@ -13,8 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import peewee as pw
-
-from common import BenchStack, Profiler, fd_count, summarize_profile
+from common import BenchStack, Profiler, cpu_seconds, fd_count, summarize_profile
 
 
 def run(workdir: Path, db: str, *, quick: bool, profile: Path | None = None,
@@ -42,19 +41,43 @@ def run(workdir: Path, db: str, *, quick: bool, profile: Path | None = None,
         result["seeded_ready_s"] = round(ready, 2)
         worker = stack.worker_pid()
         result["seeded_rss_kb"] = stack.bridge_rss_kb()
-        # what the bridge keeps doing right after it said it is ready
+        # what the bridge keeps doing after it said it is ready (restoring puppets, ...)
+        prof = Profiler(worker, profile, duration=130) if profile else None
+        if prof:
+            prof.__enter__()
+        try:
+            busy_s, cpu_s = settle(worker, timeout=120)
+        finally:
+            if prof:
+                prof.__exit__(None, None, None)
+        result["busy_after_ready_s"] = round(busy_s, 1)
+        result["cpu_after_ready_s"] = round(cpu_s, 2)
         if profile:
-            with Profiler(worker, profile, duration=15):
-                time.sleep(10)
             result["profile_after_ready"] = {"file": profile.name,
                                              **summarize_profile(profile)}
-        else:
-            time.sleep(3)
         result["fds_after"] = fd_count(worker)
         result["rss_after_kb"] = stack.bridge_rss_kb()
         return result
     finally:
         stack.stop()
+
+
+def settle(pid: int, *, timeout: float, window: float = 1.0, idle_pct: float = 5.0
+           ) -> tuple[float, float]:
+    """Seconds until the process used under `idle_pct` % of a core over `window`, and the
+    CPU seconds it used until then (bounded by `timeout`)."""
+    started = time.monotonic()
+    first = cpu_seconds(pid)
+    last = first
+    for _ in range(int(timeout / window) + 1):
+        time.sleep(window)
+        now = cpu_seconds(pid)
+        if (now - last) / window * 100 < idle_pct:
+            return time.monotonic() - started - window, last - first
+        last = now
+        if time.monotonic() - started > timeout:
+            break
+    return time.monotonic() - started, last - first
 
 
 def seed(url: str, rooms: int, users: int) -> dict[str, int]:
