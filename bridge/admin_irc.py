@@ -157,19 +157,20 @@ class IrcQueries:
         if self.installed:
             return
         self.installed = True
+        handlers: list[tuple[str, Callable[[Any, irc.client.Event], None]]] = [
+            *((kind, self._on_whois_part) for kind in WHOIS_PARTS),
+            ("endofwhois", self._on_whois_end),
+            ("nosuchnick", self._on_whois_end),
+            ("nick", self._on_nick),
+            *((kind, self._on_nick_error) for kind in NICK_ERRORS),
+            ("join", self._on_join),
+            *((kind, self._on_join_error) for kind in JOIN_ERRORS),
+            ("yourebannedcreep", self._on_banned),
+            ("error", self._on_error),
+        ]
         reactor = self.bridge.irc.thread.reactor
-        for kind in WHOIS_PARTS:
-            reactor.add_global_handler(kind, self._on_whois_part, PRIORITY)
-        reactor.add_global_handler("endofwhois", self._on_whois_end, PRIORITY)
-        reactor.add_global_handler("nosuchnick", self._on_whois_end, PRIORITY)
-        reactor.add_global_handler("nick", self._on_nick, PRIORITY)
-        for kind in NICK_ERRORS:
-            reactor.add_global_handler(kind, self._on_nick_error, PRIORITY)
-        reactor.add_global_handler("join", self._on_join, PRIORITY)
-        for kind in JOIN_ERRORS:
-            reactor.add_global_handler(kind, self._on_join_error, PRIORITY)
-        reactor.add_global_handler("yourebannedcreep", self._on_banned, PRIORITY)
-        reactor.add_global_handler("error", self._on_error, PRIORITY)
+        for kind, handler in handlers:
+            reactor.add_global_handler(kind, _never_raises(handler), PRIORITY)
         for net in self.bridge.irc.networks.values():
             self._attach(net)
 
@@ -437,6 +438,20 @@ class IrcQueries:
             self._report(server_conn, "banned", {"reason": text})
         elif "password" in text.lower():
             self._report(server_conn, "password_refused", {"reason": text})
+
+
+def _never_raises(handler: Callable[[Any, irc.client.Event], None]
+                  ) -> Callable[[Any, irc.client.Event], None]:
+    """A reactor handler that logs its own failures: an exception out of a handler would
+    cut short the processing of the rest of what the server sent."""
+
+    def guarded(server_conn: Any, event: irc.client.Event) -> None:
+        try:
+            handler(server_conn, event)
+        except Exception:  # noqa: BLE001 - odd input from a server must not cost lines
+            log.exception("admin handler for IRC %s failed", event.type)
+
+    return guarded
 
 
 def apply_settings(conn: IrcConnection, settings: dict[str, Any]) -> None:

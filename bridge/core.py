@@ -65,6 +65,12 @@ class Bridge(MatrixToIrc, IrcToMatrix, ThirdPartyLookups):
             n.name: NetworkNames(n.user_template, n.alias_template, config.homeserver.domain)
             for n in config.networks
         }
+        # The homeserver waits at most 60 s for a query's answer: queries get a short retry
+        # budget, so a homeserver that cannot be reached back gives a clear error in time.
+        self.query_client = HomeserverClient(
+            config.homeserver.url, config.appservice.as_token,
+            server_name=config.homeserver.domain, timeout=15.0, max_attempts=3, backoff_cap=2.0,
+        )
         self.bot = Intent(self.client, config.bot_user_id, is_bot=True, cache=self.cache)
         self.irc = IrcSide(config.networks, self, self._bot_nick)
         self._links_lock = threading.Lock()
@@ -145,6 +151,7 @@ class Bridge(MatrixToIrc, IrcToMatrix, ThirdPartyLookups):
         if self.senders:
             self.senders.stop()
         self.client.close()
+        self.query_client.close()
         self.store.close()
 
     def _load_links(self) -> None:
@@ -284,12 +291,13 @@ class Bridge(MatrixToIrc, IrcToMatrix, ThirdPartyLookups):
             nick = names.nick_for_user_id(user_id)
             if nick is None:
                 continue
-            self._prepare_ghost(network, nick, user_id)
+            self._prepare_ghost(network, nick, user_id, client=self.query_client)
             return True
         return False
 
-    def _prepare_ghost(self, network: str, nick: str, user_id: str) -> Intent:
-        intent = Intent(self.client, user_id, cache=self.cache)
+    def _prepare_ghost(self, network: str, nick: str, user_id: str,
+                       client: HomeserverClient | None = None) -> Intent:
+        intent = Intent(client or self.client, user_id, cache=self.cache)
         intent.ensure_registered()
         name = displayname_for_nick(nick)
         if self.cache.displayname(user_id) != name:
@@ -325,7 +333,7 @@ class Bridge(MatrixToIrc, IrcToMatrix, ThirdPartyLookups):
                 # The room exists but the homeserver did not know this alias (another case,
                 # or it was deleted): point it at the room.
                 try:
-                    self.client.put_alias(alias, link.room_id)
+                    self.query_client.put_alias(alias, link.room_id)
                 except MatrixError as e:
                     log.info("alias %s for existing room: %s", alias, e)
                 return True
@@ -380,12 +388,13 @@ class Bridge(MatrixToIrc, IrcToMatrix, ThirdPartyLookups):
         }
         if topic:
             body["topic"] = topic
-        self.bot.ensure_registered()
+        Intent(self.query_client, self.config.bot_user_id, is_bot=True,
+               cache=self.cache).ensure_registered()
         try:
-            room_id = self.client.create_room(body)
+            room_id = self.query_client.create_room(body)
             log.info("created room %s for %s on %s", room_id, channel, network)
         except RoomInUse:
-            found = self.client.resolve_alias(alias)
+            found = self.query_client.resolve_alias(alias)
             if not found:
                 raise
             room_id = found

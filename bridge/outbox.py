@@ -17,6 +17,7 @@ import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from . import metrics
 from .store import IrcLine, QueuedLine, Store
@@ -211,28 +212,28 @@ class Senders:
                 log.error("giving up on line %d for %s: %s", line.id, line.room_id, e)
                 metrics.outbox_failed(self)
                 reason = str(e)
-                self._mark(lambda: self.store.outbox_failed(line.id, reason))
+                self._mark(self.store.outbox_failed, line.id, reason)
                 return
             except Exception as unexpected:  # noqa: BLE001 - count it, retry a few times
                 log.exception("error delivering line %d", line.id)
                 if attempts >= self.max_attempts:
                     metrics.outbox_failed(self)
                     reason = repr(unexpected)
-                    self._mark(lambda: self.store.outbox_failed(line.id, reason))
+                    self._mark(self.store.outbox_failed, line.id, reason)
                     return
                 self._stop.wait(pause)
                 pause = min(self.retry_cap, pause * 2)
                 continue
             metrics.relayed(self, "irc_to_matrix", line.msgtype)
-            self._mark(lambda: self.store.outbox_done([(line.id, event_id)]))
+            self._mark(self.store.outbox_done, [(line.id, event_id)])
             return
 
-    def _mark(self, write: Callable[[], None]) -> None:
+    def _mark(self, write: Callable[..., None], *args: Any) -> None:
         """Record a row's outcome; the database may be restarting, so keep trying."""
         pause = 0.5
         while not self._stop.is_set():
             try:
-                write()
+                write(*args)
                 return
             except Exception:  # noqa: BLE001
                 log.exception("could not record a delivery; retrying")

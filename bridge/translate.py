@@ -83,56 +83,72 @@ def to_irc(content: dict[str, Any], ctx: Context) -> tuple[list[str], str]:
     kind = msgtype if msgtype in TEXT_TYPES else "m.text"
     budget = ctx.budget - (len("\x01ACTION \x01") if kind == "m.emote" else 0)
     relates = content.get("m.relates_to") if isinstance(content.get("m.relates_to"), dict) else {}
-
-    new_content = content.get("m.new_content")
-    if relates.get("rel_type") == "m.replace" and isinstance(new_content, dict):
-        new_body = new_content.get("body")
-        if not isinstance(new_body, str):
-            return [], kind
-        original = ctx.find_message(str(relates.get("event_id")))
-        text = formatting.edit_text(original.body, new_body) if original else "* " + new_body
-        return formatting.matrix_body_to_irc_lines(text, None, budget)[: ctx.max_lines], kind
-
+    if relates.get("rel_type") == "m.replace":
+        return _edit(content, relates, ctx, budget), kind
     if msgtype in MEDIA_TYPES:
-        url = content.get("url")
-        link = url if isinstance(url, str) else ""
-        # With `filename` present, `body` is a caption (spec v1.10).
-        filename = content.get("filename") if isinstance(content.get("filename"), str) else body
-        if isinstance(url, str) and ctx.media is not None:
-            try:
-                link = ctx.media.link(url, filename)
-            except ValueError:
-                link = url
-        return formatting.matrix_body_to_irc_lines(f"{body} {link}".strip(), None, budget), kind
-
-    html = _html_of(content)
-    reply_to = relates.get("m.in_reply_to") if isinstance(relates.get("m.in_reply_to"), dict) \
-        else None
-    if reply_to and isinstance(reply_to.get("event_id"), str):
-        original = ctx.find_message(reply_to["event_id"])
-        own = formatting.strip_reply_fallback(body)
-        if html is not None:
-            html = re.sub(r"<mx-reply>.*?</mx-reply>", "", html, flags=re.S | re.I)
-            own = formatting.html_to_irc(_pills_to_nicks(html, ctx))
-            html = None
-        if original is not None:
-            short = ctx.now_ms() - original.ts < SHORT_REPLY_MS
-            body = formatting.reply_text(_origin_nick(original, ctx), original.body, own,
-                                         short=short)
-        else:
-            body = own
-    elif html is not None:
-        html = _pills_to_nicks(html, ctx)
-
+        return _media(content, body, ctx, budget), kind
+    body, html = _reply(content, body, relates, ctx)
     lines = formatting.matrix_body_to_irc_lines(body, html, budget)
     if len(lines) > ctx.max_lines and ctx.media is not None:
-        full = formatting.html_to_irc(html) if html else body
-        try:
-            link = ctx.media.paste(formatting.strip_irc_formatting(full))
-        except Exception as e:  # noqa: BLE001 - too long and no paste: send it all instead
-            log.warning("could not upload a long message (%s); sending every line", e)
-            return lines, kind
-        suffix = f" … (full message: {link})"
-        first = formatting.split_for_irc(lines[0], max(8, budget - len(suffix.encode())))[0]
-        return [first + suffix], kind
+        return _pasted(lines, html, body, ctx, budget), kind
     return lines, kind
+
+
+def _edit(content: dict[str, Any], relates: dict[str, Any], ctx: Context,
+          budget: int) -> list[str]:
+    """An edit: a short `s/old/new/` or `* new text` (IRC has no edits)."""
+    new_content = content.get("m.new_content")
+    new_body = new_content.get("body") if isinstance(new_content, dict) else None
+    if not isinstance(new_body, str):
+        return []
+    original = ctx.find_message(str(relates.get("event_id")))
+    text = formatting.edit_text(original.body, new_body) if original else "* " + new_body
+    return formatting.matrix_body_to_irc_lines(text, None, budget)[: ctx.max_lines]
+
+
+def _media(content: dict[str, Any], body: str, ctx: Context, budget: int) -> list[str]:
+    """A file: its caption and a link served by the bridge."""
+    url = content.get("url")
+    link = url if isinstance(url, str) else ""
+    # With `filename` present, `body` is a caption (spec v1.10).
+    filename = content.get("filename") if isinstance(content.get("filename"), str) else body
+    if isinstance(url, str) and ctx.media is not None:
+        try:
+            link = ctx.media.link(url, filename)
+        except ValueError:
+            link = url
+    return formatting.matrix_body_to_irc_lines(f"{body} {link}".strip(), None, budget)
+
+
+def _reply(content: dict[str, Any], body: str, relates: dict[str, Any],
+           ctx: Context) -> tuple[str, str | None]:
+    """The text to send: a reply reads `nick: text`; pills become nicks."""
+    html = _html_of(content)
+    reply_to = relates.get("m.in_reply_to")
+    if not (isinstance(reply_to, dict) and isinstance(reply_to.get("event_id"), str)):
+        return body, _pills_to_nicks(html, ctx) if html is not None else None
+    original = ctx.find_message(reply_to["event_id"])
+    own = formatting.strip_reply_fallback(body)
+    if html is not None:
+        html = re.sub(r"<mx-reply>.*?</mx-reply>", "", html, flags=re.S | re.I)
+        own = formatting.html_to_irc(_pills_to_nicks(html, ctx))
+    if original is None:
+        return own, None
+    short = ctx.now_ms() - original.ts < SHORT_REPLY_MS
+    return formatting.reply_text(_origin_nick(original, ctx), original.body, own,
+                                 short=short), None
+
+
+def _pasted(lines: list[str], html: str | None, body: str, ctx: Context,
+            budget: int) -> list[str]:
+    """Too many lines: the first one and a link to the whole text."""
+    assert ctx.media is not None
+    full = formatting.html_to_irc(html) if html else body
+    try:
+        link = ctx.media.paste(formatting.strip_irc_formatting(full))
+    except Exception as e:  # noqa: BLE001 - too long and no paste: send it all instead
+        log.warning("could not upload a long message (%s); sending every line", e)
+        return lines
+    suffix = f" … (full message: {link})"
+    first = formatting.split_for_irc(lines[0], max(8, budget - len(suffix.encode())))[0]
+    return [first + suffix]

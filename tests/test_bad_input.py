@@ -65,7 +65,7 @@ class FakeIrcServer:
             threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
 
     def _serve(self, conn: socket.socket) -> None:
-        buffer, nick = b"", "*"
+        buffer, state = b"", {"nick": "*"}
         while not self._stop.is_set():
             try:
                 data = conn.recv(65536)
@@ -75,33 +75,35 @@ class FakeIrcServer:
                 return
             buffer += data
             *lines, buffer = buffer.split(b"\n")
-            for raw in lines:
-                line = raw.rstrip(b"\r").decode("utf-8", "replace")
-                with self.lock:
-                    self.received.append(raw)
-                words = line.split()
-                if not words:
-                    continue
-                command = words[0].upper()
-                try:
-                    if command == "NICK" and len(words) > 1:
-                        nick = words[1].lstrip(":")
-                    elif command == "USER":
-                        conn.sendall(f":fake.server 001 {nick} :Welcome\r\n"
-                                     f":fake.server 376 {nick} :End of MOTD\r\n".encode())
-                        with self.lock:
-                            self.by_nick[nick] = conn
-                    elif command == "JOIN" and len(words) > 1:
-                        channel = words[1].split(",")[0]
-                        conn.sendall(f":{nick}!u@fake JOIN {channel}\r\n"
-                                     f":fake.server 353 {nick} = {channel} :{nick} carol\r\n"
-                                     f":fake.server 366 {nick} {channel} :End\r\n".encode())
-                        with self.lock:
-                            self.joins.append((nick, channel))
-                    elif command == "PING":
-                        conn.sendall(f"PONG {' '.join(words[1:])}\r\n".encode())
-                except OSError:
-                    return
+            try:
+                for raw in lines:
+                    self._answer(conn, raw, state)
+            except OSError:
+                return
+
+    def _answer(self, conn: socket.socket, raw: bytes, state: dict[str, str]) -> None:
+        """Registration (001), JOIN (echo + names) and PING; everything else is only kept."""
+        with self.lock:
+            self.received.append(raw)
+        words = raw.rstrip(b"\r").decode("utf-8", "replace").split()
+        command = words[0].upper() if words else ""
+        nick = state["nick"]
+        if command == "NICK" and len(words) > 1:
+            state["nick"] = words[1].lstrip(":")
+        elif command == "USER":
+            conn.sendall(f":fake.server 001 {nick} :Welcome\r\n"
+                         f":fake.server 376 {nick} :End of MOTD\r\n".encode())
+            with self.lock:
+                self.by_nick[nick] = conn
+        elif command == "JOIN" and len(words) > 1:
+            channel = words[1].split(",")[0]
+            conn.sendall(f":{nick}!u@fake JOIN {channel}\r\n"
+                         f":fake.server 353 {nick} = {channel} :{nick} carol\r\n"
+                         f":fake.server 366 {nick} {channel} :End\r\n".encode())
+            with self.lock:
+                self.joins.append((nick, channel))
+        elif command == "PING":
+            conn.sendall(f"PONG {' '.join(words[1:])}\r\n".encode())
 
     def push(self, nick: str, data: bytes) -> None:
         with self.lock:
@@ -673,3 +675,16 @@ def test_an_irc_server_closing_mid_line_is_reconnected_and_nothing_is_injected(
     report.add(str(tally))
     assert tally.clean and tally.in_order, str(report)
     bridge_alive(world)
+
+
+def test_a_nul_byte_from_irc_is_dropped_and_blocks_nothing(world: World) -> None:
+    """IRC forbids NUL, yet a server may pass one on. The line arrives without it, and the
+    lines after it still arrive (PostgreSQL text cannot hold a NUL: storing it must not fail
+    for ever)."""
+    world.fake.push("ircbot", fake_say(world, "nulbyte\x00inside"))
+    world.fake.push("ircbot", fake_say(world, "nul-after 1"))
+    room = fake_room(world)
+    eventually(lambda: "nul-after 1" in matrix_texts(world.alice, room, 400), 30,
+               "the line after the NUL", interval=0.3)
+    texts = [t for t in matrix_texts(world.alice, room, 400) if t.startswith("nulbyte")]
+    assert texts == ["nulbyteinside"], texts

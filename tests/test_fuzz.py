@@ -92,7 +92,9 @@ styled = st.lists(st.tuples(st.sampled_from(["", "\x02", "\x1d", "\x1f", "\x0304
 
 
 @given(styled)
-def test_irc_formatting_survives_the_round_trip_through_matrix_html(parts: list[tuple[str, str]]) -> None:
+def test_irc_formatting_survives_the_round_trip_through_matrix_html(
+    parts: list[tuple[str, str]],
+) -> None:
     """IRC -> Matrix HTML -> IRC keeps the visible text exactly."""
     text = " ".join(code + word for code, word in parts)
     body, html = formatting.irc_to_matrix(text)
@@ -297,7 +299,8 @@ events = st.fixed_dictionaries(
 
 
 @settings(max_examples=200, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.lists(events, max_size=5), st.text(alphabet="abcXYZ0123456789-_.~", min_size=1, max_size=20))
+@given(st.lists(events, max_size=5),
+       st.text(alphabet="abcXYZ0123456789-_.~", min_size=1, max_size=20))
 def test_any_transaction_is_stored_or_refused_and_its_events_handled(
     app: Flask, batch: list[dict[str, Any]], txn: str
 ) -> None:

@@ -283,5 +283,7 @@ def test_the_user_query_registers_then_answers_and_is_repeatable(story: Story) -
     assert story.alice.profile(ghost)["displayname"] == "Quentin"
     r = requests.get(base + "%40outsider%3Alocalhost", headers=auth, timeout=30)
     assert (r.status_code, r.json()["errcode"]) == (404, "M_NOT_FOUND")
-    with pytest.raises(Exception):
+    from bridge.devstack.clients import MatrixError
+
+    with pytest.raises(MatrixError):
         story.alice.profile("@outsider:localhost")

@@ -15,6 +15,7 @@ from typing import Any
 from flask import Blueprint, Response, current_app, jsonify, request
 
 from .. import metrics
+from ..matrix.errors import HomeserverUnavailable
 from .errors import matrix_error
 
 log = logging.getLogger(__name__)
@@ -89,15 +90,31 @@ def put_transaction(txn_id: str) -> Response:
 @bp.route("/_matrix/app/v1/users/<path:user_id>", methods=["GET"])
 @bp.route("/users/<path:user_id>", methods=["GET"])
 def query_user(user_id: str) -> Response:
-    if _bridge().query_user(user_id):
+    try:
+        found = _bridge().query_user(user_id)
+    except HomeserverUnavailable:
+        return _homeserver_down()
+    if found:
         return jsonify({})
     return matrix_error(404, "M_NOT_FOUND", "No such user on the bridged IRC networks")
+
+
+def _homeserver_down() -> Response:
+    """The homeserver asked, but the bridge cannot reach it back (e.g. a wrong [homeserver]
+    url): a clear 502 instead of an internal error."""
+    log.error("a query could not be answered: the homeserver at %s cannot be reached",
+              _bridge().config.homeserver.url)
+    return matrix_error(502, "M_UNKNOWN", "The bridge cannot reach the homeserver")
 
 
 @bp.route("/_matrix/app/v1/rooms/<path:alias>", methods=["GET"])
 @bp.route("/rooms/<path:alias>", methods=["GET"])
 def query_room(alias: str) -> Response:
-    if _bridge().query_room(alias):
+    try:
+        found = _bridge().query_room(alias)
+    except HomeserverUnavailable:
+        return _homeserver_down()
+    if found:
         return jsonify({})
     return matrix_error(404, "M_NOT_FOUND", "No such channel on the bridged IRC networks")
 

@@ -48,7 +48,7 @@ SENDERS = 4  # the bridge's [appservice] senders (default)
 
 def run(workdir: Path, db: str, *, quick: bool, profile: Path | None = None,
         lines: int | None = None) -> dict[str, Any]:
-    total = lines or (200 if quick else 1000)
+    total = lines or (120 if quick else 1000)
     paced = 30 if quick else 100
     total -= total % ROOMS
     stack = BenchStack(workdir, db=db, appservice={"senders": str(SENDERS)})

@@ -36,7 +36,7 @@ from common import (
 def run(workdir: Path, db: str, *, quick: bool, profile: Path | None = None,
         large: bool = False, counts: list[int] | None = None,
         per_room: int | None = None, one_room: list[int] | None = None) -> dict[str, Any]:
-    counts = counts or ([100, 1000] if quick else [100, 1000]) + ([5000] if large else [])
+    counts = counts or ([100] if quick else [100, 1000]) + ([5000] if large else [])
     one_room = one_room if one_room is not None else \
         ([100] if quick else [100, 300]) + ([1000] if large else [])
     per_room = per_room or 10

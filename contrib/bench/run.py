@@ -215,7 +215,8 @@ def table(scenario: str, results: dict[str, dict[str, Any]]) -> str:
 def run_one(name: str, db: str, args: argparse.Namespace, base: Path) -> dict[str, Any]:
     """Run one scenario on one database in its own folder; never raises."""
     workdir = Path(tempfile.mkdtemp(prefix=f"{name}-{db}-", dir=base))
-    stem = f"{name}-{db}" + (f"-whatif-{'+'.join(common.WHATIF)}" if common.WHATIF else "")
+    stem = f"{name}-{db}" + (f"-whatif-{'+'.join(common.WHATIF)}" if common.WHATIF else "") \
+        + ("-profiled" if args.profile else "")
     profile = common.RESULTS / f"{stem}.pyspy.txt" if args.profile else None
     kwargs: dict[str, Any] = {"quick": args.quick, "profile": profile}
     if name == "puppets":
