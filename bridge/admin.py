@@ -14,10 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
-import queue
 import threading
-import zlib
-from collections.abc import Callable
 from typing import Any
 
 from . import commands
@@ -25,6 +22,7 @@ from .admin_commands import NOT_ALLOWED, CommandRunner, secret_message
 from .admin_irc import IrcQueries
 from .admin_store import AdminStore
 from .config import role_of
+from .lanes import Lanes
 from .matrix import MatrixError
 from .matrix.client import q
 from .names import irc_lower
@@ -34,46 +32,6 @@ log = logging.getLogger(__name__)
 
 LANES = 4
 REDACTED_BODY = "<redacted by the bridge: it held a secret>"
-
-
-class Lanes:
-    """Worker threads; work for one key (a room) always runs on the same thread, in order."""
-
-    def __init__(self, count: int, name: str):
-        self._queues: list[queue.SimpleQueue[tuple[Callable[..., Any], tuple[Any, ...]] | None]]
-        self._queues = [queue.SimpleQueue() for _ in range(count)]
-        self._threads = [
-            threading.Thread(target=self._run, args=(q_,), name=f"{name}-{i}", daemon=True)
-            for i, q_ in enumerate(self._queues)
-        ]
-
-    def start(self) -> None:
-        for thread in self._threads:
-            if not thread.is_alive():
-                thread.start()
-
-    def submit(self, key: str, fn: Callable[..., Any], *args: Any) -> None:
-        lane = zlib.crc32(key.encode("utf-8", "surrogatepass")) % len(self._queues)
-        self._queues[lane].put((fn, args))
-
-    def stop(self, timeout: float = 5.0) -> None:
-        for q_ in self._queues:
-            q_.put(None)
-        for thread in self._threads:
-            if thread.is_alive() and thread is not threading.current_thread():
-                thread.join(timeout)
-
-    @staticmethod
-    def _run(work: queue.SimpleQueue[tuple[Callable[..., Any], tuple[Any, ...]] | None]) -> None:
-        while True:
-            item = work.get()
-            if item is None:
-                return
-            fn, args = item
-            try:
-                fn(*args)
-            except Exception:  # noqa: BLE001 - one failure must not stop the lane
-                log.exception("admin work failed")
 
 
 class AdminRooms:

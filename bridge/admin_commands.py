@@ -25,7 +25,6 @@ from .commands import (
     parse,
 )
 from .config import role_of
-from .irc import connection as irc_connection
 from .matrix import MatrixError
 from .names import irc_lower
 from .store import Link
@@ -33,10 +32,6 @@ from .vault import VaultError, fingerprints, make_client_certificate
 
 if TYPE_CHECKING:
     from .admin import AdminRooms
-
-# What the IRC side can do with stored secrets (older IRC sides only send PASS).
-IRC_SASL = hasattr(irc_connection, "Sasl")
-IRC_CLIENT_CERTS = IRC_SASL and "client_cert" in irc_connection.open_socket.__code__.co_varnames
 
 log = logging.getLogger(__name__)
 
@@ -276,10 +271,7 @@ class CommandRunner:
         self.admin.set_secret(c.network, ctx.user_id, "password", value)
         text = (f"Stored your {kind} password for {c.network}, encrypted. It is used from "
                 "your next connection (!reconnect to use it now).")
-        if kind == "sasl" and not IRC_SASL:
-            text += (" Note: this bridge's IRC connections do not speak SASL yet; the password "
-                     "is kept for when they do. `!storepass server ...` sends it as PASS.")
-        elif kind == "sasl":
+        if kind == "sasl":
             who = value.get("account") or "your username"
             text += (f" SASL PLAIN logs in as account {who}; after a !nick, store it again "
                      "to log in as the new nick.")
@@ -320,10 +312,7 @@ class CommandRunner:
                 f"SHA-256: {prints['sha256']}\nRegister it with your services, e.g. "
                 f"/msg NickServ CERT ADD {prints['sha512']}.")
         network = self.config.network(c.network)
-        if not IRC_CLIENT_CERTS:
-            text += (" Note: this bridge presents it once its IRC connections support TLS "
-                     "client certificates.")
-        elif network is not None and not network.tls:
+        if network is not None and not network.tls:
             text += f" Note: {c.network} is reached without TLS, so it is not presented there."
         else:
             text += (" It is presented from your next connection (with SASL EXTERNAL); "

@@ -9,8 +9,6 @@ HTTP or touches the database.
 
 The IRC side asks `AdminRooms.puppet_settings` for a new connection's nick, username,
 password, certificate and autocmds through `Network.settings_for`, which `install` sets.
-(On an IRC side without that hook, `Network.puppet` is wrapped instead, for the nick,
-username and server password, and autocmds are sent on "connected".)
 """
 
 from __future__ import annotations
@@ -175,26 +173,8 @@ class IrcQueries:
             self._attach(net)
 
     def _attach(self, net: Network) -> None:
-        if hasattr(net, "settings_for"):
-            if net.settings_for is None:
-                net.settings_for = self.admin.puppet_settings
-            return
-        if getattr(net.puppet, "_ircbridge_admin", False):
-            return
-        original = net.puppet
-        settings_for = self.admin.puppet_settings
-
-        def puppet(user_id: str, displayname: str | None = None,
-                   nick: str | None = None) -> IrcConnection:
-            before = net.puppets.get(user_id)
-            settings = settings_for(net.name, user_id)
-            conn = original(user_id, displayname, nick or settings.get("nick"))
-            if conn is not before:
-                apply_settings(conn, settings)
-            return conn
-
-        puppet._ircbridge_admin = True  # type: ignore[attr-defined]
-        net.puppet = puppet  # type: ignore[method-assign]
+        if getattr(net, "settings_for", None) is None:
+            net.settings_for = self.admin.puppet_settings
 
     def connection_event(self, network: str, owner: str, what: str,
                          details: dict[str, Any]) -> None:
@@ -206,8 +186,6 @@ class IrcQueries:
         if what == "nick_changed" and (network, owner) in self._nick_owners:
             return  # the !nick in flight answers for itself
         self.admin.queue_connection_event(network, owner, what, dict(details))
-        if what == "connected" and owner:
-            self.run_autocmds(network, owner)
 
     # ------------------------------------------------------------------ IRC thread: lookups
     def _network(self, name: str) -> Network:
@@ -405,21 +383,11 @@ class IrcQueries:
             }
         _resolve(future, out)
 
-    def run_autocmds(self, network: str, owner: str) -> None:
-        """Send the user's !autocmd lines on their fresh connection (IRC thread), unless the
-        connection sends them itself (it has `autocmds`, from `puppet_settings`)."""
-        net = self.bridge.irc.network(network)
-        conn = net.puppets.get(owner) if net is not None else None
-        if conn is None or hasattr(conn, "autocmds"):
-            return
-        for line in self.admin.autocmds_for(network, owner):
-            conn.send(line)
-
     def refresh(self, network: str, user_id: str) -> None:
         """Give a live connection the user's current autocmds for its next registration."""
         net = self.bridge.irc.network(network)
         conn = net.puppets.get(user_id) if net is not None else None
-        if conn is not None and hasattr(conn, "autocmds"):
+        if conn is not None:
             conn.autocmds = list(self.admin.autocmds_for(network, user_id))
 
     # ------------------------------------------------------------------ refusals
@@ -452,11 +420,3 @@ def _never_raises(handler: Callable[[Any, irc.client.Event], None]
             log.exception("admin handler for IRC %s failed", event.type)
 
     return guarded
-
-
-def apply_settings(conn: IrcConnection, settings: dict[str, Any]) -> None:
-    """Give a connection that has not registered yet the user's username and password."""
-    if settings.get("username"):
-        conn.username = settings["username"]
-    if settings.get("password") and settings.get("password_kind", "server") == "server":
-        conn.password = settings["password"]

@@ -150,6 +150,8 @@ class Bridge(MatrixToIrc, IrcToMatrix, ThirdPartyLookups):
             self.recorder.stop()
         if self.senders:
             self.senders.stop()
+        if self.admin is not None:
+            self.admin.stop()
         self.client.close()
         self.query_client.close()
         self.store.close()
@@ -342,6 +344,8 @@ class Bridge(MatrixToIrc, IrcToMatrix, ThirdPartyLookups):
             link = self.store.add_link(network, folded, channel, room_id, alias)
             self._remember_link(link)
         self._after_room_created(network, channel, folded, room_id)
+        if self.admin is not None:
+            self.admin.room_created(network, room_id)  # lists it in the directory; only queues
         return True
 
     def _bot_into_channel(self, network: str, channel: str, folded: str,

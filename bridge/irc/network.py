@@ -61,7 +61,8 @@ def apply_settings(conn: IrcConnection, settings: dict[str, Any]) -> None:
     password = settings.get("password")
     kind = settings.get("password_kind", "server")
     certificate = settings.get("certificate")
-    if isinstance(certificate, dict) and certificate.get("certificate") and certificate.get("key"):
+    if conn.network.tls and isinstance(certificate, dict) and certificate.get("certificate") \
+            and certificate.get("key"):  # a client certificate needs TLS
         conn.client_cert = (certificate["certificate"], certificate["key"])
         conn.sasl = Sasl("EXTERNAL")
     if password and kind == "sasl" and conn.sasl is None:
