@@ -198,6 +198,7 @@ class IrcToMatrix:
                 intent = self.bot
             else:
                 intent = self._prepare_ghost(line.network, line.nick, line.sender)
+                self._join_ghost(intent, room_id)
             content: dict[str, Any] = {"msgtype": line.msgtype, "body": line.body}
             if line.html:
                 content["format"] = "org.matrix.custom.html"
@@ -254,8 +255,18 @@ class IrcToMatrix:
         return handler(line, room_id, details) if handler else ""
 
     def _state_join(self, line: QueuedLine, room_id: str, details: dict[str, Any]) -> str:
-        self._prepare_ghost(line.network, line.nick, line.sender).ensure_joined(room_id)
+        self._join_ghost(self._prepare_ghost(line.network, line.nick, line.sender), room_id)
         return ""
+
+    def _join_ghost(self, intent: Intent, room_id: str) -> None:
+        """Join a virtual user; in an invite-only room (+i/+k on IRC) the bot invites it."""
+        try:
+            intent.ensure_joined(room_id)
+        except Forbidden:
+            if self.link_for_room(room_id) is None:
+                raise
+            self.bot.invite(room_id, intent.user_id)
+            intent.ensure_joined(room_id)
 
     def _state_leave(self, line: QueuedLine, room_id: str, details: dict[str, Any]) -> str:
         if not self.cache.is_joined(room_id, line.sender):
@@ -276,6 +287,7 @@ class IrcToMatrix:
     def _state_topic(self, line: QueuedLine, room_id: str, details: dict[str, Any]) -> str:
         content = {"topic": details.get("topic", "")}
         intent = self._prepare_ghost(line.network, line.nick, line.sender)
+        self._join_ghost(intent, room_id)
         try:
             return intent.set_state(room_id, "m.room.topic", "", content, ts=line.ts)
         except Forbidden:

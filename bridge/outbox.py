@@ -19,6 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import peewee as pw
+
 from . import metrics
 from .store import IrcLine, QueuedLine, Store
 
@@ -114,12 +116,37 @@ class Recorder:
             try:
                 queued = self.store.queue_lines(lines, self.rooms, self.scrollback_limits)
                 break
-            except Exception:  # noqa: BLE001 - database away: keep the lines and retry
+            except (pw.OperationalError, pw.InterfaceError):  # database away: keep, retry
                 log.exception("could not store %d IRC lines; retrying in 1 s", len(lines))
                 time.sleep(1.0)
+            except Exception:  # noqa: BLE001 - a line the database refuses: not the others
+                if len(lines) == 1:
+                    log.exception("dropped an IRC line the database refuses: %r",
+                                  lines[0].body[:100])
+                    queued = []
+                    break
+                log.exception("could not store %d IRC lines; storing them one by one",
+                              len(lines))
+                queued = []
+                for line in lines:
+                    self.pending += 1
+                    queued.extend(self._store_one(line))
+                break
         self.pending -= len(lines)
         if queued:
             self.dispatch(queued)
+
+    def _store_one(self, line: IrcLine) -> list[QueuedLine]:
+        self.pending -= 1
+        while True:
+            try:
+                return self.store.queue_lines([line], self.rooms, self.scrollback_limits)
+            except (pw.OperationalError, pw.InterfaceError):
+                log.exception("could not store an IRC line; retrying in 1 s")
+                time.sleep(1.0)
+            except Exception:  # noqa: BLE001
+                log.exception("dropped an IRC line the database refuses: %r", line.body[:100])
+                return []
 
     def _room_created(self, item: RoomCreated) -> None:
         if not item.room_id:

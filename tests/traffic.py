@@ -39,6 +39,7 @@ class Tally:
     what: str
     sent: list[int]
     got: list[int]
+    upstream_lost: list[int] = field(default_factory=list)  # never handed to the bridge
 
     @property
     def lost(self) -> list[int]:
@@ -65,7 +66,9 @@ class Tally:
         return (f"{self.what}: sent {len(self.sent)}, received {len(self.got)}, "
                 f"lost {len(self.lost)} {self.lost[:20]}, duplicated {len(self.duplicated)} "
                 f"{self.duplicated[:20]}, injected {self.injected[:20]}, "
-                f"in order: {self.in_order}")
+                f"in order: {self.in_order}"
+                + (f"; never handed to the bridge by the homeserver: {self.upstream_lost}"
+                   if self.upstream_lost else ""))
 
 
 def matrix_texts(client: MatrixClient, room_id: str, limit: int = 1000) -> list[str]:

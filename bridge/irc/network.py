@@ -53,6 +53,10 @@ class IrcListener(Protocol):
 
 
 LIVENESS_EVERY = 30.0
+# Lines a broken server may send without the parts their handlers need.
+_NEEDS_CHANNEL = frozenset({"join", "part", "kick", "topic", "mode", "pubmsg", "pubnotice"})
+_NEEDS_ARGUMENT = frozenset({"kick", "pubmsg", "pubnotice", "privmsg", "privnotice",
+                             "currenttopic", "namreply"})
 _WORD = re.compile(r"[A-Za-z\[\]\\`_^{|}][A-Za-z0-9\[\]\\`_^{|}-]*")
 
 
@@ -237,8 +241,15 @@ class Network:
     # ------------------------------------------------------------ events (dispatched per conn)
     def on_event(self, conn: IrcConnection, event: irc.client.Event) -> None:
         handler = getattr(self, "_on_" + event.type, None)
-        if handler is not None:
-            handler(conn, event)
+        if handler is None:
+            return
+        if event.type in _NEEDS_CHANNEL and not (event.target and is_channel(event.target)):
+            log.debug("ignoring a %s without a channel from %s", event.type, conn)
+            return
+        if event.type in _NEEDS_ARGUMENT and not (event.arguments and event.arguments[0]):
+            log.debug("ignoring a %s without its argument from %s", event.type, conn)
+            return
+        handler(conn, event)
 
     def _on_welcome(self, conn: IrcConnection, event: irc.client.Event) -> None:
         conn.registered()
@@ -352,6 +363,8 @@ class Network:
     def _on_nick(self, conn: IrcConnection, event: irc.client.Event) -> None:
         old = event.source.nick if event.source else ""
         new = event.target or ""
+        if not new:
+            return
         if conn.owner and irc_lower(new) == irc_lower(conn.conn.get_nickname()):
             conn.wanted_nick = new  # a reconnect keeps the new nick
             self._remember_puppet_nick(conn)

@@ -28,9 +28,20 @@ _WAKE = object()
 
 
 class BridgeServerConnection(irc.client.ServerConnection):
-    """A ServerConnection that decodes input leniently (IRC is not always UTF-8)."""
+    """A ServerConnection that decodes input leniently (IRC is not always UTF-8), drops NUL
+    bytes (IRC forbids them, and PostgreSQL text cannot hold them), and survives a line it
+    cannot parse: one bad line must not lose the good lines read with it."""
 
     buffer_class = line_buffer.LenientDecodingLineBuffer
+
+    def _process_line(self, line: str) -> None:
+        if "\x00" in line:
+            line = line.replace("\x00", "")
+        try:
+            super()._process_line(line)
+        except Exception:  # noqa: BLE001 - garbage from the server: skip this line only
+            log.warning("skipped a line from %s that could not be handled: %r",
+                        self.server, line[:200], exc_info=log.isEnabledFor(logging.DEBUG))
 
 
 class SelectorReactor(irc.client.Reactor):

@@ -85,7 +85,10 @@ def run(workdir: Path, db: str, *, quick: bool, profile: Path | None = None,
         # 1. burst: ceiling, bridge, ceiling again (Synapse slows down as rooms grow, so
         # the ceiling is the mean of the runs on either side of the bridge's).
         result["burst_ceiling_before"] = _ceiling_burst(hs, room_ids, readers, "hsa", per_room)
-        prof = Profiler(worker, profile, duration=120 + total * 0.2) if profile else None
+        # with idle samples: the senders wait on the homeserver and the database, and the
+        # split between the two is the question
+        prof = Profiler(worker, profile, duration=120 + total * 0.2, idle=True) \
+            if profile else None
         if prof:
             prof.__enter__()
         try:
@@ -186,7 +189,7 @@ def _sender_of(room_id: str) -> int:
     return zlib.crc32(room_id.encode()) % SENDERS
 
 
-def _pick_rooms(stack: BenchStack, user: MatrixClient, max_rooms: int = 16
+def _pick_rooms(stack: BenchStack, user: MatrixClient, max_rooms: int = 24
                 ) -> list[tuple[str, str]]:
     """Make portal rooms until ROOMS of them map to distinct sender threads (bounded)."""
     chosen: dict[int, tuple[str, str]] = {}

@@ -210,6 +210,40 @@ def table(scenario: str, results: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def markdown(scenario: str, results: dict[str, dict[str, Any]]) -> str:
+    """The same table as `table`, as Markdown (for docs/performance.md)."""
+    text = table(scenario, results).splitlines()
+    head = [c for c in _split_cells(text[1])]
+    lines = [f"**{scenario}**", "", "| " + " | ".join(head) + " |",
+             "|" + "|".join("---" for _ in head) + "|"]
+    widths = [len(c) for c in text[2].split("  ")]
+    for row in text[3:]:
+        cells, pos = [], 0
+        for w in widths:
+            cells.append(row[pos:pos + w].strip())
+            pos += w + 2
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _split_cells(line: str) -> list[str]:
+    return [c.strip() for c in line.split("  ") if c.strip()]
+
+
+def report(names: list[str], dbs: list[str], suffix: str = "") -> str:
+    """Markdown tables from the JSON already in results/ (nothing is run)."""
+    parts = []
+    for name in names:
+        found = {}
+        for db in dbs:
+            path = common.RESULTS / f"{name}-{db}{suffix}.json"
+            if path.exists():
+                found[db] = json.loads(path.read_text(encoding="utf-8"))
+        if found:
+            parts.append(markdown(name, found))
+    return "\n\n".join(parts)
+
+
 # --------------------------------------------------------------------------- running
 
 def run_one(name: str, db: str, args: argparse.Namespace, base: Path) -> dict[str, Any]:
@@ -276,6 +310,9 @@ def main(argv: list[str] | None = None) -> int:
                              "(whatif/sitecustomize.py: our_nicks, irc_lower); results go "
                              "to <scenario>-<db>-whatif-<names>.json")
     parser.add_argument("--keep", action="store_true", help="keep the stacks' folders")
+    parser.add_argument("--report", action="store_true",
+                        help="print Markdown tables of the results already in results/ "
+                             "(runs nothing)")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
@@ -287,6 +324,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown scenario(s): {', '.join(unknown)}")
     names = [n for n in ORDER if n in names]
     dbs = ["sqlite", "postgresql"] if args.db == "both" else [args.db]
+    if args.report:
+        suffix = (f"-whatif-{'+'.join(common.WHATIF)}" if common.WHATIF else "") \
+            + ("-profiled" if args.profile else "")
+        print(report(names, dbs, suffix))
+        return 0
     if "postgresql" in dbs and not common.postgres_available():
         print(f"PostgreSQL at {common.PG_URL} does not answer: skipping it", file=sys.stderr)
         dbs.remove("postgresql")
