@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from .config import Config, NetworkConfig, role_of
@@ -123,7 +124,7 @@ class Bridge(MatrixToIrc, IrcToMatrix, ThirdPartyLookups):
             self._sender_for_nick,
             self.senders.dispatch,
         )
-        self.inbox = InboxWorker(self.store, self.on_matrix_event)
+        self.inbox = InboxWorker(self.store, self.on_matrix_event, journal=self._journal_path())
         self.senders.start()
         self.recorder.start()
         self.senders.dispatch(self.store.pending_outbox())
@@ -135,6 +136,13 @@ class Bridge(MatrixToIrc, IrcToMatrix, ThirdPartyLookups):
             self.hs_ready.set()
         if connect_irc:
             self.irc.start()
+
+    def _journal_path(self) -> Path:
+        """Where delivered inbox rows are journaled: beside the SQLite file, or beside
+        config.ini (one per bridge id) with PostgreSQL."""
+        if self.store.is_sqlite:
+            return Path(f"{self.store.db.database}.{self.config.appservice.id}.sent")
+        return self.config.path.parent / f".{self.config.appservice.id}.sent"
 
     def stop(self) -> None:
         """Clean stop: QUIT every connection, let the queues settle, release the locks."""

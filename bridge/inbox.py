@@ -5,14 +5,21 @@ homeserver is never kept waiting on IRC. This thread reads pending rows in id or
 `handle(event, done)`; the handler calls `done(ok)` from any thread once the event's work is
 finished (for a message: when its lines were written to the IRC socket). Rows still pending
 at a crash are handled again at the next start.
+
+Between a line leaving on the IRC socket and its row being marked done in the database there
+is a moment where a crash would send it twice. `SentJournal` closes it: `done` appends the
+row id to a small local file at once (one write, no database), and the next start marks
+every journaled row done before anything is handed out again.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from . import metrics
@@ -23,11 +30,40 @@ log = logging.getLogger(__name__)
 Handler = Callable[[dict[str, Any], Callable[[bool], None]], None]
 
 
+class SentJournal:
+    """Row ids whose work finished, appended as they finish; survives a killed process."""
+
+    ROTATE_BYTES = 1 << 20
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+
+    def record(self, row_id: int) -> None:
+        """Any thread: one small append (atomic with O_APPEND), no database, no lock."""
+        os.write(self._fd, b"%d\n" % row_id)
+
+    def replay(self) -> list[int]:
+        with open(self.path, "rb") as f:
+            return [int(x) for x in f.read().split() if x.isdigit()]
+
+    def size(self) -> int:
+        return os.fstat(self._fd).st_size
+
+    def clear(self) -> None:
+        os.ftruncate(self._fd, 0)
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
 class InboxWorker:
     """One thread; owns the in-flight set and the completion queue."""
 
-    def __init__(self, store: Store, handle: Handler, *, batch: int = 200):
+    def __init__(self, store: Store, handle: Handler, *, batch: int = 200,
+                 journal: Path | None = None):
         self.store = store
+        self.journal = SentJournal(journal) if journal is not None else None
         self.handle = handle
         self.batch = batch
         self._wake = threading.Event()
@@ -39,6 +75,13 @@ class InboxWorker:
         self.idle = threading.Event()
 
     def start(self) -> None:
+        if self.journal is not None:
+            finished = self.journal.replay()
+            if finished:
+                log.info("%d events were delivered just before the last stop; not again",
+                         len(finished))
+                self.store.mark_inbox(finished, DONE)
+            self.journal.clear()
         self._thread.start()
 
     def notify(self) -> None:
@@ -73,6 +116,8 @@ class InboxWorker:
             self.store.db.close()
         except Exception:  # noqa: BLE001
             pass
+        if self.journal is not None:
+            self.journal.close()
 
     def _dispatch_pending(self) -> bool:
         rows = self.store.pending_inbox(self._last_id, self.batch)
@@ -98,6 +143,8 @@ class InboxWorker:
             if called.is_set():
                 return
             called.set()
+            if self.journal is not None:
+                self.journal.record(row_id)
             self._completed.put((row_id, ok))
             self._wake.set()
 
@@ -118,3 +165,8 @@ class InboxWorker:
             self.store.mark_inbox(done_ids, DONE)
         if failed_ids:
             self.store.mark_inbox(failed_ids, FAILED)
+        # Nothing in flight: every journaled id is in the database now, and no `done` can
+        # run before this thread hands out more work.
+        if self.journal is not None and not self._in_flight and self._completed.empty() \
+                and self.journal.size() > SentJournal.ROTATE_BYTES:
+            self.journal.clear()

@@ -195,7 +195,17 @@ MODELS: tuple[type[BaseModel], ...] = (
 
 
 class ReconnectingPostgres(ReconnectMixin, pw.PostgresqlDatabase):
-    """Reconnects after the server restarted instead of failing every later query."""
+    """Reconnects after the server restarted instead of failing every later query.
+
+    ReconnectMixin only knows MySQL's messages by default; these are psycopg2's.
+    """
+
+    reconnect_errors = ReconnectMixin.reconnect_errors + (
+        (pw.OperationalError, "server closed the connection"),
+        (pw.OperationalError, "terminating connection"),
+        (pw.OperationalError, "connection to server"),
+        (pw.InterfaceError, "connection already closed"),
+    )
 
 
 def open_database(url: str) -> pw.Database:

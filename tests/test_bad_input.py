@@ -688,3 +688,19 @@ def test_a_nul_byte_from_irc_is_dropped_and_blocks_nothing(world: World) -> None
                "the line after the NUL", interval=0.3)
     texts = [t for t in matrix_texts(world.alice, room, 400) if t.startswith("nulbyte")]
     assert texts == ["nulbyteinside"], texts
+
+
+def test_after_a_channel_key_is_set_new_irc_speakers_still_reach_matrix(world: World) -> None:
+    """An IRC operator sets +k: the bridge may make the room invite-only, but the virtual
+    users of IRC people who speak later must still get in, so their lines are not dropped."""
+    bob = world.bob.c
+    bob.send(f"MODE {CHANNEL} +k sekrit")
+    bob.wait_for(lambda m: m.command == "MODE" and "+k" in m.raw, timeout=10)
+    dora = RawIrcClient().connect(world.stack.ircd.host, world.stack.ircd.port, "Dora")
+    try:
+        dora.join(CHANNEL, key="sekrit")
+        dora.privmsg(CHANNEL, "keyed 0")
+        world.alice.wait_for_text(world.room, "keyed 0", timeout=30)
+    finally:
+        dora.close()
+        bob.send(f"MODE {CHANNEL} -k sekrit")

@@ -21,6 +21,7 @@ from .errors import matrix_error
 log = logging.getLogger(__name__)
 
 bp = Blueprint("appservice", __name__)
+MAX_ID_BYTES = 255  # Matrix ids are at most 255 bytes; the tables hold no more
 
 
 def _bridge() -> Any:
@@ -74,10 +75,17 @@ def put_transaction(txn_id: str) -> Response:
     events = body.get("events")
     if not isinstance(events, list):
         return matrix_error(400, "M_BAD_JSON", "'events' must be a list")
+    if len(txn_id.encode("utf-8", "surrogatepass")) > MAX_ID_BYTES:
+        return matrix_error(400, "M_INVALID_PARAM", "The transaction id is too long")
     good: list[dict[str, Any]] = []
     for event in events:
         if not isinstance(event, dict) or not isinstance(event.get("event_id"), str):
             log.warning("transaction %s: skipping an event without an event_id", txn_id)
+            continue
+        if any(isinstance(event.get(k), str) and len(event[k].encode("utf-8", "replace"))
+               > MAX_ID_BYTES for k in ("event_id", "room_id")):
+            log.warning("transaction %s: skipping an event with an id over %d bytes", txn_id,
+                        MAX_ID_BYTES)
             continue
         good.append(event)
     seen, new = _bridge().handle_transaction(txn_id, good)

@@ -307,8 +307,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="py-spy record the bridge worker during each measured phase")
     parser.add_argument("--whatif", default="",
                         help="measure with what-if patches loaded into the bridge "
-                             "(whatif/sitecustomize.py: our_nicks, irc_lower); results go "
-                             "to <scenario>-<db>-whatif-<names>.json")
+                             "(whatif/sitecustomize.py: our_nicks, irc_lower, switchinterval); "
+                             "results go to <scenario>-<db>-whatif-<names>.json")
     parser.add_argument("--keep", action="store_true", help="keep the stacks' folders")
     parser.add_argument("--report", action="store_true",
                         help="print Markdown tables of the results already in results/ "

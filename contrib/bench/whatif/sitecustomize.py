@@ -9,6 +9,9 @@ the bridge's PYTHONPATH; IRCBRIDGE_BENCH_WHATIF names the patches, comma-separat
   changes or 0.25 s passed, instead of building it from every connection on each IRC event
   (a real fix would keep the set up to date on connect/nick/close).
 - irc_lower: `names.irc_lower` uses one translation table made once, not one per call.
+- switchinterval: `sys.setswitchinterval(0.0005)` (default 0.005): a thread that waits for
+  the GIL held by a CPU-bound thread gets it back sooner; shows how much of a latency is
+  waiting for the GIL (a GIL convoy), not work.
 """
 
 from __future__ import annotations
@@ -53,10 +56,14 @@ def _irc_lower() -> None:
             module.irc_lower = irc_lower  # type: ignore[attr-defined]
 
 
-PATCHES = {"our_nicks": _our_nicks, "irc_lower": _irc_lower}
+def _switchinterval() -> None:
+    sys.setswitchinterval(0.0005)
+
+
+PATCHES = {"our_nicks": _our_nicks, "irc_lower": _irc_lower, "switchinterval": _switchinterval}
 
 # irc_lower last, so the modules the other patches import get it too
-for name in [n for n in ("our_nicks", "irc_lower") if n in WANTED]:
+for name in [n for n in ("our_nicks", "switchinterval", "irc_lower") if n in WANTED]:
     try:
         PATCHES[name]()
         print(f"ircbridge bench: what-if patch {name} applied", file=sys.stderr)
