@@ -14,6 +14,7 @@ import re
 import time
 from html import escape
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 from . import formatting, metrics
 from .config import Config
@@ -51,6 +52,10 @@ def with_pills(html: str, mentions: dict[str, str]) -> str:
         html = pattern.sub(lambda _m, link=link: link, html)
     return html
 
+
+
+# Each bridged message carries the txnId it was sent with, so a retry can find it.
+TXN_KEY = "org.ircbridge.txn"
 
 
 class IrcToMatrix:
@@ -186,8 +191,12 @@ class IrcToMatrix:
                      details.get("using"))
 
     # ------------------------------------------------------------ IRC -> Matrix (senders)
-    def deliver(self, line: QueuedLine) -> str:
-        """Send one outbox row to the homeserver, as its virtual user, with the IRC time."""
+    def deliver(self, line: QueuedLine, retrying: bool = False) -> str:
+        """Send one outbox row to the homeserver, as its virtual user, with the IRC time.
+
+        A retry first looks for the row's event in the room: a homeserver that stopped after
+        storing the event but before answering forgets the txnId when it restarts.
+        """
         try:
             room_id, line = self._route(line)
             if room_id is None:
@@ -199,13 +208,17 @@ class IrcToMatrix:
             else:
                 intent = self._prepare_ghost(line.network, line.nick, line.sender)
                 self._join_ghost(intent, room_id)
-            content: dict[str, Any] = {"msgtype": line.msgtype, "body": line.body}
+            txn_id = f"{self.txn_prefix}.{line.id}"
+            if retrying:
+                found = self._already_sent(room_id, line.sender, txn_id)
+                if found:
+                    return found
+            content: dict[str, Any] = {"msgtype": line.msgtype, "body": line.body,
+                                       TXN_KEY: txn_id}
             if line.html:
                 content["format"] = "org.matrix.custom.html"
                 content["formatted_body"] = line.html
-            return intent.send_message(
-                room_id, content, ts=line.ts, txn_id=f"{self.txn_prefix}.{line.id}"
-            )
+            return intent.send_message(room_id, content, ts=line.ts, txn_id=txn_id)
         except HomeserverUnavailable as e:
             raise Retry(str(e)) from e
         except Forbidden as e:
@@ -214,6 +227,27 @@ class IrcToMatrix:
             if e.status == 429 or e.status >= 500 or e.status == 0:
                 raise Retry(str(e)) from e
             raise GiveUp(str(e)) from e
+
+    def _already_sent(self, room_id: str, sender: str, txn_id: str) -> str | None:
+        """The event a previous try of this row made, if the homeserver kept it."""
+        user = None if sender == self.config.bot_user_id else sender
+        try:
+            recent = self.client.request(
+                "GET", f"/_matrix/client/v3/rooms/{quote(room_id, safe='')}/messages",
+                params={"dir": "b", "limit": "50"}, user_id=user, retry=False,
+            )
+        except HomeserverUnavailable:
+            raise
+        except MatrixError as e:  # e.g. not in the room yet: nothing was sent there
+            log.debug("cannot look back in %s: %s", room_id, e)
+            return None
+        for event in recent.get("chunk", []):
+            content = event.get("content") or {}
+            if event.get("sender") == sender and content.get(TXN_KEY) == txn_id:
+                log.info("line already in %s as %s; not sent again", room_id,
+                         event.get("event_id"))
+                return str(event.get("event_id"))
+        return None
 
     def _route(self, line: QueuedLine) -> tuple[str | None, QueuedLine]:
         """The room of a row; a private conversation's room is looked up, or made.

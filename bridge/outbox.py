@@ -175,7 +175,7 @@ class Recorder:
 class Senders:
     """A pool of threads delivering outbox rows; one room always maps to one thread."""
 
-    def __init__(self, store: Store, deliver: Callable[[QueuedLine], str], count: int = 4,
+    def __init__(self, store: Store, deliver: Callable[[QueuedLine, bool], str], count: int = 4,
                  retry_cap: float = 30.0, max_attempts: int = 20):
         self.store = store
         self.deliver = deliver
@@ -224,14 +224,16 @@ class Senders:
     def _send_one(self, line: QueuedLine) -> None:
         pause = 0.5
         attempts = line.attempts
+        retrying = False
         while not self._stop.is_set():
             attempts += 1
             try:
-                event_id = self.deliver(line)
+                event_id = self.deliver(line, retrying)
             except Retry as e:
                 log.warning("could not deliver line %d to %s (%s); retrying in %.1f s",
                             line.id, line.room_id, e, pause)
                 metrics.outbox_retry(self)
+                retrying = True
                 self._stop.wait(pause)
                 pause = min(self.retry_cap, pause * 2)
                 continue
