@@ -33,7 +33,7 @@ from .matrix import (
 from .matrix_to_irc import MatrixToIrc
 from .names import NetworkNames, displayname_for_nick, irc_lower
 from .outbox import Recorder, RoomCreated, Senders
-from .store import Link, Store
+from .store import Link, LockHeld, Store
 from .thirdparty import ThirdPartyLookups
 
 log = logging.getLogger(__name__)
@@ -136,6 +136,22 @@ class Bridge(MatrixToIrc, IrcToMatrix, ThirdPartyLookups):
             self.hs_ready.set()
         if connect_irc:
             self.irc.start()
+        if not self.store.is_sqlite:
+            threading.Thread(target=self._keep_locks, name="lock-keeper", daemon=True).start()
+
+    def _keep_locks(self) -> None:
+        """Hold the per-network PostgreSQL locks across database restarts; if another bridge
+        took one meanwhile, this one stops serving IRC rather than doubling connections."""
+        while not self._stopping.wait(5.0):
+            try:
+                self.store.check_locks()
+            except LockHeld as e:
+                log.critical("%s: closing every IRC connection of this bridge", e)
+                self.health["lock"] = "lost"
+                self.irc.stop("Bridge lost its lock")
+                return
+            except Exception as e:  # noqa: BLE001 - the database is still down: try later
+                log.warning("cannot check the network locks yet: %s", e)
 
     def _journal_path(self) -> Path:
         """Where delivered inbox rows are journaled: beside the SQLite file, or beside

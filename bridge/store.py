@@ -385,7 +385,7 @@ class Store:
                         f"another bridge already serves network {network!r} on this "
                         "PostgreSQL database (advisory lock held); stop it first"
                     )
-                self._locks.append(("pg", conn))
+                self._locks.append(("pg", (conn, network)))
 
     def _dedicated_pg_connection(self) -> Any:
         import psycopg2  # only with the postgres extra
@@ -395,6 +395,37 @@ class Store:
         conn.autocommit = True
         return conn
 
+    def check_locks(self) -> None:
+        """PostgreSQL: an advisory lock dies with its session (e.g. the server restarted).
+        Take it again on a new session, or raise LockHeld if another bridge took it."""
+        with self._lock_guard:
+            locks = list(self._locks)
+        for i, (kind, handle) in enumerate(locks):
+            if kind != "pg":
+                continue
+            conn, network = handle
+            try:
+                with conn.cursor() as cur:
+                    cur.execute("SELECT 1")
+                continue
+            except Exception:  # noqa: BLE001 - the session is gone
+                log.warning("the lock of network %r was lost with its database session; "
+                            "taking it again", network)
+            try:
+                conn.close()
+            except Exception:  # noqa: BLE001
+                pass
+            fresh = self._dedicated_pg_connection()
+            with fresh.cursor() as cur:
+                cur.execute("SELECT pg_try_advisory_lock(%s)", (_advisory_key(network),))
+                (ok,) = cur.fetchone()
+            if not ok:
+                fresh.close()
+                raise LockHeld(f"another bridge took network {network!r} while the database "
+                               "was restarting")
+            with self._lock_guard:
+                self._locks[self._locks.index(locks[i])] = ("pg", (fresh, network))
+
     def release_locks(self) -> None:
         with self._lock_guard:
             for kind, handle in self._locks:
@@ -402,7 +433,7 @@ class Store:
                     if kind == "file":
                         os.close(handle)
                     else:
-                        handle.close()
+                        handle[0].close()
                 except Exception:  # noqa: BLE001 - best effort on shutdown
                     log.debug("releasing a lock failed", exc_info=True)
             self._locks.clear()

@@ -46,6 +46,8 @@ def health_report(bridge: Any) -> tuple[bool, dict[str, Any]]:
     _, db_error = ops_queries.safe(ops_queries.ping, bridge.store.db)
     if db_error is not None:
         failing["database"] = db_error
+    if bridge.health.get("lock") == "lost":
+        failing["lock"] = "another bridge serves these networks now; this one stopped its IRC"
     networks = status.get("networks") or {}
     for net in bridge.config.networks:
         state = (networks.get(net.name) or {}).get("bot", "not started")
