@@ -125,6 +125,7 @@ class Bridge(MatrixToIrc, IrcToMatrix, ThirdPartyLookups):
             self.senders.dispatch,
         )
         self.inbox = InboxWorker(self.store, self.on_matrix_event, journal=self._journal_path())
+        self.inbox.on_uncertain = self._maybe_not_delivered
         self.senders.start()
         self.recorder.start()
         self.senders.dispatch(self.store.pending_outbox())
@@ -136,6 +137,10 @@ class Bridge(MatrixToIrc, IrcToMatrix, ThirdPartyLookups):
             self.hs_ready.set()
         if connect_irc:
             self.irc.start()
+            for link in self.links():  # the bot listens in every bridged channel again
+                net = self.irc.network(link.network)
+                if net is not None:
+                    self.irc.call(net.join_bot, link.channel_name)
         if not self.store.is_sqlite:
             threading.Thread(target=self._keep_locks, name="lock-keeper", daemon=True).start()
 
@@ -152,6 +157,15 @@ class Bridge(MatrixToIrc, IrcToMatrix, ThirdPartyLookups):
                 return
             except Exception as e:  # noqa: BLE001 - the database is still down: try later
                 log.warning("cannot check the network locks yet: %s", e)
+
+    def _maybe_not_delivered(self, event: dict[str, Any]) -> None:
+        """A message whose sending was cut by a crash: its sender hears it, in the room."""
+        link = self.link_for_room(str(event.get("room_id")))
+        sender = event.get("sender")
+        if link is None or not isinstance(sender, str):
+            return
+        self.irc_failure(link.network, sender, link.channel_name,
+                         "the bridge stopped while sending it; it may not have arrived")
 
     def _journal_path(self) -> Path:
         """Where delivered inbox rows are journaled: beside the SQLite file, or beside

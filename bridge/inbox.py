@@ -43,9 +43,17 @@ class SentJournal:
         """Any thread: one small append (atomic with O_APPEND), no database, no lock."""
         os.write(self._fd, b"%d\n" % row_id)
 
-    def replay(self) -> list[int]:
+    def record_start(self, row_id: int) -> None:
+        """About to write the first line: a crash from here on leaves the row uncertain."""
+        os.write(self._fd, b"S%d\n" % row_id)
+
+    def replay(self) -> tuple[list[int], list[int]]:
+        """(finished rows, rows that had started but not finished)."""
         with open(self.path, "rb") as f:
-            return [int(x) for x in f.read().split() if x.isdigit()]
+            words = f.read().split()
+        finished = {int(w) for w in words if w.isdigit()}
+        started = {int(w[1:]) for w in words if w[:1] == b"S" and w[1:].isdigit()}
+        return sorted(finished), sorted(started - finished)
 
     def size(self) -> int:
         return os.fstat(self._fd).st_size
@@ -64,6 +72,8 @@ class InboxWorker:
                  journal: Path | None = None):
         self.store = store
         self.journal = SentJournal(journal) if journal is not None else None
+        # Told about events whose sending was cut by a crash (see SentJournal).
+        self.on_uncertain: Callable[[dict[str, Any]], None] | None = None
         self.handle = handle
         self.batch = batch
         self._wake = threading.Event()
@@ -76,11 +86,20 @@ class InboxWorker:
 
     def start(self) -> None:
         if self.journal is not None:
-            finished = self.journal.replay()
+            finished, uncertain = self.journal.replay()
             if finished:
                 log.info("%d events were delivered just before the last stop; not again",
                          len(finished))
                 self.store.mark_inbox(finished, DONE)
+            if uncertain:
+                # Cut while being written: IRC may have them. Sending again could say them
+                # twice; their senders are told instead.
+                log.warning("%d events were being sent when the bridge stopped; their "
+                            "senders are told they may not have reached IRC", len(uncertain))
+                self.store.mark_inbox(uncertain, FAILED)
+                if self.on_uncertain is not None:
+                    for event in self.store.inbox_events(uncertain):
+                        self.on_uncertain(event)
             self.journal.clear()
         self._thread.start()
 

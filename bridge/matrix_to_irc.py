@@ -111,7 +111,8 @@ class MatrixToIrc:
                     self.irc_failure(link.network, sender, link.channel_name, error)
             done(ok)
 
-        self.irc.call(net.say, sender, None, link.channel_name, lines, kind, sent)
+        self.irc.call(net.say, sender, None, link.channel_name, lines, kind, sent,
+                      getattr(done, "started", None))
 
     def _private_event(self, event: dict[str, Any], content: dict[str, Any], pm: Any,
                        done: Callable[[bool], None]) -> None:
@@ -129,7 +130,8 @@ class MatrixToIrc:
                 self.irc_failure(pm.network, str(event["sender"]), nick, error)
             done(ok)
 
-        self.irc.call(net.say_private, str(event["sender"]), nick, lines, kind, sent)
+        self.irc.call(net.say_private, str(event["sender"]), nick, lines, kind, sent,
+                      getattr(done, "started", None))
 
     def _translate_context(self, network: NetworkConfig, target: str) -> translate.Context:
         def find(event_id: str) -> translate.Origin | None:

@@ -104,9 +104,12 @@ class Template:
         return text[len(self.prefix) : len(text) - len(self.suffix)] or None
 
 
+_RFC1459 = str.maketrans("[]\\~", "{}|^")
+
+
 def irc_lower(text: str) -> str:
     """RFC 1459 case folding, the IRC default (`[]\\~` are the upper case of `{}|^`)."""
-    return text.lower().translate(str.maketrans("[]\\~", "{}|^"))
+    return text.lower().translate(_RFC1459)
 
 
 def is_channel(name: str) -> bool:

@@ -10,11 +10,11 @@ is part of the Matrix txnId, so a retry after a crash cannot post it twice.
 
 from __future__ import annotations
 
+import collections
 import logging
 import queue
 import threading
 import time
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -173,53 +173,77 @@ class Recorder:
 
 
 class Senders:
-    """A pool of threads delivering outbox rows; one room always maps to one thread."""
+    """A pool of threads delivering outbox rows, in order per room.
+
+    Each room has its own FIFO. A room with work waits in the ready queue; a free thread
+    takes it, sends its lines, and gives the room back. No two threads ever serve one room,
+    so its order is kept, and busy rooms never wait behind each other on one thread.
+    """
 
     def __init__(self, store: Store, deliver: Callable[[QueuedLine, bool], str], count: int = 4,
-                 retry_cap: float = 30.0, max_attempts: int = 20):
+                 retry_cap: float = 30.0, max_attempts: int = 20, batch: int = 20):
         self.store = store
         self.deliver = deliver
         self.retry_cap = retry_cap
         self.max_attempts = max_attempts
-        self._queues: list[queue.SimpleQueue[QueuedLine | None]] = [
-            queue.SimpleQueue() for _ in range(count)
-        ]
+        self.batch = batch  # lines of one room before the thread lets other rooms go first
+        self._rooms: dict[str, collections.deque[QueuedLine]] = {}
+        self._serving: set[str] = set()
+        self._ready: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
         self._threads = [
-            threading.Thread(target=self._run, args=(q,), name=f"hs-sender-{i}", daemon=True)
-            for i, q in enumerate(self._queues)
+            threading.Thread(target=self._run, name=f"hs-sender-{i}", daemon=True)
+            for i in range(count)
         ]
         self._stop = threading.Event()
         self.depth = 0
-        self._depth_lock = threading.Lock()
 
     def start(self) -> None:
         for t in self._threads:
             t.start()
 
     def dispatch(self, lines: list[QueuedLine]) -> None:
-        with self._depth_lock:
+        with self._lock:
             self.depth += len(lines)
-        for line in lines:
-            index = zlib.crc32(line.room_id.encode()) % len(self._queues)
-            self._queues[index].put(line)
+            for line in lines:
+                fifo = self._rooms.setdefault(line.room_id, collections.deque())
+                was_idle = not fifo and line.room_id not in self._serving
+                fifo.append(line)
+                if was_idle:
+                    self._ready.put(line.room_id)
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
-        for q in self._queues:
-            q.put(None)
+        for _ in self._threads:
+            self._ready.put(None)
         deadline = time.monotonic() + timeout
         for t in self._threads:
             if t.is_alive():
                 t.join(max(0.0, deadline - time.monotonic()))
 
-    def _run(self, q: queue.SimpleQueue[QueuedLine | None]) -> None:
+    def _run(self) -> None:
         while True:
-            line = q.get()
-            if line is None or self._stop.is_set():
+            room_id = self._ready.get()
+            if room_id is None or self._stop.is_set():
                 return
-            self._send_one(line)
-            with self._depth_lock:
-                self.depth -= 1
+            with self._lock:
+                self._serving.add(room_id)
+            for _ in range(self.batch):
+                with self._lock:
+                    fifo = self._rooms.get(room_id)
+                    line = fifo.popleft() if fifo else None
+                if line is None or self._stop.is_set():
+                    break
+                self._send_one(line)
+                with self._lock:
+                    self.depth -= 1
+            with self._lock:
+                self._serving.discard(room_id)
+                fifo = self._rooms.get(room_id)
+                if fifo:
+                    self._ready.put(room_id)  # more to send: back in line behind other rooms
+                else:
+                    self._rooms.pop(room_id, None)
 
     def _send_one(self, line: QueuedLine) -> None:
         pause = 0.5

@@ -600,6 +600,10 @@ class Store:
         for batch in _chunks(ids, 500):
             InboxEvent.update(state=state).where(InboxEvent.id.in_(batch)).execute()
 
+    def inbox_events(self, ids: list[int]) -> list[dict[str, Any]]:
+        rows = InboxEvent.select(InboxEvent.payload).where(InboxEvent.id.in_(ids))
+        return [json.loads(r.payload) for r in rows.order_by(InboxEvent.id)]
+
     def inbox_depth(self) -> int:
         return InboxEvent.select().where(InboxEvent.state == PENDING).count()
 

@@ -57,6 +57,7 @@ class Outgoing:
     channel: str | None = None  # a PRIVMSG/NOTICE to a channel waits until we are in it
     done: Callable[[bool, str | None], None] | None = None
     queued_at: float = field(default_factory=time.monotonic)
+    before: Callable[[], None] | None = None  # called right before the line is written
 
 
 class TokenBucket:
@@ -398,9 +399,11 @@ class IrcConnection:
 
     # ------------------------------------------------------------ output
     def send(self, line: str, *, channel: str | None = None,
-             done: Callable[[bool, str | None], None] | None = None) -> None:
+             done: Callable[[bool, str | None], None] | None = None,
+             before: Callable[[], None] | None = None) -> None:
         """Queue a line under flood control; lines to a channel wait until we are in it."""
-        self.queue.append(Outgoing(line, irc_lower(channel) if channel else None, done))
+        self.queue.append(Outgoing(line, irc_lower(channel) if channel else None, done,
+                                   before=before))
         if self.state in (State.IDLE,):
             self.start()
         self.drain()
@@ -434,6 +437,8 @@ class IrcConnection:
                     self._drain_timer = self.thread.call_later(wait, self._drain_tick)
                 return
             self.queue.popleft()
+            if item.before:
+                item.before()
             ok = self.send_now(item.line)
             if item.done:
                 item.done(ok, None if ok else "not sent: the connection is down")

@@ -125,6 +125,7 @@ class Network:
         # password_kind (server or sasl), certificate/key (PEM), autocmds. Memory only: it
         # is called on the IRC thread when a connection is made.
         self.settings_for: Callable[[str, str], dict[str, Any]] | None = None
+        self._our_nicks: set[str] | None = None
 
     # ------------------------------------------------------------ connections
     def _new_connection(self, owner: str, nick: str, username: str, realname: str,
@@ -153,6 +154,7 @@ class Network:
         self.bot = self._new_connection(
             "", self.bot_nick, "ircbridge", "Matrix bridge bot", self.config.password or None
         )
+        self.nicks_changed()
         for channel in self.config.channels:
             self.bot.join(channel)
         self.bot.start()
@@ -192,10 +194,12 @@ class Network:
                                         user_id, None)
             apply_settings(conn, settings)
             self.puppets[user_id] = conn
+            self.nicks_changed()
             conn.start()
         return conn
 
     def _remember_puppet_nick(self, conn: IrcConnection) -> None:
+        self.nicks_changed()
         for folded, owner in list(self.puppet_nicks.items()):
             if owner == conn.owner:
                 del self.puppet_nicks[folded]
@@ -203,6 +207,7 @@ class Network:
 
     def drop_puppet(self, user_id: str, message: str = "") -> None:
         conn = self.puppets.pop(user_id, None)
+        self.nicks_changed()
         for folded, owner in list(self.puppet_nicks.items()):
             if owner == user_id:
                 del self.puppet_nicks[folded]
@@ -214,7 +219,13 @@ class Network:
         return [c for c in [self.bot, *self.puppets.values()] if c is not None]
 
     def our_nicks(self) -> set[str]:
-        return {irc_lower(c.nick) for c in self.all_connections()}
+        """Folded nicks of all our connections; cached, since every channel line asks."""
+        if self._our_nicks is None:
+            self._our_nicks = {irc_lower(c.nick) for c in self.all_connections()}
+        return self._our_nicks
+
+    def nicks_changed(self) -> None:
+        self._our_nicks = None
 
     def forwarder(self, channel: str) -> IrcConnection | None:
         """The one connection of ours that relays what others say in `channel`.
@@ -231,6 +242,7 @@ class Network:
         return None
 
     def _connection_changed(self, conn: IrcConnection, what: str, details: dict[str, Any]) -> None:
+        self.nicks_changed()
         if what == "connected" and not conn.is_bot:
             self._remember_puppet_nick(conn)
         if what == "connected" and conn.is_bot:
@@ -365,6 +377,8 @@ class Network:
         new = event.target or ""
         if not new:
             return
+        if self._mine(conn, old) or irc_lower(new) == irc_lower(conn.conn.get_nickname()):
+            self.nicks_changed()
         if conn.owner and irc_lower(new) == irc_lower(conn.conn.get_nickname()):
             conn.wanted_nick = new  # a reconnect keeps the new nick
             self._remember_puppet_nick(conn)
@@ -507,7 +521,8 @@ class Network:
         conn.send(line, channel=channel)
 
     def say_private(self, user_id: str, nick: str, lines: list[str], kind: str,
-                    done: Callable[[bool, str | None], None]) -> None:
+                    done: Callable[[bool, str | None], None],
+                    started: Callable[[], None] | None = None) -> None:
         conn = self.puppet(user_id)
         if not lines:
             done(True, None)
@@ -523,13 +538,18 @@ class Network:
                 done(not failed, failed[0] if failed else None)
 
         command = "NOTICE" if kind == "m.notice" else "PRIVMSG"
-        for line in lines:
+        for i, line in enumerate(lines):
             text = f"\x01ACTION {line}\x01" if kind == "m.emote" else line
-            conn.send(f"{command} {nick} :{text}", done=one_done)
+            conn.send(f"{command} {nick} :{text}", done=one_done,
+                      before=started if i == 0 else None)
 
     def say(self, user_id: str, displayname: str | None, channel: str, lines: list[str],
-            kind: str, done: Callable[[bool, str | None], None]) -> None:
-        """Say `lines` in `channel` from the user's puppet; `done` once all left (or failed)."""
+            kind: str, done: Callable[[bool, str | None], None],
+            started: Callable[[], None] | None = None) -> None:
+        """Say `lines` in `channel` from the user's puppet; `done` once all left (or failed).
+
+        `started` is called right before the first line is written to the socket.
+        """
         conn = self.puppet(user_id, displayname)
         conn.join(channel)
         if not lines:
@@ -546,6 +566,7 @@ class Network:
                 done(not failed, failed[0] if failed else None)
 
         command = "NOTICE" if kind == "m.notice" else "PRIVMSG"
-        for line in lines:
+        for i, line in enumerate(lines):
             text = f"\x01ACTION {line}\x01" if kind == "m.emote" else line
-            conn.send(f"{command} {channel} :{text}", channel=channel, done=one_done)
+            conn.send(f"{command} {channel} :{text}", channel=channel, done=one_done,
+                      before=started if i == 0 else None)

@@ -246,11 +246,18 @@ def report(names: list[str], dbs: list[str], suffix: str = "") -> str:
 
 # --------------------------------------------------------------------------- running
 
+def suffix_for(args: argparse.Namespace) -> str:
+    """What sets a run's results apart in their file names: -quick, -large, -whatif-…,
+    -profiled (a plain default run has none)."""
+    return ("-quick" if args.quick else "") + ("-large" if args.large else "") \
+        + (f"-whatif-{'+'.join(common.WHATIF)}" if common.WHATIF else "") \
+        + ("-profiled" if args.profile else "")
+
+
 def run_one(name: str, db: str, args: argparse.Namespace, base: Path) -> dict[str, Any]:
     """Run one scenario on one database in its own folder; never raises."""
     workdir = Path(tempfile.mkdtemp(prefix=f"{name}-{db}-", dir=base))
-    stem = f"{name}-{db}" + (f"-whatif-{'+'.join(common.WHATIF)}" if common.WHATIF else "") \
-        + ("-profiled" if args.profile else "")
+    stem = f"{name}-{db}" + suffix_for(args)
     profile = common.RESULTS / f"{stem}.pyspy.txt" if args.profile else None
     kwargs: dict[str, Any] = {"quick": args.quick, "profile": profile}
     if name == "puppets":
@@ -325,9 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     names = [n for n in ORDER if n in names]
     dbs = ["sqlite", "postgresql"] if args.db == "both" else [args.db]
     if args.report:
-        suffix = (f"-whatif-{'+'.join(common.WHATIF)}" if common.WHATIF else "") \
-            + ("-profiled" if args.profile else "")
-        print(report(names, dbs, suffix))
+        print(report(names, dbs, suffix_for(args)))
         return 0
     if "postgresql" in dbs and not common.postgres_available():
         print(f"PostgreSQL at {common.PG_URL} does not answer: skipping it", file=sys.stderr)
