@@ -72,6 +72,10 @@ class Bridge(MatrixToIrc, IrcToMatrix, ThirdPartyLookups):
             config.homeserver.url, config.appservice.as_token,
             server_name=config.homeserver.domain, timeout=15.0, max_attempts=3, backoff_cap=2.0,
         )
+        self.send_client = HomeserverClient(
+            config.homeserver.url, config.appservice.as_token,
+            server_name=config.homeserver.domain, max_attempts=1,
+        )
         self.bot = Intent(self.client, config.bot_user_id, is_bot=True, cache=self.cache)
         self.irc = IrcSide(config.networks, self, self._bot_nick)
         self._links_lock = threading.Lock()
@@ -192,6 +196,7 @@ class Bridge(MatrixToIrc, IrcToMatrix, ThirdPartyLookups):
             self.admin.stop()
         self.client.close()
         self.query_client.close()
+        self.send_client.close()
         self.store.close()
 
     def _load_links(self) -> None:

@@ -65,6 +65,7 @@ class IrcToMatrix:
         config: Config
         store: Store
         client: HomeserverClient
+        send_client: HomeserverClient
         cache: IntentCache
         bot: Intent
         irc: IrcSide
@@ -218,7 +219,11 @@ class IrcToMatrix:
             if line.html:
                 content["format"] = "org.matrix.custom.html"
                 content["formatted_body"] = line.html
-            return intent.send_message(room_id, content, ts=line.ts, txn_id=txn_id)
+            # One try per call: a retry must first look for the event (see above), which the
+            # client's own retries would skip.
+            sender = Intent(self.send_client, intent.user_id, is_bot=intent.is_bot,
+                            cache=self.cache)
+            return sender.send_message(room_id, content, ts=line.ts, txn_id=txn_id)
         except HomeserverUnavailable as e:
             raise Retry(str(e)) from e
         except Forbidden as e:
