@@ -38,6 +38,11 @@ from .thirdparty import ThirdPartyLookups
 
 log = logging.getLogger(__name__)
 
+# Seconds between checks of the PostgreSQL lock sessions: short, so that after a database
+# restart this bridge has its locks back before a second bridge could boot and take them.
+LOCK_CHECK_EVERY = 0.5
+
+
 def _raise_open_files_limit() -> None:
     """One socket per puppet: allow as many open files as the system lets this process."""
     import resource
@@ -151,7 +156,7 @@ class Bridge(MatrixToIrc, IrcToMatrix, ThirdPartyLookups):
     def _keep_locks(self) -> None:
         """Hold the per-network PostgreSQL locks across database restarts; if another bridge
         took one meanwhile, this one stops serving IRC rather than doubling connections."""
-        while not self._stopping.wait(5.0):
+        while not self._stopping.wait(LOCK_CHECK_EVERY):
             try:
                 self.store.check_locks()
             except LockHeld as e:
