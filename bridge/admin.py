@@ -111,7 +111,7 @@ class AdminRooms:
     def _cache_identity(self, network: str, user_id: str, identity: dict[str, Any]) -> None:
         with self._lock:
             entry = self._settings.setdefault((network, user_id), {})
-            for key in ("nick", "username"):
+            for key in ("nick", "username", "long_messages"):
                 if identity.get(key):
                     entry[key] = identity[key]
                 else:

@@ -259,6 +259,16 @@ class CommandRunner:
         return (f"Your username on {c.network} is now {c.args[0]}; it is used from your next "
                 "connection (!reconnect to use it now).")
 
+    def do_longmessages(self, ctx: Ctx, c: Command) -> str:
+        assert c.network is not None
+        if not c.args:
+            current = self.admin.puppet_settings(c.network, ctx.user_id).get("long_messages")
+            return (f"Your long messages reach {c.network} as "
+                    + ("every line." if current == "lines" else "their first line and a link."))
+        self.admin.set_identity(c.network, ctx.user_id, long_messages=c.args[0])
+        return (f"From now on your long messages reach {c.network} as "
+                + ("every line." if c.args[0] == "lines" else "their first line and a link."))
+
     # ------------------------------------------------------------------ secrets
     def do_storepass(self, ctx: Ctx, c: Command) -> str:
         assert c.network is not None

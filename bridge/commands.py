@@ -133,6 +133,9 @@ SPECS: dict[str, Spec] = {s.name: s for s in (
          "fingerprint to register with NickServ (CERT ADD).", 0, 1),
     Spec("autocmd", "[list | add RAW LINE | remove N | clear]", "IRC lines sent each time "
          "your connection is made, e.g. add PRIVMSG NickServ :IDENTIFY secret.", 0, None),
+    Spec("longmessages", "[link|lines]", "How your messages longer than the network's "
+         "max_lines reach IRC: the first line and a link to the whole text (link, the "
+         "default), or every line (lines).", 0, 1),
     Spec("reconnect", "", "Drop your IRC connection and make it again."),
     Spec("quit", "", "Close your IRC connection (a message in a bridged room reopens it)."),
     Spec("listrooms", "", "List the channels your connection is in, with their rooms.",
@@ -377,6 +380,15 @@ def _check_certfp(name: str, values: list[str], rest: str) -> tuple[str, ...]:
     return (action,)
 
 
+def _check_longmessages(name: str, values: list[str], rest: str) -> tuple[str, ...]:
+    if not values:
+        return ()
+    choice = values[0].lower()
+    if choice not in ("link", "lines"):
+        raise InvalidArgument(name, "Say link or lines")
+    return (choice,)
+
+
 def _check_autocmd(name: str, values: list[str], rest: str) -> tuple[str, ...]:
     if not values or values[0].lower() == "list":
         if len(values) > 1:
@@ -411,5 +423,6 @@ _CHECKS = {
     "storepass": _check_storepass,
     "certfp": _check_certfp,
     "autocmd": _check_autocmd,
+    "longmessages": _check_longmessages,
     "cmd": _check_cmd,
 }

@@ -405,7 +405,9 @@ def load(path: str | os.PathLike[str], *, environ: dict[str, str] | None = None)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError([f"{path}: no such file; copy config.ini from the project and edit it"])
+        raise ConfigError(
+            [f"{path}: no such file; copy config.ini from the project and edit it"]
+        ) from None
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError([f"{path}: cannot be read ({e})"]) from e
     return parse(text, path=path.resolve(), environ=environ)

@@ -96,8 +96,8 @@ class MatrixToIrc:
         if etype != "m.room.message":
             done(True)
             return
-        lines, kind = translate.to_irc(content, self._translate_context(net.config,
-                                                                        link.channel_name))
+        lines, kind = translate.to_irc(content, self._translate_context(
+            net.config, link.channel_name, sender))
         if not lines:
             done(True)
             return
@@ -121,7 +121,8 @@ class MatrixToIrc:
             done(True)
             return
         nick = self.names[pm.network].nick_for_user_id(pm.ghost) or pm.nick
-        lines, kind = translate.to_irc(content, self._translate_context(net.config, nick))
+        lines, kind = translate.to_irc(content, self._translate_context(
+            net.config, nick, str(event["sender"])))
 
         def sent(ok: bool, error: str | None) -> None:
             if ok:
@@ -133,7 +134,8 @@ class MatrixToIrc:
         self.irc.call(net.say_private, str(event["sender"]), nick, lines, kind, sent,
                       getattr(done, "started", None))
 
-    def _translate_context(self, network: NetworkConfig, target: str) -> translate.Context:
+    def _translate_context(self, network: NetworkConfig, target: str,
+                           sender: str = "") -> translate.Context:
         def find(event_id: str) -> translate.Origin | None:
             found = self.store.find_message(event_id)
             return translate.Origin(*found) if found else None
@@ -144,7 +146,14 @@ class MatrixToIrc:
             find_message=find,
             nick_for_user=lambda user_id: self.nick_of(network.name, user_id),
             media=self.media,
+            paste=self._wants_paste(network.name, sender),
         )
+
+    def _wants_paste(self, network: str, user_id: str) -> bool:
+        """A user may choose (!longmessages lines) to send long messages as every line."""
+        if self.admin is None or not user_id:
+            return True
+        return self.admin.puppet_settings(network, user_id).get("long_messages") != "lines"
 
     def nick_of(self, network: str, user_id: str) -> str:
         """The IRC nick that stands for a Matrix user id: a ghost's nick, or a puppet's."""

@@ -51,6 +51,7 @@ class Context:
     nick_for_user: Callable[[str], str]
     media: MediaLinker | None = None
     now_ms: Callable[[], int] = lambda: int(time.time() * 1000)
+    paste: bool = True  # the sender's choice: long messages as a link (True) or every line
 
 
 def _html_of(content: dict[str, Any]) -> str | None:
@@ -89,7 +90,7 @@ def to_irc(content: dict[str, Any], ctx: Context) -> tuple[list[str], str]:
         return _media(content, body, ctx, budget), kind
     body, html = _reply(content, body, relates, ctx)
     lines = formatting.matrix_body_to_irc_lines(body, html, budget)
-    if len(lines) > ctx.max_lines and ctx.media is not None:
+    if len(lines) > ctx.max_lines and ctx.media is not None and ctx.paste:
         return _pasted(lines, html, body, ctx, budget), kind
     return lines, kind
 

@@ -29,7 +29,7 @@ from tests.conftest import TEST_DB_ENV
 BOT = "@ircbot:localhost"
 ADMIN = "admin"
 USERS = ("alice", "joiner", "nicky", "namer", "passy", "sasly", "certy", "autoy", "quitter",
-         "kicky", "leaver", "lister", "roomowner", "dirlooker")
+         "kicky", "leaver", "lister", "roomowner", "dirlooker", "writer")
 TIMEOUT = 30
 
 
@@ -454,3 +454,26 @@ def _as_token(stack: Stack) -> str:
         if line.startswith("as_token"):
             return line.split("=", 1)[1].strip()
     raise AssertionError("no as_token in config.ini")
+
+
+def test_longmessages_lines_sends_every_line_instead_of_a_link(stack: Stack) -> None:
+    writer = user(stack, "writer")
+    room = admin_room(writer)
+    watcher = irc_in(stack, "longwatch", "#longmsg")
+    try:
+        assert "first line and a link" in ask(writer, room, "!longmessages")
+        assert "every line" in ask(writer, room, "!longmessages lines")
+        assert "Say link or lines" in ask(writer, room, "!longmessages sometimes")
+        portal = writer.join("#irc_local_#longmsg:localhost")
+        text = "\n".join(f"part {i}" for i in range(1, 6))
+        writer.send_text(portal, text)
+        got = [watcher.wait_for(lambda m: m.command == "PRIVMSG" and m.nick == "writer[m]",
+                                TIMEOUT).text for _ in range(5)]
+        assert got == [f"part {i}" for i in range(1, 6)]
+        assert "first line and a link" in ask(writer, room, "!longmessages link")
+        writer.send_text(portal, text)
+        msg = watcher.wait_for(lambda m: m.command == "PRIVMSG" and "full message" in m.text,
+                               TIMEOUT)
+        assert msg.text.startswith("part 1")
+    finally:
+        watcher.quit()

@@ -120,9 +120,9 @@ def test_founding_document_templates_are_accepted(tmp_path: Path) -> None:
     path = write_config(tmp_path, user_template="irc.freenode.net/{nick}",
                         alias_template="irc.freenode.net/{channel}")
     config = config_module.load(path)
-    from bridge.registration import build
-
     import re
+
+    from bridge.registration import build
 
     reg = build(config)
     assert re.match(reg["namespaces"]["users"][0]["regex"], "@irc.freenode.net/bob:localhost")
