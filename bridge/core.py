@@ -31,7 +31,7 @@ from .matrix import (
     UnknownToken,
 )
 from .matrix_to_irc import MatrixToIrc
-from .names import NetworkNames, displayname_for_nick, irc_lower
+from .names import NetworkNames, displayname_for_nick, irc_lower, sanitize_nick
 from .outbox import Recorder, RoomCreated, Senders
 from .store import Link, LockHeld, Store
 from .thirdparty import ThirdPartyLookups
@@ -106,7 +106,7 @@ class Bridge(MatrixToIrc, IrcToMatrix, ThirdPartyLookups):
 
     # ------------------------------------------------------------ lifecycle
     def _bot_nick(self, network: NetworkConfig) -> str:
-        return network.bot_nick or f"{self.config.appservice.sender_localpart[:20]}"
+        return network.bot_nick or sanitize_nick(self.config.appservice.sender_localpart[:20])
 
     def start(self, *, connect_irc: bool = True, check_homeserver: bool = True) -> None:
         """Take the per-network locks, then start the threads. Raises LockHeld."""

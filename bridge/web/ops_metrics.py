@@ -3,25 +3,18 @@
 Counters live in `bridge.metrics` (incremented where things happen); gauges that describe the
 present (connection states, queue depths, rooms) are read when Prometheus asks, by a custom
 collector, so they are never stale and cost nothing between scrapes.
-
-`instrument()` is a stop-gap: the core does not yet call the metrics hooks for Matrix -> IRC
-relays and lost IRC connections, so the bridge's two listener methods are wrapped on this one
-instance (the IRC side and the inbox worker look them up on the instance). Once the core
-calls `metrics.relayed(self, "matrix_to_irc", ...)` and `metrics.irc_reconnect(self, ...)`
-itself, drop the call to `instrument()`.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 from prometheus_client import ProcessCollector, start_http_server
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from .. import __version__
-from ..config import role_of
 from ..irc import State
 from ..metrics import Metrics
 from . import ops_queries
@@ -126,51 +119,6 @@ class BridgeCollector:
             f["failed"].add_metric([queue], stats.failed)
         for name in sorted(set(networks) | set(rooms)):
             f["rooms"].add_metric([name], rooms.get(name, 0))
-
-
-def _relayable_msgtype(bridge: Any, event: dict[str, Any]) -> str | None:
-    """The msgtype of an event the core will send to IRC, else None (mirrors its checks)."""
-    sender, room_id, content = event.get("sender"), event.get("room_id"), event.get("content")
-    if event.get("type") != "m.room.message" or not isinstance(content, dict):
-        return None
-    if not isinstance(sender, str) or not isinstance(room_id, str) or bridge.is_ours(sender):
-        return None
-    if not isinstance(content.get("body"), str) or bridge.link_for_room(room_id) is None:
-        return None
-    if role_of(bridge.config, sender) is None:
-        return None
-    return str(content.get("msgtype"))
-
-
-def instrument(bridge: Any, metrics: Metrics) -> None:
-    """Count Matrix -> IRC relays and lost IRC connections (see the module docstring)."""
-    if getattr(bridge, "_ircbridge_instrumented", False):
-        return
-    bridge._ircbridge_instrumented = True
-    on_matrix_event = bridge.on_matrix_event
-    irc_connection = bridge.irc_connection
-
-    def counted_on_matrix_event(event: dict[str, Any], done: Callable[[bool], None]) -> None:
-        msgtype = _relayable_msgtype(bridge, event) if isinstance(event, dict) else None
-        if msgtype is None:
-            on_matrix_event(event, done)
-            return
-
-        def counted_done(ok: bool = True) -> None:
-            if ok:
-                metrics.relayed("matrix_to_irc", msgtype)
-            done(ok)
-
-        on_matrix_event(event, counted_done)
-
-    def counted_irc_connection(network: str, owner: str, what: str,
-                               details: dict[str, Any]) -> None:
-        if what == "lost":
-            metrics.irc_reconnects.labels(network).inc()
-        irc_connection(network, owner, what, details)
-
-    bridge.on_matrix_event = counted_on_matrix_event
-    bridge.irc_connection = counted_irc_connection
 
 
 def setup(bridge: Any) -> Metrics:

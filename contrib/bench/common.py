@@ -37,7 +37,7 @@ log = logging.getLogger("bench")
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 RESULTS = HERE / "results"
-# The bench uses a database of its own on the test server: other developers' test runs use
+# The bench uses a database of its own on the test server: test runs use
 # `test` (and drop the bridge's tables and hold its per-network advisory lock there).
 PG_SERVER = "postgresql://postgres@127.0.0.1:5432"
 WHATIF_DIR = HERE / "whatif"
