@@ -523,25 +523,8 @@ class Network:
     def say_private(self, user_id: str, nick: str, lines: list[str], kind: str,
                     done: Callable[[bool, str | None], None],
                     started: Callable[[], None] | None = None) -> None:
-        conn = self.puppet(user_id)
-        if not lines:
-            done(True, None)
-            return
-        remaining = [len(lines)]
-        failed: list[str] = []
-
-        def one_done(ok: bool, error: str | None) -> None:
-            if not ok:
-                failed.append(error or "not sent")
-            remaining[0] -= 1
-            if remaining[0] == 0:
-                done(not failed, failed[0] if failed else None)
-
-        command = "NOTICE" if kind == "m.notice" else "PRIVMSG"
-        for i, line in enumerate(lines):
-            text = f"\x01ACTION {line}\x01" if kind == "m.emote" else line
-            conn.send(f"{command} {nick} :{text}", done=one_done,
-                      before=started if i == 0 else None)
+        """Say `lines` to `nick` from the user's puppet (see `say`)."""
+        _say(self.puppet(user_id), nick, None, lines, kind, done, started)
 
     def say(self, user_id: str, displayname: str | None, channel: str, lines: list[str],
             kind: str, done: Callable[[bool, str | None], None],
@@ -552,21 +535,27 @@ class Network:
         """
         conn = self.puppet(user_id, displayname)
         conn.join(channel)
-        if not lines:
-            done(True, None)
-            return
-        remaining = [len(lines)]
-        failed: list[str] = []
+        _say(conn, channel, channel, lines, kind, done, started)
 
-        def one_done(ok: bool, error: str | None) -> None:
-            if not ok:
-                failed.append(error or "not sent")
-            remaining[0] -= 1
-            if remaining[0] == 0:
-                done(not failed, failed[0] if failed else None)
 
-        command = "NOTICE" if kind == "m.notice" else "PRIVMSG"
-        for i, line in enumerate(lines):
-            text = f"\x01ACTION {line}\x01" if kind == "m.emote" else line
-            conn.send(f"{command} {channel} :{text}", channel=channel, done=one_done,
-                      before=started if i == 0 else None)
+def _say(conn: IrcConnection, target: str, channel: str | None, lines: list[str], kind: str,
+         done: Callable[[bool, str | None], None], started: Callable[[], None] | None) -> None:
+    """Queue one message's lines; `done` once, after the last one left (or any failed)."""
+    if not lines:
+        done(True, None)
+        return
+    remaining = [len(lines)]
+    failed: list[str] = []
+
+    def one_done(ok: bool, error: str | None) -> None:
+        if not ok:
+            failed.append(error or "not sent")
+        remaining[0] -= 1
+        if remaining[0] == 0:
+            done(not failed, failed[0] if failed else None)
+
+    command = "NOTICE" if kind == "m.notice" else "PRIVMSG"
+    for i, line in enumerate(lines):
+        text = f"\x01ACTION {line}\x01" if kind == "m.emote" else line
+        conn.send(f"{command} {target} :{text}", channel=channel, done=one_done,
+                  before=started if i == 0 else None)
