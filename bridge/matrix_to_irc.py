@@ -97,7 +97,7 @@ class MatrixToIrc:
             done(True)
             return
         lines, kind = translate.to_irc(content, self._translate_context(
-            net.config, link.channel_name, sender))
+            net.config, link.channel_name, link.room_id, sender))
         if not lines:
             done(True)
             return
@@ -122,7 +122,7 @@ class MatrixToIrc:
             return
         nick = self.names[pm.network].nick_for_user_id(pm.ghost) or pm.nick
         lines, kind = translate.to_irc(content, self._translate_context(
-            net.config, nick, str(event["sender"])))
+            net.config, nick, pm.room_id, str(event["sender"])))
 
         def sent(ok: bool, error: str | None) -> None:
             if ok:
@@ -134,10 +134,11 @@ class MatrixToIrc:
         self.irc.call(net.say_private, str(event["sender"]), nick, lines, kind, sent,
                       getattr(done, "started", None))
 
-    def _translate_context(self, network: NetworkConfig, target: str,
+    def _translate_context(self, network: NetworkConfig, target: str, room_id: str,
                            sender: str = "") -> translate.Context:
         def find(event_id: str) -> translate.Origin | None:
-            found = self.store.find_message(event_id)
+            # Only this room's events: never another room's text (PMs, admin rooms).
+            found = self.store.find_message(event_id, room_id)
             return translate.Origin(*found) if found else None
 
         return translate.Context(

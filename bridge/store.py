@@ -526,15 +526,19 @@ class Store:
             ).execute()
 
     # ---------------------------------------------------------------- message history
-    def find_message(self, event_id: str) -> tuple[str, str, str, int] | None:
-        """What a Matrix event said, for replies and edits: (origin, who, body, ts).
+    def find_message(self, event_id: str, room_id: str) -> tuple[str, str, str, int] | None:
+        """What a Matrix event of `room_id` said, for replies and edits: (origin, who, body, ts).
 
-        origin is "irc" (who = the nick) or "matrix" (who = the sender's user id).
+        origin is "irc" (who = the nick) or "matrix" (who = the sender's user id). Only the
+        given room is searched: a reply or edit naming another room's event (a private
+        conversation, an admin room) finds nothing.
         """
-        row = OutboxMessage.get_or_none(OutboxMessage.event_id == event_id)
+        row = OutboxMessage.get_or_none((OutboxMessage.event_id == event_id)
+                                        & (OutboxMessage.room_id == room_id))
         if row is not None:
             return "irc", row.nick, row.body, row.ts
-        inbox = InboxEvent.get_or_none(InboxEvent.event_id == event_id)
+        inbox = InboxEvent.get_or_none((InboxEvent.event_id == event_id)
+                                       & (InboxEvent.room_id == room_id))
         if inbox is not None:
             event = json.loads(inbox.payload)
             content = event.get("content") if isinstance(event.get("content"), dict) else {}

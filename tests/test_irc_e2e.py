@@ -174,6 +174,33 @@ def test_replies_and_edits_read_naturally_on_irc(world: World) -> None:
     assert msg.text in ("s/cats/dogs/", "* I like dogs")
 
 
+def test_replies_and_edits_never_reveal_another_rooms_message(world: World) -> None:
+    """A crafted m.in_reply_to naming an event of a private conversation must not put any
+    of it (nor whose it was) into a channel (the class of CVE-2024-32000)."""
+    carol = world.stack.irc_user("Carol")
+    mallory = world.stack.matrix_user("mallory")
+    try:
+        ghost = world.stack.ghost("Carol")
+        pm = world.alice.create_room(preset="trusted_private_chat", invite=[ghost],
+                                     is_direct=True)
+        wait_until(lambda: ghost in world.alice.joined_members(pm), 20, what="Carol's ghost")
+        secret = world.alice.send_text(pm, "the vault code is 4711")
+        carol.wait_for_privmsg("the vault code is 4711", timeout=20)  # stored by now
+        mallory.join(world.stack.alias(CHANNEL))
+        wait_until(lambda: "mallory[m]" in world.bob.names(CHANNEL), 20, what="mallory's puppet")
+        world.bob.mark()
+        mallory.send_event(world.room, "m.room.message", {
+            "msgtype": "m.text", "body": "guess what",
+            "m.relates_to": {"m.in_reply_to": {"event_id": secret}},
+        })
+        msg = world.bob.wait_for_privmsg(lambda t: "guess what" in t, timeout=20)
+        assert msg.text == "guess what"
+        # Synapse refuses an m.replace across rooms ("Relations must be in the same room");
+        # edits naming another room's event are covered in tests/test_store.py.
+    finally:
+        carol.close()
+
+
 def test_private_messages_both_ways(world: World) -> None:
     world.bob.privmsg("alice[m]", "psst, alice")
     room = wait_until(lambda: _invited_room(world.alice), 20, what="a DM invite")

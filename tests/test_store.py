@@ -8,6 +8,7 @@ import textwrap
 
 import pytest
 
+from bridge import translate
 from bridge.store import (
     DONE,
     PENDING,
@@ -130,3 +131,40 @@ def test_lock_held_in_the_same_process_twice_is_refused(store: Store, db_url: st
             other.acquire_network_lock("local")
     other.close()
     assert PENDING == 0
+
+
+def test_find_message_looks_only_in_the_room_asked_about(store: Store) -> None:
+    """A reply or edit names an event id; the event of another room (a PM, an admin room)
+    must never be found from a bridged channel's room (the class of CVE-2024-32000)."""
+    secret = {**event(90, room="!pm"), "origin_server_ts": 1000,
+              "content": {"msgtype": "m.text", "body": "my private words"}}
+    store.record_transaction("t90", [secret])
+    assert store.find_message("$e90", "!channel") is None
+    assert store.find_message("$e90", "!pm") == ("matrix", "@alice:localhost",
+                                                 "my private words", 1000)
+    (queued,) = store.queue_lines([line(91, channel="#other")],
+                                  {("local", "#other"): "!other"}, {})
+    store.outbox_done([(queued.id, "$irc91")])
+    assert store.find_message("$irc91", "!channel") is None
+    assert store.find_message("$irc91", "!other") == ("irc", "bob", "line 91", queued.ts)
+
+
+def test_an_edit_naming_another_rooms_event_reveals_nothing_of_it(store: Store) -> None:
+    """The store plus the Matrix -> IRC translation: `s/4711/4712/` would tell the PM's text."""
+    secret = {**event(92, room="!pm"), "content": {"msgtype": "m.text",
+                                                    "body": "the vault code is 4711"}}
+    store.record_transaction("t92", [secret])
+
+    def find(event_id: str) -> translate.Origin | None:
+        found = store.find_message(event_id, "!channel")
+        return translate.Origin(*found) if found else None
+
+    ctx = translate.Context(budget=400, max_lines=5, find_message=find,
+                            nick_for_user=lambda user_id: "alice[m]")
+    edit = {"msgtype": "m.text", "body": "* the vault code is 4712",
+            "m.new_content": {"msgtype": "m.text", "body": "the vault code is 4712"},
+            "m.relates_to": {"rel_type": "m.replace", "event_id": "$e92"}}
+    assert translate.to_irc(edit, ctx) == (["* the vault code is 4712"], "m.text")
+    reply = {"msgtype": "m.text", "body": "guess what",
+             "m.relates_to": {"m.in_reply_to": {"event_id": "$e92"}}}
+    assert translate.to_irc(reply, ctx) == (["guess what"], "m.text")
