@@ -25,11 +25,23 @@ def _load(path: str) -> config_module.Config:
         raise SystemExit(2) from None
 
 
+def _start_problems(config: config_module.Config) -> list[str]:
+    """What blocks serving: empty tokens, a key file that others may read."""
+    from .vault import key_file_problem
+
+    problems = config_module.require_tokens(config)
+    key_file = config.provisioning.key_file
+    problem = key_file_problem(key_file) if key_file is not None else None
+    if problem:
+        problems.append(f"[provisioning] key_file: {problem}")
+    return problems
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
     config = _load(args.config)
     for warning in config.warnings:
         print(f"warning: {warning}", file=sys.stderr)
-    problems = config_module.require_tokens(config)
+    problems = _start_problems(config)
     if problems:
         for problem in problems:
             print(f"  {problem}", file=sys.stderr)
@@ -94,7 +106,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from gunicorn.app.base import BaseApplication
 
     config = _load(args.config)
-    problems = config_module.require_tokens(config)
+    problems = _start_problems(config)
     if problems:
         for problem in problems:
             print(problem, file=sys.stderr)

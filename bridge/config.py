@@ -2,7 +2,8 @@
 
 Every problem is collected before anything is reported, so an admin fixes the whole file in
 one pass: each message names the section, the key, the value found and what was expected.
-This module is pure: it imports nothing of the project but `names`.
+This module is pure: it imports nothing of the project but `secretfile` (to write tokens
+into config.ini with mode 0600).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+
+from .secretfile import write_private
 
 log = logging.getLogger(__name__)
 
@@ -656,11 +659,8 @@ def fill_tokens(path: Path, as_token: str, hs_token: str) -> bool:
             out.extend(_token_lines(missing, as_token, hs_token))
         lines = out
         changed = True
-    if changed:
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text("".join(lines), encoding="utf-8")
-        os.chmod(tmp, path.stat().st_mode & 0o777)
-        os.replace(tmp, path)
+    if changed:  # it now holds both tokens: 0600, whatever its mode was
+        write_private(path, "".join(lines).encode("utf-8"))
     return changed
 
 

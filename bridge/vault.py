@@ -10,10 +10,11 @@ config.ini. Losing the key file only loses the stored secrets: users store them 
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 from cryptography.fernet import Fernet, InvalidToken
+
+from .secretfile import readable_by_others, write_private
 
 log = logging.getLogger(__name__)
 
@@ -25,20 +26,28 @@ class VaultError(Exception):
 
 
 def generate_key_file(path: Path, *, force: bool = False) -> Path:
-    """Write a new random key to `path` (mode 0600); refuses to replace one unless `force`."""
+    """Write a new random key to `path`, mode 0600 from its first byte; refuses to replace
+    anything at `path` (a file, a symlink) unless `force`."""
     path = Path(path)
-    if path.exists() and not force:
+    if (path.exists() or path.is_symlink()) and not force:
         raise VaultError(f"{path} already exists; replacing it would make every stored "
                          "password unreadable (use --force if that is what you want)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        os.write(fd, Fernet.generate_key() + b"\n")
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    return path
+        return write_private(path, Fernet.generate_key() + b"\n", replace=force)
+    except FileExistsError as e:
+        raise VaultError(f"{path} appeared while the key was written; not replaced") from e
+
+
+def key_file_problem(path: Path) -> str | None:
+    """Why the key file must not be used (readable by group or others), or None."""
+    try:
+        loose = readable_by_others(path)
+    except OSError:
+        return None  # reading it reports the problem
+    if loose:
+        return (f"the key file {path} is readable by group or other users; "
+                f"run `chmod 600 {path}`")
+    return None
 
 
 class Vault:
@@ -57,9 +66,9 @@ class Vault:
             data = Path(path).read_bytes()
         except OSError as e:
             raise VaultError(f"cannot read the key file {path}: {e.strerror or e}") from e
-        mode = Path(path).stat().st_mode & 0o077
-        if mode:
-            log.warning("key file %s is readable by other users; chmod 600 it", path)
+        problem = key_file_problem(path)
+        if problem:
+            raise VaultError(problem)
         return cls(data)
 
     def seal(self, plaintext: str) -> str:
