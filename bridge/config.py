@@ -111,8 +111,15 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class StatusConfig:
+    # Opens the status page at / and the details of /health; empty: the page answers 403
+    # and /health says only ok / not ok with the names of failing parts.
+    secret: str = ""
+
+
+@dataclass(frozen=True)
 class ProvisioningConfig:
-    secret: str = ""  # empty: the status page (and provisioning) answer 403
+    secret: str = ""  # empty: the provisioning API answers 403
     # Fernet key for what users store with !storepass/!certfp (`ircbridge generate-key`);
     # None: nothing secret can be stored.
     key_file: Path | None = None
@@ -138,6 +145,7 @@ class Config:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     provisioning: ProvisioningConfig = field(default_factory=ProvisioningConfig)
     media: MediaConfig = field(default_factory=MediaConfig)
+    status: StatusConfig = field(default_factory=StatusConfig)
 
     def network(self, name: str) -> NetworkConfig | None:
         for net in self.networks:
@@ -173,6 +181,7 @@ SECTION_KEYS: dict[str, dict[str, Any]] = {
     "database": {"url": "sqlite:///ircbridge.db"},
     "logging": {"level": "INFO", "format": "text", "file": "", "levels": ""},
     "metrics": {"bind": ""},
+    "status": {"secret": ""},
     "provisioning": {"secret": "", "key_file": ""},
     "media": {"public_url": "", "link_ttl_days": "30", "max_bytes": str(50 * 1024 * 1024)},
 }
@@ -493,6 +502,7 @@ def parse(text: str, *, path: Path, environ: dict[str, str] | None = None) -> Co
         secret=pr.string("secret", ""),
         key_file=resolve_path(base, key_file) if key_file else None,
     )
+    status = _status(parser, provisioning, problems, warnings)
 
     md = _Reader(parser, "media", problems)
     media_defaults = SECTION_KEYS["media"]
@@ -525,7 +535,21 @@ def parse(text: str, *, path: Path, environ: dict[str, str] | None = None) -> Co
         metrics=metrics,
         provisioning=provisioning,
         media=media,
+        status=status,
     )
+
+
+def _status(parser: configparser.ConfigParser, provisioning: ProvisioningConfig,
+            problems: list[str], warnings: list[str]) -> StatusConfig:
+    """[status]: its secret is the status page's alone (it once shared [provisioning]'s)."""
+    status = StatusConfig(secret=_Reader(parser, "status", problems).string("secret", ""))
+    if status.secret and status.secret == provisioning.secret:
+        problems.append("[status] secret: must differ from [provisioning] secret (the status "
+                        "page's secret must not open the provisioning API)")
+    elif provisioning.secret and not status.secret:
+        warnings.append("[provisioning] secret no longer opens the status page: set a "
+                        "different [status] secret for it (the page answers 403 until then)")
+    return status
 
 
 def _network(

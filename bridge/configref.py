@@ -29,8 +29,10 @@ FALLBACK: dict[tuple[str, str], str] = {
                            "(comma-separated logger=LEVEL).",
     ("metrics", "bind"): "Empty: /metrics is served on the bridge's own port. HOST:PORT: on "
                          "a port of its own instead (not on the bridge's).",
-    ("provisioning", "secret"): "Secret for the status page at / (as password, Bearer token "
-                                "or ?secret=). Empty: the page answers 403.",
+    ("provisioning", "secret"): "Secret of the provisioning API (Authorization: Bearer only). "
+                                "Empty: the API answers 403.",
+    ("status", "secret"): "Secret for the status page and for /health's details. Empty: the "
+                          "page answers 403 and /health says only ok / not ok.",
     (NETWORK_SECTION, "host"): "The IRC server's host name or address.",
     (NETWORK_SECTION, "port"): "The IRC server's port.",
     (NETWORK_SECTION, "tls"): "Connect with TLS (true) or in plain text (false).",
@@ -42,6 +44,7 @@ SECTION_FALLBACK: dict[str, str] = {
     "database": "Where the bridge keeps its state and its two durable queues.",
     "logging": "What is logged, how, and where.",
     "metrics": "Prometheus metrics (see docs/operations.md for the list).",
+    "status": "The status page at / and the details of /health.",
     "provisioning": "Secrets of the admin-facing HTTP endpoints.",
 }
 SPECIAL_DEFAULTS: dict[tuple[str, str], str] = {

@@ -40,6 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 HS = "hs-token-for-tests-9876543210"
 AUTH = {"Authorization": f"Bearer {HS}"}
 SECRET = "status-" + secrets.token_hex(12)
+STATUS_AUTH = {"Authorization": f"Bearer {SECRET}"}
 
 
 # ---------------------------------------------------------------- helpers
@@ -82,7 +83,7 @@ def make_app(folder: Path, db_url: str | None = None, extra: str = "") -> Flask:
 
 @pytest.fixture
 def app(tmp_path: Path, db_url: str) -> Iterator[Flask]:
-    app = make_app(tmp_path, db_url, f"[provisioning]\nsecret = {SECRET}\n")
+    app = make_app(tmp_path, db_url, f"[status]\nsecret = {SECRET}\n")
     yield app
     app.extensions["ircbridge_metrics"].close()
     app.extensions["bridge"].store.close()
@@ -90,7 +91,7 @@ def app(tmp_path: Path, db_url: str) -> Iterator[Flask]:
 
 # ---------------------------------------------------------------- /health (no stack)
 def test_health_is_503_naming_every_failing_part(app: Flask) -> None:
-    r = app.test_client().get("/health")
+    r = app.test_client().get("/health", headers=STATUS_AUTH)
     assert r.status_code == 503
     body = r.json
     assert body["ok"] is False
@@ -112,7 +113,7 @@ def test_health_reports_a_database_that_does_not_answer(app: Flask) -> None:
     folder.mkdir()
     bridge.store.db.database = str(folder / "missing" / "db.sqlite")  # parent does not exist
     try:
-        r = app.test_client().get("/health")
+        r = app.test_client().get("/health", headers=STATUS_AUTH)
         scrape = app.test_client().get("/metrics")
     finally:
         bridge.store.db.database = str(db_file)
@@ -229,7 +230,7 @@ def test_status_page_is_off_without_a_secret(tmp_path: Path) -> None:
     try:
         r = app.test_client().get("/")
         assert r.status_code == 403
-        assert "[provisioning] secret" in r.data.decode()
+        assert "[status] secret" in r.data.decode()
     finally:
         app.extensions["ircbridge_metrics"].close()
         app.extensions["bridge"].store.close()
@@ -243,9 +244,9 @@ def test_status_page_asks_for_the_secret(app: Flask) -> None:
     assert c.get("/?secret=wrong").status_code == 401
     assert c.get("/", headers={"Authorization": "Bearer wrong"}).status_code == 401
     basic = base64.b64encode(f"admin:{SECRET}".encode()).decode()
+    assert c.get(f"/?secret={SECRET}").status_code == 401  # never in a query string
     for ok in (c.get("/", headers={"Authorization": f"Basic {basic}"}),
-               c.get("/", headers={"Authorization": f"Bearer {SECRET}"}),
-               c.get(f"/?secret={SECRET}")):
+               c.get("/", headers={"Authorization": f"Bearer {SECRET}"})):
         assert ok.status_code == 200
         assert ok.headers["Cache-Control"] == "no-store"
         assert ok.headers["Referrer-Policy"] == "no-referrer"
@@ -260,13 +261,13 @@ def _room_count(html: str) -> int:
 def test_status_page_shows_live_numbers(app: Flask) -> None:
     c = app.test_client()
     store = app.extensions["bridge"].store
-    page = c.get(f"/?secret={SECRET}").data.decode()
+    page = c.get("/", headers=STATUS_AUTH).data.decode()
     assert _room_count(page) == 0
     assert 'data-network="local"' in page and "No room is bridged yet" in page
     store.add_link("local", "#python", "#Python", "!py:localhost", "#irc_local_#python:localhost")
     store.add_link("local", "#<b>x", "#<b>x", "!x:localhost", None)
     store.record_transaction("t1", [{"event_id": "$1", "room_id": "!py:localhost"}])
-    page = c.get(f"/?secret={SECRET}").data.decode()
+    page = c.get("/", headers=STATUS_AUTH).data.decode()
     assert _room_count(page) == 2
     assert "!py:localhost" in page and "#Python" in page
     assert "#&lt;b&gt;x" in page and "<b>x" not in page  # escaped
@@ -275,13 +276,11 @@ def test_status_page_shows_live_numbers(app: Flask) -> None:
 
 # ---------------------------------------------------------------- the stack
 class OpsStack(Stack):
-    """The devstack with a status-page secret."""
+    """The devstack with this module's status-page secret."""
 
-    def write_config(self) -> None:
-        super().write_config()
-        text = self.config_path.read_text(encoding="utf-8")
-        text = text.replace("[permissions]", f"[provisioning]\nsecret = {SECRET}\n\n[permissions]")
-        self.config_path.write_text(text, encoding="utf-8")
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.status_secret = self.bridge.status_secret = SECRET
 
 
 @pytest.fixture(scope="module")
@@ -327,7 +326,9 @@ def get_metrics(stack: Stack) -> str:
 
 
 def test_health_is_200_when_every_part_works(stack: OpsStack) -> None:
-    r = requests.get(f"{stack.bridge.url}/health", timeout=10)
+    assert requests.get(f"{stack.bridge.url}/health", timeout=10).json() == \
+        {"ok": True, "failing": []}
+    r = requests.get(f"{stack.bridge.url}/health", headers=STATUS_AUTH, timeout=10)
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["ok"] is True and body["failing"] == {}
@@ -396,7 +397,7 @@ def test_status_page_renders_in_a_real_browser(stack: OpsStack, conversation: di
            "--disable-background-networking", "--disable-component-update", "--disable-sync",
            "--no-first-run", "--hide-scrollbars", f"--user-data-dir={profile}",
            "--window-size=1280,900", f"--screenshot={shot}",
-           f"{stack.bridge.url}/?secret={SECRET}"]
+           f"http://admin:{SECRET}@{stack.bridge.url.removeprefix('http://')}/"]
     proc = subprocess.run(cmd, capture_output=True, timeout=120, cwd=tmp_path)
     assert shot.exists(), proc.stderr.decode(errors="replace")[-2000:]
     assert shot.stat().st_size > 10_000
@@ -579,3 +580,89 @@ def test_every_metric_is_documented(app: Flask) -> None:
         and f"`{name}`" not in docs and f"`{name}_total`" not in docs
     }
     assert not undocumented, f"add these to docs/operations.md: {sorted(undocumented)}"
+
+
+# ---------------------------------------------------------------- who sees what (no stack)
+STATUS = "status-" + secrets.token_hex(12)
+PROVISIONING = "prov-" + secrets.token_hex(12)
+
+
+@pytest.fixture
+def split_app(tmp_path: Path, db_url: str) -> Iterator[Flask]:
+    """An app with a status secret and a different provisioning secret."""
+    app = make_app(tmp_path, db_url, f"[status]\nsecret = {STATUS}\n\n"
+                                     f"[provisioning]\nsecret = {PROVISIONING}\n")
+    yield app
+    app.extensions["ircbridge_metrics"].close()
+    app.extensions["bridge"].store.close()
+
+
+def test_health_without_the_status_secret_names_only_the_failing_parts(split_app: Flask) -> None:
+    bridge = split_app.extensions["bridge"]
+    bridge.store.add_link("local", "#staff", "#staff", "!staff:localhost", None)
+    db_file = Path(bridge.store.db.database) if bridge.store.is_sqlite else None
+    if db_file is not None:  # a database that does not answer: its error text stays inside
+        bridge.store.db.close()
+        bridge.store.db.database = str(db_file.parent / "missing" / "db.sqlite")
+    c = split_app.test_client()
+    try:
+        public = c.get("/health")
+        detailed = c.get("/health", headers={"Authorization": f"Bearer {STATUS}"})
+        wrong = c.get("/health", headers={"Authorization": f"Bearer {PROVISIONING}"})
+        query = c.get(f"/health?secret={STATUS}")
+    finally:
+        if db_file is not None:
+            bridge.store.db.database = str(db_file)
+    assert public.status_code == 503
+    expected = {"homeserver", "ping", "irc:local"} | ({"database"} if db_file else set())
+    assert public.json == {"ok": False, "failing": sorted(expected)}
+    assert "OperationalError" not in public.data.decode()
+    assert wrong.json == public.json and query.json == public.json
+    assert detailed.status_code == 503
+    assert set(detailed.json["failing"]) == expected
+    assert {"homeserver", "ping", "database", "networks", "rooms"} <= set(detailed.json)
+    if db_file is not None:
+        assert detailed.json["database"].startswith("OperationalError")
+
+
+def test_status_page_and_provisioning_have_separate_secrets(split_app: Flask) -> None:
+    c = split_app.test_client()
+    assert c.get("/", headers={"Authorization": f"Bearer {STATUS}"}).status_code == 200
+    assert c.get("/", headers={"Authorization": f"Bearer {PROVISIONING}"}).status_code == 401
+    networks = "/_ircbridge/provisioning/v1/networks"
+    assert c.get(networks, headers={"Authorization": f"Bearer {PROVISIONING}"}).status_code == 200
+    assert c.get(networks, headers={"Authorization": f"Bearer {STATUS}"}).status_code == 403
+
+
+def test_no_secret_is_accepted_in_a_query_string(split_app: Flask) -> None:
+    c = split_app.test_client()
+    page = c.get(f"/?secret={STATUS}")
+    assert page.status_code == 401
+    assert "query string" in page.data.decode()
+    api = c.get(f"/_ircbridge/provisioning/v1/networks?secret={PROVISIONING}")
+    assert api.status_code == 401
+    api = c.get(f"/_ircbridge/provisioning/v1/networks?access_token={PROVISIONING}")
+    assert api.status_code == 401
+
+
+def test_the_provisioning_secret_alone_no_longer_opens_the_status_page(tmp_path: Path) -> None:
+    app = make_app(tmp_path, None, f"[provisioning]\nsecret = {PROVISIONING}\n")
+    try:
+        r = app.test_client().get("/", headers={"Authorization": f"Bearer {PROVISIONING}"})
+        assert r.status_code == 403
+        assert "[status] secret" in r.data.decode()
+        config = app.extensions["bridge"].config
+        assert any("[status] secret" in w for w in config.warnings)
+    finally:
+        app.extensions["ircbridge_metrics"].close()
+        app.extensions["bridge"].store.close()
+
+
+def test_the_status_secret_must_differ_from_the_provisioning_secret(tmp_path: Path) -> None:
+    from bridge.config import ConfigError
+    path = write_config(tmp_path)
+    path.write_text(path.read_text().replace(
+        "[permissions]", f"[status]\nsecret = {STATUS}\n\n[provisioning]\nsecret = {STATUS}\n\n"
+                         "[permissions]"))
+    with pytest.raises(ConfigError, match=r"\[status\] secret"):
+        load(path)

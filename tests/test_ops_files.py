@@ -48,12 +48,13 @@ def test_new_keys_are_optional(tmp_path: Path) -> None:
 
 def test_levels_bind_and_secret_are_read(tmp_path: Path) -> None:
     path = with_sections(tmp_path, "[metrics]\nbind = 127.0.0.1:9100\n\n[provisioning]\n"
-                                   "secret = s3cret-value\n",
+                                   "secret = s3cret-value\n\n[status]\nsecret = other-value\n",
                          "levels = bridge.irc=debug, peewee=WARNING")
     config = load(path)
     assert config.logging.levels == (("bridge.irc", "DEBUG"), ("peewee", "WARNING"))
     assert config.metrics.bind == "127.0.0.1:9100"
     assert config.provisioning.secret == "s3cret-value"
+    assert config.status.secret == "other-value"
     assert not config.warnings
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -30,9 +31,11 @@ SERVER_NAME = "localhost"
 class BridgeProcess:
     """`ircbridge -c config.ini run` as a child process, with its log in a file."""
 
-    def __init__(self, config_path: Path, port: int, env: dict[str, str] | None = None):
+    def __init__(self, config_path: Path, port: int, env: dict[str, str] | None = None,
+                 status_secret: str = ""):
         self.config_path = config_path
         self.port = port
+        self.status_secret = status_secret  # [status] secret: /health with its details
         self.log_path = config_path.parent / "bridge.log"
         self.env = env or {}
         self.proc: subprocess.Popen[bytes] | None = None
@@ -67,7 +70,9 @@ class BridgeProcess:
         return self
 
     def health(self) -> dict:
-        return requests.get(f"{self.url}/health", timeout=5).json()
+        """/health with its details (the status secret); without it only ok and names."""
+        headers = {"Authorization": f"Bearer {self.status_secret}"} if self.status_secret else {}
+        return requests.get(f"{self.url}/health", headers=headers, timeout=5).json()
 
     def stop(self, timeout: float = 15) -> int | None:
         if self.proc is None:
@@ -112,7 +117,9 @@ class Stack:
         self.log_level = log_level
         self.puppet_nick_template = puppet_nick_template
         self.network_extra = network_extra  # more `key = value` lines for [network:local]
-        self.bridge = BridgeProcess(self.config_path, self.bridge_port)
+        self.status_secret = "status-" + secrets.token_hex(12)
+        self.bridge = BridgeProcess(self.config_path, self.bridge_port,
+                                    status_secret=self.status_secret)
 
     def write_config(self) -> None:
         self.config_path.write_text(f"""; written by the devstack
@@ -135,6 +142,9 @@ url = {self.database_url}
 
 [logging]
 level = {self.log_level}
+
+[status]
+secret = {self.status_secret}
 
 [network:local]
 host = {LOOPBACK}

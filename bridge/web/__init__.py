@@ -70,7 +70,7 @@ def shutdown(app: Flask) -> None:
 
 def _secrets(config: Any) -> list[str]:
     found = [config.appservice.as_token, config.appservice.hs_token,
-             config.provisioning.secret]
+             config.provisioning.secret, config.status.secret]
     password = urlsplit(config.database.url).password
     if password:
         found.append(password)

@@ -2,9 +2,13 @@
 
 /health answers 200 only when every part the bridge needs works (homeserver reached with the
 as_token, the homeserver's AS ping reached us, the database answers, every network's bot is
-connected) and 503 naming the parts that do not. /metrics is unprotected by design (bind it to
-loopback or a private port with `[metrics] bind`, or filter it in the reverse proxy). The
-status page at / shows the live numbers and needs `[provisioning] secret`.
+connected) and 503 naming the parts that do not. Anyone may ask, so without `[status] secret`
+it says only ok / not ok and the names of the failing parts; the details (users with an IRC
+connection, channels, error texts) need the secret. /metrics is unprotected by design (bind it
+to loopback or a private port with `[metrics] bind`, or filter it in the reverse proxy). The
+status page at / shows the live numbers and needs `[status] secret`. Secrets are taken from
+the Authorization header only: a query string ends up in proxy logs and browser history.
+Request threads run all of this.
 """
 
 from __future__ import annotations
@@ -57,9 +61,17 @@ def health_report(bridge: Any) -> tuple[bool, dict[str, Any]]:
     return not failing, report
 
 
+def public_health(ok: bool, report: dict[str, Any]) -> dict[str, Any]:
+    """What /health tells anyone: ready or not, and the names of the failing parts."""
+    return {"ok": ok, "failing": sorted(report["failing"])}
+
+
 @bp.route("/health", methods=["GET"])
 def health() -> Response:
-    ok, report = health_report(_bridge())
+    bridge = _bridge()
+    ok, report = health_report(bridge)
+    if not _secret_matches(bridge.config.status.secret):
+        report = public_health(ok, report)
     response = jsonify(report)
     response.status_code = 200 if ok else 503
     response.headers["Cache-Control"] = "no-store"
@@ -92,7 +104,13 @@ def _given_secret() -> str | None:
         except (ValueError, UnicodeDecodeError):
             return ""
         return decoded.partition(":")[2]
-    return request.args.get("secret")
+    return None
+
+
+def _secret_matches(secret: str) -> bool:
+    given = _given_secret()
+    return bool(secret) and given is not None and hmac.compare_digest(
+        given.encode("utf-8", "surrogatepass"), secret.encode("utf-8"))
 
 
 def _page(status: int, title: str, text: str, **headers: str) -> Response:
@@ -107,16 +125,14 @@ def _page(status: int, title: str, text: str, **headers: str) -> Response:
 def _status_auth(secret: str) -> Response | None:
     if not secret:
         return _page(403, "The status page is off",
-                     "Set a long random secret under [provisioning] secret = ... in "
-                     "config.ini and restart the bridge; then open this page with it "
-                     "(any user name, the secret as password).")
-    given = _given_secret()
-    if given is None or not hmac.compare_digest(
-        given.encode("utf-8", "surrogatepass"), secret.encode("utf-8")
-    ):
+                     "Set a long random secret under [status] secret = ... in config.ini "
+                     "(not the [provisioning] one) and restart the bridge; then open this "
+                     "page with it (any user name, the secret as password).")
+    if not _secret_matches(secret):
         return _page(401, "Authentication needed",
-                     "Give [provisioning] secret as the password (any user name), as "
-                     "'Authorization: Bearer <secret>', or as ?secret=<secret>.",
+                     "Give [status] secret as the password (any user name) or as "
+                     "'Authorization: Bearer <secret>'. A secret in the query string "
+                     "(?secret=) is not accepted: it would end up in logs and history.",
                      WWW_Authenticate='Basic realm="ircbridge status", charset="UTF-8"')
     return None
 
@@ -171,7 +187,7 @@ def _duration(seconds: float) -> str:
 @bp.route("/", methods=["GET"])
 def status_page() -> Response:
     bridge = _bridge()
-    denied = _status_auth(bridge.config.provisioning.secret)
+    denied = _status_auth(bridge.config.status.secret)
     if denied is not None:
         return denied
     html = render_template("status.html", denied=None, **status_snapshot(
