@@ -18,6 +18,7 @@ import requests
 
 from . import config as config_module
 from .names import irc_lower, valid_channel
+from .provisioning import admin_token
 
 PREFIX = "/_ircbridge/provisioning/v1"
 Loader = Callable[[str], config_module.Config]
@@ -60,7 +61,9 @@ def running_api(config: config_module.Config) -> _Api | None:
     """The running bridge's provisioning API, or None (no secret, or nobody answers)."""
     if not config.provisioning.secret:
         return None
-    api = _Api(_api_base(config), config.provisioning.secret)
+    # The command line acts as the bridge's admin: it proves it with the token only a reader
+    # of config.ini can make (not by naming the bot in the body).
+    api = _Api(_api_base(config), admin_token(config.appservice.as_token))
     try:
         response = api.session.get(api.base + "/networks", timeout=3)
     except requests.RequestException:

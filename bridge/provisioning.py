@@ -5,21 +5,29 @@ Why apart from the web layer: the same checks serve the HTTP API
 testable without Flask. Every refusal is a `ProvisioningError` carrying the HTTP status and a
 Matrix-style errcode, so callers turn it into `{errcode, error}` or a one-line message.
 
-Who may link: the requesting `user_id` must be joined to the room with at least the power
-level needed to change `m.room.power_levels` there (50 when unset). Room creators of room
-versions where creators outrank power levels (v12 and later) always may. The bot's own user
-id stands for the bridge's admin (the command line) and skips that check: only a holder of
-`[provisioning] secret` can send requests at all.
+Who acts: where the request carries a Matrix OpenID token (`openid_token`, as a widget gets
+one), the user the homeserver vouches for (`bridge.matrix.openid`); a `user_id` in the body
+must then name the same user. Otherwise the body's `user_id`, which only a holder of
+`[provisioning] secret` can send at all.
+
+Who may link: the acting user must be joined to the room with at least the power level needed
+to change `m.room.power_levels` there (50 when unset). Room creators of room versions where
+creators outrank power levels (v12 and later) always may. No user id skips that check, the
+bot's included: only a request made as the bridge's admin (`admin=True`: the command line,
+which proves it with `admin_token`, derived from the as_token of config.ini) does.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
 import re
 from typing import Any
 
 from .matrix import Forbidden, MatrixError, NotFound
 from .matrix.client import q
+from .matrix.openid import OpenIdRefused, user_of
 from .names import irc_lower, valid_channel
 from .store import Link
 
@@ -37,6 +45,13 @@ class ProvisioningError(Exception):
         self.errcode = errcode
         self.error = error
         super().__init__(error)
+
+
+def admin_token(as_token: str) -> str:
+    """The provisioning credential of the bridge's admin (the command line): only someone who
+    can read config.ini's as_token can make it, and it does not reveal the as_token."""
+    return hmac.new(as_token.encode("utf-8"), b"ircbridge provisioning admin",
+                    hashlib.sha256).hexdigest()
 
 
 def link_json(link: Link) -> dict[str, Any]:
@@ -100,12 +115,29 @@ class Provisioner:
             raise ProvisioningError(400, "M_INVALID_PARAM", f"Not a room id: {room_id[:100]!r}")
         return [link_json(lk) for lk in self.bridge.links(room_id)]
 
+    # ------------------------------------------------------------------ who acts
+    def acting_user(self, body: Any) -> str:
+        """The homeserver's word where an OpenID token came, else the body's `user_id`."""
+        if not isinstance(body, dict) or body.get("openid_token") is None:
+            return _field(body, "user_id", USER_ID_RE, "a Matrix user id (@user:server)")
+        try:
+            vouched = user_of(body["openid_token"], self.config.homeserver.url,
+                              self.config.homeserver.domain)
+        except OpenIdRefused as e:
+            raise ProvisioningError(e.status, "M_FORBIDDEN" if e.status == 403 else "M_UNKNOWN",
+                                    e.error) from None
+        claimed = body.get("user_id")
+        if claimed not in (None, "", vouched):
+            raise ProvisioningError(403, "M_FORBIDDEN", f"The OpenID token is {vouched}'s, "
+                                    f"not {str(claimed)[:100]!r}'s")
+        return vouched
+
     # ------------------------------------------------------------------ link / unlink
-    def link(self, body: Any) -> dict[str, Any]:
+    def link(self, body: Any, *, admin: bool = False) -> dict[str, Any]:
         room_id = _field(body, "room_id", ROOM_ID_RE, "a room id (!...)")
         network = _field(body, "network")
         channel = _field(body, "channel")
-        user_id = _field(body, "user_id", USER_ID_RE, "a Matrix user id (@user:server)")
+        user_id = self.acting_user(body)
         if self.config.network(network) is None:
             names = ", ".join(n.name for n in self.config.networks)
             raise ProvisioningError(404, "M_NOT_FOUND",
@@ -114,7 +146,8 @@ class Provisioner:
             raise ProvisioningError(400, "M_INVALID_PARAM",
                                     f"{channel[:100]!r} is not a valid IRC channel")
         self._check_free(network, channel, room_id)
-        self.check_power(room_id, user_id)
+        if not admin:
+            self.check_power(room_id, user_id)
         existing = self.bridge.link_for_room(room_id)
         if existing is not None:  # the same pair again (_check_free refused any other)
             return link_json(existing)
@@ -128,9 +161,9 @@ class Provisioner:
         self._announce(room_id, f"This room is now bridged to {channel} on {network}.")
         return link_json(link)
 
-    def unlink(self, body: Any) -> dict[str, Any]:
+    def unlink(self, body: Any, *, admin: bool = False) -> dict[str, Any]:
         room_id = _field(body, "room_id", ROOM_ID_RE, "a room id (!...)")
-        user_id = _field(body, "user_id", USER_ID_RE, "a Matrix user id (@user:server)")
+        user_id = self.acting_user(body)
         link = self.bridge.link_for_room(room_id)
         if link is None:
             raise ProvisioningError(404, "M_NOT_FOUND", f"{room_id} is not linked to IRC")
@@ -138,11 +171,12 @@ class Provisioner:
             raise ProvisioningError(
                 409, "M_ROOM_IN_USE", f"{room_id} is linked by [network:{link.network}] rooms in "
                 "config.ini; remove it there and restart the bridge")
-        if link.kind == "portal" and user_id != self.config.bot_user_id:
+        if link.kind == "portal" and not admin:
             raise ProvisioningError(
                 409, "M_ROOM_IN_USE", f"{room_id} is the bridge's own room for "
                 f"{link.channel_name}; only the bridge's admin can unlink it")
-        self.check_power(room_id, user_id)
+        if not admin:
+            self.check_power(room_id, user_id)
         self.bridge.unlink_room(room_id)
         log.info("%s unlinked %s from %s on %s", user_id, room_id, link.channel_name, link.network)
         if link.kind == "plumbed":
@@ -173,8 +207,6 @@ class Provisioner:
 
     def check_power(self, room_id: str, user_id: str) -> None:
         """Raise unless `user_id` may change the room's power levels (the bot reads them)."""
-        if user_id == self.config.bot_user_id:
-            return
         bot = self.config.bot_user_id
         was_joined = self.bridge.cache.is_joined(room_id, bot)
         try:

@@ -244,6 +244,61 @@ def test_portal_rooms_cannot_be_unlinked_by_users(stack: Stack) -> None:
         400, "M_INVALID_PARAM")
 
 
+# ------------------------------------------------------------------ who acts
+def openid_token(client: MatrixClient) -> dict[str, Any]:
+    """A real OpenID token of `client`'s user, from the homeserver (as a widget gets one)."""
+    return client.request("POST", f"/_matrix/client/v3/user/{client.user_id}/openid/"
+                                  "request_token", json={})
+
+
+def test_the_bots_id_in_the_body_does_not_skip_the_power_check(stack: Stack) -> None:
+    owner = user(stack, "botclaimowner")
+    room = owner.create_room(preset="public_chat")
+    claim = api(stack, "POST", "/link", {"room_id": room, "network": "local",
+                                         "channel": "#botclaim", "user_id": BOT})
+    assert error(claim) == (403, "M_FORBIDDEN"), claim.text
+    assert api(stack, "GET", "/links", params={"room_id": room}).json() == {"links": []}
+
+
+def test_an_openid_token_names_the_acting_user(stack: Stack) -> None:
+    owner, member = user(stack, "openidowner"), user(stack, "openidmember")
+    room = owner.create_room(preset="public_chat")
+    member.join(room)
+    body = {"room_id": room, "network": "local", "channel": "#openid"}
+    # The member claims to be the room's owner: the homeserver vouches for the member.
+    claimed = api(stack, "POST", "/link", {**body, "user_id": owner.user_id,
+                                           "openid_token": openid_token(member)})
+    assert error(claimed) == (403, "M_FORBIDDEN"), claimed.text
+    assert member.user_id in claimed.json()["error"]
+    as_member = api(stack, "POST", "/link", {**body, "openid_token": openid_token(member)})
+    assert error(as_member) == (403, "M_FORBIDDEN")
+    assert "has power level 0" in as_member.json()["error"]
+    forged = api(stack, "POST", "/link", {**body, "openid_token": {
+        "access_token": "not-a-token", "matrix_server_name": "localhost"}})
+    assert error(forged) == (403, "M_FORBIDDEN")
+    assert "OpenID" in forged.json()["error"]
+    elsewhere = api(stack, "POST", "/link", {**body, "openid_token": {
+        **openid_token(owner), "matrix_server_name": "elsewhere.example"}})
+    assert error(elsewhere) == (403, "M_FORBIDDEN")
+    assert api(stack, "GET", "/links", params={"room_id": room}).json() == {"links": []}
+    # The owner's own token links, with no user_id in the body at all; and unlinks.
+    done = api(stack, "POST", "/link", {**body, "openid_token": openid_token(owner)})
+    assert done.status_code == 200, done.text
+    refused = api(stack, "POST", "/unlink", {"room_id": room, "user_id": owner.user_id,
+                                             "openid_token": openid_token(member)})
+    assert error(refused) == (403, "M_FORBIDDEN")
+    gone = api(stack, "POST", "/unlink", {"room_id": room, "openid_token": openid_token(owner)})
+    assert gone.status_code == 200, gone.text
+
+
+def test_naming_the_bot_does_not_unlink_a_portal(stack: Stack) -> None:
+    looker = user(stack, "portalclaimer")
+    portal = looker.join("#irc_local_#portalclaim:localhost")
+    answer = api(stack, "POST", "/unlink", {"room_id": portal, "user_id": BOT})
+    assert error(answer) == (409, "M_ROOM_IN_USE")
+    assert any(lk["room_id"] == portal for lk in api(stack, "GET", "/links").json()["links"])
+
+
 # ------------------------------------------------------------------ command line
 def test_the_command_line_uses_the_running_bridge(stack: Stack) -> None:
     owner = user(stack, "cliowner")

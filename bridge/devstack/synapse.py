@@ -150,7 +150,9 @@ class SynapseServer:
                     "type": "http",
                     "tls": False,
                     "x_forwarded": False,
-                    "resources": [{"names": ["client"], "compress": False}],
+                    # openid: /_matrix/federation/v1/openid/userinfo, which the bridge
+                    # asks about the OpenID tokens of provisioning requests.
+                    "resources": [{"names": ["client", "openid"], "compress": False}],
                 }
             ],
             "database": {

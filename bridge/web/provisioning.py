@@ -1,10 +1,13 @@
 """The provisioning HTTP API: `/_ircbridge/provisioning/v1/` (link, unlink, links, networks).
 
 Authenticated by its own secret (`Authorization: Bearer <[provisioning] secret>`, compared in
-constant time), separate from the homeserver's hs_token: it is meant for an integration
-manager or a script, not for the homeserver. An empty secret turns the API off (403 with a
+constant time), separate from the homeserver's hs_token and from `[status] secret`: it is
+meant for an integration manager or a script, not for the homeserver. Such a request acts for
+a Matrix user who must pass the power check. The command line instead sends the admin token
+(`bridge.provisioning.admin_token`, derived from the as_token): it acts as the bridge's
+admin. No secret is taken from a query string. An empty secret turns the API off (403 with a
 hint). Errors are JSON `{errcode, error}` with a 4xx status; the checks live in
-`bridge.provisioning`.
+`bridge.provisioning`. Request threads run this.
 """
 
 from __future__ import annotations
@@ -14,10 +17,10 @@ import json
 import logging
 from typing import Any
 
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Response, current_app, g, jsonify, request
 
 from ..matrix import MatrixError
-from ..provisioning import Provisioner, ProvisioningError
+from ..provisioning import Provisioner, ProvisioningError, admin_token
 from .errors import matrix_error
 
 log = logging.getLogger(__name__)
@@ -40,11 +43,19 @@ def _authenticate() -> Response | None:
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         return matrix_error(401, "M_MISSING_TOKEN",
-                            "Send Authorization: Bearer <[provisioning] secret>")
-    if not hmac.compare_digest(token.strip().encode("utf-8", "surrogatepass"),
-                               secret.encode("utf-8")):
+                            "Send Authorization: Bearer <[provisioning] secret> (a secret in "
+                            "the query string is not accepted)")
+    given = token.strip().encode("utf-8", "surrogatepass")
+    as_token: str = _bridge().config.appservice.as_token
+    g.ircbridge_admin = bool(as_token) and hmac.compare_digest(
+        given, admin_token(as_token).encode("utf-8"))
+    if not g.ircbridge_admin and not hmac.compare_digest(given, secret.encode("utf-8")):
         return matrix_error(403, "M_FORBIDDEN", "The provisioning secret is not recognised")
     return None
+
+
+def _admin() -> bool:
+    return bool(g.get("ircbridge_admin"))
 
 
 def _body() -> Any:
@@ -82,9 +93,9 @@ def links() -> Response:
 
 @bp.route("/link", methods=["POST"])
 def link() -> Response:
-    return _answer(lambda: Provisioner(_bridge()).link(_body()))
+    return _answer(lambda: Provisioner(_bridge()).link(_body(), admin=_admin()))
 
 
 @bp.route("/unlink", methods=["POST"])
 def unlink() -> Response:
-    return _answer(lambda: Provisioner(_bridge()).unlink(_body()))
+    return _answer(lambda: Provisioner(_bridge()).unlink(_body(), admin=_admin()))
