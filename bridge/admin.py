@@ -286,14 +286,16 @@ class AdminRooms:
 
     def _on_message(self, room_id: str, owner: str, event: dict[str, Any]) -> None:
         body: str = event["content"]["body"]
+        notes: list[str] = []
+        if _holds_secret(event["content"]):  # an edit may bring the secret too
+            notes.extend(self._hide_secret_message(room_id, event))
         word = commands.command_word(body)
         if word is None:
-            if event["content"].get("msgtype") in ("m.text", None):
+            if notes:
+                self.notice(room_id, "\n".join(notes))
+            elif event["content"].get("msgtype") in ("m.text", None):
                 self.notice(room_id, "Commands start with ! — say !help for the list.")
             return
-        notes: list[str] = []
-        if secret_message(body):
-            notes.extend(self._hide_secret_message(room_id, event))
         reply = self.runner.run(body, owner, room_id)
         text = "\n".join([t for t in (reply, *notes) if t])
         if text:
@@ -441,6 +443,13 @@ class AdminRooms:
         finally:
             with self._lock:
                 self._publishing.discard(room_id)
+
+
+def _holds_secret(content: dict[str, Any]) -> bool:
+    """A message, or the new text of an edit, that may hold a secret."""
+    new = content.get("m.new_content")
+    bodies = [content.get("body"), new.get("body") if isinstance(new, dict) else None]
+    return any(isinstance(b, str) and secret_message(b) for b in bodies)
 
 
 ONCE_PER_CONNECTION = ("banned", "password_refused", "sasl_failed", "nick_collision")

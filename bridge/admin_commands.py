@@ -22,6 +22,7 @@ from .commands import (
     check_autocmd,
     command_word,
     help_text,
+    holds_secret,
     parse,
 )
 from .config import role_of
@@ -41,9 +42,8 @@ NOT_ALLOWED = ("Sorry, {user} is not allowed to use this bridge (see [permission
 
 def secret_message(body: str) -> bool:
     """Whether a command message may hold a secret (its stored copy is scrubbed, and it is
-    redacted in the room): !storepass, and !autocmd add (NickServ IDENTIFY lines)."""
-    word = command_word(body)
-    return word == "storepass" or (word == "autocmd" and " add " in f" {body.lower()} ")
+    redacted in the room); see `commands.holds_secret`."""
+    return holds_secret(body)
 
 
 def mask_line(line: str) -> str:

@@ -378,7 +378,9 @@ class IrcQueries:
                 "bot": net.bot.state.value if net.bot is not None else "idle",
                 "state": conn.state.value if conn is not None else "none",
                 "nick": conn.nick if conn is not None else None,
-                "channels": sorted(conn.wanted_channels.values()) if conn is not None else [],
+                # Names only: a wanted channel is written with its key ("#staff KEY").
+                "channels": sorted(v.split(" ", 1)[0] for v in conn.wanted_channels.values())
+                if conn is not None else [],
                 "in": sorted(conn.channels) if conn is not None else [],
             }
         _resolve(future, out)

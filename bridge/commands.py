@@ -43,6 +43,7 @@ AUTOCMD_USER_COMMANDS = frozenset({
 MAX_RAW_BYTES = 510  # an IRC line without its CR LF
 USERNAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,9}$")
 RAW_COMMAND_RE = re.compile(r"^(?:[A-Za-z]+|[0-9]{3})$")
+_SPACES_RE = re.compile(r"[^\S\r\n]")  # any whitespace but the line breaks parse refuses
 MAX_AUTOCMDS = 10
 PASSWORD_KINDS = ("server", "sasl")
 CERTFP_ACTIONS = ("show", "new", "remove")
@@ -168,6 +169,8 @@ class Command:
             args = ("add", "<redacted>")
         elif self.name == "cmd" and args:
             args = (args[0].split(" ", 1)[0] + " <redacted>",)  # may be a NickServ IDENTIFY
+        elif self.name == "join" and len(args) > 1:
+            args = (args[0], "<redacted>")  # the channel key
         return f"Command({self.name!r}, network={self.network!r}, args={args!r})"
 
     __str__ = __repr__
@@ -192,13 +195,44 @@ def help_text(name: str | None = None, *, is_admin: bool = False) -> str:
     return "\n".join(lines)
 
 
+def normalise(body: str) -> str:
+    """The one form of a message that parsing and the secret check both read.
+
+    Stripped, and every kind of space (tab, no-break space, em space...) but line breaks
+    made a plain space. One character for one, so offsets into it are offsets into
+    `body.strip()`: arguments such as passwords are still taken from what was typed.
+    """
+    return _SPACES_RE.sub(" ", body.strip())
+
+
 def command_word(body: str) -> str | None:
     """The lower-case command name of a message, or None when it is not a command."""
-    text = body.strip()
+    text = normalise(body)
     if not text.startswith("!"):
         return None
     first = text[1:].split(None, 1)
     return first[0].lower() if first else ""
+
+
+def holds_secret(body: str) -> bool:
+    """Whether a command message may hold a secret, read as `parse` reads it.
+
+    Its stored copy is scrubbed and it is redacted in the room: !storepass, any !cmd (a raw
+    line may be a NickServ IDENTIFY), !autocmd add, and !join with a channel key. Typos
+    and wrong arguments count too: the check must never be narrower than the parser.
+    """
+    words = normalise(body).split()
+    if not words or not words[0].startswith("!"):
+        return False
+    name, args = words[0][1:].lower(), [w.lower() for w in words[1:]]
+    if name in ("storepass", "cmd"):
+        return True
+    if name == "autocmd":
+        return "add" in args[:2]
+    if name == "join":
+        channel = next((i for i, w in enumerate(args) if valid_channel(w)), None)
+        return len(args) > (1 if channel is None else channel + 1)
+    return False
 
 
 def parse(body: str, networks: Sequence[str]) -> Command | None:
@@ -212,7 +246,7 @@ def parse(body: str, networks: Sequence[str]) -> Command | None:
             raise InvalidArgument(name, "Send one command per message")
         raise UnknownCommand(name[:40], _suggest(name))
     body = text[1:]
-    words = _words(body)
+    words = _words(normalise(text)[1:])  # arguments are cut from `body`, as typed
     if not words:
         raise UnknownCommand("", None)
     name = words[0][0].lower()

@@ -300,6 +300,39 @@ def test_storepass_is_encrypted_redacted_and_sent(stack: Stack) -> None:
     wait_notice(passy, room, marker, lambda b: b.startswith("Connected to local as passy[m]"))
 
 
+def test_every_command_that_may_hold_a_secret_is_scrubbed_however_it_is_spaced(
+        stack: Stack) -> None:
+    """A tab or a non-breaking space after the command word, and a raw !cmd IDENTIFY, are
+    parsed like any command, so they are scrubbed from the inbox table like !storepass."""
+    autoy = user(stack, "autoy")
+    room = admin_room(autoy)
+    admin = user(stack, ADMIN)
+    admins = admin_room(admin)
+    tab, nbsp, raw, key = (f"{kind}-{secrets.token_hex(8)}"
+                           for kind in ("tabbed", "nbsp", "rawcmd", "chankey"))
+    sent = [
+        (autoy, room, f"!autocmd add\tPRIVMSG NickServ :IDENTIFY {tab}"),
+        (autoy, room, f"!autocmd\u00a0add\u00a0PRIVMSG NickServ :IDENTIFY {nbsp}"),
+        (admin, admins, f"!cmd PRIVMSG NickServ :IDENTIFY {raw}"),
+        (autoy, room, f"!join #keyed {key}"),
+    ]
+    for client, where, text in sent:
+        wait_notice(client, where, client.send_text(where, text))
+    edited = f"edited-{secrets.token_hex(8)}"  # an edit brings the secret
+    first = autoy.send_text(room, "!status")  # which never shows the channel key either
+    assert key not in wait_notice(autoy, room, first)
+    autoy.send_event(room, "m.room.message", {
+        "msgtype": "m.text", "body": f"* !storepass {edited}",
+        "m.new_content": {"msgtype": "m.text", "body": f"!storepass {edited}"},
+        "m.relates_to": {"rel_type": "m.replace", "event_id": first},
+    })
+    for secret in (tab, nbsp, raw, key, edited):
+        wait_until(lambda secret=secret: secret.encode() not in db_bytes(stack), TIMEOUT,
+                   what=f"{secret.split('-')[0]} gone from the database")
+        assert secret not in stack.bridge.log(2000)
+    ask(autoy, room, "!autocmd clear", "Cleared")
+
+
 def test_storepass_sasl_uses_the_current_nick_as_account(stack: Stack) -> None:
     sasly = user(stack, "sasly")
     room = admin_room(sasly)

@@ -174,3 +174,38 @@ def test_parse_never_raises_anything_but_its_own_errors(text: str, networks: lis
     assert result is None or (result.name in SPECS and isinstance(result.args, tuple))
     if result is not None and result.network is not None:
         assert result.network in networks
+
+
+@pytest.mark.parametrize("body", [
+    "!storepass hunter2",
+    "!StorePass\u00a0hunter2",
+    "!autocmd add PRIVMSG NickServ :IDENTIFY x",
+    "!autocmd add\tPRIVMSG NickServ :IDENTIFY x",
+    "!autocmd\u00a0add\u00a0PRIVMSG NickServ :IDENTIFY x",
+    "!autocmd\u2003ADD PRIVMSG NickServ :IDENTIFY x",
+    "!autocmd local add PRIVMSG NickServ :IDENTIFY x",
+    " \u00a0!autocmd add PRIVMSG NickServ :IDENTIFY x",
+    "!cmd PRIVMSG NickServ :IDENTIFY x",
+    "!CMD\tPRIVMSG NickServ :IDENTIFY x",
+    "!join #staff sekrit",
+    "!join\u00a0local #staff sekrit",
+])
+def test_every_command_that_may_hold_a_secret_is_recognised(body: str) -> None:
+    from bridge.admin_commands import secret_message
+
+    assert secret_message(body)
+
+
+@pytest.mark.parametrize("body", ["!autocmd list", "!autocmd", "!join #open", "!help",
+                                  "!status", "hello add there"])
+def test_commands_without_secrets_are_not_scrubbed(body: str) -> None:
+    from bridge.admin_commands import secret_message
+
+    assert not secret_message(body)
+
+
+def test_parsing_and_the_secret_check_read_the_same_words() -> None:
+    command = parse("!autocmd\u00a0add\tPRIVMSG NickServ :IDENTIFY x", ONE)
+    assert command == Command("autocmd", "local", ("add", "PRIVMSG NickServ :IDENTIFY x"))
+    assert "IDENTIFY" not in repr(command)
+    assert "sekrit" not in repr(parse("!join #staff sekrit", ONE))
