@@ -18,6 +18,16 @@ from bridge.store import MODELS, Store
 TEST_DB_ENV = "IRCBRIDGE_TEST_DATABASE_URL"
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """The tests expect ngircd (README). miniircd has no KICK, no channel operators and no
+    CAP: falling back to it silently made those tests time out instead of saying what is
+    missing, so without ngircd the daemon refuses to start with the apt-get line to run."""
+    from bridge.devstack.ircd import ngircd_path
+
+    if ngircd_path() is None and not os.environ.get("IRCBRIDGE_IRCD"):
+        os.environ["IRCBRIDGE_IRCD"] = "ngircd"
+
+
 def pytest_report_header(config: pytest.Config) -> str:
     url = os.environ.get(TEST_DB_ENV)
     return f"ircbridge database: {url or 'sqlite (temp files)'}"

@@ -50,7 +50,8 @@ def ngircd_path() -> str | None:
 
 
 def default_kind() -> str:
-    return "ngircd" if ngircd_path() else "miniircd"
+    """IRCBRIDGE_IRCD when set, else ngircd when installed, else miniircd."""
+    return os.environ.get("IRCBRIDGE_IRCD") or ("ngircd" if ngircd_path() else "miniircd")
 
 
 class IrcDaemon:
