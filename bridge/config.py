@@ -94,6 +94,10 @@ class NetworkConfig:
     # Seconds a Matrix message may wait for its IRC connection before its sender is told it
     # was not delivered.
     give_up_after: float = 600.0
+    # Seconds before a kicked bot or puppet tries to rejoin (the bot doubles it per try).
+    kick_rejoin_after: float = 30.0
+    # Seconds a netsplit QUIT waits for its user to come back before their ghost leaves.
+    netsplit_leave_after: float = 1800.0
 
 
 @dataclass(frozen=True)
@@ -203,6 +207,8 @@ NETWORK_KEYS: dict[str, Any] = {
     "connect_timeout": "10",
     "max_concurrent_connects": "5",
     "give_up_after": "600",
+    "kick_rejoin_after": "30",
+    "netsplit_leave_after": "1800",
     "password": "",
     "rooms": "",
 }
@@ -599,6 +605,10 @@ def _network(
             "max_concurrent_connects", NETWORK_KEYS["max_concurrent_connects"], 1, 10000
         ),
         give_up_after=r.number("give_up_after", NETWORK_KEYS["give_up_after"], 1.0, 7 * 86400.0),
+        kick_rejoin_after=r.number("kick_rejoin_after", NETWORK_KEYS["kick_rejoin_after"],
+                                   0.1, 86400.0),
+        netsplit_leave_after=r.number("netsplit_leave_after",
+                                      NETWORK_KEYS["netsplit_leave_after"], 0.1, 7 * 86400.0),
         password=r.string("password", ""),
         rooms=tuple(_room_pairs(r.string("rooms", "", _rooms))),
     )

@@ -30,6 +30,7 @@ from .matrix import (
     RoomInUse,
     UnknownToken,
 )
+from .matrix.state import MemberStore
 from .matrix_to_irc import MatrixToIrc
 from .names import NetworkNames, displayname_for_nick, irc_lower, sanitize_nick
 from .outbox import Recorder, RoomCreated, Senders
@@ -67,6 +68,8 @@ class Bridge(MatrixToIrc, IrcToMatrix, ThirdPartyLookups):
             server_name=config.homeserver.domain,
         )
         self.cache = IntentCache()
+        # Who is in each room, as the homeserver says (listed once, then kept current).
+        self.members = MemberStore(lambda room_id: self.client.joined_members(room_id))
         self.names = {
             n.name: NetworkNames(n.user_template, n.alias_template, config.homeserver.domain)
             for n in config.networks
@@ -331,6 +334,8 @@ class Bridge(MatrixToIrc, IrcToMatrix, ThirdPartyLookups):
     def handle_transaction(self, txn_id: str, events: list[dict[str, Any]]) -> tuple[bool, int]:
         """Store the events durably (before the 200) and wake the inbox worker."""
         seen, new = self.store.record_transaction(txn_id, events)
+        for room_id, user_id in self.members.apply(events):
+            self.cache.forget_joined(room_id, user_id)
         if new and self.inbox is not None:
             self.inbox.notify()
         return seen, new

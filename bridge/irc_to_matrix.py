@@ -26,6 +26,7 @@ from .matrix import (
     IntentCache,
     MatrixError,
 )
+from .matrix.state import MemberStore
 from .names import NetworkNames, irc_lower, is_channel
 from .outbox import GiveUp, Retry
 from .store import PM_PREFIX, IrcLine, Link, QueuedLine, Store
@@ -39,8 +40,6 @@ log = logging.getLogger(__name__)
 # IRC channel modes -> Matrix power levels of the virtual user (matrix-appservice-irc's
 # default map).
 POWER_FOR_MODE = {"o": 50, "v": 1}
-# "irc.example.net other.example.net": the QUIT reason servers give in a netsplit.
-_NETSPLIT = re.compile(r"^[\w.-]+\.[a-z]{2,} [\w.-]+\.[a-z]{2,}$", re.I)
 
 
 def with_pills(html: str, mentions: dict[str, str]) -> str:
@@ -67,6 +66,7 @@ class IrcToMatrix:
         client: HomeserverClient
         send_client: HomeserverClient
         cache: IntentCache
+        members: MemberStore
         bot: Intent
         irc: IrcSide
         names: dict[str, NetworkNames]
@@ -138,8 +138,6 @@ class IrcToMatrix:
             self._record(network, channel, new, self._sender_for_nick(network, new), "x.join",
                          "{}", None)
             return
-        if what == "quit" and _NETSPLIT.match(str(details.get("reason") or "")):
-            return  # a netsplit: they are back when it heals; do not churn the room
         kind = {"join": "x.join", "part": "x.leave", "quit": "x.leave", "kick": "x.kick"}[what]
         self._record(network, channel, nick, sender, kind, json.dumps(details), None,
                      details.get("ts"))
@@ -180,6 +178,8 @@ class IrcToMatrix:
                 for event in self._channel_waiters.get((network, details["channel"]), []):
                     event.set()
             return
+        if what in ("kicked", "rejoined"):
+            self._kick_notice(network, owner, what, details)
         if self.admin is not None and hasattr(self.admin, "connection_event"):
             try:
                 self.admin.connection_event(network, owner, what, details)
@@ -190,6 +190,30 @@ class IrcToMatrix:
         elif what == "nick_collision":
             log.info("%s on %s: nick %s taken, using %s", who, network, details.get("wanted"),
                      details.get("using"))
+
+    def _kick_notice(self, network: str, owner: str, what: str, details: dict[str, Any]) -> None:
+        """Our bot or a puppet was kicked (or is back): the room hears it from the bot."""
+        channel = str(details.get("channel") or "")
+        if not self._has_room(network, channel):
+            return
+        if what == "rejoined":
+            text = f"The bridge bot is back in {channel}."
+        else:
+            by = details.get("by") or "the server"
+            reason = f": {details['reason']}" if details.get("reason") else ""
+            rejoin_in = details.get("rejoin_in")
+            if not owner:
+                text = (f"The bridge bot was kicked from {channel} by {by}{reason}. It tries to "
+                        f"rejoin in {rejoin_in:.0f} s; until it is back, lines from IRC may not "
+                        "reach this room.")
+            elif rejoin_in is not None:
+                text = (f"{owner}: your IRC connection {details.get('nick')} was kicked from "
+                        f"{channel} by {by}{reason}. It rejoins in {rejoin_in:.0f} s.")
+            else:
+                text = (f"{owner}: your IRC connection {details.get('nick')} was kicked from "
+                        f"{channel} by {by} again{reason}. It will not rejoin by itself; send a "
+                        "message here to rejoin.")
+        self._record(network, channel, "", self.config.bot_user_id, "m.notice", text, None)
 
     # ------------------------------------------------------------ IRC -> Matrix (senders)
     def deliver(self, line: QueuedLine, retrying: bool = False) -> str:
@@ -306,9 +330,14 @@ class IrcToMatrix:
                 raise
             self.bot.invite(room_id, intent.user_id)
             intent.ensure_joined(room_id)
+        self.members.set_membership(room_id, intent.user_id, "join")
 
     def _state_leave(self, line: QueuedLine, room_id: str, details: dict[str, Any]) -> str:
-        if not self.cache.is_joined(room_id, line.sender):
+        # The homeserver says who is in the room: ghosts joined before a restart leave too.
+        joined = self.members.is_joined(room_id, line.sender)
+        if joined is None:
+            joined = self.cache.is_joined(room_id, line.sender)
+        if not joined:
             return ""
         reason = str(details.get("reason") or "")
         ghost = Intent(self.client, line.sender, cache=self.cache)
@@ -321,6 +350,7 @@ class IrcToMatrix:
         else:
             ghost.leave(room_id)
         self.cache.forget_joined(room_id, line.sender)
+        self.members.set_membership(room_id, line.sender, "leave")
         return ""
 
     def _state_topic(self, line: QueuedLine, room_id: str, details: dict[str, Any]) -> str:

@@ -116,6 +116,11 @@ class MatrixToIrc:
 
     def _private_event(self, event: dict[str, Any], content: dict[str, Any], pm: Any,
                        done: Callable[[bool], None]) -> None:
+        if event.get("type") == "m.room.member" and event.get("state_key") == pm.owner \
+                and content.get("membership") in ("leave", "ban"):
+            self._end_private_room(pm)
+            done(True)
+            return
         net = self.irc.network(pm.network)
         if net is None or event.get("type") != "m.room.message":
             done(True)
@@ -133,6 +138,16 @@ class MatrixToIrc:
 
         self.irc.call(net.say_private, str(event["sender"]), nick, lines, kind, sent,
                       getattr(done, "started", None))
+
+    def _end_private_room(self, pm: Any) -> None:
+        """The Matrix user left their private room: it ends; the virtual user leaves too."""
+        self.store.end_pm_room(pm.room_id)
+        log.info("%s left the private room %s with %s; the next message opens a new one",
+                 pm.owner, pm.room_id, pm.nick)
+        try:
+            Intent(self.client, pm.ghost, cache=self.cache).leave(pm.room_id)
+        except MatrixError as e:
+            log.info("%s could not leave %s: %s", pm.ghost, pm.room_id, e)
 
     def _translate_context(self, network: NetworkConfig, target: str, room_id: str,
                            sender: str = "") -> translate.Context:

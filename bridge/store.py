@@ -513,6 +513,11 @@ class Store:
     def pm_for_room(self, room_id: str) -> PmRoom | None:
         return PmRoom.get_or_none(PmRoom.room_id == room_id)
 
+    def end_pm_room(self, room_id: str) -> None:
+        """The private room was left: the next private message opens a new one."""
+        with self.writing():
+            PmRoom.delete().where(PmRoom.room_id == room_id).execute()
+
     def set_pm_room(self, network: str, owner: str, nick: str, ghost: str, room_id: str) -> None:
         with self.writing():
             PmRoom.delete().where(

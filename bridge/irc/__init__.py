@@ -100,6 +100,7 @@ class IrcSide:
                     "bot_nick": net.bot.nick if net.bot else None,
                     "channels": sorted(net.bot.channels) if net.bot else [],
                     "puppets": {u: c.state.value for u, c in net.puppets.items()},
+                    "kicked": net.rejoins.status(),
                 }
                 for name, net in self.networks.items()
             }

@@ -20,6 +20,9 @@ import irc.modes
 
 from ..names import irc_lower, is_channel, puppet_nick
 from .connection import ConnectSlots, IrcConnection, Sasl, State
+from .echoes import FormerNicks
+from .kicks import Rejoins
+from .splits import Splits, is_netsplit
 
 if TYPE_CHECKING:
     from ..config import NetworkConfig
@@ -126,6 +129,10 @@ class Network:
         # is called on the IRC thread when a connection is made.
         self.settings_for: Callable[[str, str], dict[str, Any]] | None = None
         self._our_nicks: set[str] | None = None
+        self.former_nicks = FormerNicks()
+        self.rejoins = Rejoins(thread, config.kick_rejoin_after, lambda: self.bot)
+        self.splits = Splits(thread, config.netsplit_leave_after, self._split_leave,
+                             lambda channel, nick: nick in self.members.get(channel, set()))
 
     # ------------------------------------------------------------ connections
     def _new_connection(self, owner: str, nick: str, username: str, realname: str,
@@ -162,6 +169,8 @@ class Network:
     def stop(self, message: str = "Bridge shutting down") -> None:
         if getattr(self, "_liveness_timer", None) is not None:
             self._liveness_timer.cancel()
+        self.rejoins.cancel()
+        self.splits.cancel()
         for conn in [self.bot, *self.puppets.values()]:
             if conn is not None:
                 conn.close(message)
@@ -176,6 +185,7 @@ class Network:
         if self.bot is not None and irc_lower(channel) not in {
             irc_lower(c) for c in self.config.channels
         }:
+            self.rejoins.bot_unwanted(irc_lower(channel))
             self.bot.part(channel)
 
     def puppet(self, user_id: str, displayname: str | None = None,
@@ -207,6 +217,8 @@ class Network:
 
     def drop_puppet(self, user_id: str, message: str = "") -> None:
         conn = self.puppets.pop(user_id, None)
+        if conn is not None:
+            self.former_nicks.add(irc_lower(conn.nick))
         self.nicks_changed()
         for folded, owner in list(self.puppet_nicks.items()):
             if owner == user_id:
@@ -314,7 +326,10 @@ class Network:
         return bool(nick) and irc_lower(nick or "") == irc_lower(conn.conn.get_nickname())
 
     def _ours(self, nick: str) -> bool:
-        return irc_lower(nick) in self.our_nicks()
+        """One of our connections' nicks, now or lately (an echo may arrive after a rename
+        or after the puppet was dropped): never a virtual user."""
+        folded = irc_lower(nick)
+        return folded in self.our_nicks() or self.former_nicks.holds(folded)
 
     def _on_join(self, conn: IrcConnection, event: irc.client.Event) -> None:
         nick = event.source.nick if event.source else ""
@@ -323,10 +338,13 @@ class Network:
             if self.forwarder(channel) is None or conn.is_bot:
                 self.members[channel] = set()
             conn.joined(event.target)
+            if conn.is_bot and self.rejoins.bot_joined(channel) is not None:
+                self.listener.irc_connection(self.name, "", "rejoined", {"channel": channel})
             return
         if self._ours(nick) or self.forwarder(channel) is not conn:
             return
         self.members.setdefault(channel, set()).add(irc_lower(nick))
+        self.splits.back(irc_lower(nick), channel)
         self.listener.irc_membership(self.name, channel, nick, "join", {"ts": event_time_ms(event)})
 
     def _on_part(self, conn: IrcConnection, event: irc.client.Event) -> None:
@@ -348,11 +366,17 @@ class Network:
         channel = irc_lower(event.target)
         if self._mine(conn, kicked):
             conn.left(event.target)
-            self.listener.irc_connection(
-                self.name, conn.owner, "kicked", {"channel": channel, "by": by, "reason": reason}
-            )
+            written = conn.wanted_channels.get(channel, event.target)
             if conn.is_bot:
                 conn.wanted_channels.pop(channel, None)
+                rejoin_in: float | None = self.rejoins.bot_kicked(channel, written, by, reason)
+            else:
+                rejoin_in = self.rejoins.puppet_kicked(conn, channel, written)
+            self.listener.irc_connection(
+                self.name, conn.owner, "kicked",
+                {"channel": channel, "by": by, "reason": reason, "nick": kicked,
+                 "rejoin_in": rejoin_in},
+            )
             return
         if self._ours(kicked) or self.forwarder(channel) is not conn:
             return
@@ -366,11 +390,22 @@ class Network:
             return
         folded = irc_lower(nick)
         reason = event.arguments[0] if event.arguments else ""
+        split = is_netsplit(reason)
+        waiting: set[str] = set()
         for channel, members in self.members.items():
             if folded in members and self.forwarder(channel) is conn:
                 members.discard(folded)
-                self.listener.irc_membership(self.name, channel, nick, "quit",
-                                             {"reason": reason})
+                if split:
+                    waiting.add(channel)  # they are likely back when it heals
+                else:
+                    self.listener.irc_membership(self.name, channel, nick, "quit",
+                                                 {"reason": reason})
+        self.splits.quit(folded, nick, reason, waiting)
+
+    def _split_leave(self, channel: str, nick: str, reason: str) -> None:
+        """A user lost in a netsplit did not come back in time: their ghost leaves."""
+        self.listener.irc_membership(self.name, channel, nick, "quit",
+                                     {"reason": reason, "netsplit": True})
 
     def _on_nick(self, conn: IrcConnection, event: irc.client.Event) -> None:
         old = event.source.nick if event.source else ""
@@ -379,6 +414,7 @@ class Network:
             return
         if self._mine(conn, old) or irc_lower(new) == irc_lower(conn.conn.get_nickname()):
             self.nicks_changed()
+            self.former_nicks.add(irc_lower(old))
         if conn.owner and irc_lower(new) == irc_lower(conn.conn.get_nickname()):
             conn.wanted_nick = new  # a reconnect keeps the new nick
             self._remember_puppet_nick(conn)
@@ -449,6 +485,8 @@ class Network:
     def _on_topic(self, conn: IrcConnection, event: irc.client.Event) -> None:
         topic = event.arguments[0] if event.arguments else ""
         nick = event.source.nick if event.source else None
+        if nick and self._ours(nick):
+            nick = None  # our own puppet's echo: the room has the topic already
         self._topic(conn, event.target, topic, nick)
 
     def _topic(self, conn: IrcConnection, channel: str, topic: str, nick: str | None) -> None:

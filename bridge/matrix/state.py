@@ -1,0 +1,92 @@
+"""Who is in which room, as the homeserver says: the bridge's membership state store.
+
+Why: the bridge must know whether a virtual user is still in a room to make it leave when
+its IRC user parts, quits, is kicked or changes nick. An in-memory record of what the bridge
+itself did is empty after a restart, so ghosts that joined before it never left. This store
+asks the homeserver instead: a room's joined members are fetched once, the first time the
+room is needed (GET /rooms/{id}/joined_members, as the bot), and kept current from the
+`m.room.member` events the homeserver pushes in its transactions and from the bridge's own
+calls. A room the bot cannot read is not cached: the next question asks again.
+
+Thread: any. Transactions update it on request threads, the senders read it; one lock.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+# Fetches `{user_id: profile}` of a room's joined members; raises when it cannot.
+FetchMembers = Callable[[str], Mapping[str, Any]]
+
+
+class MemberStore:
+    """room id -> the set of user ids the homeserver says are joined there."""
+
+    def __init__(self, fetch: FetchMembers) -> None:
+        self._fetch = fetch
+        self._lock = threading.Lock()
+        self._joined: dict[str, set[str]] = {}
+
+    def _room(self, room_id: str) -> set[str] | None:
+        with self._lock:
+            known = self._joined.get(room_id)
+            if known is not None:
+                return known
+        try:
+            members = set(self._fetch(room_id))
+        except Exception as e:  # noqa: BLE001 - unknown now; ask again next time
+            log.info("cannot list the members of %s: %s", room_id, e)
+            return None
+        with self._lock:
+            # Events pushed while the list was fetched were applied to a fresh entry: keep them.
+            return self._joined.setdefault(room_id, members)
+
+    def is_joined(self, room_id: str, user_id: str) -> bool | None:
+        """True/False as the homeserver says; None when it could not be asked."""
+        members = self._room(room_id)
+        if members is None:
+            return None
+        with self._lock:
+            return user_id in members
+
+    def joined(self, room_id: str) -> set[str]:
+        """A copy of the room's joined members (empty when they cannot be listed)."""
+        members = self._room(room_id)
+        with self._lock:
+            return set(members or ())
+
+    def set_membership(self, room_id: str, user_id: str, membership: str) -> None:
+        """Record a membership seen or made; only rooms already loaded are changed."""
+        with self._lock:
+            members = self._joined.get(room_id)
+            if members is None:
+                return
+            if membership == "join":
+                members.add(user_id)
+            else:
+                members.discard(user_id)
+
+    def apply(self, events: Iterable[Mapping[str, Any]]) -> list[tuple[str, str]]:
+        """Take in the `m.room.member` events of a transaction; returns the (room, user)
+        pairs that are no longer joined, for caches to forget."""
+        gone: list[tuple[str, str]] = []
+        for event in events:
+            if event.get("type") != "m.room.member":
+                continue
+            room_id, user_id = event.get("room_id"), event.get("state_key")
+            content = event.get("content")
+            if isinstance(room_id, str) and isinstance(user_id, str) and isinstance(content, dict):
+                membership = str(content.get("membership") or "")
+                self.set_membership(room_id, user_id, membership)
+                if membership != "join":
+                    gone.append((room_id, user_id))
+        return gone
+
+    def forget_room(self, room_id: str) -> None:
+        with self._lock:
+            self._joined.pop(room_id, None)
