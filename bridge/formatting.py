@@ -21,7 +21,7 @@ from __future__ import annotations
 import html as _html
 import re
 import unicodedata
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from html.parser import HTMLParser
 
@@ -364,8 +364,42 @@ def _tags_for(style: _Style) -> list[_Tag]:
     return tags
 
 
-def _render_html(runs: list[tuple[str, _Style]]) -> str:
-    """Well-formed HTML: tags close in reverse order and reopen after an overlapping close."""
+# Characters a nick may hold besides letters and digits: a mention is a nick not touching them.
+_NICK_CHARS = r"\w\[\]\\`^{|}-"
+
+
+def _mention_pattern(mentions: Mapping[str, str]) -> re.Pattern[str] | None:
+    """One pattern for every mentioned nick, longest first; literal alternatives bounded
+    by look-arounds of one character each, so it cannot backtrack."""
+    if not mentions:
+        return None
+    names = "|".join(re.escape(nick) for nick in sorted(mentions, key=len, reverse=True))
+    return re.compile(rf"(?<![{_NICK_CHARS}])(?:{names})(?![{_NICK_CHARS}])")
+
+
+def _escape_run(text: str, pattern: re.Pattern[str] | None,
+                mentions: Mapping[str, str]) -> str:
+    """One text run as HTML: escaped, each mention a pill (matrix.to link)."""
+    if pattern is None:
+        return _html.escape(text, quote=True)
+    out: list[str] = []
+    pos = 0
+    for match in pattern.finditer(text):
+        nick = match.group()
+        out.append(_html.escape(text[pos : match.start()], quote=True))
+        out.append(f'<a href="https://matrix.to/#/{_html.escape(mentions[nick], quote=True)}">'
+                   f"{_html.escape(nick, quote=True)}</a>")
+        pos = match.end()
+    out.append(_html.escape(text[pos:], quote=True))
+    return "".join(out)
+
+
+def _render_html(runs: list[tuple[str, _Style]], mentions: Mapping[str, str] | None = None
+                 ) -> str:
+    """Well-formed HTML: tags close in reverse order and reopen after an overlapping close.
+
+    Mentions become pills inside each text run, so no nick ever touches the markup."""
+    pattern = _mention_pattern(mentions or {})
     out: list[str] = []
     stack: list[_Tag] = []
     for text, style in runs:
@@ -379,21 +413,26 @@ def _render_html(runs: list[tuple[str, _Style]]) -> str:
             if tag not in stack:
                 stack.append(tag)
                 out.append(tag[1])
-        out.append(_html.escape(text, quote=True))
+        out.append(_escape_run(text, pattern, mentions or {}))
     out.extend(f"</{name}>" for name, _ in reversed(stack))
     return "".join(out)
 
 
-def irc_to_matrix(text: str) -> tuple[str, str | None]:
+def irc_to_matrix(text: str, mentions: Mapping[str, str] | None = None
+                  ) -> tuple[str, str | None]:
     """IRC text -> (plain body, org.matrix.custom.html body or None when nothing is styled).
 
     Everything from IRC is HTML-escaped; only our own tags reach the HTML. URLs stay text.
+    `mentions` (nick as written -> Matrix user id) become pills, matched in the text runs
+    before any HTML exists.
     """
     runs = [(part, style) for part, style in _runs(text) if part]
     body = "".join(part for part, _ in runs)
-    if not any(_tags_for(style) for _, style in runs):
+    pattern = _mention_pattern(mentions or {})
+    mentioned = pattern is not None and any(pattern.search(part) for part, _ in runs)
+    if not mentioned and not any(_tags_for(style) for _, style in runs):
         return body, None
-    return body, _render_html(runs)
+    return body, _render_html(runs, mentions)
 
 
 # --------------------------------------------------------------------------------------

@@ -12,7 +12,6 @@ import json
 import logging
 import re
 import time
-from html import escape
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
@@ -40,17 +39,6 @@ log = logging.getLogger(__name__)
 # IRC channel modes -> Matrix power levels of the virtual user (matrix-appservice-irc's
 # default map).
 POWER_FOR_MODE = {"o": 50, "v": 1}
-
-
-def with_pills(html: str, mentions: dict[str, str]) -> str:
-    """Turn IRC nicks of Matrix users into pills (matrix.to links) in escaped HTML."""
-    for nick, user_id in sorted(mentions.items(), key=lambda kv: -len(kv[0])):
-        pattern = re.compile(r"(?<![\w\[\]\\`^{|}-])" + re.escape(escape(nick))
-                             + r"(?![\w\[\]\\`^{|}-])")
-        link = f'<a href="https://matrix.to/#/{escape(user_id)}">{escape(nick)}</a>'
-        html = pattern.sub(lambda _m, link=link: link, html)
-    return html
-
 
 
 # Each bridged message carries the txnId it was sent with, so a retry can find it.
@@ -103,11 +91,9 @@ class IrcToMatrix:
 
     def irc_message(self, network: str, channel: str, nick: str, text: str, kind: str,
                     ts: int, mentions: dict[str, str] | None = None) -> None:
-        body, html = formatting.irc_to_matrix(text)
+        body, html = formatting.irc_to_matrix(text, mentions)  # pills made per text run
         if not body.strip():
             return
-        if mentions:
-            html = with_pills(html if html is not None else escape(body), mentions)
         self._record(network, channel, nick, self._sender_for_nick(network, nick), kind, body,
                      html, ts)
 
