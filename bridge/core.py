@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -135,8 +136,10 @@ class Bridge(MatrixToIrc, IrcToMatrix, ThirdPartyLookups):
             {n.name: n.scrollback_lines for n in self.config.networks},
             self._sender_for_nick,
             self.senders.dispatch,
+            spill=self._local_path("unstored"),
         )
-        self.inbox = InboxWorker(self.store, self.on_matrix_event, journal=self._journal_path())
+        self.inbox = InboxWorker(self.store, self.on_matrix_event,
+                                 journal=self._local_path("sent"))
         self.inbox.on_uncertain = self._maybe_not_delivered
         self.senders.start()
         self.recorder.start()
@@ -171,41 +174,66 @@ class Bridge(MatrixToIrc, IrcToMatrix, ThirdPartyLookups):
                 log.warning("cannot check the network locks yet: %s", e)
 
     def _maybe_not_delivered(self, event: dict[str, Any]) -> None:
-        """A message whose sending was cut by a crash: its sender hears it, in the room."""
-        link = self.link_for_room(str(event.get("room_id")))
+        """A message whose sending was cut by a crash: its sender hears it, where they wrote."""
+        room_id = str(event.get("room_id"))
         sender = event.get("sender")
-        if link is None or not isinstance(sender, str):
+        if not isinstance(sender, str):
             return
-        self.irc_failure(link.network, sender, link.channel_name,
-                         "the bridge stopped while sending it; it may not have arrived")
+        reason = "the bridge stopped while sending it; it may not have arrived"
+        link = self.link_for_room(room_id)
+        if link is not None:
+            self.irc_failure(link.network, sender, link.channel_name, reason)
+            return
+        pm = self.store.pm_for_room(room_id)
+        if pm is not None and pm.owner == sender:
+            nick = self.names[pm.network].nick_for_user_id(pm.ghost) or pm.nick
+            self.irc_failure(pm.network, sender, nick, reason)
 
-    def _journal_path(self) -> Path:
-        """Where delivered inbox rows are journaled: beside the SQLite file, or beside
-        config.ini (one per bridge id) with PostgreSQL."""
+    def _local_path(self, kind: str) -> Path:
+        """A small file of this bridge's own (the sent journal, the lines a stop could not
+        store): beside the SQLite file, or beside config.ini (one per bridge id) with
+        PostgreSQL."""
         if self.store.is_sqlite:
-            return Path(f"{self.store.db.database}.{self.config.appservice.id}.sent")
-        return self.config.path.parent / f".{self.config.appservice.id}.sent"
+            return Path(f"{self.store.db.database}.{self.config.appservice.id}.{kind}")
+        return self.config.path.parent / f".{self.config.appservice.id}.{kind}"
 
     def stop(self) -> None:
-        """Clean stop: QUIT every connection, let the queues settle, release the locks."""
+        """Clean stop, part by part in this order; never raises.
+
+        No more Matrix events are handed out; every IRC connection QUITs (lines still waiting
+        for flood control stay pending in the inbox and are sent after the restart); the
+        journal of sent events is closed; the recorder stores the IRC lines it holds (or
+        spills them to a local file when the database does not take them in time); the
+        senders end between two rows (what they had not sent is pending in the outbox); then
+        admin work, the homeserver clients and the store. Bounded to fit gunicorn's
+        graceful_timeout (10 s).
+        """
         if self._stopping.is_set():
             return
         self._stopping.set()
         if not self._started:
             return
-        self.irc.stop("Bridge shutting down")
-        if self.inbox:
-            self.inbox.stop()
-        if self.recorder:
-            self.recorder.stop()
-        if self.senders:
-            self.senders.stop()
-        if self.admin is not None:
-            self.admin.stop()
+        inbox, recorder, senders = self.inbox, self.recorder, self.senders
+        steps: list[tuple[str, Callable[[], None]]] = [
+            ("the inbox", lambda: inbox.stop(timeout=2.0) if inbox else None),
+            ("IRC", lambda: self.irc.stop("Bridge shutting down", timeout=3.0)),
+            ("the sent journal", lambda: inbox.close() if inbox else None),
+            ("the recorder", lambda: recorder.stop(timeout=2.0) if recorder else None),
+            ("the senders", lambda: senders.stop(timeout=1.0) if senders else None),
+            ("the admin rooms", lambda: self.admin.stop() if self.admin is not None else None),
+            ("the homeserver clients", self._close_clients),
+            ("the store", self.store.close),
+        ]
+        for what, step in steps:
+            try:
+                step()
+            except Exception:  # noqa: BLE001 - the rest must stop too
+                log.exception("stopping %s failed; stopping the rest", what)
+
+    def _close_clients(self) -> None:
         self.client.close()
         self.query_client.close()
         self.send_client.close()
-        self.store.close()
 
     def _load_links(self) -> None:
         with self._links_lock:

@@ -8,12 +8,13 @@ virtual user opens a private conversation. IRC work is handed to the IRC thread.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from . import formatting, metrics, translate
 from .config import Config, NetworkConfig, role_of
+from .inbox import Completion
 from .irc.connection import REFUSED
+from .irc.receipt import Receipt
 from .matrix import HomeserverClient, Intent, IntentCache, MatrixError
 from .names import NetworkNames, irc_lower, puppet_nick
 from .store import Link, Store
@@ -47,7 +48,8 @@ class MatrixToIrc:
         def irc_failure(self, network: str, owner: str, target: str, reason: str) -> None: ...
 
     # ------------------------------------------------------------ Matrix -> IRC (inbox thread)
-    def on_matrix_event(self, event: dict[str, Any], done: Callable[[bool], None]) -> None:
+    def on_matrix_event(self, event: dict[str, Any], completion: Completion) -> None:
+        done = completion.finished
         sender = event.get("sender")
         room_id = event.get("room_id")
         content = event.get("content")
@@ -67,16 +69,17 @@ class MatrixToIrc:
             return
         link = self.link_for_room(room_id)
         if link is not None:
-            self._channel_event(event, content, link, done)
+            self._channel_event(event, content, link, completion)
             return
         pm = self.store.pm_for_room(room_id)
         if pm is not None and pm.owner == sender:
-            self._private_event(event, content, pm, done)
+            self._private_event(event, content, pm, completion)
             return
         done(True)
 
     def _channel_event(self, event: dict[str, Any], content: dict[str, Any], link: Link,
-                       done: Callable[[bool], None]) -> None:
+                       completion: Completion) -> None:
+        done = completion.finished
         net = self.irc.network(link.network)
         etype = event.get("type")
         sender = str(event["sender"])
@@ -105,17 +108,20 @@ class MatrixToIrc:
         def sent(ok: bool, error: str | None) -> None:
             if ok:
                 metrics.relayed(self, "matrix_to_irc", content.get("msgtype"))
+            elif completion.stopping:
+                pass  # closed by the stop: sent after the restart, nothing to tell
             else:
                 log.warning("message %s not sent to IRC: %s", event.get("event_id"), error)
                 if error and not error.startswith(REFUSED):  # refusals are told by the server
                     self.irc_failure(link.network, sender, link.channel_name, error)
             done(ok)
 
-        self.irc.call(net.say, sender, None, link.channel_name, lines, kind, sent,
-                      getattr(done, "started", None))
+        self.irc.call(net.say, sender, None, link.channel_name, lines, kind,
+                      Receipt(sent, completion.started))
 
     def _private_event(self, event: dict[str, Any], content: dict[str, Any], pm: Any,
-                       done: Callable[[bool], None]) -> None:
+                       completion: Completion) -> None:
+        done = completion.finished
         if event.get("type") == "m.room.member" and event.get("state_key") == pm.owner \
                 and content.get("membership") in ("leave", "ban"):
             self._end_private_room(pm)
@@ -132,12 +138,12 @@ class MatrixToIrc:
         def sent(ok: bool, error: str | None) -> None:
             if ok:
                 metrics.relayed(self, "matrix_to_irc", content.get("msgtype"))
-            elif error and not error.startswith(REFUSED):
+            elif error and not error.startswith(REFUSED) and not completion.stopping:
                 self.irc_failure(pm.network, str(event["sender"]), nick, error)
             done(ok)
 
-        self.irc.call(net.say_private, str(event["sender"]), nick, lines, kind, sent,
-                      getattr(done, "started", None))
+        self.irc.call(net.say_private, str(event["sender"]), nick, lines, kind,
+                      Receipt(sent, completion.started))
 
     def _end_private_room(self, pm: Any) -> None:
         """The Matrix user left their private room: it ends; the virtual user leaves too."""

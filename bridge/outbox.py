@@ -6,17 +6,25 @@ scrollback when it has none) and passes new rows to the senders. The senders are
 of threads; each room always goes to the same sender, so a room's lines arrive in order while
 different rooms go in parallel. A row is marked done once the homeserver accepted it; its id
 is part of the Matrix txnId, so a retry after a crash cannot post it twice.
+
+A clean stop loses nothing: the recorder stores what it holds, or keeps it in a spill file
+when the database does not take it in time; the senders end between two rows, and what
+they had not sent is still pending in the outbox for the next start.
 """
 
 from __future__ import annotations
 
 import collections
+import dataclasses
+import json
 import logging
+import os
 import queue
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import peewee as pw
@@ -38,13 +46,6 @@ class RoomCreated:
     done: threading.Event
 
 
-class Deliver:
-    """What a sender calls per row; raises Retry to try the same row again later."""
-
-    def __call__(self, line: QueuedLine) -> str:  # pragma: no cover - protocol
-        raise NotImplementedError
-
-
 class Retry(Exception):
     """A passing failure (homeserver down, 5xx): the row is tried again after a pause."""
 
@@ -53,50 +54,91 @@ class GiveUp(Exception):
     """A permanent failure for this row: it is marked failed and the room moves on."""
 
 
+class _TakenByStop(Exception):
+    """The stop kept these lines in the spill file first: roll their transaction back."""
+
+
 class Recorder:
-    """One thread; the single writer of IRC lines, which gives the per-channel order."""
+    """One thread; the single writer of IRC lines, which gives the per-channel order.
+
+    A clean stop stores what is queued. When the database does not take it in time (it is
+    down or locked), the lines not yet committed go to a local spill file instead, stored
+    first at the next start. `_commit_lock` makes the two exclusive: a batch is committed
+    or spilled, never both (the lock is held across the commit, and never while waiting on
+    the database for anything else).
+    """
 
     def __init__(self, store: Store, rooms: dict[tuple[str, str], str],
                  scrollback_limits: dict[str, int], sender_for_nick: Callable[[str, str], str],
-                 dispatch: Callable[[list[QueuedLine]], None]):
+                 dispatch: Callable[[list[QueuedLine]], None], spill: Path | None = None):
         self.store = store
         self.rooms = dict(rooms)
         self.scrollback_limits = scrollback_limits
         self.sender_for_nick = sender_for_nick
         self.dispatch = dispatch
-        self._queue: queue.SimpleQueue[IrcLine | RoomCreated | None] = queue.SimpleQueue()
+        self.spill = spill
+        self._items: collections.deque[IrcLine | RoomCreated] = collections.deque()
+        self._cond = threading.Condition()  # guards _items and _closing; held only briefly
+        self._closing = False
+        self._commit_lock = threading.Lock()  # guards _taken and _abandoned
+        self._taken: list[IrcLine] = []  # taken from _items, not committed yet
+        self._abandoned = False
+        self._gone = threading.Event()  # set when the stop gave up waiting: pauses end
         self._thread = threading.Thread(target=self._run, name="irc-recorder", daemon=True)
-        self.pending = 0
 
     def start(self) -> None:
+        """Store what the last stop spilled (before any new line), then start the thread."""
+        self._load_spill()
         self._thread.start()
 
     def put(self, item: IrcLine | RoomCreated) -> None:
-        self.pending += 1
-        self._queue.put(item)
+        """Any thread (the IRC thread): queue a line; never waits on the database."""
+        with self._cond:
+            self._items.append(item)
+            self._cond.notify()
 
     def forget(self, network: str, channel: str) -> None:
         """An unlinked channel: its later lines become scrollback again."""
         self.put(RoomCreated(network, channel, "", threading.Event()))
 
-    def stop(self, timeout: float = 5.0) -> None:
-        self._queue.put(None)
-        if self._thread.is_alive():
+    def stop(self, timeout: float = 3.0) -> None:
+        """Store what is queued within `timeout`; spill the rest to the file. Never raises."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join(timeout)
+        if not self._thread.is_alive():
+            return  # everything is stored
+        self._gone.set()
+        got = self._commit_lock.acquire(timeout=2.0)  # only a commit under way holds it
+        try:
+            self._abandoned = True
+            with self._cond:
+                left = self._taken + [i for i in self._items if isinstance(i, IrcLine)]
+                self._items.clear()
+            self._taken = []
+        finally:
+            if got:
+                self._commit_lock.release()
+        if left:
+            self._write_spill(left)
 
+    # ------------------------------------------------------------ recorder thread
     def _run(self) -> None:
         while True:
-            item = self._queue.get()
-            batch: list[IrcLine | RoomCreated | None] = [item]
-            while len(batch) < 500:
-                try:
-                    batch.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
-            stop = None in batch
-            self._write([b for b in batch if b is not None])
-            if stop:
-                return
+            with self._cond:
+                while not self._items and not self._closing:
+                    self._cond.wait()
+            with self._commit_lock:
+                if self._abandoned:
+                    return
+                with self._cond:
+                    if not self._items:
+                        return  # closing, and everything is stored
+                    batch = [self._items.popleft() for _ in range(min(500, len(self._items)))]
+                self._taken = [i for i in batch if isinstance(i, IrcLine)]
+            self._write(batch)
 
     def _write(self, items: list[IrcLine | RoomCreated]) -> None:
         run: list[IrcLine] = []
@@ -109,53 +151,86 @@ class Recorder:
                 run.append(item)
         self._flush(run)
 
+    def _commit(self, lines: list[IrcLine]) -> list[QueuedLine] | None:
+        """Store `lines` in one transaction; None when the stop spilled them first."""
+        held = False
+        try:
+            with self.store.writing():
+                queued = self.store.queue_lines(lines, self.rooms, self.scrollback_limits)
+                self._commit_lock.acquire()
+                held = True
+                if self._abandoned:
+                    raise _TakenByStop
+            self._settled(lines)  # committed, with the lock held across the commit
+            return queued
+        except _TakenByStop:
+            return None
+        finally:
+            if held:
+                self._commit_lock.release()
+
+    def _settled(self, lines: list[IrcLine]) -> None:
+        """Under _commit_lock: these lines are stored (or dropped for good)."""
+        ids = {id(line) for line in lines}
+        self._taken = [line for line in self._taken if id(line) not in ids]
+
+    def _drop(self, lines: list[IrcLine]) -> None:
+        with self._commit_lock:
+            self._settled(lines)
+
+    def _pause(self) -> bool:
+        """Wait before trying the database again; False once the stop gave up on us."""
+        return not self._gone.wait(1.0) and not self._abandoned
+
     def _flush(self, lines: list[IrcLine]) -> None:
         if not lines:
             return
         while True:
             try:
-                queued = self.store.queue_lines(lines, self.rooms, self.scrollback_limits)
+                queued = self._commit(lines)
                 break
             except (pw.OperationalError, pw.InterfaceError):  # database away: keep, retry
                 log.exception("could not store %d IRC lines; retrying in 1 s", len(lines))
-                time.sleep(1.0)
+                if not self._pause():
+                    return
             except Exception:  # noqa: BLE001 - a line the database refuses: not the others
                 if len(lines) == 1:
                     log.exception("dropped an IRC line the database refuses: %r",
                                   lines[0].body[:100])
-                    queued = []
-                    break
+                    self._drop(lines)
+                    return
                 log.exception("could not store %d IRC lines; storing them one by one",
                               len(lines))
                 queued = []
                 for line in lines:
-                    self.pending += 1
-                    queued.extend(self._store_one(line))
+                    one = self._store_one(line)
+                    if one is None:
+                        return
+                    queued.extend(one)
                 break
-        self.pending -= len(lines)
         if queued:
             self.dispatch(queued)
 
-    def _store_one(self, line: IrcLine) -> list[QueuedLine]:
-        self.pending -= 1
+    def _store_one(self, line: IrcLine) -> list[QueuedLine] | None:
         while True:
             try:
-                return self.store.queue_lines([line], self.rooms, self.scrollback_limits)
+                return self._commit([line])
             except (pw.OperationalError, pw.InterfaceError):
                 log.exception("could not store an IRC line; retrying in 1 s")
-                time.sleep(1.0)
+                if not self._pause():
+                    return None
             except Exception:  # noqa: BLE001
                 log.exception("dropped an IRC line the database refuses: %r", line.body[:100])
+                self._drop([line])
                 return []
 
     def _room_created(self, item: RoomCreated) -> None:
         if not item.room_id:
             self.rooms.pop((item.network, item.channel), None)
-            self.pending -= 1
             item.done.set()
             return
         self.rooms[(item.network, item.channel)] = item.room_id
-        while True:
+        while not self._abandoned:
             try:
                 queued = self.store.replay_scrollback(
                     item.network, item.channel, item.room_id,
@@ -164,12 +239,47 @@ class Recorder:
                 break
             except Exception:  # noqa: BLE001
                 log.exception("could not replay scrollback; retrying in 1 s")
-                time.sleep(1.0)
-        self.pending -= 1
+                if not self._pause():
+                    break
+        else:
+            queued = []
         if queued:
             log.info("replaying %d scrollback lines into %s", len(queued), item.room_id)
             self.dispatch(queued)
         item.done.set()
+
+    # ------------------------------------------------------------ spill file
+    def _write_spill(self, lines: list[IrcLine]) -> None:
+        if self.spill is None:
+            log.error("the database did not take %d IRC lines before the stop; they are "
+                      "lost", len(lines))
+            return
+        try:
+            tmp = self.spill.with_name(self.spill.name + ".tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                for line in lines:
+                    f.write(json.dumps(dataclasses.asdict(line)) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.spill)
+            log.warning("the database did not take %d IRC lines before the stop; kept in "
+                        "%s for the next start", len(lines), self.spill)
+        except OSError:
+            log.exception("could not keep %d IRC lines in %s; they are lost", len(lines),
+                          self.spill)
+
+    def _load_spill(self) -> None:
+        if self.spill is None or not self.spill.exists():
+            return
+        lines = [IrcLine(**json.loads(text)) for text in
+                 self.spill.read_text(encoding="utf-8").splitlines() if text.strip()]
+        if lines:
+            queued = self.store.queue_lines(lines, self.rooms, self.scrollback_limits)
+            log.info("stored %d IRC lines kept from the last stop", len(lines))
+            if queued:
+                self.dispatch(queued)
+        self.spill.unlink()
 
 
 class Senders:

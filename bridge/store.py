@@ -705,11 +705,6 @@ class Store:
             OutboxMessage.id == row_id
         ).execute()
 
-    def outbox_attempt(self, row_id: int) -> None:
-        OutboxMessage.update(attempts=OutboxMessage.attempts + 1).where(
-            OutboxMessage.id == row_id
-        ).execute()
-
     def outbox_depth(self) -> int:
         return OutboxMessage.select().where(OutboxMessage.state == PENDING).count()
 

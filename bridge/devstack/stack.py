@@ -98,7 +98,8 @@ class Stack:
                  channels: str = "#matrix", user_template: str = "irc_local_{nick}",
                  alias_template: str = "irc_local_{channel}", scrollback_lines: int = 50,
                  log_level: str = "INFO", ircd_kind: str | None = None,
-                 puppet_nick_template: str = "{localpart}[m]", network_extra: str = ""):
+                 puppet_nick_template: str = "{localpart}[m]", network_extra: str = "",
+                 flood_rate: float = 0.0, flood_burst: int = 5, log_levels: str = ""):
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         # IRCBRIDGE_IRCD=miniircd|ngircd picks the daemon (default: ngircd when installed).
@@ -117,6 +118,9 @@ class Stack:
         self.log_level = log_level
         self.puppet_nick_template = puppet_nick_template
         self.network_extra = network_extra  # more `key = value` lines for [network:local]
+        self.flood_rate = flood_rate  # 0: no flood control, so tests need not wait for it
+        self.flood_burst = flood_burst
+        self.log_levels = log_levels  # e.g. "irc.client=DEBUG" to log every IRC line read
         self.status_secret = "status-" + secrets.token_hex(12)
         self.bridge = BridgeProcess(self.config_path, self.bridge_port,
                                     status_secret=self.status_secret)
@@ -142,6 +146,7 @@ url = {self.database_url}
 
 [logging]
 level = {self.log_level}
+levels = {self.log_levels}
 
 [status]
 secret = {self.status_secret}
@@ -156,8 +161,8 @@ puppet_nick_template = {self.puppet_nick_template}
 bot_nick = ircbot
 channels = {self.channels}
 scrollback_lines = {self.scrollback_lines}
-flood_rate = 0
-flood_burst = 5
+flood_rate = {self.flood_rate}
+flood_burst = {self.flood_burst}
 connect_timeout = 5
 {self.network_extra}
 

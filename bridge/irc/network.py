@@ -22,6 +22,7 @@ from ..names import irc_lower, is_channel, puppet_nick
 from .connection import ConnectSlots, IrcConnection, Sasl, State
 from .echoes import FormerNicks
 from .kicks import Rejoins
+from .receipt import Receipt
 from .splits import Splits, is_netsplit
 
 if TYPE_CHECKING:
@@ -559,28 +560,24 @@ class Network:
         conn.send(line, channel=channel)
 
     def say_private(self, user_id: str, nick: str, lines: list[str], kind: str,
-                    done: Callable[[bool, str | None], None],
-                    started: Callable[[], None] | None = None) -> None:
+                    receipt: Receipt) -> None:
         """Say `lines` to `nick` from the user's puppet (see `say`)."""
-        _say(self.puppet(user_id), nick, None, lines, kind, done, started)
+        _say(self.puppet(user_id), nick, None, lines, kind, receipt)
 
     def say(self, user_id: str, displayname: str | None, channel: str, lines: list[str],
-            kind: str, done: Callable[[bool, str | None], None],
-            started: Callable[[], None] | None = None) -> None:
-        """Say `lines` in `channel` from the user's puppet; `done` once all left (or failed).
-
-        `started` is called right before the first line is written to the socket.
-        """
+            kind: str, receipt: Receipt) -> None:
+        """Say `lines` in `channel` from the user's puppet; `receipt` hears how it went."""
         conn = self.puppet(user_id, displayname)
         conn.join(channel)
-        _say(conn, channel, channel, lines, kind, done, started)
+        _say(conn, channel, channel, lines, kind, receipt)
 
 
 def _say(conn: IrcConnection, target: str, channel: str | None, lines: list[str], kind: str,
-         done: Callable[[bool, str | None], None], started: Callable[[], None] | None) -> None:
-    """Queue one message's lines; `done` once, after the last one left (or any failed)."""
+         receipt: Receipt) -> None:
+    """Queue one message's lines; `receipt.finished` once, after the last one left (or any
+    failed); `receipt.started` right before the first is written."""
     if not lines:
-        done(True, None)
+        receipt.finished(True, None)
         return
     remaining = [len(lines)]
     failed: list[str] = []
@@ -590,10 +587,10 @@ def _say(conn: IrcConnection, target: str, channel: str | None, lines: list[str]
             failed.append(error or "not sent")
         remaining[0] -= 1
         if remaining[0] == 0:
-            done(not failed, failed[0] if failed else None)
+            receipt.finished(not failed, failed[0] if failed else None)
 
     command = "NOTICE" if kind == "m.notice" else "PRIVMSG"
     for i, line in enumerate(lines):
         text = f"\x01ACTION {line}\x01" if kind == "m.emote" else line
         conn.send(f"{command} {target} :{text}", channel=channel, done=one_done,
-                  before=started if i == 0 else None)
+                  before=receipt.started if i == 0 else None)
