@@ -40,8 +40,9 @@ def create_app(config_path: str | None = None, *, config: Any = None,
     for warning in config.warnings:
         log.warning("config: %s", warning)
 
-    store = Store(config.database.url)
-    store.open(config.path.name)
+    store = Store(config.database.url, config.appservice.id,
+                  sqlite_synchronous=config.database.sqlite_synchronous)
+    store.open(config.path.name, [n.name for n in config.networks])
     bridge = Bridge(config, store=store)
     bridge.admin = AdminRooms(bridge)  # admin rooms, static mappings, room directory
     bridge.media = MediaLinks(

@@ -40,7 +40,7 @@ class AdminRooms:
     def __init__(self, bridge: Any, *, lanes: int = LANES):
         self.bridge = bridge
         self.config = bridge.config
-        self.store = AdminStore(bridge.store.db)
+        self.store = AdminStore(bridge.store.db, bridge.store.bridge_id)
         self.vault: Vault | None = None
         self.vault_problem: str | None = None
         try:
@@ -69,7 +69,7 @@ class AdminRooms:
         if self._started:
             return
         self._started = True
-        self.store.create_tables()
+        self.store.create_tables([n.name for n in self.bridge.config.networks])
         self._load()
         self.lanes.start()
         self.bridge.irc.call(self.irc.install)

@@ -75,12 +75,15 @@ def cmd_generate_registration(args: argparse.Namespace) -> int:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
+    from .admin_store import AdminStore
     from .store import Store
 
     config = _load(args.config)
-    store = Store(config.database.url)
+    store = Store(config.database.url, config.appservice.id)
+    networks = [n.name for n in config.networks]
     try:
-        before, after = store.migrate()
+        before, after = store.migrate(networks)
+        AdminStore(store.db, store.bridge_id).create_tables(networks)
     except Exception as e:  # noqa: BLE001 - one clear line for the admin
         print(f"cannot migrate {_safe_url(config.database.url)}: {e}", file=sys.stderr)
         return 1

@@ -53,6 +53,10 @@ class AppserviceConfig:
     registration: Path
     max_body_bytes: int
     senders: int
+    # Regexes of Matrix user ids this bridge never makes IRC puppets for (other application
+    # services' bots and virtual users); other ircbridge bridges on the same database are
+    # known without it (bridge/foreign.py).
+    exclude_users: tuple[str, ...] = ()
 
     @property
     def bind_host(self) -> str:
@@ -66,6 +70,8 @@ class AppserviceConfig:
 @dataclass(frozen=True)
 class DatabaseConfig:
     url: str
+    keep_days: int = 7  # handled queue rows and transactions are pruned after this
+    sqlite_synchronous: str = "full"  # "full": a commit survives power loss; "normal": not
 
 
 @dataclass(frozen=True)
@@ -181,8 +187,9 @@ SECTION_KEYS: dict[str, dict[str, Any]] = {
         "registration": "registration.yaml",
         "max_body_bytes": "10485760",
         "senders": "4",
+        "exclude_users": "",
     },
-    "database": {"url": "sqlite:///ircbridge.db"},
+    "database": {"url": "sqlite:///ircbridge.db", "keep_days": "7", "sqlite_synchronous": "full"},
     "logging": {"level": "INFO", "format": "text", "file": "", "levels": ""},
     "metrics": {"bind": ""},
     "status": {"secret": ""},
@@ -290,6 +297,20 @@ class _Reader:
             return False
         self.problem(key, value, "true or false")
         return False
+
+
+def _regex_list(reader: _Reader, key: str) -> tuple[str, ...]:
+    """Regexes separated by white space or new lines (write a space inside one as \\s)."""
+    value = reader.string(key, "")
+    out = []
+    for item in value.split():
+        try:
+            re.compile(item)
+        except re.error as e:
+            reader.problem(key, item, f"a regular expression ({e})")
+            continue
+        out.append(item)
+    return tuple(out)
 
 
 def _http_url(value: str) -> str | None:
@@ -476,6 +497,7 @@ def parse(text: str, *, path: Path, environ: dict[str, str] | None = None) -> Co
         registration=resolve_path(base, a.string("registration", defaults["registration"])),
         max_body_bytes=a.integer("max_body_bytes", defaults["max_body_bytes"], 1024, 1 << 30),
         senders=a.integer("senders", defaults["senders"], 1, 64),
+        exclude_users=_regex_list(a, "exclude_users"),
     )
     if appservice.as_token and appservice.as_token == appservice.hs_token:
         problems.append("[appservice] hs_token: must differ from as_token")
@@ -484,7 +506,13 @@ def parse(text: str, *, path: Path, environ: dict[str, str] | None = None) -> Co
     db_url = environ.get(ENV_DATABASE_URL) or d.string("url", "sqlite:///ircbridge.db")
     if (expected := _database_url(db_url)) is not None:
         problems.append(f"[database] url = {db_url!r}: expected {expected}")
-    database = DatabaseConfig(url=resolve_database_url(base, db_url))
+    database = DatabaseConfig(
+        url=resolve_database_url(base, db_url),
+        keep_days=d.integer("keep_days", SECTION_KEYS["database"]["keep_days"], 1, 36500),
+        sqlite_synchronous=d.string(
+            "sqlite_synchronous", SECTION_KEYS["database"]["sqlite_synchronous"],
+            lambda v: None if v in ("full", "normal") else "full or normal"),
+    )
 
     lg = _Reader(parser, "logging", problems)
     logging_config = LoggingConfig(

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import Config, NetworkConfig, role_of
+from .foreign import ForeignUsers
 from .inbox import InboxWorker
 from .irc import IrcSide
 from .irc_to_matrix import IrcToMatrix
@@ -35,6 +36,8 @@ from .matrix.state import MemberStore
 from .matrix_to_irc import MatrixToIrc
 from .names import NetworkNames, displayname_for_nick, irc_lower, sanitize_nick
 from .outbox import Recorder, RoomCreated, Senders
+from .registration import user_regexes
+from .retention import Pruner
 from .store import Link, LockHeld, Store
 from .thirdparty import ThirdPartyLookups
 
@@ -63,7 +66,8 @@ class Bridge(MatrixToIrc, IrcToMatrix, ThirdPartyLookups):
     def __init__(self, config: Config, store: Store | None = None,
                  client: HomeserverClient | None = None):
         self.config = config
-        self.store = store or Store(config.database.url)
+        self.store = store or Store(config.database.url, config.appservice.id,
+                                    sqlite_synchronous=config.database.sqlite_synchronous)
         self.client = client or HomeserverClient(
             config.homeserver.url, config.appservice.as_token,
             server_name=config.homeserver.domain,
@@ -87,6 +91,9 @@ class Bridge(MatrixToIrc, IrcToMatrix, ThirdPartyLookups):
         )
         self.bot = Intent(self.client, config.bot_user_id, is_bot=True, cache=self.cache)
         self.irc = IrcSide(config.networks, self, self._bot_nick)
+        # Other application services' users (bridge/foreign.py): never puppeted.
+        self.foreign = ForeignUsers(self.store, config.appservice.exclude_users)
+        self.pruner = Pruner(self.store, config.database.keep_days)
         self._links_lock = threading.Lock()
         self._links_by_room: dict[str, Link] = {}
         self._links_by_channel: dict[tuple[str, str], Link] = {}
@@ -128,6 +135,8 @@ class Bridge(MatrixToIrc, IrcToMatrix, ThirdPartyLookups):
             self._started = False
             raise
         self.txn_prefix = self.store.txn_prefix()
+        self.store.register_bridge(self.config.bot_user_id, user_regexes(self.config))
+        self.foreign.reload()
         self._load_links()
         self.senders = Senders(self.store, self.deliver, count=self.config.appservice.senders)
         self.recorder = Recorder(
@@ -145,6 +154,7 @@ class Bridge(MatrixToIrc, IrcToMatrix, ThirdPartyLookups):
         self.recorder.start()
         self.senders.dispatch(self.store.pending_outbox())
         self.inbox.start()
+        self.pruner.start()
         if check_homeserver:
             threading.Thread(target=self._startup_checks, name="startup-checks",
                              daemon=True).start()
@@ -215,6 +225,7 @@ class Bridge(MatrixToIrc, IrcToMatrix, ThirdPartyLookups):
             return
         inbox, recorder, senders = self.inbox, self.recorder, self.senders
         steps: list[tuple[str, Callable[[], None]]] = [
+            ("the pruner", lambda: self.pruner.stop(timeout=1.0)),
             ("the inbox", lambda: inbox.stop(timeout=2.0) if inbox else None),
             ("IRC", lambda: self.irc.stop("Bridge shutting down", timeout=3.0)),
             ("the sent journal", lambda: inbox.close() if inbox else None),
@@ -294,7 +305,8 @@ class Bridge(MatrixToIrc, IrcToMatrix, ThirdPartyLookups):
                 log.warning("cannot list the members of %s: %s", link.room_id, e)
                 continue
             for user_id, info in members.items():
-                if self.is_ours(user_id) or role_of(self.config, user_id) is None:
+                if self.is_ours(user_id) or self.is_foreign(user_id) \
+                        or role_of(self.config, user_id) is None:
                     continue
                 name = info.get("display_name") if isinstance(info, dict) else None
                 wanted.append((link, user_id, name))
@@ -348,6 +360,10 @@ class Bridge(MatrixToIrc, IrcToMatrix, ThirdPartyLookups):
         if user_id == self.config.bot_user_id:
             return True
         return any(n.nick_for_user_id(user_id) is not None for n in self.names.values())
+
+    def is_foreign(self, user_id: str) -> bool:
+        """Another application service's user (bot or virtual user): never puppeted."""
+        return self.foreign.is_foreign(user_id)
 
     def link_for_room(self, room_id: str) -> Link | None:
         with self._links_lock:

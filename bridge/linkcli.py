@@ -204,9 +204,9 @@ def cmd_links(args: argparse.Namespace, load: Loader) -> int:
     else:
         from .store import Store
 
-        store = Store(config.database.url)
+        store = Store(config.database.url, config.appservice.id)
         try:
-            store.open(config.path.name)
+            store.open(config.path.name, [n.name for n in config.networks])
             rows = [{"network": lk.network, "channel": lk.channel_name, "room_id": lk.room_id,
                      "kind": lk.kind, "alias": lk.alias}
                     for lk in store.all_links() if args.room in (None, lk.room_id)]
@@ -253,8 +253,8 @@ def _offline(config: config_module.Config) -> tuple[Any, Any]:
     from .matrix import HomeserverClient, Intent, IntentCache
     from .store import Store
 
-    store = Store(config.database.url)
-    store.open(config.path.name)
+    store = Store(config.database.url, config.appservice.id)
+    store.open(config.path.name, [n.name for n in config.networks])
     client = HomeserverClient(config.homeserver.url, config.appservice.as_token,
                               server_name=config.homeserver.domain, max_attempts=3)
     bot = Intent(client, config.bot_user_id, is_bot=True, cache=IntentCache())

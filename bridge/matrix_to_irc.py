@@ -42,6 +42,7 @@ class MatrixToIrc:
         media: Any
 
         def is_ours(self, user_id: str) -> bool: ...
+        def is_foreign(self, user_id: str) -> bool: ...
         def link_for_room(self, room_id: str) -> Link | None: ...
         def _prepare_ghost(self, network: str, nick: str, user_id: str) -> Intent: ...
         def _sender_for_nick(self, network: str, nick: str) -> str: ...
@@ -54,7 +55,7 @@ class MatrixToIrc:
         room_id = event.get("room_id")
         content = event.get("content")
         if not isinstance(sender, str) or not isinstance(room_id, str) or self.is_ours(sender) \
-                or not isinstance(content, dict):
+                or not isinstance(content, dict) or self.is_foreign(sender):
             done(True)
             return
         if self.admin is not None and self.admin.handle_event(event):

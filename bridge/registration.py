@@ -22,6 +22,12 @@ def _namespace(sigil: str, template: str, field: str, domain: str) -> str:
     return f"{re.escape(sigil + prefix)}.+{re.escape(suffix)}:{re.escape(domain)}$"
 
 
+def user_regexes(config: Config) -> list[str]:
+    """The registration's user namespaces: every network's virtual users."""
+    return [_namespace("@", net.user_template, "nick", config.homeserver.domain)
+            for net in config.networks]
+
+
 def build(config: Config) -> dict[str, Any]:
     """The registration as a dict: every network's user and alias templates, exclusive."""
     domain = config.homeserver.domain

@@ -5,6 +5,11 @@ queues (the inbox of homeserver events, written before a transaction is answered
 outbox of IRC lines, written before they are sent to the homeserver), scrollback, the schema
 version and the single-instance locks. peewee keeps one connection per thread, so every
 thread that calls a Store method gets its own connection.
+
+Several bridges (one per network or group of networks, each with its own registration) may
+share one PostgreSQL: every row that belongs to one bridge carries its registration id
+(`bridge_id`, the `[appservice] id`) and every query of a `Store` filters on its own, so no
+bridge takes another's queues, links, rooms or users. Only `meta` is shared.
 """
 
 from __future__ import annotations
@@ -27,9 +32,12 @@ from urllib.parse import unquote, urlsplit
 import peewee as pw
 from playhouse.shortcuts import ReconnectMixin
 
+from . import store_migrations
+
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: bridge_id on every row of one bridge
+DEFAULT_BRIDGE_ID = "ircbridge"  # the default [appservice] id
 PENDING, DONE, FAILED = 0, 1, 2
 PM_PREFIX = "pm:"  # outbox routing key of a private conversation: pm:<owner>:<folded nick>
 
@@ -59,26 +67,36 @@ class Meta(BaseModel):
         table_name = "meta"
 
 
-class RoomLink(BaseModel):
-    """A Matrix room bridged to an IRC channel (a portal made by an alias query, or plumbed)."""
+class BridgeOwned(BaseModel):
+    """A row that belongs to one bridge: its registration id (`[appservice] id`)."""
+
+    bridge_id = pw.CharField(max_length=64, default=store_migrations.UNCLAIMED)
+
+
+class RoomLink(BridgeOwned):
+    """A Matrix room bridged to an IRC channel (a portal made by an alias query, or plumbed).
+
+    A room is linked to one channel per bridge; other bridges may link it to theirs."""
 
     network = pw.CharField(max_length=64)
     channel = pw.CharField(max_length=200)  # case-folded, the key
     channel_name = pw.CharField(max_length=200)  # as first seen
-    room_id = pw.CharField(max_length=255, unique=True)
+    room_id = pw.CharField(max_length=255)
     alias = pw.CharField(max_length=255, null=True)
     kind = pw.CharField(max_length=16, default="portal")
     created_at = pw.BigIntegerField(default=now_ms)
 
     class Meta:
         table_name = "room_link"
-        indexes = ((("network", "channel"), True),)
+        indexes = ((("bridge_id", "network", "channel"), True),
+                   (("bridge_id", "room_id"), True))
 
 
-class VirtualUser(BaseModel):
+class VirtualUser(BridgeOwned):
     """A Matrix user the bridge registered to stand for an IRC nick."""
 
-    user_id = pw.CharField(max_length=255, primary_key=True)
+    id = pw.BigAutoField()
+    user_id = pw.CharField(max_length=255)
     network = pw.CharField(max_length=64)
     nick = pw.CharField(max_length=100)
     displayname = pw.CharField(max_length=256, null=True)
@@ -86,9 +104,10 @@ class VirtualUser(BaseModel):
 
     class Meta:
         table_name = "virtual_user"
+        indexes = ((("bridge_id", "user_id"), True),)
 
 
-class IrcIdentity(BaseModel):
+class IrcIdentity(BridgeOwned):
     """A Matrix user's settings on one IRC network (their puppet connection)."""
 
     user_id = pw.CharField(max_length=255)
@@ -98,36 +117,44 @@ class IrcIdentity(BaseModel):
 
     class Meta:
         table_name = "irc_identity"
-        indexes = ((("user_id", "network"), True),)
+        indexes = ((("bridge_id", "user_id", "network"), True),)
 
 
-class HsTransaction(BaseModel):
-    """A transaction the homeserver pushed; its events are in InboxEvent."""
+class HsTransaction(BridgeOwned):
+    """A transaction the homeserver pushed; its events are in InboxEvent.
 
-    txn_id = pw.CharField(max_length=255, primary_key=True)
+    txnIds are per application service: two bridges see the same ones."""
+
+    id = pw.BigAutoField()
+    txn_id = pw.CharField(max_length=255)
     digest = pw.CharField(max_length=64)
-    received_at = pw.BigIntegerField(default=now_ms)
+    received_at = pw.BigIntegerField(default=now_ms, index=True)
 
     class Meta:
         table_name = "hs_transaction"
+        indexes = ((("bridge_id", "txn_id"), True),)
 
 
-class InboxEvent(BaseModel):
-    """Durable queue homeserver -> bridge: stored before the transaction is answered 200."""
+class InboxEvent(BridgeOwned):
+    """Durable queue homeserver -> bridge: stored before the transaction is answered 200.
+
+    An event pushed to two application services is queued (and handled) by each."""
 
     id = pw.BigAutoField()
-    event_id = pw.CharField(max_length=255, unique=True)
+    event_id = pw.CharField(max_length=255)
     room_id = pw.CharField(max_length=255, null=True)
     txn_id = pw.CharField(max_length=255)
     payload = pw.TextField()
-    state = pw.SmallIntegerField(default=PENDING, index=True)
-    created_at = pw.BigIntegerField(default=now_ms)
+    state = pw.SmallIntegerField(default=PENDING)
+    created_at = pw.BigIntegerField(default=now_ms, index=True)
 
     class Meta:
         table_name = "inbox_event"
+        indexes = ((("bridge_id", "event_id"), True),
+                   (("bridge_id", "state", "id"), False))
 
 
-class OutboxMessage(BaseModel):
+class OutboxMessage(BridgeOwned):
     """Durable queue IRC -> homeserver: stored before it is sent; its id makes the txnId."""
 
     id = pw.BigAutoField()
@@ -139,17 +166,20 @@ class OutboxMessage(BaseModel):
     body = pw.TextField()
     html = pw.TextField(null=True)
     ts = pw.BigIntegerField()
-    state = pw.SmallIntegerField(default=PENDING, index=True)
+    state = pw.SmallIntegerField(default=PENDING)
     attempts = pw.IntegerField(default=0)
     event_id = pw.CharField(max_length=255, null=True)
     error = pw.TextField(null=True)
-    created_at = pw.BigIntegerField(default=now_ms)
+    created_at = pw.BigIntegerField(default=now_ms, index=True)
 
     class Meta:
         table_name = "outbox_message"
+        # event_id: every reply and edit looks its original up (find_message).
+        indexes = ((("bridge_id", "state", "id"), False),
+                   (("bridge_id", "event_id"), False))
 
 
-class Scrollback(BaseModel):
+class Scrollback(BridgeOwned):
     """Lines said in a channel before any room existed for it, replayed when one is made."""
 
     id = pw.BigAutoField()
@@ -163,26 +193,42 @@ class Scrollback(BaseModel):
 
     class Meta:
         table_name = "scrollback"
-        indexes = ((("network", "channel", "id"), False),)
+        indexes = ((("bridge_id", "network", "channel", "id"), False),)
 
 
-class PmRoom(BaseModel):
+class PmRoom(BridgeOwned):
     """A private conversation: a Matrix user's puppet and one IRC nick share this room."""
 
     network = pw.CharField(max_length=64)
     owner = pw.CharField(max_length=255)  # the Matrix user
     nick = pw.CharField(max_length=100)  # case-folded
     ghost = pw.CharField(max_length=255)  # the virtual user in the room
-    room_id = pw.CharField(max_length=255, unique=True)
+    room_id = pw.CharField(max_length=255)
     created_at = pw.BigIntegerField(default=now_ms)
 
     class Meta:
         table_name = "pm_room"
-        indexes = ((("network", "owner", "nick"), True),)
+        indexes = ((("bridge_id", "network", "owner", "nick"), True),
+                   (("bridge_id", "room_id"), True))
 
 
-MODELS: tuple[type[BaseModel], ...] = (
-    Meta,
+class BridgeRegistration(BaseModel):
+    """What each bridge on this database answers for: its bot and user namespaces.
+
+    Written by every bridge at start, read by the others, so that no bridge makes IRC
+    puppets for another bridge's bot or virtual users (see bridge/foreign.py)."""
+
+    bridge_id = pw.CharField(max_length=64, primary_key=True)
+    bot_user_id = pw.CharField(max_length=255)
+    user_regexes = pw.TextField(default="[]")  # JSON list of the registration's user regexes
+    updated_at = pw.BigIntegerField(default=now_ms)
+
+    class Meta:
+        table_name = "bridge_registration"
+
+
+# The tables whose rows belong to one bridge (upgraded by store_migrations).
+OWNED_MODELS: tuple[type[BridgeOwned], ...] = (
     RoomLink,
     VirtualUser,
     IrcIdentity,
@@ -192,6 +238,7 @@ MODELS: tuple[type[BaseModel], ...] = (
     Scrollback,
     PmRoom,
 )
+MODELS: tuple[type[BaseModel], ...] = (Meta, *OWNED_MODELS, BridgeRegistration)
 
 
 class ReconnectingPostgres(ReconnectMixin, pw.PostgresqlDatabase):
@@ -208,8 +255,13 @@ class ReconnectingPostgres(ReconnectMixin, pw.PostgresqlDatabase):
     )
 
 
-def open_database(url: str) -> pw.Database:
-    """A peewee database from `sqlite:///path` or `postgresql://user:pass@host:port/db`."""
+def open_database(url: str, sqlite_synchronous: str = "full") -> pw.Database:
+    """A peewee database from `sqlite:///path` or `postgresql://user:pass@host:port/db`.
+
+    SQLite runs in WAL mode with `synchronous` = FULL by default: the WAL is synced at every
+    commit, so an inbox transaction answered 200 survives a power loss, not only a crash of
+    the process (NORMAL syncs only at checkpoints). `[database] sqlite_synchronous = normal`
+    trades that for faster commits; docs/operations.md has the figures."""
     if url.startswith("sqlite:///"):
         path = url[len("sqlite:///") :]
         Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -217,7 +269,7 @@ def open_database(url: str) -> pw.Database:
             path,
             pragmas={
                 "journal_mode": "wal",
-                "synchronous": "normal",
+                "synchronous": "full" if sqlite_synchronous == "full" else "normal",
                 "foreign_keys": 1,
                 "busy_timeout": 15000,
             },
@@ -278,11 +330,15 @@ class IrcLine:
 
 
 class Store:
-    """Repository over the bridge's tables; safe to call from any thread."""
+    """Repository over one bridge's rows (`bridge_id`); safe to call from any thread."""
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, bridge_id: str = DEFAULT_BRIDGE_ID, *,
+                 sqlite_synchronous: str = "full", database: pw.Database | None = None):
+        """`database`: share another Store's connections (peewee binds the models to one
+        database object per process; tests use it to play two bridges in one process)."""
         self.url = url
-        self.db = open_database(url)
+        self.bridge_id = bridge_id
+        self.db = database or open_database(url, sqlite_synchronous)
         self.db.bind(MODELS, bind_refs=False, bind_backrefs=False)
         self._locks: list[Any] = []
         self._lock_guard = threading.Lock()
@@ -308,23 +364,34 @@ class Store:
             row = Meta.get_or_none(Meta.key == "schema_version")
             return int(row.value) if row else 0
 
-    def migrate(self) -> tuple[int | None, int]:
-        """Create or upgrade the schema; returns (version before, version after)."""
+    def migrate(self, networks: Iterable[str] = ()) -> tuple[int | None, int]:
+        """Create or upgrade the schema; returns (version before, version after).
+
+        `networks` are the networks this bridge serves: old rows of those networks become
+        this bridge's (see store_migrations); run it with each bridge's config."""
         before = self.schema_version()
+        networks = list(networks)
         with self.db.connection_context(), self.writing():
+            for model in OWNED_MODELS:
+                if store_migrations.needs_bridge_id(self.db, model):
+                    store_migrations.add_bridge_id(self.db, model, self.bridge_id, networks)
             self.db.create_tables(MODELS, safe=True)
+            for model in OWNED_MODELS:
+                store_migrations.claim(self.db, model, self.bridge_id, networks)
             Meta.insert(key="schema_version", value=str(SCHEMA_VERSION)).on_conflict(
                 conflict_target=[Meta.key], update={Meta.value: str(SCHEMA_VERSION)}
             ).execute()
             Meta.insert(key="txn_prefix", value=secrets.token_hex(6)).on_conflict_ignore().execute()
         return before, SCHEMA_VERSION
 
-    def open(self, config_name: str = "config.ini") -> None:
-        """Check the schema before serving: create it when empty, refuse when old."""
+    def open(self, config_name: str = "config.ini", networks: Iterable[str] = ()) -> None:
+        """Check the schema before serving: create it when empty, refuse when old (or when
+        rows of this bridge's networks were left unclaimed by another bridge's migration)."""
+        networks = list(networks)
         version = self.schema_version()
         if version is None:
             log.info("empty database: creating the schema (version %d)", SCHEMA_VERSION)
-            self.migrate()
+            self.migrate(networks)
         elif version < SCHEMA_VERSION:
             raise SchemaOutdated(
                 f"the database schema is at version {version} and this bridge needs "
@@ -335,6 +402,15 @@ class Store:
                 f"the database schema is at version {version}, newer than this bridge "
                 f"({SCHEMA_VERSION}): upgrade ircbridge"
             )
+        elif networks:
+            with self.db.connection_context():
+                left = sum(store_migrations.unclaimed(m, networks) for m in OWNED_MODELS)
+            if left:
+                raise SchemaOutdated(
+                    f"{left} rows of network(s) {', '.join(networks)} were kept for their "
+                    f"bridge by another bridge's migration: run `ircbridge -c {config_name} "
+                    "migrate` first"
+                )
 
     def close(self) -> None:
         if not self.db.is_closed():
@@ -439,15 +515,44 @@ class Store:
             self._locks.clear()
 
     # ---------------------------------------------------------------- links
+    # ---------------------------------------------------------------- bridges on this database
+    def register_bridge(self, bot_user_id: str, user_regexes: list[str]) -> None:
+        """Tell the other bridges on this database which users this one answers for."""
+        regexes = json.dumps(user_regexes)
+        BridgeRegistration.insert(
+            bridge_id=self.bridge_id, bot_user_id=bot_user_id, user_regexes=regexes,
+        ).on_conflict(
+            conflict_target=[BridgeRegistration.bridge_id],
+            update={BridgeRegistration.bot_user_id: bot_user_id,
+                    BridgeRegistration.user_regexes: regexes,
+                    BridgeRegistration.updated_at: now_ms()},
+        ).execute()
+
+    def other_bridges(self) -> list[tuple[str, str, list[str]]]:
+        """(bridge id, bot user id, user regexes) of every other bridge on this database."""
+        rows = BridgeRegistration.select().where(BridgeRegistration.bridge_id != self.bridge_id)
+        out = []
+        for r in rows.order_by(BridgeRegistration.bridge_id):
+            try:
+                regexes = [str(x) for x in json.loads(r.user_regexes or "[]")]
+            except ValueError:
+                regexes = []
+            out.append((r.bridge_id, r.bot_user_id, regexes))
+        return out
+
+    # ---------------------------------------------------------------- links
     def all_links(self) -> list[Link]:
-        return [_link(r) for r in RoomLink.select().order_by(RoomLink.id)]
+        rows = RoomLink.select().where(RoomLink.bridge_id == self.bridge_id)
+        return [_link(r) for r in rows.order_by(RoomLink.id)]
 
     def link_for_channel(self, network: str, channel: str) -> Link | None:
-        row = RoomLink.get_or_none((RoomLink.network == network) & (RoomLink.channel == channel))
+        row = RoomLink.get_or_none((RoomLink.bridge_id == self.bridge_id)
+                                   & (RoomLink.network == network) & (RoomLink.channel == channel))
         return _link(row) if row else None
 
     def link_for_room(self, room_id: str) -> Link | None:
-        row = RoomLink.get_or_none(RoomLink.room_id == room_id)
+        row = RoomLink.get_or_none((RoomLink.bridge_id == self.bridge_id)
+                                   & (RoomLink.room_id == room_id))
         return _link(row) if row else None
 
     def add_link(
@@ -456,31 +561,39 @@ class Store:
     ) -> Link:
         with self.writing():
             RoomLink.insert(
-                network=network, channel=channel, channel_name=channel_name, room_id=room_id,
-                alias=alias, kind=kind,
+                bridge_id=self.bridge_id, network=network, channel=channel,
+                channel_name=channel_name, room_id=room_id, alias=alias, kind=kind,
             ).on_conflict_ignore().execute()
         link = self.link_for_channel(network, channel)
-        assert link is not None
+        if link is None:  # the room is linked to another channel of this bridge
+            taken = self.link_for_room(room_id)
+            raise ValueError(f"{room_id} is already linked to "
+                             f"{taken.channel_name if taken else '?'} on "
+                             f"{taken.network if taken else '?'}")
         return link
 
     def remove_link(self, room_id: str) -> bool:
-        return RoomLink.delete().where(RoomLink.room_id == room_id).execute() > 0
+        return RoomLink.delete().where((RoomLink.bridge_id == self.bridge_id)
+                                       & (RoomLink.room_id == room_id)).execute() > 0
 
     # ---------------------------------------------------------------- users
     def remember_virtual_user(self, user_id: str, network: str, nick: str, displayname: str) -> None:
         VirtualUser.insert(
-            user_id=user_id, network=network, nick=nick, displayname=displayname
+            bridge_id=self.bridge_id, user_id=user_id, network=network, nick=nick,
+            displayname=displayname,
         ).on_conflict(
-            conflict_target=[VirtualUser.user_id],
+            conflict_target=[VirtualUser.bridge_id, VirtualUser.user_id],
             update={VirtualUser.nick: nick, VirtualUser.displayname: displayname},
         ).execute()
 
     def virtual_user(self, user_id: str) -> VirtualUser | None:
-        return VirtualUser.get_or_none(VirtualUser.user_id == user_id)
+        return VirtualUser.get_or_none((VirtualUser.bridge_id == self.bridge_id)
+                                       & (VirtualUser.user_id == user_id))
 
     def identity(self, user_id: str, network: str) -> dict[str, Any]:
         row = IrcIdentity.get_or_none(
-            (IrcIdentity.user_id == user_id) & (IrcIdentity.network == network)
+            (IrcIdentity.bridge_id == self.bridge_id) & (IrcIdentity.user_id == user_id)
+            & (IrcIdentity.network == network)
         )
         if row is None:
             return {}
@@ -494,38 +607,44 @@ class Store:
         current.update(settings)
         nick = current.pop("nick", None)
         IrcIdentity.insert(
-            user_id=user_id, network=network, nick=nick, settings=json.dumps(current)
+            bridge_id=self.bridge_id, user_id=user_id, network=network, nick=nick,
+            settings=json.dumps(current),
         ).on_conflict(
-            conflict_target=[IrcIdentity.user_id, IrcIdentity.network],
+            conflict_target=[IrcIdentity.bridge_id, IrcIdentity.user_id, IrcIdentity.network],
             update={IrcIdentity.nick: nick, IrcIdentity.settings: json.dumps(current)},
         ).execute()
 
     def identities(self, network: str) -> list[tuple[str, dict[str, Any]]]:
-        rows = IrcIdentity.select().where(IrcIdentity.network == network)
+        rows = IrcIdentity.select().where((IrcIdentity.bridge_id == self.bridge_id)
+                                          & (IrcIdentity.network == network))
         return [(r.user_id, self.identity(r.user_id, network)) for r in rows]
 
     # ---------------------------------------------------------------- private rooms
     def pm_room(self, network: str, owner: str, nick: str) -> PmRoom | None:
         return PmRoom.get_or_none(
-            (PmRoom.network == network) & (PmRoom.owner == owner) & (PmRoom.nick == nick)
+            (PmRoom.bridge_id == self.bridge_id) & (PmRoom.network == network)
+            & (PmRoom.owner == owner) & (PmRoom.nick == nick)
         )
 
     def pm_for_room(self, room_id: str) -> PmRoom | None:
-        return PmRoom.get_or_none(PmRoom.room_id == room_id)
+        return PmRoom.get_or_none((PmRoom.bridge_id == self.bridge_id)
+                                  & (PmRoom.room_id == room_id))
 
     def end_pm_room(self, room_id: str) -> None:
         """The private room was left: the next private message opens a new one."""
         with self.writing():
-            PmRoom.delete().where(PmRoom.room_id == room_id).execute()
+            PmRoom.delete().where((PmRoom.bridge_id == self.bridge_id)
+                                  & (PmRoom.room_id == room_id)).execute()
 
     def set_pm_room(self, network: str, owner: str, nick: str, ghost: str, room_id: str) -> None:
         with self.writing():
             PmRoom.delete().where(
-                (PmRoom.network == network) & (PmRoom.owner == owner) & (PmRoom.nick == nick)
+                (PmRoom.bridge_id == self.bridge_id) & (PmRoom.network == network)
+                & (PmRoom.owner == owner) & (PmRoom.nick == nick)
             ).execute()
-            PmRoom.insert(network=network, owner=owner, nick=nick, ghost=ghost,
-                          room_id=room_id).on_conflict(
-                conflict_target=[PmRoom.room_id],
+            PmRoom.insert(bridge_id=self.bridge_id, network=network, owner=owner, nick=nick,
+                          ghost=ghost, room_id=room_id).on_conflict(
+                conflict_target=[PmRoom.bridge_id, PmRoom.room_id],
                 update={PmRoom.network: network, PmRoom.owner: owner, PmRoom.nick: nick,
                         PmRoom.ghost: ghost},
             ).execute()
@@ -538,11 +657,13 @@ class Store:
         given room is searched: a reply or edit naming another room's event (a private
         conversation, an admin room) finds nothing.
         """
-        row = OutboxMessage.get_or_none((OutboxMessage.event_id == event_id)
+        row = OutboxMessage.get_or_none((OutboxMessage.bridge_id == self.bridge_id)
+                                        & (OutboxMessage.event_id == event_id)
                                         & (OutboxMessage.room_id == room_id))
         if row is not None:
             return "irc", row.nick, row.body, row.ts
-        inbox = InboxEvent.get_or_none((InboxEvent.event_id == event_id)
+        inbox = InboxEvent.get_or_none((InboxEvent.bridge_id == self.bridge_id)
+                                       & (InboxEvent.event_id == event_id)
                                        & (InboxEvent.room_id == room_id))
         if inbox is not None:
             event = json.loads(inbox.payload)
@@ -564,11 +685,13 @@ class Store:
         ids = [str(e.get("event_id")) for e in events]
         digest = hashlib.sha256("\n".join(ids).encode()).hexdigest()
         with self.writing():
-            previous = HsTransaction.get_or_none(HsTransaction.txn_id == txn_id)
+            previous = HsTransaction.get_or_none((HsTransaction.bridge_id == self.bridge_id)
+                                                 & (HsTransaction.txn_id == txn_id))
             if previous is not None and previous.digest == digest:
                 return True, 0
             rows = [
                 {
+                    "bridge_id": self.bridge_id,
                     "event_id": event_id,
                     "room_id": e.get("room_id") if isinstance(e.get("room_id"), str) else None,
                     "txn_id": txn_id,
@@ -581,7 +704,8 @@ class Store:
                 existing = {
                     r.event_id
                     for r in InboxEvent.select(InboxEvent.event_id).where(
-                        InboxEvent.event_id.in_([b["event_id"] for b in batch])
+                        (InboxEvent.bridge_id == self.bridge_id)
+                        & InboxEvent.event_id.in_([b["event_id"] for b in batch])
                     )
                 }
                 fresh = [b for b in batch if b["event_id"] not in existing]
@@ -589,8 +713,9 @@ class Store:
                 if fresh:
                     InboxEvent.insert_many(fresh).on_conflict_ignore().execute()
                     new += len(fresh)
-            HsTransaction.insert(txn_id=txn_id, digest=digest).on_conflict(
-                conflict_target=[HsTransaction.txn_id],
+            HsTransaction.insert(bridge_id=self.bridge_id, txn_id=txn_id,
+                                 digest=digest).on_conflict(
+                conflict_target=[HsTransaction.bridge_id, HsTransaction.txn_id],
                 update={HsTransaction.digest: digest, HsTransaction.received_at: now_ms()},
             ).execute()
         return previous is not None, new
@@ -598,7 +723,8 @@ class Store:
     def pending_inbox(self, after_id: int = 0, limit: int = 200) -> list[tuple[int, dict[str, Any]]]:
         rows = (
             InboxEvent.select(InboxEvent.id, InboxEvent.payload)
-            .where((InboxEvent.state == PENDING) & (InboxEvent.id > after_id))
+            .where((InboxEvent.bridge_id == self.bridge_id) & (InboxEvent.state == PENDING)
+                   & (InboxEvent.id > after_id))
             .order_by(InboxEvent.id)
             .limit(limit)
         )
@@ -607,26 +733,41 @@ class Store:
     def mark_inbox(self, ids: Iterable[int], state: int = DONE) -> None:
         ids = list(ids)
         for batch in _chunks(ids, 500):
-            InboxEvent.update(state=state).where(InboxEvent.id.in_(batch)).execute()
+            InboxEvent.update(state=state).where(
+                (InboxEvent.bridge_id == self.bridge_id) & InboxEvent.id.in_(batch)).execute()
 
     def inbox_events(self, ids: list[int]) -> list[dict[str, Any]]:
-        rows = InboxEvent.select(InboxEvent.payload).where(InboxEvent.id.in_(ids))
+        rows = InboxEvent.select(InboxEvent.payload).where(
+            (InboxEvent.bridge_id == self.bridge_id) & InboxEvent.id.in_(ids))
         return [json.loads(r.payload) for r in rows.order_by(InboxEvent.id)]
 
     def inbox_depth(self) -> int:
-        return InboxEvent.select().where(InboxEvent.state == PENDING).count()
+        return InboxEvent.select().where((InboxEvent.bridge_id == self.bridge_id)
+                                         & (InboxEvent.state == PENDING)).count()
 
-    def prune(self, max_age_ms: int = 7 * 86400 * 1000) -> None:
-        """Forget handled transactions and events older than the window (dedupe stays bounded)."""
+    def prune(self, max_age_ms: int = 7 * 86400 * 1000) -> int:
+        """Forget handled transactions and events older than the window (dedupe stays
+        bounded); pending rows stay. Called by bridge.retention's timer. Returns rows gone."""
         cutoff = now_ms() - max_age_ms
         with self.writing():
-            HsTransaction.delete().where(HsTransaction.received_at < cutoff).execute()
-            InboxEvent.delete().where(
-                (InboxEvent.state != PENDING) & (InboxEvent.created_at < cutoff)
+            gone = HsTransaction.delete().where((HsTransaction.bridge_id == self.bridge_id)
+                                                & (HsTransaction.received_at < cutoff)).execute()
+            gone += InboxEvent.delete().where(
+                (InboxEvent.bridge_id == self.bridge_id) & (InboxEvent.state != PENDING)
+                & (InboxEvent.created_at < cutoff)
             ).execute()
-            OutboxMessage.delete().where(
-                (OutboxMessage.state != PENDING) & (OutboxMessage.created_at < cutoff)
+            gone += OutboxMessage.delete().where(
+                (OutboxMessage.bridge_id == self.bridge_id) & (OutboxMessage.state != PENDING)
+                & (OutboxMessage.created_at < cutoff)
             ).execute()
+        if gone:
+            log.info("pruned %d handled rows older than %.1f days", gone, max_age_ms / 86400e3)
+        return int(gone)
+
+    def close_connection(self) -> None:
+        """Close the calling thread's connection (a thread that ends)."""
+        if not self.db.is_closed():
+            self.db.close()
 
     # ---------------------------------------------------------------- outbox / scrollback
     def queue_lines(self, lines: list[IrcLine], rooms: dict[tuple[str, str], str],
@@ -647,13 +788,15 @@ class Store:
                     if scrollback_limits.get(line.network, 0) <= 0:
                         continue
                     Scrollback.create(
-                        network=line.network, channel=line.channel, nick=line.nick,
+                        bridge_id=self.bridge_id, network=line.network, channel=line.channel,
+                        nick=line.nick,
                         msgtype=line.msgtype, body=line.body, html=line.html, ts=line.ts,
                     )
                     trimmed.add((line.network, line.channel))
                     continue
                 row = OutboxMessage.create(
-                    room_id=room_id, network=line.network, sender=line.sender, nick=line.nick,
+                    bridge_id=self.bridge_id, room_id=room_id, network=line.network,
+                    sender=line.sender, nick=line.nick,
                     msgtype=line.msgtype, body=line.body, html=line.html, ts=line.ts,
                 )
                 queued.append(_queued(row))
@@ -662,7 +805,8 @@ class Store:
         return queued
 
     def _trim_scrollback(self, network: str, channel: str, keep: int) -> None:
-        where = (Scrollback.network == network) & (Scrollback.channel == channel)
+        where = ((Scrollback.bridge_id == self.bridge_id) & (Scrollback.network == network)
+                 & (Scrollback.channel == channel))
         cutoff = (
             Scrollback.select(Scrollback.id).where(where).order_by(Scrollback.id.desc())
             .offset(keep).limit(1).scalar()
@@ -675,10 +819,12 @@ class Store:
         """Move a channel's scrollback into the outbox of its new room, oldest first."""
         queued: list[QueuedLine] = []
         with self.writing():
-            where = (Scrollback.network == network) & (Scrollback.channel == channel)
+            where = ((Scrollback.bridge_id == self.bridge_id) & (Scrollback.network == network)
+                     & (Scrollback.channel == channel))
             for sb in Scrollback.select().where(where).order_by(Scrollback.id):
                 row = OutboxMessage.create(
-                    room_id=room_id, network=network, sender=sender_for(sb.nick), nick=sb.nick,
+                    bridge_id=self.bridge_id, room_id=room_id, network=network,
+                    sender=sender_for(sb.nick), nick=sb.nick,
                     msgtype=sb.msgtype, body=sb.body, html=sb.html, ts=sb.ts,
                 )
                 queued.append(_queued(row))
@@ -686,11 +832,14 @@ class Store:
         return queued
 
     def scrollback(self, network: str, channel: str) -> list[Scrollback]:
-        where = (Scrollback.network == network) & (Scrollback.channel == channel)
+        where = ((Scrollback.bridge_id == self.bridge_id) & (Scrollback.network == network)
+                 & (Scrollback.channel == channel))
         return list(Scrollback.select().where(where).order_by(Scrollback.id))
 
     def pending_outbox(self) -> list[QueuedLine]:
-        rows = OutboxMessage.select().where(OutboxMessage.state == PENDING).order_by(OutboxMessage.id)
+        rows = OutboxMessage.select().where(
+            (OutboxMessage.bridge_id == self.bridge_id) & (OutboxMessage.state == PENDING)
+        ).order_by(OutboxMessage.id)
         return [_queued(r) for r in rows]
 
     def outbox_done(self, ids_and_events: list[tuple[int, str]]) -> None:
@@ -706,7 +855,8 @@ class Store:
         ).execute()
 
     def outbox_depth(self) -> int:
-        return OutboxMessage.select().where(OutboxMessage.state == PENDING).count()
+        return OutboxMessage.select().where((OutboxMessage.bridge_id == self.bridge_id)
+                                            & (OutboxMessage.state == PENDING)).count()
 
     @contextmanager
     def connection(self) -> Iterator[None]:

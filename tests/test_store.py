@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -12,6 +13,7 @@ from bridge import translate
 from bridge.store import (
     DONE,
     PENDING,
+    SCHEMA_VERSION,
     IrcLine,
     LockHeld,
     Meta,
@@ -96,7 +98,7 @@ def test_an_old_schema_is_refused_with_the_command_to_run(store: Store, db_url: 
     fresh = Store(db_url)
     with pytest.raises(SchemaOutdated, match="ircbridge -c config.ini migrate"):
         fresh.open()
-    assert fresh.migrate() == (0, 1)
+    assert fresh.migrate() == (0, SCHEMA_VERSION)
     fresh.open()
     fresh.close()
 
@@ -168,3 +170,260 @@ def test_an_edit_naming_another_rooms_event_reveals_nothing_of_it(store: Store) 
     reply = {"msgtype": "m.text", "body": "guess what",
              "m.relates_to": {"m.in_reply_to": {"event_id": "$e92"}}}
     assert translate.to_irc(reply, ctx) == (["guess what"], "m.text")
+
+
+# ------------------------------------------------------------------ several bridges, one database
+def test_two_bridges_on_one_database_never_take_each_others_rows(db_url: str) -> None:
+    from bridge.admin_store import AdminStore
+
+    alpha = Store(db_url, "alpha-bridge")
+    beta = Store(db_url, "beta-bridge", database=alpha.db)
+    alpha.open(networks=["alpha"])
+    beta.open(networks=["beta"])
+    try:
+        # An event pushed to both application services (both are in the room), under the
+        # same txnId (each application service has its own counter): each queues it.
+        assert alpha.record_transaction("1", [event(1)]) == (False, 1)
+        assert beta.record_transaction("1", [event(1)]) == (False, 1)
+        assert beta.record_transaction("1", [event(1)]) == (True, 0)
+        [(a_row, _)] = alpha.pending_inbox()
+        [(b_row, _)] = beta.pending_inbox()
+        assert a_row != b_row
+        alpha.mark_inbox([a_row, b_row], DONE)  # alpha cannot mark beta's row done
+        assert alpha.pending_inbox() == [] and alpha.inbox_depth() == 0
+        assert [e["event_id"] for _, e in beta.pending_inbox()] == ["$e1"]
+
+        # IRC lines of one bridge are in its outbox only.
+        alpha.queue_lines([line(1)], {("local", "#matrix"): "!shared"}, {"local": 5})
+        assert [q.body for q in alpha.pending_outbox()] == ["line 1"]
+        assert beta.pending_outbox() == [] and beta.outbox_depth() == 0
+        beta.queue_lines([line(2, channel="#early")], {}, {"local": 5})
+        assert alpha.scrollback("local", "#early") == []
+        assert [s.body for s in beta.scrollback("local", "#early")] == ["line 2"]
+
+        # One room linked to a channel of each bridge.
+        a_link = alpha.add_link("alpha", "#one", "#One", "!shared", None, kind="plumbed")
+        b_link = beta.add_link("beta", "#two", "#Two", "!shared", None, kind="plumbed")
+        assert alpha.all_links() == [a_link] and beta.all_links() == [b_link]
+        assert alpha.link_for_room("!shared").network == "alpha"
+        assert beta.link_for_room("!shared").network == "beta"
+        with pytest.raises(ValueError, match="already linked"):
+            alpha.add_link("alpha", "#other", "#other", "!shared", None)
+        assert beta.remove_link("!shared") and alpha.link_for_room("!shared") == a_link
+
+        # Users, private rooms, message history.
+        alpha.set_identity("@alice:localhost", "local", nick="alice[m]")
+        assert beta.identity("@alice:localhost", "local") == {}
+        alpha.remember_virtual_user("@irc_local_bob:localhost", "local", "bob", "bob")
+        assert beta.virtual_user("@irc_local_bob:localhost") is None
+        alpha.set_pm_room("local", "@alice:localhost", "bob", "@irc_local_bob:localhost", "!pm")
+        assert beta.pm_for_room("!pm") is None and alpha.pm_for_room("!pm") is not None
+        [queued] = alpha.pending_outbox()
+        alpha.outbox_done([(queued.id, "$from-irc")])
+        assert alpha.find_message("$from-irc", "!shared")[0] == "irc"
+        assert beta.find_message("$from-irc", "!shared") is None
+        assert alpha.find_message("$e1", "!r")[0] == "matrix"
+        assert beta.find_message("$e1", "!r") is not None
+
+        # Admin rooms and sealed secrets: a `!storepass` for beta's network never reaches alpha.
+        a_admin, b_admin = AdminStore(alpha.db, "alpha-bridge"), AdminStore(beta.db, "beta-bridge")
+        a_admin.create_tables(["alpha"])
+        b_admin.add_admin_room("!adm", "@alice:localhost")
+        b_admin.set_secret("@alice:localhost", "beta", "password", "sealed")
+        b_admin.mark_published("!portal", "beta")
+        assert a_admin.admin_rooms() == [] and a_admin.secrets() == []
+        assert a_admin.published() == set()
+        assert b_admin.admin_rooms() == [("!adm", "@alice:localhost")]
+        assert b_admin.secret("@alice:localhost", "beta", "password") == "sealed"
+    finally:
+        alpha.close()
+        beta.close()
+
+
+def _two_bridge_config(folder, db_url: str, bridge_id: str, network: str):
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "config.ini"
+    path.write_text(f"""
+[homeserver]
+url = http://127.0.0.1:8008
+domain = localhost
+[appservice]
+id = {bridge_id}
+url = http://127.0.0.1:9999
+[database]
+url = {db_url}
+[network:{network}]
+host = 127.0.0.1
+tls = false
+""", encoding="utf-8")
+    return path
+
+
+def test_migrate_a_version_1_database_that_two_bridges_shared(db_url: str, tmp_path) -> None:
+    from bridge.admin_store import AdminStore
+    from bridge.cli import main
+    from tests.schema_v1 import make_v1_database
+
+    make_v1_database(db_url)
+    alpha_cfg = _two_bridge_config(tmp_path / "alpha", db_url, "alpha-bridge", "alpha")
+    beta_cfg = _two_bridge_config(tmp_path / "beta", db_url, "beta-bridge", "beta")
+    first = Store(db_url, "alpha-bridge")
+    with pytest.raises(SchemaOutdated, match="migrate"):
+        first.open(networks=["alpha"])
+    first.close()
+    # (Each Store binds the models to its database: the command's Store, then ours again.)
+    assert main(["-c", str(alpha_cfg), "migrate"]) == 0
+    alpha = Store(db_url, "alpha-bridge")
+    try:
+        alpha.open(networks=["alpha"])
+        assert alpha.schema_version() == SCHEMA_VERSION
+        # Alpha's rows, and the rows without a network, are alpha's now.
+        assert [lk.room_id for lk in alpha.all_links()] == ["!a"]
+        assert alpha.virtual_user("@irc_alpha_bob:localhost").nick == "bob"
+        assert alpha.identity("@alice:localhost", "alpha") == {"nick": "alice[m]"}
+        assert alpha.identity("@alice:localhost", "beta") == {}
+        assert [e["event_id"] for _, e in alpha.pending_inbox()] == ["$in1", "$in2"]
+        assert [q.body for q in alpha.pending_outbox()] == ["out 1", "out 2"]
+        assert alpha.find_message("$out0", "!a")[2] == "out 0"
+        assert alpha.pm_for_room("!pm").nick == "bob"
+        assert alpha.record_transaction("7", [{"event_id": f"$in{n}", "room_id": "!a"}
+                                              for n in range(3)]) == (True, 0)
+        assert alpha.txn_prefix() == "abcdef012345"
+        a_admin = AdminStore(alpha.db, "alpha-bridge")
+        assert a_admin.admin_rooms() == [("!admin", "@alice:localhost")]
+        assert a_admin.published() == {"!a"} and a_admin.secrets() == []
+        # New rows get new ids (on PostgreSQL the sequences moved past the copied ones).
+        [new] = alpha.queue_lines([line(5)], {("local", "#matrix"): "!a"}, {})
+        assert new.id > 4
+
+        # Beta's rows waited for beta's own migrate: until then beta refuses to start.
+        beta = Store(db_url, "beta-bridge", database=alpha.db)
+        with pytest.raises(SchemaOutdated, match="migrate"):
+            beta.open(networks=["beta"])
+        assert main(["-c", str(beta_cfg), "migrate"]) == 0
+        beta = Store(db_url, "beta-bridge", database=alpha.db)
+        beta.open(networks=["beta"])
+        assert [(lk.room_id, lk.kind) for lk in beta.all_links()] == [("!b", "plumbed")]
+        assert beta.virtual_user("@irc_beta_carol:localhost").nick == "carol"
+        assert beta.identity("@alice:localhost", "beta") == {"nick": "al[m]"}
+        assert [q.body for q in beta.pending_outbox()] == ["beta out"]
+        assert [s.body for s in beta.scrollback("beta", "#b")] == ["early"]
+        assert beta.pending_inbox() == []
+        b_admin = AdminStore(beta.db, "beta-bridge")
+        assert b_admin.secrets() == [("@alice:localhost", "beta", "password", "sealed")]
+        assert b_admin.admin_rooms() == []
+        # Migrating again changes nothing.
+        assert main(["-c", str(alpha_cfg), "migrate"]) == 0
+        alpha = Store(db_url, "alpha-bridge", database=beta.db)
+        assert [q.body for q in alpha.pending_outbox()] == ["out 1", "out 2", "line 5"]
+    finally:
+        alpha.close()
+        from tests.admin_db import clean
+
+        clean(os.environ.get("IRCBRIDGE_TEST_DATABASE_URL"))
+
+
+def test_other_bridges_users_are_foreign(db_url: str) -> None:
+    from bridge.foreign import ForeignUsers
+
+    alpha = Store(db_url, "alpha-bridge")
+    beta = Store(db_url, "beta-bridge", database=alpha.db)
+    alpha.open()
+    try:
+        beta.register_bridge("@betabot:localhost", [r"@irc_beta_.+:localhost$"])
+        foreign = ForeignUsers(alpha, exclude=[r"@telegram_.*:localhost"])
+        for user in ("@betabot:localhost", "@irc_beta_bob:localhost",
+                     "@telegram_123:localhost"):
+            assert foreign.is_foreign(user), user
+        for user in ("@alice:localhost", "@irc_alpha_bob:localhost"):
+            assert not foreign.is_foreign(user), user
+        assert ForeignUsers(beta).is_foreign("@betabot:localhost") is False  # itself
+    finally:
+        alpha.close()
+        beta.close()
+
+
+# ------------------------------------------------------------------ durability, retention, indexes
+def test_the_sqlite_inbox_commit_survives_power_loss(db_url: str) -> None:
+    """synchronous=FULL in WAL mode syncs the WAL at every commit (NORMAL does not)."""
+    if not db_url.startswith("sqlite"):
+        pytest.skip("PostgreSQL commits are durable (fsync) by default")
+    import threading
+
+    seen: list[int] = []
+    store = Store(db_url)
+    store.open()
+
+    def request_thread() -> None:  # the path of a pushed transaction
+        store.record_transaction("1", [event(1)])
+        seen.append(store.db.execute_sql("PRAGMA synchronous").fetchone()[0])
+        store.close_connection()
+
+    t = threading.Thread(target=request_thread)
+    t.start()
+    t.join(30)
+    store.close()
+    assert seen == [2]  # FULL
+    fast = Store(db_url, sqlite_synchronous="normal")
+    assert fast.db.execute_sql("PRAGMA synchronous").fetchone()[0] == 1
+    fast.close()
+
+
+def test_old_handled_rows_are_pruned_on_a_timer(store: Store) -> None:
+    from bridge.devstack.ports import wait_until
+    from bridge.retention import DAY_MS, Pruner
+    from bridge.store import HsTransaction, InboxEvent, OutboxMessage, now_ms
+
+    store.record_transaction("old", [event(1), event(2)])
+    store.record_transaction("new", [event(3)])
+    store.queue_lines([line(1), line(2)], {("local", "#matrix"): "!r"}, {})
+    [(first, _), *_] = store.pending_inbox()
+    store.mark_inbox([first], DONE)
+    out = store.pending_outbox()
+    store.outbox_done([(out[0].id, "$sent")])
+    eight_days_ago = now_ms() - 8 * DAY_MS
+    InboxEvent.update(created_at=eight_days_ago).where(InboxEvent.event_id != "$e3").execute()
+    OutboxMessage.update(created_at=eight_days_ago).execute()
+    HsTransaction.update(received_at=eight_days_ago).where(HsTransaction.txn_id == "old").execute()
+
+    pruner = Pruner(store, keep_days=7, every=0.05, first_after=0.0)
+    pruner.start()
+    try:
+        wait_until(lambda: pruner.runs >= 1, 30, what="a pruning run")
+    finally:
+        pruner.stop()
+    # Handled old rows are gone; pending ones (old or not) and recent ones stay.
+    assert sorted(e["event_id"] for _, e in store.pending_inbox()) == ["$e2", "$e3"]
+    assert InboxEvent.select().where(InboxEvent.event_id == "$e1").count() == 0
+    assert [q.body for q in store.pending_outbox()] == ["line 2"]
+    assert store.find_message("$sent", "!r") is None
+    assert [t.txn_id for t in HsTransaction.select()] == ["new"]
+
+
+def test_the_bridge_prunes_with_keep_days_from_config(config_path) -> None:
+    from bridge import config as config_module
+    from bridge.core import Bridge
+    from bridge.retention import DAY_MS
+
+    text = config_path.read_text().replace("[database]\n", "[database]\nkeep_days = 3\n")
+    config_path.write_text(text)
+    config = config_module.load(config_path)
+    assert config.database.keep_days == 3
+    bridge = Bridge(config)
+    try:
+        assert bridge.pruner.keep_ms == 3 * DAY_MS
+        assert bridge.store.bridge_id == "ircbridge-test"
+    finally:
+        bridge.store.close()
+
+
+def test_lookups_by_event_id_and_state_use_indexes(store: Store) -> None:
+    indexed = {tuple(ix.columns) for table in ("outbox_message", "inbox_event")
+               for ix in store.db.get_indexes(table)}
+    assert ("bridge_id", "event_id") in indexed  # replies and edits (find_message)
+    assert ("bridge_id", "state", "id") in indexed  # pending rows at start and each poll
+    if store.is_sqlite:
+        plan = store.db.execute_sql(
+            "EXPLAIN QUERY PLAN SELECT * FROM outbox_message WHERE bridge_id = ? "
+            "AND event_id = ?", ("x", "$y")).fetchall()
+        assert "USING INDEX" in " ".join(str(row[-1]) for row in plan)

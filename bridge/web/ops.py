@@ -141,9 +141,10 @@ def status_snapshot(bridge: Any, started_at: float) -> dict[str, Any]:
     """Everything the status page shows, read now."""
     ok, report = health_report(bridge)
     db = bridge.store.db
-    queues, _ = ops_queries.safe(ops_queries.queue_stats, db, default={})
-    rooms, _ = ops_queries.safe(ops_queries.rooms, db, default=[])
-    per_network, _ = ops_queries.safe(ops_queries.rooms_by_network, db, default={})
+    mine = bridge.store.bridge_id
+    queues, _ = ops_queries.safe(ops_queries.queue_stats, db, mine, default={})
+    rooms, _ = ops_queries.safe(ops_queries.rooms, db, 500, mine, default=[])
+    per_network, _ = ops_queries.safe(ops_queries.rooms_by_network, db, mine, default={})
     networks = []
     for net in bridge.config.networks:
         live = (report.get("networks") or {}).get(net.name) or {}

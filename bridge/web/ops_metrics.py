@@ -108,8 +108,9 @@ class BridgeCollector:
                 f["db_up"].add_metric([], 0.0 if db_error else 1.0)
                 if db_error:
                     return
-                queues, _ = ops_queries.safe(ops_queries.queue_stats, db, default={})
-                rooms, _ = ops_queries.safe(ops_queries.rooms_by_network, db, default={})
+                mine = self.bridge.store.bridge_id
+                queues, _ = ops_queries.safe(ops_queries.queue_stats, db, mine, default={})
+                rooms, _ = ops_queries.safe(ops_queries.rooms_by_network, db, mine, default={})
         except Exception:  # noqa: BLE001 - closing a broken connection; the scrape goes on
             log.debug("closing the scrape's database connection failed", exc_info=True)
             return

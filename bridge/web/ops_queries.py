@@ -57,7 +57,12 @@ def ping(db: pw.Database) -> float:
     return time.monotonic() - started
 
 
-def queue_stats(db: pw.Database) -> dict[str, QueueStats]:
+def _mine(model: Any, bridge_id: str | None) -> Any:
+    """Rows of one bridge (several may share the database); every row with None."""
+    return model.id.is_null(False) if bridge_id is None else model.bridge_id == bridge_id
+
+
+def queue_stats(db: pw.Database, bridge_id: str | None = None) -> dict[str, QueueStats]:
     """Pending rows and the age of the oldest, per durable queue (`inbox`, `outbox`)."""
     result: dict[str, QueueStats] = {}
     now = now_ms()
@@ -65,10 +70,10 @@ def queue_stats(db: pw.Database) -> dict[str, QueueStats]:
         for name, model in QUEUES.items():
             query = model.select(
                 pw.fn.COUNT(model.id), pw.fn.MIN(model.created_at)  # type: ignore[attr-defined]
-            ).where(model.state == PENDING)  # type: ignore[attr-defined]
+            ).where(_mine(model, bridge_id) & (model.state == PENDING))  # type: ignore[attr-defined]
             count, oldest = db.execute(query).fetchone()
             failed_query = model.select(pw.fn.COUNT(model.id)).where(  # type: ignore[attr-defined]
-                model.state == FAILED  # type: ignore[attr-defined]
+                _mine(model, bridge_id) & (model.state == FAILED)  # type: ignore[attr-defined]
             )
             (failed,) = db.execute(failed_query).fetchone()
             age = max(0.0, (now - int(oldest)) / 1000.0) if count and oldest is not None else 0.0
@@ -76,20 +81,20 @@ def queue_stats(db: pw.Database) -> dict[str, QueueStats]:
     return result
 
 
-def rooms_by_network(db: pw.Database) -> dict[str, int]:
+def rooms_by_network(db: pw.Database, bridge_id: str | None = None) -> dict[str, int]:
     with connection(db):
-        query = RoomLink.select(RoomLink.network, pw.fn.COUNT(RoomLink.id)).group_by(
-            RoomLink.network
-        )
+        query = RoomLink.select(RoomLink.network, pw.fn.COUNT(RoomLink.id)).where(
+            _mine(RoomLink, bridge_id)).group_by(RoomLink.network)
         return {network: int(count) for network, count in db.execute(query).fetchall()}
 
 
-def rooms(db: pw.Database, limit: int = 500) -> list[RoomRow]:
+def rooms(db: pw.Database, limit: int = 500, bridge_id: str | None = None) -> list[RoomRow]:
     with connection(db):
         query = RoomLink.select(
             RoomLink.network, RoomLink.channel_name, RoomLink.room_id, RoomLink.alias,
             RoomLink.kind,
-        ).order_by(RoomLink.network, RoomLink.channel).limit(limit)
+        ).where(_mine(RoomLink, bridge_id)).order_by(RoomLink.network, RoomLink.channel)
+        query = query.limit(limit)
         return [RoomRow(*row) for row in db.execute(query).fetchall()]
 
 

@@ -67,7 +67,8 @@ def seed_links(url: str, rooms: int) -> None:
         store.open()
         now = int(time.time() * 1000)
         rows = [_fill(RoomLink, {
-            "network": "local", "channel": f"#pup{i}", "channel_name": f"#pup{i}",
+            "bridge_id": store.bridge_id, "network": "local", "channel": f"#pup{i}",
+            "channel_name": f"#pup{i}",
             "room_id": f"!pupseed{i:06d}", "alias": f"#irc_local_#pup{i}:localhost",
             "kind": "portal", "created_at": now,
         }) for i in range(rooms)]

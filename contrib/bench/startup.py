@@ -90,7 +90,8 @@ def seed(url: str, rooms: int, users: int) -> dict[str, int]:
         now = int(time.time() * 1000)
         link_rows = [
             _fill(RoomLink, {
-                "network": "local", "channel": f"#seed{i}", "channel_name": f"#seed{i}",
+                "bridge_id": store.bridge_id, "network": "local", "channel": f"#seed{i}",
+                "channel_name": f"#seed{i}",
                 "room_id": f"!seedroom{i:06d}", "alias": f"#irc_local_#seed{i}:localhost",
                 "kind": "portal", "created_at": now,
             })
@@ -98,7 +99,8 @@ def seed(url: str, rooms: int, users: int) -> dict[str, int]:
         ]
         user_rows = [
             _fill(VirtualUser, {
-                "user_id": f"@irc_local_seed{i}:localhost", "network": "local",
+                "bridge_id": store.bridge_id, "user_id": f"@irc_local_seed{i}:localhost",
+                "network": "local",
                 "nick": f"seed{i}", "displayname": f"seed{i}", "created_at": now,
             })
             for i in range(users)
