@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import weakref
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
@@ -54,6 +55,15 @@ def default_kind() -> str:
     return os.environ.get("IRCBRIDGE_IRCD") or ("ngircd" if ngircd_path() else "miniircd")
 
 
+@dataclass(frozen=True)
+class ServerPeer:
+    """Another ngircd linked to this one; `port` set: this side connects to it."""
+
+    name: str
+    password: str
+    port: int | None = None
+
+
 class IrcDaemon:
     """One IRC server process with its config and log in ``workdir``."""
 
@@ -66,6 +76,7 @@ class IrcDaemon:
         flood_control: bool = False,
         kind: str | None = None,
         tls: bool = False,
+        peers: tuple[ServerPeer, ...] = (),
     ) -> None:
         kind = kind or default_kind()
         if kind not in KINDS:
@@ -84,6 +95,8 @@ class IrcDaemon:
         self.oper_password = secrets.token_hex(8)
         # ngircd only: a second port speaking TLS with a self-signed certificate.
         self.tls_port = free_port() if tls else None
+        # ngircd only: servers linked to this one (a second server makes real netsplits).
+        self.peers = peers
         self.config_path = self.workdir / f"{kind}.conf"
         self._log_path = self.workdir / f"{kind}.log"
         self._proc: subprocess.Popen[bytes] | None = None
@@ -160,6 +173,11 @@ class IrcDaemon:
             cert, key = self_signed_certificate(self.workdir, self.server_name)
             lines += ["[SSL]", f"\tCertFile = {cert}", f"\tKeyFile = {key}",
                       f"\tPorts = {self.tls_port}"]
+        for peer in self.peers:
+            lines += ["[Server]", f"\tName = {peer.name}", f"\tMyPassword = {peer.password}",
+                      f"\tPeerPassword = {peer.password}"]
+            if peer.port:  # this side connects to it
+                lines += [f"\tHost = {LOOPBACK}", f"\tPort = {peer.port}"]
         lines += [
             "[Operator]",
             f"\tName = {self.oper_name}",
@@ -182,7 +200,8 @@ class IrcDaemon:
             self.config_path.write_text(self.ngircd_config(self._piddir / "ngircd.pid"))
             binary = ngircd_path()
             assert binary is not None
-            return [binary, "--nodaemon", "--passive", "--config", str(self.config_path)]
+            passive = [] if any(p.port for p in self.peers) else ["--passive"]
+            return [binary, "--nodaemon", *passive, "--config", str(self.config_path)]
         cmd = [
             sys.executable,
             "-m",
