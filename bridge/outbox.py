@@ -195,8 +195,8 @@ class Recorder:
                     return
             except Exception:  # noqa: BLE001 - a line the database refuses: not the others
                 if len(lines) == 1:
-                    log.exception("dropped an IRC line the database refuses: %r",
-                                  lines[0].body[:100])
+                    log.exception("dropped an IRC line the database refuses: %.100r",
+                                  lines[0].body)
                     self._drop(lines)
                     return
                 log.exception("could not store %d IRC lines; storing them one by one",
@@ -220,7 +220,7 @@ class Recorder:
                 if not self._pause():
                     return None
             except Exception:  # noqa: BLE001
-                log.exception("dropped an IRC line the database refuses: %r", line.body[:100])
+                log.exception("dropped an IRC line the database refuses: %.100r", line.body)
                 self._drop([line])
                 return []
 
