@@ -104,6 +104,9 @@ class NetworkConfig:
     kick_rejoin_after: float = 30.0
     # Seconds a netsplit QUIT waits for its user to come back before their ghost leaves.
     netsplit_leave_after: float = 1800.0
+    # Bytes of output a connection may hold for a server that does not read them before it
+    # is dropped and reconnected.
+    send_buffer_limit: int = 262144
 
 
 @dataclass(frozen=True)
@@ -216,6 +219,7 @@ NETWORK_KEYS: dict[str, Any] = {
     "give_up_after": "600",
     "kick_rejoin_after": "30",
     "netsplit_leave_after": "1800",
+    "send_buffer_limit": "262144",
     "password": "",
     "rooms": "",
 }
@@ -637,6 +641,8 @@ def _network(
                                    0.1, 86400.0),
         netsplit_leave_after=r.number("netsplit_leave_after",
                                       NETWORK_KEYS["netsplit_leave_after"], 0.1, 7 * 86400.0),
+        send_buffer_limit=r.integer("send_buffer_limit", NETWORK_KEYS["send_buffer_limit"],
+                                    4096, 1 << 30),
         password=r.string("password", ""),
         rooms=tuple(_room_pairs(r.string("rooms", "", _rooms))),
     )

@@ -25,15 +25,16 @@ from typing import TYPE_CHECKING, Any
 import irc.client
 
 from ..names import collision_nick, irc_lower
+from .wire import clean_field
 
 if TYPE_CHECKING:
     from ..config import NetworkConfig
-    from .reactor import IrcThread, Timer
+    from .reactor import BridgeServerConnection, IrcThread, Timer
 
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF = 300.0
-SEND_TIMEOUT = 5.0
+STALLED_AFTER = 60.0  # seconds a non-empty write buffer may make no progress
 REFUSED = "refused by the server: "  # prefix of errors the server already explained
 PING_AFTER = 120.0  # seconds of silence before we ask the server if it is still there
 DEAD_AFTER = 240.0  # seconds of silence after which the connection is dropped and redone
@@ -99,9 +100,9 @@ def open_socket(host: str, port: int, *, tls: bool, verify: bool, timeout: float
             if client_cert is not None:
                 _load_client_cert(context, *client_cert)
             sock = context.wrap_socket(sock, server_hostname=host)
-        # Reads happen only after the poller says so; a send that cannot finish in this time
-        # means the server stopped reading, and the connection is dropped and redone.
-        sock.settimeout(SEND_TIMEOUT)
+        # Non-blocking from here on: reads happen when the poller says so, writes go through
+        # the connection's write buffer (sendbuffer.py), so no peer can stall the IRC thread.
+        sock.setblocking(False)
         return sock
     except BaseException:
         sock.close()
@@ -160,14 +161,16 @@ class IrcConnection:
         self.connector = connector
         self.owner = owner  # "" for the bot, else the Matrix user id
         self.wanted_nick = nick
-        self.username = username
-        self.realname = realname
+        # Built from Matrix ids, which may hold any character: no control characters leave.
+        self.username = clean_field(username, spaces=False) or "matrix"
+        self.realname = clean_field(realname) or self.username
         self.password = password
         self.slots = slots
         self.on_change = on_change
         self.nick_max = nick_max
         self.state = State.IDLE
-        self.conn: irc.client.ServerConnection = thread.reactor.server()
+        self.conn: BridgeServerConnection = thread.reactor.server()  # type: ignore[assignment]
+        self.conn.out.limit = network.send_buffer_limit
         self.channels: set[str] = set()  # case-folded channels we are in
         self.wanted_channels: dict[str, str] = {}  # folded -> as written (with key if any)
         self.queue: collections.deque[Outgoing] = collections.deque()
@@ -227,9 +230,10 @@ class IrcConnection:
         sock = future.result()
         self.state = State.REGISTERING
         self.nick_attempt = 0
+        self.conn.first_lines = []
         if self.sasl is not None:
             # CAP LS goes out before NICK/USER so the server holds registration for SASL.
-            sock.sendall(b"CAP LS 302\r\n")
+            self.conn.first_lines = ["CAP LS 302"]
             self._sasl_step = "ls"
         try:
             self.conn.connect(
@@ -254,7 +258,13 @@ class IrcConnection:
         if self.state is not State.CONNECTED:
             return
         silent = now - getattr(self.conn, "last_seen", now)
-        if silent > DEAD_AFTER:
+        stalled = self.conn.out.stalled_for(now)
+        if stalled > STALLED_AFTER:
+            log.warning("%s: the server read nothing of %d bytes for %.0f s; reconnecting",
+                        self, len(self.conn.out), stalled)
+            self.conn.out.clear()
+            self.conn.disconnect("the server stopped reading")
+        elif silent > DEAD_AFTER:
             log.warning("%s: no answer from the server for %.0f s; reconnecting", self, silent)
             self.conn.disconnect("Ping timeout")
         elif silent > PING_AFTER:
@@ -414,7 +424,9 @@ class IrcConnection:
             return False
         try:
             self.conn.send_raw(line)
-        except (irc.client.InvalidCharacters, irc.client.MessageTooLong) as e:
+        except irc.client.InvalidCharacters:
+            return False  # the guard in send_raw logged who tried
+        except irc.client.MessageTooLong as e:
             log.error("refused to send a malformed line on %s: %s", self, e)
             return False
         except irc.client.ServerNotConnectedError:

@@ -4,6 +4,10 @@ jaraco's Reactor polls with select(), which stops at 1024 sockets, and its sched
 lock of its own. So this module runs its own loop around a selectors-based reactor (epoll
 on Linux), wakes it through a socket pair when another thread hands in work, and keeps its
 own timer heap that is only touched on the IRC thread. Nothing here sleeps or waits on HTTP.
+
+Every outgoing line leaves through `BridgeServerConnection.send_raw`: the one guard (no CR,
+LF or NUL), the one redacted DEBUG log of the line, and the connection's non-blocking write
+buffer, flushed when the poller reports the socket writable.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import logging
 import queue
 import selectors
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -22,17 +27,81 @@ from typing import Any
 import irc.client
 from jaraco.stream import buffer as line_buffer
 
+from . import wire
+from .sendbuffer import SendBuffer
+
 log = logging.getLogger(__name__)
+wire_log = logging.getLogger("bridge.irc.wire")
 
 _WAKE = object()
 
 
 class BridgeServerConnection(irc.client.ServerConnection):
     """A ServerConnection that decodes input leniently (IRC is not always UTF-8), drops NUL
-    bytes (IRC forbids them, and PostgreSQL text cannot hold them), and survives a line it
-    cannot parse: one bad line must not lose the good lines read with it."""
+    bytes (IRC forbids them, and PostgreSQL text cannot hold them), survives a line it
+    cannot parse (one bad line must not lose the good lines read with it), and writes through
+    a non-blocking buffer instead of a blocking `socket.send`."""
 
     buffer_class = line_buffer.LenientDecodingLineBuffer
+    reactor: SelectorReactor
+
+    def __init__(self, reactor: SelectorReactor):
+        super().__init__(reactor)
+        self.out = SendBuffer()
+        self.first_lines: list[str] = []  # sent before the library's PASS/NICK/USER
+
+    def send_raw(self, string: str) -> None:
+        """The one place every line leaves: guard, redacted log, write buffer."""
+        if getattr(self, "socket", None) is None:
+            raise irc.client.ServerNotConnectedError("Not connected.")
+        why = wire.problem(string)
+        if why is not None:
+            log.error("refused to send a line to %s from %s: %s: %r", self.server,
+                      wire.caller(), why, wire.redact(string))
+            raise irc.client.InvalidCharacters(f"line refused: {why}")
+        data = self._prep_message(string)
+        wire_log.debug("to %s: %s", self.server, wire.redact(string))
+        self.out.add(data)
+        self.flush()
+
+    def flush(self) -> None:
+        """Write what the socket takes now; ask the poller to wake us for the rest."""
+        sock = getattr(self, "socket", None)
+        if sock is None:
+            self.out.clear()
+            return
+        try:
+            done = self.out.flush(sock)
+        except OSError as e:
+            self.out.clear()
+            self.disconnect(f"Write error: {e}")
+            return
+        if not done and self.out.over_limit:
+            waiting = len(self.out)
+            self.out.clear()
+            log.warning("%s stopped reading (%d bytes waiting); dropping the connection",
+                        self.server, waiting)
+            self.disconnect(f"the server stopped reading ({waiting} bytes waiting)")
+            return
+        self.reactor.want_write(self, not done)
+
+    def process_data(self) -> None:
+        """Read what the socket has (non-blocking) and handle each complete line."""
+        try:
+            reader = getattr(self.socket, "read", self.socket.recv)
+            new_data = reader(2**14)
+        except (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            return
+        except OSError:
+            self.disconnect("Connection reset by peer")
+            return
+        if not new_data:
+            self.disconnect("Connection reset by peer")
+            return
+        self.buffer.feed(new_data)
+        for line in self.buffer:
+            if line:
+                self._process_line(line)
 
     def _process_line(self, line: str) -> None:
         if "\x00" in line:
@@ -65,7 +134,23 @@ class SelectorReactor(irc.client.Reactor):
             if getattr(conn, "socket", None) is sock:
                 self.selector.register(sock, selectors.EVENT_READ, conn)
                 self._registered[conn] = sock
+                if isinstance(conn, BridgeServerConnection):
+                    conn.out.clear()
+                    for line in conn.first_lines:
+                        conn.send_raw(line)
                 return
+
+    def want_write(self, conn: BridgeServerConnection, wanted: bool) -> None:
+        """Poll `conn`'s socket for writability too while its buffer holds bytes."""
+        sock = self._registered.get(conn)
+        if sock is None:
+            return
+        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if wanted else 0)
+        try:
+            if self.selector.get_key(sock).events != events:
+                self.selector.modify(sock, events, conn)
+        except (KeyError, ValueError):
+            pass
 
     def _forget(self, conn: Any) -> None:
         sock = self._registered.pop(conn, None)
@@ -93,7 +178,7 @@ class SelectorReactor(irc.client.Reactor):
     def process_once(self, timeout: float = 0) -> None:
         events = self.selector.select(timeout)
         with self.mutex:
-            for key, _mask in events:
+            for key, mask in events:
                 if key.data is _WAKE:
                     try:
                         while self._wake_r.recv(4096):
@@ -102,8 +187,12 @@ class SelectorReactor(irc.client.Reactor):
                         pass
                     continue
                 conn = key.data
-                if conn.socket is None:
+                if getattr(conn, "socket", None) is None:
                     continue
+                if mask & selectors.EVENT_WRITE:
+                    conn.flush()
+                    if not mask & selectors.EVENT_READ or getattr(conn, "socket", None) is None:
+                        continue
                 conn.last_seen = time.monotonic()
                 conn.process_data()
                 # TLS may hold decrypted bytes the poller cannot see.

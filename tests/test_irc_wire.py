@@ -1,0 +1,212 @@
+"""What reaches the socket: whole lines, never blocking, never CR/LF/NUL, never a logged secret.
+
+Against a scripted loopback IRC server (tests/scripted_irc.py): a real TCP peer that can stop
+reading, and that records the exact bytes the bridge wrote.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bridge.config import LoggingConfig, NetworkConfig
+from bridge.devstack.ports import wait_until
+from bridge.irc import IrcSide
+from bridge.irc.connection import IrcConnection, State
+from tests.scripted_irc import Client, ScriptedIrcServer
+
+
+class Listener:
+    """Records what the IRC side tells the core."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, Any]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("irc_"):
+            return lambda *args: self.events.append((name, args))
+        raise AttributeError(name)
+
+    def connection_events(self, what: str) -> list[dict[str, Any]]:
+        return [a[3] for e, a in list(self.events) if e == "irc_connection" and a[2] == what]
+
+
+def network(port: int, **overrides: Any) -> NetworkConfig:
+    values: dict[str, Any] = dict(
+        name="t", host="127.0.0.1", port=port, tls=False, tls_verify=True, display_name="t",
+        user_template="t_{nick}", alias_template="t_{channel}",
+        puppet_nick_template="{localpart}[m]", bot_nick="tbot", channels=(),
+        scrollback_lines=5, flood_rate=0.0, flood_burst=5, max_lines=3, connect_timeout=5.0,
+        max_concurrent_connects=4, password="",
+    )
+    values.update(overrides)
+    return NetworkConfig(**values)
+
+
+@contextmanager
+def bridge_side(config: NetworkConfig, *, bot: bool = True,
+                settings: dict[str, Any] | None = None) -> Iterator[tuple[IrcSide, Listener]]:
+    listener = Listener()
+    side = IrcSide((config,), listener, lambda n: n.bot_nick)
+    side.start(None if bot else [])
+    net = side.network("t")
+    assert net is not None
+    net.settings_for = lambda network_name, user: dict(settings or {})
+    try:
+        yield side, listener
+    finally:
+        side.stop()
+
+
+def registered(server: ScriptedIrcServer, nick: str, timeout: float = 10) -> Client:
+    return wait_until(lambda: server.client(nick), timeout, what=f"{nick} to register")
+
+
+def connected(side: IrcSide, conn: IrcConnection, timeout: float = 10) -> None:
+    wait_until(lambda: side.call_sync(lambda: conn.state is State.CONNECTED), timeout,
+               what=f"{conn} to get 001")
+
+
+LINE = "PRIVMSG #stuck :{:06d} " + "x" * 400
+
+
+def test_a_server_that_stops_reading_cuts_no_line_and_stalls_no_other_connection() -> None:
+    with ScriptedIrcServer(receive_buffer=4096) as server, \
+            bridge_side(network(server.port, send_buffer_limit=64 * 1024 * 1024)) as (side, _):
+        net = side.network("t")
+        assert net is not None
+        stuck = registered(server, "tbot")
+        bot = side.call_sync(lambda: net.bot)
+        connected(side, bot)
+        other = side.call_sync(net.puppet, "@other:localhost")
+        healthy = registered(server, "other[m]")
+        connected(side, other)
+
+        stuck.reading.clear()  # the server stops reading the bot
+        count = 12000  # ~5 MB: more than the kernel buffers of both ends hold
+        side.call(lambda: [bot.send_now(LINE.format(i)) for i in range(count)])
+        side.call(lambda: other.send_now("PRIVMSG #fine :still flowing"))
+        # The other connection's line leaves while the stuck server still reads nothing
+        # (before the fix, the IRC thread sat in a blocking send for 5 s first).
+        wait_until(lambda: "PRIVMSG #fine :still flowing" in healthy.lines(), 4,
+                   interval=0.05, what="the other connection's line")
+
+        stuck.reading.set()
+        expected = [LINE.format(i) for i in range(count)]
+        wait_until(lambda: len(stuck.lines()) >= count + 2, 30, what="the whole backlog")
+        sent = [line for line in stuck.lines() if line.startswith("PRIVMSG #stuck")]
+        assert sent == expected  # every line whole, none lost, none out of order
+        assert side.call_sync(lambda: bot.state) is State.CONNECTED
+
+
+def test_a_connection_that_does_not_drain_is_dropped_and_reconnected() -> None:
+    with ScriptedIrcServer(receive_buffer=4096) as server, \
+            bridge_side(network(server.port, send_buffer_limit=64 * 1024)) as (side, listener):
+        net = side.network("t")
+        assert net is not None
+        first = registered(server, "tbot")
+        bot = side.call_sync(lambda: net.bot)
+        connected(side, bot)
+        first.reading.clear()
+        side.call(lambda: [bot.send_now(LINE.format(i)) for i in range(12000)])
+        lost = wait_until(lambda: listener.connection_events("lost"), 10, what="the drop")
+        assert "stopped reading" in lost[0]["reason"]
+        first.reading.set()
+        wait_until(first.closed.is_set, 10, what="the stuck socket to be closed")
+        wait_until(lambda: server.client("tbot") not in (None, first), 15,
+                   what="the reconnect")
+        connected(side, bot, timeout=15)
+
+
+def test_control_characters_from_a_user_id_never_reach_the_socket(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with ScriptedIrcServer() as server, \
+            bridge_side(network(server.port), bot=False) as (side, _):
+        net = side.network("t")
+        assert net is not None
+        # A federated user id may hold a bare CR or a NUL: as realname and ident they would
+        # end the USER line early on many servers and inject what follows as a command.
+        user_id = "@ev\ril\x00\x07:example.org\rQUIT :injected"
+        conn = side.call_sync(net.puppet, user_id)
+        client = wait_until(lambda: next((c for c in server.clients if c.registered.is_set()),
+                                         None), 10, what="the puppet to register")
+        connected(side, conn)
+        with caplog.at_level(logging.ERROR, logger="bridge.irc.reactor"):
+            assert side.call_sync(lambda: conn.send_now("PRIVMSG bob :a\rb")) is False
+            assert side.call_sync(lambda: conn.send_now("PRIVMSG bob :a\x00b")) is False
+        side.call_sync(conn.send_now, "PRIVMSG bob :after")
+        wait_until(lambda: "PRIVMSG bob :after" in client.lines(), 10, what="the next line")
+        with client.lock:
+            raw = bytes(client.raw)
+        assert b"\0" not in raw and b"\x07" not in raw
+        assert b"\r" not in raw.replace(b"\r\n", b"")
+        user = next(line for line in client.lines() if line.startswith("USER "))
+        assert user.endswith(":@evil:example.orgQUIT :injected")
+        refused = [r.getMessage() for r in caplog.records if "refused to send" in r.getMessage()]
+        assert len(refused) == 2, refused
+        assert all("test_irc_wire:<lambda>" in message for message in refused), refused
+
+
+# ---------------------------------------------------------------- secrets in DEBUG logs
+SECRETS = {
+    "server": "pw1",  # short: a length threshold must not let it through
+    "sasl": "s3",
+    "identify": "id9",
+    "oper": "op7",
+    "login": "lg5",
+}
+
+
+def test_no_login_secret_reaches_a_debug_log(tmp_path: Path) -> None:
+    from bridge import logs
+
+    log_file = tmp_path / "debug.log"
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level,
+             {n: logging.getLogger(n).level for n in ("bridge", "irc.client")})
+    logs.setup(LoggingConfig(level="DEBUG", format="text", file=str(log_file),
+                             levels=(("irc.client", "DEBUG"), ("bridge", "DEBUG"))))
+    try:
+        server = ScriptedIrcServer(cap_ls=["CAP * LS :sasl"])
+        with server, bridge_side(network(server.port, password=SECRETS["server"])) as (side, _):
+            net = side.network("t")
+            assert net is not None
+            registered(server, "tbot")
+            net.settings_for = lambda network_name, user: {
+                "password": SECRETS["sasl"], "password_kind": "sasl", "sasl_username": "acct",
+                "autocmds": [f"PRIVMSG NickServ :IDENTIFY acct {SECRETS['identify']}",
+                             f"OPER admin {SECRETS['oper']}"],
+            }
+            conn = side.call_sync(net.puppet, "@alice:localhost")
+            client = registered(server, "alice[m]")
+            connected(side, conn)
+            side.call_sync(conn.send,
+                           f"PRIVMSG Q@CServe.quakenet.org :LOGIN acct {SECRETS['login']}")
+            side.call_sync(conn.send, "NICKSERV GHOST alice[m] ghostpw")
+            side.call_sync(conn.send, "PRIVMSG #chan :an ordinary line")
+            wait_until(lambda: "PRIVMSG #chan :an ordinary line" in client.lines(), 10,
+                       what="the last line")
+            assert client.sasl_payload == b"acct\0acct\0" + SECRETS["sasl"].encode()
+            assert any(line.startswith("OPER admin") for line in client.lines())
+    finally:
+        for handler in list(root.handlers):
+            if handler not in saved[0]:
+                root.removeHandler(handler)
+                handler.close()
+        root.setLevel(saved[1])
+        for name, level in saved[2].items():
+            logging.getLogger(name).setLevel(level)
+    text = log_file.read_text()
+    assert "PRIVMSG #chan :an ordinary line" in text  # the log does show the lines sent
+    for kind, secret in [*SECRETS.items(), ("ghost", "ghostpw")]:
+        leaked = [line for line in text.splitlines() if secret in line]
+        assert not leaked, f"the {kind} secret is in the log: {leaked}"
+    assert "PASS [redacted]" in text
+    assert "AUTHENTICATE [redacted]" in text
+    assert "IDENTIFY [redacted]" in text
