@@ -210,3 +210,44 @@ def test_no_login_secret_reaches_a_debug_log(tmp_path: Path) -> None:
     assert "PASS [redacted]" in text
     assert "AUTHENTICATE [redacted]" in text
     assert "IDENTIFY [redacted]" in text
+
+
+# ---------------------------------------------------------------- CAP LS 302 and SASL framing
+def test_sasl_offered_on_an_earlier_line_of_a_multiline_cap_ls_is_used() -> None:
+    # CAP 302: every line but the last says `CAP * LS * :...` (capability-negotiation.md).
+    lines = ["CAP * LS * :multi-prefix sasl=PLAIN,EXTERNAL server-time",
+             "CAP * LS :away-notify account-notify"]
+    settings = {"password": "pw", "password_kind": "sasl", "sasl_username": "acct"}
+    with ScriptedIrcServer(cap_ls=lines) as server, \
+            bridge_side(network(server.port), bot=False, settings=settings) as (side, listener):
+        net = side.network("t")
+        assert net is not None
+        conn = side.call_sync(net.puppet, "@multi:localhost")
+        client = registered(server, "multi[m]")
+        connected(side, conn)
+        assert client.sasl_payload == b"acct\0acct\0pw"
+        assert listener.connection_events("sasl_failed") == []
+        assert any(line == "CAP REQ :sasl" for line in client.lines())
+
+
+@pytest.mark.parametrize("password_length, chunks", [
+    (590, [400, 400, 0]),  # 600 bytes encode to exactly 800: a final `AUTHENTICATE +`
+    (700, [400, 400, 148]),
+    (280, [388]),
+])
+def test_long_sasl_plain_responses_go_in_400_byte_chunks(
+    password_length: int, chunks: list[int],
+) -> None:
+    password = "p" * password_length
+    settings = {"password": password, "password_kind": "sasl", "sasl_username": "acct"}
+    with ScriptedIrcServer(cap_ls=["CAP * LS :sasl"]) as server, \
+            bridge_side(network(server.port), bot=False, settings=settings) as (side, listener):
+        net = side.network("t")
+        assert net is not None
+        conn = side.call_sync(net.puppet, "@long:localhost")
+        client = registered(server, "long[m]")
+        connected(side, conn)
+        sent = client.authenticate[1:]
+        assert [0 if c == "+" else len(c) for c in sent] == chunks
+        assert client.sasl_payload == b"acct\0acct\0" + password.encode()
+        assert listener.connection_events("sasl_failed") == []

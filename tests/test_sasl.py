@@ -223,3 +223,23 @@ def test_autocmds_run_after_connect_and_identify_without_sasl(services: Services
         assert side.call_sync(lambda: conn.sasl) is None
         wait_until(lambda: services.server.logged_in_account(nick) == ACCOUNT, 10,
                    what=f"{nick} to be identified to {ACCOUNT} by its autocmd")
+
+
+@pytest.mark.parametrize("account, password_length", [
+    # Atheme 7.2 takes SASL PLAIN parts of up to 255 bytes and account names of up to 32:
+    # 22+1+22+1+255 = 301 bytes, 404 of base64, chunks of 400 and 4. (The exactly-400 case,
+    # closed by `AUTHENTICATE +`, is refused by Atheme 7.2.12 itself although InspIRCd
+    # relays it as the spec says; tests/test_irc_wire.py checks that case.)
+    ("twochunksofbase64chars", 255),
+])
+def test_sasl_plain_longer_than_one_authenticate_line_logs_in(
+    services: Services, account: str, password_length: int,
+) -> None:
+    password = "L" * password_length
+    services.server.register_account(account, password)
+    config = network(services.server.port)
+    settings = {"password": password, "password_kind": "sasl", "sasl_username": account}
+    with puppet_with(config, f"@{account[:12]}:localhost", settings) as (side, conn, listener):
+        nick = wait_connected(side, conn, listener)
+        assert listener.connection_events("sasl_failed") == []
+        assert services.server.logged_in_account(nick) == account

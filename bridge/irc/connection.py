@@ -9,7 +9,6 @@ exponential backoff and jitter, and rejoin their channels.
 
 from __future__ import annotations
 
-import base64
 import collections
 import enum
 import logging
@@ -25,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import irc.client
 
 from ..names import collision_nick, irc_lower
+from .cap import CapList, authenticate_chunks
 from .wire import clean_field
 
 if TYPE_CHECKING:
@@ -131,11 +131,11 @@ class Sasl:
     username: str = ""
     password: str = ""
 
-    def first_response(self) -> str:
+    def response(self) -> bytes:
+        """The raw client response to the server's first (empty) challenge."""
         if self.mechanism == "EXTERNAL":
-            return "+"
-        raw = f"{self.username}\0{self.username}\0{self.password}".encode()
-        return base64.b64encode(raw).decode()
+            return b""
+        return f"{self.username}\0{self.username}\0{self.password}".encode()
 
 
 class IrcConnection:
@@ -185,6 +185,7 @@ class IrcConnection:
         self.client_cert: tuple[str, str] | None = None
         self.autocmds: list[str] = []
         self._sasl_step = ""
+        self._cap_ls: CapList | None = None
         self.server_error = ""  # the text of the server's last ERROR, if it closed on us
 
     @property
@@ -235,6 +236,7 @@ class IrcConnection:
             # CAP LS goes out before NICK/USER so the server holds registration for SASL.
             self.conn.first_lines = ["CAP LS 302"]
             self._sasl_step = "ls"
+            self._cap_ls = None
         try:
             self.conn.connect(
                 self.network.host, self.network.port, self.wanted_nick,
@@ -285,20 +287,24 @@ class IrcConnection:
 
     # ------------------------------------------------------------ SASL (IRCv3 CAP)
     def cap(self, arguments: list[str]) -> None:
-        """CAP LS / ACK / NAK during registration."""
+        """CAP LS (one or several lines) / ACK / NAK during registration."""
         if self.sasl is None or not arguments:
             return
         sub = arguments[0].upper()
-        caps = arguments[-1].split() if len(arguments) > 1 else []
         if sub == "LS" and self._sasl_step == "ls":
-            if len(arguments) > 2 and arguments[1] == "*":
+            if self._cap_ls is None:
+                self._cap_ls = CapList()
+            if not self._cap_ls.feed(arguments):
                 return  # more LS lines follow (CAP 302 multi-line)
-            if any(c.split("=", 1)[0] == "sasl" for c in caps):
+            offered, self._cap_ls = self._cap_ls, None
+            if offered.offers_sasl(self.sasl.mechanism):
                 self.send_now("CAP REQ :sasl")
                 self._sasl_step = "req"
             else:
-                self._sasl_done(False, "the server offers no SASL")
-        elif sub == "ACK" and self._sasl_step == "req" and "sasl" in caps:
+                self._sasl_done(False, f"the server offers no SASL {self.sasl.mechanism}")
+            return
+        caps = arguments[-1].split() if len(arguments) > 1 else []
+        if sub == "ACK" and self._sasl_step == "req" and "sasl" in caps:
             self.send_now(f"AUTHENTICATE {self.sasl.mechanism}")
             self._sasl_step = "auth"
         elif sub == "NAK" and self._sasl_step == "req":
@@ -306,7 +312,8 @@ class IrcConnection:
 
     def authenticate(self, argument: str) -> None:
         if self.sasl is not None and self._sasl_step == "auth" and argument == "+":
-            self.send_now(f"AUTHENTICATE {self.sasl.first_response()}")
+            for chunk in authenticate_chunks(self.sasl.response()):
+                self.send_now(f"AUTHENTICATE {chunk}")
             self._sasl_step = "sent"
 
     def sasl_result(self, ok: bool, reason: str) -> None:
