@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import re
 import time
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -163,6 +162,10 @@ class IrcToMatrix:
             with self._links_lock:
                 for event in self._channel_waiters.get((network, details["channel"]), []):
                     event.set()
+            if "nicks" in details and self._has_room(network, details["channel"]):
+                # Who is on IRC now: ghosts of users who left while we were away leave.
+                self._record(network, details["channel"], "", self.config.bot_user_id,
+                             "x.sync", json.dumps({"nicks": details["nicks"]}), None)
             return
         if what in ("kicked", "rejoined"):
             self._kick_notice(network, owner, what, details)
@@ -300,6 +303,7 @@ class IrcToMatrix:
             "x.topic": self._state_topic,
             "x.power": self._state_power,
             "x.joinrule": self._state_join_rule,
+            "x.sync": self._state_sync,
         }.get(line.msgtype)
         return handler(line, room_id, details) if handler else ""
 
@@ -337,6 +341,22 @@ class IrcToMatrix:
             ghost.leave(room_id)
         self.cache.forget_joined(room_id, line.sender)
         self.members.set_membership(room_id, line.sender, "leave")
+        return ""
+
+    def _state_sync(self, line: QueuedLine, room_id: str, details: dict[str, Any]) -> str:
+        """The channel's names as the bot found them: stale ghosts of this network leave."""
+        names = self.names[line.network]
+        present = {irc_lower(str(n)) for n in details.get("nicks") or ()}
+        for user_id in sorted(self.members.joined(room_id)):
+            nick = names.nick_for_user_id(user_id)
+            if nick is None or irc_lower(nick) in present:
+                continue
+            log.info("%s is no longer on IRC: its virtual user leaves %s", nick, room_id)
+            try:
+                Intent(self.client, user_id, cache=self.cache).leave(room_id)
+            except Forbidden as e:
+                log.info("%s could not leave %s: %s", user_id, room_id, e)
+            self.members.set_membership(room_id, user_id, "leave")
         return ""
 
     def _state_topic(self, line: QueuedLine, room_id: str, details: dict[str, Any]) -> str:

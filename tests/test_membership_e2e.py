@@ -178,13 +178,14 @@ def test_a_private_room_left_by_the_matrix_user_is_not_reused(world: World) -> N
 
 
 def test_ghosts_leave_after_a_bridge_restart(world: World) -> None:
-    users = {nick: world.stack.irc_user(nick) for nick in ("Carl", "Dora", "Emil", "Finn")}
+    users = {nick: world.stack.irc_user(nick) for nick in ("Carl", "Dora", "Emil", "Finn", "Gus")}
     try:
         for user in users.values():
             user.join(CHANNEL)
         ghosts = {nick: world.stack.ghost(nick) for nick in users}
         wait_until(lambda: set(ghosts.values()) <= members(world), 30, what="the ghosts")
         world.stack.bridge.stop()
+        users["Gus"].quit("left while the bridge was away")  # nobody saw it go
         world.stack.bridge.start()
         wait_until(lambda: "ircbot" in world.bob.names(CHANNEL), 30, interval=0.3,
                    what="the bot back in the channel")

@@ -472,9 +472,10 @@ class Network:
 
     def _on_endofnames(self, conn: IrcConnection, event: irc.client.Event) -> None:
         if conn.is_bot and event.arguments:
-            self.listener.irc_connection(
-                self.name, "", "channel_ready", {"channel": irc_lower(event.arguments[0])}
-            )
+            channel = irc_lower(event.arguments[0])
+            self.listener.irc_connection(self.name, "", "channel_ready", {
+                "channel": channel, "nicks": sorted(self.members.get(channel, ())),
+            })
 
     def bot_in(self, channel: str) -> bool:
         return self.bot is not None and irc_lower(channel) in self.bot.channels
@@ -503,7 +504,7 @@ class Network:
                        kind: str) -> None:
         channel = event.target
         nick = event.source.nick if event.source else ""
-        if not nick or irc_lower(nick) in self.our_nicks():
+        if not nick or self._ours(nick):
             return  # our own puppets' lines, echoed back by the server
         if self.forwarder(channel) is not conn:
             return
@@ -545,7 +546,7 @@ class Network:
     def _relay_private(self, conn: IrcConnection, event: irc.client.Event, text: str,
                        kind: str) -> None:
         nick = event.source.nick if event.source else ""
-        if not nick or irc_lower(nick) in self.our_nicks():
+        if not nick or self._ours(nick):
             return
         if not conn.owner:
             return  # the bot's PMs are not bridged
