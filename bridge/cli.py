@@ -75,6 +75,7 @@ def cmd_generate_registration(args: argparse.Namespace) -> int:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
+    from . import registration
     from .admin_store import AdminStore
     from .store import Store
 
@@ -84,6 +85,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     try:
         before, after = store.migrate(networks)
         AdminStore(store.db, store.bridge_id).create_tables(networks)
+        registration.announce(store, config)
     except Exception as e:  # noqa: BLE001 - one clear line for the admin
         print(f"cannot migrate {_safe_url(config.database.url)}: {e}", file=sys.stderr)
         return 1

@@ -36,7 +36,7 @@ from .matrix.state import MemberStore
 from .matrix_to_irc import MatrixToIrc
 from .names import NetworkNames, displayname_for_nick, irc_lower, sanitize_nick
 from .outbox import Recorder, RoomCreated, Senders
-from .registration import user_regexes
+from .registration import announce
 from .retention import Pruner
 from .store import Link, LockHeld, Store
 from .thirdparty import ThirdPartyLookups
@@ -135,7 +135,7 @@ class Bridge(MatrixToIrc, IrcToMatrix, ThirdPartyLookups):
             self._started = False
             raise
         self.txn_prefix = self.store.txn_prefix()
-        self.store.register_bridge(self.config.bot_user_id, user_regexes(self.config))
+        announce(self.store, self.config)
         self.foreign.reload()
         self._load_links()
         self.senders = Senders(self.store, self.deliver, count=self.config.appservice.senders)

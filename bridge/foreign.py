@@ -9,8 +9,11 @@ Who is foreign:
 - users matching a regex of `[appservice] exclude_users` (any other application service:
   the homeserver does not tell one application service about another's namespaces);
 - the bot and the user namespaces of every other ircbridge bridge on the same database:
-  each bridge writes its own into the `bridge_registration` table at start (Store), and
-  the others read them here, again at most every `refresh` seconds.
+  each bridge writes its own into the `bridge_registration` table (at start, and before
+  `ircbridge link` or `migrate` touch the database), and the others read them here. A
+  sender seen for the first time makes the list be read again (one small query), so a
+  bridge that registered a moment ago is known before its bot's first event is handled;
+  the answer for a user is then kept for `refresh` seconds.
 Ours (the bot and our virtual users) are handled by `Bridge.is_ours`, not here.
 
 Threads: any (the inbox thread, the startup checks); the cache is guarded by a lock, and a
@@ -42,15 +45,23 @@ class ForeignUsers:
         self._lock = threading.Lock()
         self._others: list[re.Pattern[str]] = []
         self._bots: set[str] = set()
-        self._loaded_at: float | None = None
+        self._answers: dict[str, tuple[bool, float]] = {}  # user -> (foreign, when)
 
     def is_foreign(self, user_id: str) -> bool:
         if any(p.match(user_id) for p in self._exclude):
             return True
-        self._maybe_reload()
+        now = time.monotonic()
         with self._lock:
-            others, bots = self._others, self._bots
-        return user_id in bots or any(p.match(user_id) for p in others)
+            known = self._answers.get(user_id)
+        if known is not None and now - known[1] <= self._refresh:
+            return known[0]
+        self.reload()
+        with self._lock:
+            answer = user_id in self._bots or any(p.match(user_id) for p in self._others)
+            if len(self._answers) > 10000:
+                self._answers.clear()
+            self._answers[user_id] = (answer, now)
+        return answer
 
     def reload(self) -> None:
         """Read the other bridges' namespaces now."""
@@ -58,8 +69,6 @@ class ForeignUsers:
             rows = self._directory.other_bridges()
         except Exception as e:  # noqa: BLE001 - keep the last list; try again later
             log.warning("cannot read the other bridges' namespaces: %s", e)
-            with self._lock:
-                self._loaded_at = time.monotonic()
             return
         patterns: list[re.Pattern[str]] = []
         bots: set[str] = set()
@@ -72,10 +81,3 @@ class ForeignUsers:
                     log.warning("bridge %s has an invalid user regex %r", bridge_id, regex)
         with self._lock:
             self._others, self._bots = patterns, bots
-            self._loaded_at = time.monotonic()
-
-    def _maybe_reload(self) -> None:
-        with self._lock:
-            stale = self._loaded_at is None or time.monotonic() - self._loaded_at > self._refresh
-        if stale:
-            self.reload()

@@ -251,10 +251,12 @@ def _offline_problem(config: config_module.Config) -> str | None:
 
 def _offline(config: config_module.Config) -> tuple[Any, Any]:
     from .matrix import HomeserverClient, Intent, IntentCache
+    from .registration import announce
     from .store import Store
 
     store = Store(config.database.url, config.appservice.id)
     store.open(config.path.name, [n.name for n in config.networks])
+    announce(store, config)  # before the bot joins a room the other bridges are in
     client = HomeserverClient(config.homeserver.url, config.appservice.as_token,
                               server_name=config.homeserver.domain, max_attempts=3)
     bot = Intent(client, config.bot_user_id, is_bot=True, cache=IntentCache())

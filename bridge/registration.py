@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import secrets
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import yaml
 
@@ -26,6 +26,16 @@ def user_regexes(config: Config) -> list[str]:
     """The registration's user namespaces: every network's virtual users."""
     return [_namespace("@", net.user_template, "nick", config.homeserver.domain)
             for net in config.networks]
+
+
+class BridgeDirectoryWriter(Protocol):
+    def register_bridge(self, bot_user_id: str, user_regexes: list[str]) -> None: ...
+
+
+def announce(store: BridgeDirectoryWriter, config: Config) -> None:
+    """Tell the other bridges on this database whose users this bridge answers for (its
+    bot and namespaces), so that they never make IRC puppets for them (bridge/foreign.py)."""
+    store.register_bridge(config.bot_user_id, user_regexes(config))
 
 
 def build(config: Config) -> dict[str, Any]:

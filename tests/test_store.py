@@ -338,6 +338,12 @@ def test_other_bridges_users_are_foreign(db_url: str) -> None:
         for user in ("@alice:localhost", "@irc_alpha_bob:localhost"):
             assert not foreign.is_foreign(user), user
         assert ForeignUsers(beta).is_foreign("@betabot:localhost") is False  # itself
+        # A bridge that registers after the first look is known for the next new user.
+        assert not foreign.is_foreign("@irc_gamma_x:localhost")
+        Store(db_url, "gamma-bridge", database=alpha.db).register_bridge(
+            "@gammabot:localhost", [r"@irc_gamma_.+:localhost$"])
+        assert foreign.is_foreign("@gammabot:localhost")
+        assert foreign.is_foreign("@irc_gamma_y:localhost")
     finally:
         alpha.close()
         beta.close()

@@ -99,7 +99,12 @@ class Stack:
                  alias_template: str = "irc_local_{channel}", scrollback_lines: int = 50,
                  log_level: str = "INFO", ircd_kind: str | None = None,
                  puppet_nick_template: str = "{localpart}[m]", network_extra: str = "",
-                 flood_rate: float = 0.0, flood_burst: int = 5, log_levels: str = ""):
+                 flood_rate: float = 0.0, flood_burst: int = 5, log_levels: str = "",
+                 appservice_id: str = "ircbridge", bot_localpart: str = "ircbot",
+                 network_name: str = "local", synapse: SynapseServer | None = None):
+        """`synapse`: share another stack's homeserver (a second bridge, with its own
+        registration, id, bot and network; the homeserver must load both registrations:
+        add this stack's `registration` to its `registration_files` before it starts)."""
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         # IRCBRIDGE_IRCD=miniircd|ngircd picks the daemon (default: ngircd when installed).
@@ -108,8 +113,12 @@ class Stack:
         self.config_path = workdir / "bridge" / "config.ini"
         self.config_path.parent.mkdir(exist_ok=True)
         self.registration = self.config_path.parent / "registration.yaml"
-        self.synapse = SynapseServer(workdir / "synapse", server_name=SERVER_NAME,
-                                     registration_files=[self.registration])
+        self.synapse = synapse or SynapseServer(workdir / "synapse", server_name=SERVER_NAME,
+                                                registration_files=[self.registration])
+        self._own_synapse = synapse is None
+        self.appservice_id = appservice_id
+        self.bot_localpart = bot_localpart
+        self.network_name = network_name
         self.database_url = database_url or f"sqlite:///{self.config_path.parent / 'bridge.db'}"
         self.channels = channels
         self.user_template = user_template
@@ -132,13 +141,13 @@ url = {self.synapse.url}
 domain = {SERVER_NAME}
 
 [appservice]
-id = ircbridge
+id = {self.appservice_id}
 url = http://{LOOPBACK}:{self.bridge_port}
 bind = {LOOPBACK}:{self.bridge_port}
 threads = 8
 as_token =
 hs_token =
-sender_localpart = ircbot
+sender_localpart = {self.bot_localpart}
 registration = registration.yaml
 
 [database]
@@ -151,14 +160,14 @@ levels = {self.log_levels}
 [status]
 secret = {self.status_secret}
 
-[network:local]
+[network:{self.network_name}]
 host = {LOOPBACK}
 port = {self.ircd.port}
 tls = false
 user_template = {self.user_template}
 alias_template = {self.alias_template}
 puppet_nick_template = {self.puppet_nick_template}
-bot_nick = ircbot
+bot_nick = {self.bot_localpart}
 channels = {self.channels}
 scrollback_lines = {self.scrollback_lines}
 flood_rate = {self.flood_rate}
@@ -176,20 +185,30 @@ connect_timeout = 5
         `before_bridge` runs once the IRC daemon and Synapse are up (e.g. to have IRC users
         in a channel before the bridge arrives, as in the founding story).
         """
-        from ..cli import main as cli_main
-
-        self.ircd.start()
-        self.write_config()
-        if cli_main(["-c", str(self.config_path), "generate-registration"]) != 0:
-            raise RuntimeError("generate-registration failed")
-        self.synapse.start()
+        self.prepare()
+        if not self.synapse.running:
+            self.synapse.start()
         if before_bridge is not None:
             before_bridge(self)
         self.bridge.start()
         return self
 
+    def prepare(self) -> Stack:
+        """The IRC daemon, config.ini and the registration file (the homeserver needs it
+        before it starts)."""
+        from ..cli import main as cli_main
+
+        if not self.ircd.running:
+            self.ircd.start()
+        self.write_config()
+        if cli_main(["-c", str(self.config_path), "generate-registration"]) != 0:
+            raise RuntimeError("generate-registration failed")
+        return self
+
     def stop(self) -> None:
-        for part in (self.bridge, self.synapse, self.ircd):
+        parts = (self.bridge, self.synapse, self.ircd) if self._own_synapse else \
+            (self.bridge, self.ircd)
+        for part in parts:
             try:
                 part.stop()
             except Exception:  # noqa: BLE001 - stop everything we can
