@@ -411,6 +411,8 @@ class AdminRooms:
     # ------------------------------------------------------------------ room directory
     def room_created(self, network: str, room_id: str) -> None:
         """The core's hook after it made a portal room: list it in the directory (queues)."""
+        if self.bridge.room_is_private(room_id):
+            return  # a private channel's room is never listed
         with self._lock:
             if room_id in self._published or room_id in self._publishing:
                 return
@@ -424,6 +426,11 @@ class AdminRooms:
         link = self.bridge.link_for_room(room_id)
         if link is not None and link.kind == "portal":
             self.room_created(link.network, room_id)
+
+    def room_unlisted(self, room_id: str) -> None:
+        """The core unlisted a room whose channel turned private."""
+        with self._lock:
+            self._published.discard(room_id)
 
     def publish_portals(self) -> None:
         for link in self.bridge.links():

@@ -189,13 +189,16 @@ class CommandRunner:
         link = self._link(c.network, channel)
         if link is None:
             alias = self.bridge.names[c.network].alias_for_channel(channel)
-            self.bridge.query_room(alias)
+            self.bridge.query_room(alias, for_user=ctx.user_id)
             link = self._link(c.network, channel)
         if link is None:
             return f"Joined {channel} on {c.network}; its room could not be made."
         where = link.alias or link.room_id
-        if self._membership(link.room_id, ctx.user_id) == "join":
+        membership = self._membership(link.room_id, ctx.user_id)
+        if membership == "join":
             return f"Joined {channel} on {c.network}; you are already in its room {where}."
+        if membership == "invite":
+            return f"Joined {channel} on {c.network}; I invited you to its room {where}."
         try:
             self.bridge.bot.invite(link.room_id, ctx.user_id)
         except MatrixError as e:

@@ -22,6 +22,7 @@ from .config import Config, NetworkConfig, role_of
 from .foreign import ForeignUsers
 from .inbox import InboxWorker
 from .irc import IrcSide
+from .irc.modes import ChannelState
 from .irc_to_matrix import IrcToMatrix
 from .matrix import (
     HomeserverClient,
@@ -36,6 +37,7 @@ from .matrix.state import MemberStore
 from .matrix_to_irc import MatrixToIrc
 from .names import NetworkNames, displayname_for_nick, irc_lower, sanitize_nick
 from .outbox import Recorder, RoomCreated, Senders
+from .privacy import ChannelPrivacy, RoomOptions
 from .registration import announce
 from .retention import Pruner
 from .store import Link, LockHeld, Store
@@ -60,7 +62,7 @@ def _raise_open_files_limit() -> None:
             log.debug("cannot raise the open files limit from %s", soft)
 
 
-class Bridge(MatrixToIrc, IrcToMatrix, ThirdPartyLookups):
+class Bridge(ChannelPrivacy, MatrixToIrc, IrcToMatrix, ThirdPartyLookups):
     """One per process (in `app.extensions["bridge"]`); wires every part together."""
 
     def __init__(self, config: Config, store: Store | None = None,
@@ -100,6 +102,9 @@ class Bridge(MatrixToIrc, IrcToMatrix, ThirdPartyLookups):
         self._alias_locks: dict[tuple[str, str], threading.Lock] = {}
         self._alias_locks_guard = threading.Lock()
         self._topics: dict[tuple[str, str], str] = {}
+        # (network, folded channel) -> its modes, as the IRC thread last published them.
+        self._channel_states: dict[tuple[str, str], ChannelState] = {}
+        self.room_options = RoomOptions(self.store.db)
         self._channel_waiters: dict[tuple[str, str], list[threading.Event]] = {}
         self.txn_prefix = ""
         self.recorder: Recorder | None = None
@@ -137,6 +142,7 @@ class Bridge(MatrixToIrc, IrcToMatrix, ThirdPartyLookups):
         self.txn_prefix = self.store.txn_prefix()
         announce(self.store, self.config)
         self.foreign.reload()
+        self.room_options.load()
         self._load_links()
         self.senders = Senders(self.store, self.deliver, count=self.config.appservice.senders)
         self.recorder = Recorder(
@@ -369,6 +375,10 @@ class Bridge(MatrixToIrc, IrcToMatrix, ThirdPartyLookups):
         with self._links_lock:
             return self._links_by_room.get(room_id)
 
+    def _link_for_channel(self, network: str, channel: str) -> Link | None:
+        with self._links_lock:
+            return self._links_by_channel.get((network, channel))
+
     def _remember_link(self, link: Link) -> None:
         with self._links_lock:
             self._links_by_room[link.room_id] = link
@@ -411,11 +421,13 @@ class Bridge(MatrixToIrc, IrcToMatrix, ThirdPartyLookups):
                 return network, channel
         return None
 
-    def query_room(self, alias: str) -> bool:
+    def query_room(self, alias: str, for_user: str | None = None) -> bool:
         """Create the portal room for a channel alias, blocking; False means 404.
 
         Two queries for the same alias at once make one room: the second waits on a
         per-channel lock and then finds the link. Scrollback is replayed after the answer.
+        A private channel (see bridge.privacy) answers 404, unless `for_user` (a `!join`)
+        is in it through their puppet: then its room is invite-only and has no alias.
         """
         parsed = self.parse_alias(alias)
         if parsed is None:
@@ -429,6 +441,8 @@ class Bridge(MatrixToIrc, IrcToMatrix, ThirdPartyLookups):
             with self._links_lock:
                 link = self._links_by_channel.get(key)
             if link is not None:
+                if self.channel_is_private(network, folded):
+                    return False  # its room is found by invitation only
                 # The room exists but the homeserver did not know this alias (another case,
                 # or it was deleted): point it at the room.
                 try:
@@ -437,11 +451,19 @@ class Bridge(MatrixToIrc, IrcToMatrix, ThirdPartyLookups):
                     log.info("alias %s for existing room: %s", alias, e)
                 return True
             self._bot_into_channel(network, channel, folded)
-            room_id = self._create_portal(network, channel, alias)
-            link = self.store.add_link(network, folded, channel, room_id, alias)
+            private = self.channel_is_private(network, folded)
+            if private and (for_user is None or not self.puppet_in(network, for_user, folded)):
+                log.info("no portal for %s on %s: the channel is private (%s)", channel,
+                         network, self.channel_state(network, folded).describe() or "room")
+                return False
+            room_id = self._create_portal(network, channel, alias, private=private)
+            if private:
+                self.room_options.set(room_id, private=True)
+            link = self.store.add_link(network, folded, channel, room_id,
+                                       None if private else alias)
             self._remember_link(link)
-        self._after_room_created(network, channel, folded, room_id)
-        if self.admin is not None:
+        self._after_room_created(network, channel, folded, room_id, replay=not private)
+        if self.admin is not None and not private:
             self.admin.room_created(network, room_id)  # lists it in the directory; only queues
         return True
 
@@ -461,7 +483,7 @@ class Bridge(MatrixToIrc, IrcToMatrix, ThirdPartyLookups):
         try:
             if self.irc.call_sync(net.bot_in, channel, timeout=timeout):
                 return
-            self.irc.call(net.join_bot, channel)
+            self.irc.call(net.join_bot, channel)  # answered by its modes (324) or a refusal
             if not ready.wait(timeout):
                 log.warning("the bot could not join %s on %s within %.0f s; creating the "
                             "room anyway", channel, network, timeout)
@@ -473,27 +495,28 @@ class Bridge(MatrixToIrc, IrcToMatrix, ThirdPartyLookups):
                 if ready in waiters:
                     waiters.remove(ready)
 
-    def _create_portal(self, network: str, channel: str, alias: str) -> str:
+    def _create_portal(self, network: str, channel: str, alias: str, *,
+                       private: bool = False) -> str:
         localpart = alias[1:].rsplit(":", 1)[0]
         topic = self._topics.get((network, irc_lower(channel)), "")
         body: dict[str, Any] = {
-            "room_alias_name": localpart,
             "name": channel,
-            "preset": "public_chat",
             "visibility": "private",
-            "initial_state": [
-                {"type": "m.room.history_visibility", "state_key": "",
-                 "content": {"history_visibility": "shared"}},
-            ],
             "creation_content": {"m.federate": True},
+            **self.portal_room_body(private),
         }
+        if private:
+            body["invite"] = self._puppets_in(network, irc_lower(channel))
+        else:
+            body["room_alias_name"] = localpart
         if topic:
             body["topic"] = topic
         Intent(self.query_client, self.config.bot_user_id, is_bot=True,
                cache=self.cache).ensure_registered()
         try:
             room_id = self.query_client.create_room(body)
-            log.info("created room %s for %s on %s", room_id, channel, network)
+            log.info("created %sroom %s for %s on %s", "an invite-only " if private else "",
+                     room_id, channel, network)
         except RoomInUse:
             found = self.query_client.resolve_alias(alias)
             if not found:
@@ -502,17 +525,32 @@ class Bridge(MatrixToIrc, IrcToMatrix, ThirdPartyLookups):
         self.cache.mark_joined(room_id, self.config.bot_user_id)
         return room_id
 
-    def _after_room_created(self, network: str, channel: str, folded: str, room_id: str) -> None:
+    def _puppets_in(self, network: str, channel: str) -> list[str]:
+        """The Matrix users whose puppets are in a channel (asks the IRC thread)."""
+        net = self.irc.network(network)
+        if net is None or not self.irc.started:
+            return []
+        try:
+            return list(self.irc.call_sync(
+                lambda: sorted(u for u, c in net.puppets.items() if channel in c.channels),
+                timeout=5.0))
+        except TimeoutError:
+            return []
+
+    def _after_room_created(self, network: str, channel: str, folded: str, room_id: str,
+                            replay: bool = True) -> None:
         assert self.recorder is not None
-        self.recorder.put(RoomCreated(network, folded, room_id, threading.Event()))
+        self.recorder.put(RoomCreated(network, folded, room_id, threading.Event(), replay))
         net = self.irc.network(network)
         if net is not None:
             self.irc.call(net.join_bot, channel)
 
-    def link_room(self, network: str, channel: str, room_id: str, *, kind: str = "plumbed") -> Link:
+    def link_room(self, network: str, channel: str, room_id: str, *, kind: str = "plumbed",
+                  mirror_modes: bool = False) -> Link:
         """Bridge an existing Matrix room to a channel (provisioning, static mappings).
 
         The bot joins the room (it must be public or the bot invited) and the channel.
+        IRC modes change the room only with `mirror_modes` (see bridge.privacy).
         Raises ValueError for an unknown network, an invalid channel, or a channel or room
         that is already linked elsewhere.
         """
@@ -535,6 +573,7 @@ class Bridge(MatrixToIrc, IrcToMatrix, ThirdPartyLookups):
             return existing
         self.bot.ensure_registered()
         self.bot.join(room_id)
+        self.room_options.set(room_id, mirror_modes=mirror_modes)
         link = self.store.add_link(network, folded, channel, room_id, None, kind=kind)
         self._remember_link(link)
         self._after_room_created(network, channel, folded, room_id)

@@ -35,10 +35,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# IRC channel modes -> Matrix power levels of the virtual user (matrix-appservice-irc's
-# default map).
-POWER_FOR_MODE = {"o": 50, "v": 1}
-
 
 # Each bridged message carries the txnId it was sent with, so a retry can find it.
 TXN_KEY = "org.ircbridge.txn"
@@ -72,6 +68,16 @@ class IrcToMatrix:
         txn_prefix: str
 
         def nick_of(self, network: str, user_id: str) -> str: ...
+        def channel_is_private(self, network: str, channel: str) -> bool: ...
+        def puppet_joined(self, network: str, user_id: str, channel: str) -> None: ...
+        def _state_power(self, line: QueuedLine, room_id: str,
+                         details: dict[str, Any]) -> str: ...
+        def _state_join_rule(self, line: QueuedLine, room_id: str,
+                             details: dict[str, Any]) -> str: ...
+        def _state_private(self, line: QueuedLine, room_id: str,
+                           details: dict[str, Any]) -> str: ...
+        def _state_invite(self, line: QueuedLine, room_id: str,
+                          details: dict[str, Any]) -> str: ...
 
     # ------------------------------------------------------------ IRC listener (IRC thread)
     def _record(self, network: str, channel: str, nick: str, sender: str, msgtype: str,
@@ -93,6 +99,8 @@ class IrcToMatrix:
         body, html = formatting.irc_to_matrix(text, mentions)  # pills made per text run
         if not body.strip():
             return
+        if not self._has_room(network, channel) and self.channel_is_private(network, channel):
+            return  # a private channel's lines are never kept for a room made later
         self._record(network, channel, nick, self._sender_for_nick(network, nick), kind, body,
                      html, ts)
 
@@ -127,19 +135,6 @@ class IrcToMatrix:
         self._record(network, channel, nick, sender, kind, json.dumps(details), None,
                      details.get("ts"))
 
-    def irc_mode(self, network: str, channel: str, sign: str, mode: str,
-                 argument: str | None, by: str | None, user_id: str | None = None) -> None:
-        if not self._has_room(network, channel):
-            return
-        if mode in POWER_FOR_MODE and argument:
-            level = POWER_FOR_MODE[mode] if sign == "+" else 0
-            self._record(network, channel, argument,
-                         user_id or self._sender_for_nick(network, argument), "x.power",
-                         json.dumps({"level": level, "matrix_user": bool(user_id)}), None)
-        elif mode in ("i", "k"):
-            self._record(network, channel, "", self.config.bot_user_id, "x.joinrule",
-                         json.dumps({"invite": sign == "+", "mode": mode}), None)
-
     def irc_failure(self, network: str, owner: str, target: str, reason: str) -> None:
         """A line of a Matrix user was refused by IRC: tell them, never drop it silently."""
         folded = irc_lower(target)
@@ -158,10 +153,14 @@ class IrcToMatrix:
         who = owner or "bot"
         if what == "lost":
             metrics.irc_reconnect(self, network)
-        if what == "channel_ready":
-            with self._links_lock:
-                for event in self._channel_waiters.get((network, details["channel"]), []):
-                    event.set()
+        if what == "joined" and owner:
+            self.puppet_joined(network, owner, str(details.get("channel")))
+            return
+        if what in ("channel_ready", "channel_modes", "channel_refused"):
+            if what != "channel_ready":  # the modes (or a refusal) decide what room it gets
+                with self._links_lock:
+                    for event in self._channel_waiters.get((network, details["channel"]), []):
+                        event.set()
             if "nicks" in details and self._has_room(network, details["channel"]):
                 # Who is on IRC now: ghosts of users who left while we were away leave.
                 self._record(network, details["channel"], "", self.config.bot_user_id,
@@ -304,6 +303,8 @@ class IrcToMatrix:
             "x.power": self._state_power,
             "x.joinrule": self._state_join_rule,
             "x.sync": self._state_sync,
+            "x.private": self._state_private,
+            "x.invite": self._state_invite,
         }.get(line.msgtype)
         return handler(line, room_id, details) if handler else ""
 
@@ -367,22 +368,3 @@ class IrcToMatrix:
             return intent.set_state(room_id, "m.room.topic", "", content, ts=line.ts)
         except Forbidden:
             return self.bot.set_state(room_id, "m.room.topic", "", content, ts=line.ts)
-
-    def _state_power(self, line: QueuedLine, room_id: str, details: dict[str, Any]) -> str:
-        if not details.get("matrix_user"):
-            self._prepare_ghost(line.network, line.nick, line.sender)
-        power = self.bot.get_state(room_id, "m.room.power_levels") or {}
-        users = dict(power.get("users") or {})
-        level = int(details.get("level", 0))
-        if users.get(line.sender, 0) == level:
-            return ""
-        if level:
-            users[line.sender] = level
-        else:
-            users.pop(line.sender, None)
-        return self.bot.set_state(room_id, "m.room.power_levels", "", {**power, "users": users})
-
-    def _state_join_rule(self, line: QueuedLine, room_id: str, details: dict[str, Any]) -> str:
-        rule = "invite" if details.get("invite") else "public"
-        return self.bot.set_state(room_id, "m.room.join_rules", "", {"join_rule": rule})
-

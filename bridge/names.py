@@ -9,6 +9,7 @@ lower-case localpart, and the mapping is reversible, so a user id always names o
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 _PLAIN = frozenset("abcdefghijklmnopqrstuvwxyz0123456789.-")
@@ -110,6 +111,26 @@ _RFC1459 = str.maketrans("[]\\~", "{}|^")
 def irc_lower(text: str) -> str:
     """RFC 1459 case folding, the IRC default (`[]\\~` are the upper case of `{}|^`)."""
     return text.lower().translate(_RFC1459)
+
+
+_ASCII = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+_STRICT_RFC1459 = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ[]\\", "abcdefghijklmnopqrstuvwxyz{}|")
+
+
+def ascii_lower(text: str) -> str:
+    """CASEMAPPING=ascii: only A-Z fold; `[` and `{` are different characters."""
+    return text.translate(_ASCII)
+
+
+def strict_rfc1459_lower(text: str) -> str:
+    """CASEMAPPING=strict-rfc1459: as rfc1459, except that `~` and `^` differ."""
+    return text.translate(_STRICT_RFC1459)
+
+
+def casefolder(casemapping: str | None) -> Callable[[str], str]:
+    """The folding of a network's ISUPPORT CASEMAPPING (rfc1459 when unknown or absent)."""
+    return {"ascii": ascii_lower, "strict-rfc1459": strict_rfc1459_lower}.get(
+        (casemapping or "").lower(), irc_lower)
 
 
 def is_channel(name: str) -> bool:

@@ -44,6 +44,7 @@ class RoomCreated:
     channel: str
     room_id: str
     done: threading.Event
+    replay: bool = True  # False for a private channel: its scrollback is dropped, not shown
 
 
 class Retry(Exception):
@@ -232,6 +233,10 @@ class Recorder:
         self.rooms[(item.network, item.channel)] = item.room_id
         while not self._abandoned:
             try:
+                if not item.replay:
+                    self.store.drop_scrollback(item.network, item.channel)
+                    queued = []
+                    break
                 queued = self.store.replay_scrollback(
                     item.network, item.channel, item.room_id,
                     lambda nick: self.sender_for_nick(item.network, nick),

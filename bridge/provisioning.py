@@ -73,6 +73,14 @@ def _field(body: Any, name: str, pattern: re.Pattern[str] | None = None,
     return value
 
 
+def _flag(body: Any, name: str) -> bool:
+    """An optional true/false field (absent: false)."""
+    value = body.get(name, False) if isinstance(body, dict) else False
+    if not isinstance(value, bool):
+        raise ProvisioningError(400, "M_INVALID_PARAM", f"{name!r} must be true or false")
+    return value
+
+
 def power_check(power_levels: dict[str, Any] | None, create: dict[str, Any],
                 user_id: str) -> tuple[int, int]:
     """(the user's level, the level needed) in a room; INFINITE for v12+ creators."""
@@ -138,6 +146,7 @@ class Provisioner:
         network = _field(body, "network")
         channel = _field(body, "channel")
         user_id = self.acting_user(body)
+        _flag(body, "mirror_modes")  # refused early when it is not a boolean
         if self.config.network(network) is None:
             names = ", ".join(n.name for n in self.config.networks)
             raise ProvisioningError(404, "M_NOT_FOUND",
@@ -152,7 +161,8 @@ class Provisioner:
         if existing is not None:  # the same pair again (_check_free refused any other)
             return link_json(existing)
         try:
-            link = self.bridge.link_room(network, channel, room_id, kind="plumbed")
+            link = self.bridge.link_room(network, channel, room_id, kind="plumbed",
+                                         mirror_modes=_flag(body, "mirror_modes"))
         except ValueError as e:
             raise ProvisioningError(409, "M_ROOM_IN_USE", str(e)) from e
         except Forbidden as e:

@@ -831,6 +831,11 @@ class Store:
             Scrollback.delete().where(where).execute()
         return queued
 
+    def drop_scrollback(self, network: str, channel: str) -> None:
+        """Forget a channel's scrollback (a private channel's room never shows it)."""
+        Scrollback.delete().where(
+            (Scrollback.network == network) & (Scrollback.channel == channel)).execute()
+
     def scrollback(self, network: str, channel: str) -> list[Scrollback]:
         where = ((Scrollback.bridge_id == self.bridge_id) & (Scrollback.network == network)
                  & (Scrollback.channel == channel))

@@ -27,7 +27,8 @@ __all__ = ["IrcSide", "IrcListener", "Network", "IrcConnection", "State"]
 EVENTS = (
     "welcome", "featurelist", "nicknameinuse", "erroneusnickname", "disconnect", "error",
     "join", "part", "kick", "currenttopic", "topic", "pubmsg", "pubnotice", "action",
-    "privmsg", "privnotice", "endofnames", "quit", "nick", "namreply", "mode",
+    "privmsg", "privnotice", "endofnames", "channelmodeis", "quit", "nick", "namreply",
+    "mode",
     "cannotsendtochan", "nosuchnick", "nosuchchannel", "channelisfull", "inviteonlychan",
     "bannedfromchan", "badchannelkey", "nochanmodes", "chanoprivsneeded", "toomanychannels",
     "cap", "authenticate", "saslsuccess", "saslfail", "saslaborted", "sasltoolong",

@@ -18,10 +18,11 @@ from typing import TYPE_CHECKING, Any, Protocol
 import irc.client
 import irc.modes
 
-from ..names import irc_lower, is_channel, puppet_nick
+from ..names import casefolder, irc_lower, is_channel, puppet_nick
 from .connection import ConnectSlots, IrcConnection, Sasl, State
 from .echoes import FormerNicks
 from .kicks import Rejoins
+from .modes import ChannelModes, ChannelState, ModeSyntax, parse_modes
 from .receipt import Receipt
 from .splits import Splits, is_netsplit
 
@@ -50,8 +51,10 @@ class IrcListener(Protocol):
     def irc_membership(self, network: str, channel: str, nick: str, what: str,
                        details: dict[str, Any]) -> None: ...
 
-    def irc_mode(self, network: str, channel: str, sign: str, mode: str,
-                 argument: str | None, by: str | None, user_id: str | None) -> None: ...
+    def irc_power(self, network: str, channel: str, nick: str, level: int,
+                  user_id: str | None) -> None: ...
+
+    def irc_channel_state(self, network: str, channel: str, state: ChannelState) -> None: ...
 
     def irc_failure(self, network: str, owner: str, target: str, reason: str) -> None: ...
 
@@ -121,6 +124,12 @@ class Network:
         self.topics: dict[str, str] = {}
         self.nick_max = 30
         self.casemapping = "rfc1459"
+        # Nick comparisons follow the server's CASEMAPPING; channel keys stay RFC 1459
+        # folded, the key links and aliases are stored under.
+        self.fold: Callable[[str], str] = irc_lower
+        self.syntax = ModeSyntax()
+        # Folded channel -> its modes and members' prefixes, as our forwarder sees them.
+        self.channel_modes: dict[str, ChannelModes] = {}
         # The forwarding connection's view of who is in each channel (folded -> folded nicks).
         self.members: dict[str, set[str]] = {}
         # Folded nick of each puppet -> its Matrix user id, for mentions and PMs.
@@ -214,12 +223,12 @@ class Network:
         for folded, owner in list(self.puppet_nicks.items()):
             if owner == conn.owner:
                 del self.puppet_nicks[folded]
-        self.puppet_nicks[irc_lower(conn.nick)] = conn.owner
+        self.puppet_nicks[self.fold(conn.nick)] = conn.owner
 
     def drop_puppet(self, user_id: str, message: str = "") -> None:
         conn = self.puppets.pop(user_id, None)
         if conn is not None:
-            self.former_nicks.add(irc_lower(conn.nick))
+            self.former_nicks.add(self.fold(conn.nick))
         self.nicks_changed()
         for folded, owner in list(self.puppet_nicks.items()):
             if owner == user_id:
@@ -234,7 +243,7 @@ class Network:
     def our_nicks(self) -> set[str]:
         """Folded nicks of all our connections; cached, since every channel line asks."""
         if self._our_nicks is None:
-            self._our_nicks = {irc_lower(c.nick) for c in self.all_connections()}
+            self._our_nicks = {self.fold(c.nick) for c in self.all_connections()}
         return self._our_nicks
 
     def nicks_changed(self) -> None:
@@ -303,6 +312,7 @@ class Network:
             if nicklen:
                 self.nick_max = int(nicklen)
             self.casemapping = str(getattr(conn.conn.features, "casemapping", self.casemapping))
+        self._learn_isupport(conn)
 
     def _on_nicknameinuse(self, conn: IrcConnection, event: irc.client.Event) -> None:
         conn.nick_in_use()
@@ -324,12 +334,12 @@ class Network:
                                          {"reason": text})
 
     def _mine(self, conn: IrcConnection, nick: str | None) -> bool:
-        return bool(nick) and irc_lower(nick or "") == irc_lower(conn.conn.get_nickname())
+        return bool(nick) and self.fold(nick or "") == self.fold(conn.conn.get_nickname())
 
     def _ours(self, nick: str) -> bool:
         """One of our connections' nicks, now or lately (an echo may arrive after a rename
         or after the puppet was dropped): never a virtual user."""
-        folded = irc_lower(nick)
+        folded = self.fold(nick)
         return folded in self.our_nicks() or self.former_nicks.holds(folded)
 
     def _on_join(self, conn: IrcConnection, event: irc.client.Event) -> None:
@@ -338,14 +348,19 @@ class Network:
         if self._mine(conn, nick):
             if self.forwarder(channel) is None or conn.is_bot:
                 self.members[channel] = set()
+                self.channel_modes[channel] = ChannelModes()
             conn.joined(event.target)
+            conn.send_now(f"MODE {event.target}")  # 324 tells the modes (+k, +i, +s, +p)
             if conn.is_bot and self.rejoins.bot_joined(channel) is not None:
                 self.listener.irc_connection(self.name, "", "rejoined", {"channel": channel})
+            if not conn.is_bot:
+                self.listener.irc_connection(self.name, conn.owner, "joined",
+                                             {"channel": channel})
             return
         if self._ours(nick) or self.forwarder(channel) is not conn:
             return
-        self.members.setdefault(channel, set()).add(irc_lower(nick))
-        self.splits.back(irc_lower(nick), channel)
+        self.members.setdefault(channel, set()).add(self.fold(nick))
+        self.splits.back(self.fold(nick), channel)
         self.listener.irc_membership(self.name, channel, nick, "join", {"ts": event_time_ms(event)})
 
     def _on_part(self, conn: IrcConnection, event: irc.client.Event) -> None:
@@ -356,7 +371,8 @@ class Network:
             return
         if self._ours(nick) or self.forwarder(channel) is not conn:
             return
-        self.members.get(channel, set()).discard(irc_lower(nick))
+        self.members.get(channel, set()).discard(self.fold(nick))
+        self._modes(channel).forget(self.fold(nick))
         reason = event.arguments[0] if event.arguments else ""
         self.listener.irc_membership(self.name, channel, nick, "part", {"reason": reason})
 
@@ -381,7 +397,8 @@ class Network:
             return
         if self._ours(kicked) or self.forwarder(channel) is not conn:
             return
-        self.members.get(channel, set()).discard(irc_lower(kicked))
+        self.members.get(channel, set()).discard(self.fold(kicked))
+        self._modes(channel).forget(self.fold(kicked))
         self.listener.irc_membership(self.name, channel, kicked, "kick",
                                      {"by": by, "reason": reason})
 
@@ -389,13 +406,14 @@ class Network:
         nick = event.source.nick if event.source else ""
         if not nick or self._ours(nick):
             return
-        folded = irc_lower(nick)
+        folded = self.fold(nick)
         reason = event.arguments[0] if event.arguments else ""
         split = is_netsplit(reason)
         waiting: set[str] = set()
         for channel, members in self.members.items():
             if folded in members and self.forwarder(channel) is conn:
                 members.discard(folded)
+                self._modes(channel).forget(folded)
                 if split:
                     waiting.add(channel)  # they are likely back when it heals
                 else:
@@ -413,10 +431,10 @@ class Network:
         new = event.target or ""
         if not new:
             return
-        if self._mine(conn, old) or irc_lower(new) == irc_lower(conn.conn.get_nickname()):
+        if self._mine(conn, old) or self.fold(new) == self.fold(conn.conn.get_nickname()):
             self.nicks_changed()
-            self.former_nicks.add(irc_lower(old))
-        if conn.owner and irc_lower(new) == irc_lower(conn.conn.get_nickname()):
+            self.former_nicks.add(self.fold(old))
+        if conn.owner and self.fold(new) == self.fold(conn.conn.get_nickname()):
             conn.wanted_nick = new  # a reconnect keeps the new nick
             self._remember_puppet_nick(conn)
             self.listener.irc_connection(self.name, conn.owner, "nick_changed",
@@ -425,9 +443,10 @@ class Network:
         if not old or self._ours(old) or self._ours(new):
             return
         for channel, members in self.members.items():
-            if irc_lower(old) in members and self.forwarder(channel) is conn:
-                members.discard(irc_lower(old))
-                members.add(irc_lower(new))
+            if self.fold(old) in members and self.forwarder(channel) is conn:
+                members.discard(self.fold(old))
+                members.add(self.fold(new))
+                self._modes(channel).rename(self.fold(old), self.fold(new))
                 self.listener.irc_membership(self.name, channel, old, "nick", {"new": new})
 
     def _on_namreply(self, conn: IrcConnection, event: irc.client.Event) -> None:
@@ -436,26 +455,70 @@ class Network:
         channel = irc_lower(event.arguments[1])
         if self.forwarder(channel) is not conn and not conn.is_bot:
             return
-        names = {irc_lower(n.lstrip("@+%~&!")) for n in event.arguments[2].split()}
-        self.members.setdefault(channel, set()).update(names)
+        entries = event.arguments[2].split()
+        symbols = self.syntax.prefix_symbols
+        self.members.setdefault(channel, set()).update(
+            self.fold(n.lstrip(symbols)) for n in entries if n.lstrip(symbols))
+        self._modes(channel).names(self.syntax, entries, self.fold)
+
+    def _learn_isupport(self, conn: IrcConnection) -> None:
+        """ISUPPORT (005) of any of our connections: the server's grammar and folding."""
+        features = conn.conn.features
+        self.syntax = ModeSyntax.from_isupport(getattr(features, "prefix", None),
+                                               getattr(features, "chanmodes", None))
+        fold = casefolder(getattr(features, "casemapping", None))
+        if fold is not self.fold:
+            self.fold = fold
+            self.nicks_changed()
+            self.puppet_nicks = {self.fold(c.nick): c.owner for c in self.puppets.values()
+                                 if c.state is State.CONNECTED}
+
+    def _modes(self, channel: str) -> ChannelModes:
+        return self.channel_modes.setdefault(irc_lower(channel), ChannelModes())
+
+    def _publish_modes(self, channel: str, before: ChannelState | None) -> None:
+        state = self._modes(channel).snapshot()
+        if state != before:
+            self.listener.irc_channel_state(self.name, irc_lower(channel), state)
+
+    def channel_state(self, channel: str) -> ChannelState:
+        """The channel's modes as far as we know them (IRC thread)."""
+        found = self.channel_modes.get(irc_lower(channel))
+        return found.snapshot() if found is not None else ChannelState()
+
+    def _on_channelmodeis(self, conn: IrcConnection, event: irc.client.Event) -> None:
+        """324 RPL_CHANNELMODEIS, the answer to the MODE query we send on every JOIN."""
+        if len(event.arguments) < 2:
+            return
+        channel = event.arguments[0]
+        if self.forwarder(channel) is not conn and not conn.is_bot:
+            return
+        state = self._modes(channel)
+        before = state.snapshot()
+        state.reset(self.syntax, parse_modes(self.syntax, event.arguments[1:]))
+        self._publish_modes(channel, before)
+        if conn.is_bot:  # what an alias query waits for before it makes a room
+            self.listener.irc_connection(self.name, "", "channel_modes",
+                                         {"channel": irc_lower(channel)})
 
     def _on_mode(self, conn: IrcConnection, event: irc.client.Event) -> None:
         channel = irc_lower(event.target)
         if self.forwarder(channel) is not conn:
             return
-        by = event.source.nick if event.source else None
-        try:
-            changes = irc.modes.parse_channel_modes(" ".join(event.arguments))
-        except (IndexError, ValueError):
-            return
-        for sign, mode, argument in changes:
+        changes = parse_modes(self.syntax, event.arguments or [])
+        state = self._modes(channel)
+        before = state.snapshot()
+        for nick in dict.fromkeys(state.apply(self.syntax, changes, self.fold)):
             user_id = None
-            if mode in "ov" and argument and self._ours(argument):
+            if self._ours(nick):
                 # IRC operators also lead the room: a puppet's op becomes its user's power.
-                user_id = self.puppet_nicks.get(irc_lower(argument))
+                user_id = self.puppet_nicks.get(nick)
                 if user_id is None:
                     continue  # the bot
-            self.listener.irc_mode(self.name, channel, sign, mode, argument, by, user_id)
+            argument = next((c.argument for c in changes
+                             if c.argument and self.fold(c.argument) == nick), nick)
+            self.listener.irc_power(self.name, channel, argument, state.level(nick), user_id)
+        self._publish_modes(channel, before)
 
     def _failure(self, conn: IrcConnection, event: irc.client.Event) -> None:
         target = event.arguments[0] if event.arguments else ""
@@ -464,6 +527,17 @@ class Network:
             self.listener.irc_failure(self.name, conn.owner, target, reason)
         if event.type in ("bannedfromchan", "inviteonlychan", "badchannelkey", "channelisfull"):
             conn.refused(target, reason)
+            if conn.is_bot and is_channel(target):
+                self._bot_refused(target, reason)
+
+    def _bot_refused(self, channel: str, reason: str) -> None:
+        """The bot is kept out: whatever puppets read there is private (see ChannelState)."""
+        state = self._modes(channel)
+        before = state.snapshot()
+        state.bot_refused = reason or "refused"
+        self._publish_modes(channel, before)
+        self.listener.irc_connection(self.name, "", "channel_refused",
+                                     {"channel": irc_lower(channel), "reason": reason})
 
     _on_cannotsendtochan = _on_nosuchnick = _on_nosuchchannel = _failure
     _on_channelisfull = _on_inviteonlychan = _on_bannedfromchan = _failure
@@ -517,7 +591,7 @@ class Network:
             return {}
         found: dict[str, str] = {}
         for word in _WORD.findall(text):
-            owner = self.puppet_nicks.get(irc_lower(word))
+            owner = self.puppet_nicks.get(self.fold(word))
             if owner is not None:
                 found[word] = owner
         return found
