@@ -157,14 +157,7 @@ class IrcToMatrix:
             self.puppet_joined(network, owner, str(details.get("channel")))
             return
         if what in ("channel_ready", "channel_modes", "channel_refused"):
-            if what != "channel_ready":  # the modes (or a refusal) decide what room it gets
-                with self._links_lock:
-                    for event in self._channel_waiters.get((network, details["channel"]), []):
-                        event.set()
-            if "nicks" in details and self._has_room(network, details["channel"]):
-                # Who is on IRC now: ghosts of users who left while we were away leave.
-                self._record(network, details["channel"], "", self.config.bot_user_id,
-                             "x.sync", json.dumps({"nicks": details["nicks"]}), None)
+            self._bot_channel_event(network, what, details)
             return
         if what in ("kicked", "rejoined"):
             self._kick_notice(network, owner, what, details)
@@ -178,6 +171,16 @@ class IrcToMatrix:
         elif what == "nick_collision":
             log.info("%s on %s: nick %s taken, using %s", who, network, details.get("wanted"),
                      details.get("using"))
+
+    def _bot_channel_event(self, network: str, what: str, details: dict[str, Any]) -> None:
+        if what != "channel_ready":  # the modes (or a refusal) decide what room it gets
+            with self._links_lock:
+                for event in self._channel_waiters.get((network, details["channel"]), []):
+                    event.set()
+        if "nicks" in details and self._has_room(network, details["channel"]):
+            # Who is on IRC now: ghosts of users who left while we were away leave.
+            self._record(network, details["channel"], "", self.config.bot_user_id,
+                         "x.sync", json.dumps({"nicks": details["nicks"]}), None)
 
     def _kick_notice(self, network: str, owner: str, what: str, details: dict[str, Any]) -> None:
         """Our bot or a puppet was kicked (or is back): the room hears it from the bot."""
