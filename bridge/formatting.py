@@ -27,6 +27,7 @@ from html.parser import HTMLParser
 
 __all__ = [
     "IRC_LINE_LIMIT",
+    "MAX_HTML_CHARS",
     "edit_text",
     "emote_to_ctcp",
     "html_to_irc",
@@ -39,10 +40,14 @@ __all__ = [
     "split_for_irc",
     "split_lines",
     "strip_irc_formatting",
+    "strip_mx_reply",
     "strip_reply_fallback",
 ]
 
 IRC_LINE_LIMIT = 512  # bytes, including the trailing CRLF
+# Longer formatted bodies are not parsed: the plain body is used instead. Half of the
+# largest Matrix event; a message this long reaches IRC as a paste link anyway.
+MAX_HTML_CHARS = 32 * 1024
 
 _DEFAULT_PREFIX_LEN = 100  # conservative length of "nick!user@host" when unknown
 _MIN_CHUNK_BYTES = 4  # the longest UTF-8 character
@@ -754,14 +759,77 @@ class _IrcRenderer(HTMLParser):
                 self._write(segment)
 
 
-_FALLBACK_SKIP_RE = re.compile(r"<(mx-reply|script|style)\b.*?</\1\s*>", re.IGNORECASE | re.DOTALL)
-_FALLBACK_BREAK_RE = re.compile(r"<br\s*/?>|</(p|div|li|h[1-6]|pre|tr|blockquote)\s*>", re.I)
-_FALLBACK_TAG_RE = re.compile(r"<[^>]*>")
+# Linear-time HTML hygiene. html.parser re-scans the rest of the document for every "<"
+# it cannot close (a tag, a comment, a quoted value), which is quadratic: 60 KB of "<a "
+# cost 50 s on the inbox thread. So before parsing, every "<" is looked at once: a complete
+# tag passes as it is, comments, declarations and processing instructions go, and any other
+# "<" becomes "&lt;" (the text html.parser would have made of it). No pattern here can
+# backtrack: each one consumes a character at most once and never crosses a "<".
+_TAG_CANDIDATE_RE = re.compile(r"""<(?:[^<>"']++|"[^"<]*+"|'[^'<]*+')*+>""")
+_TAG_START_RE = re.compile(r"</?[A-Za-z]")
+
+
+def _sanitise_html(html: str) -> str:
+    """html in which every "<" opens a complete tag; see above. Linear in len(html)."""
+    out: list[str] = []
+    pos = 0
+    no_comment_end_after = len(html) + 1  # no "-->" at or after this offset
+    while (lt := html.find("<", pos)) >= 0:
+        out.append(html[pos:lt])
+        if html.startswith("<!--", lt):
+            end = html.find("-->", lt + 4) if lt < no_comment_end_after else -1
+            if end >= 0:
+                pos = end + 3  # a comment: dropped
+                continue
+            no_comment_end_after = min(no_comment_end_after, lt)
+        else:
+            match = _TAG_CANDIDATE_RE.match(html, lt)
+            if match is not None and _TAG_START_RE.match(html, lt):
+                out.append(match.group())
+                pos = match.end()
+                continue
+            if match is not None and html[lt + 1 : lt + 2] in ("!", "?"):
+                pos = match.end()  # a declaration, marked section or instruction: dropped
+                continue
+        out.append("&lt;")
+        pos = lt + 1
+    out.append(html[pos:])
+    return "".join(out)
+
+
+def _strip_elements(html: str, name: str) -> str:
+    """html without its <name>...</name> elements (up to the first closing tag each).
+
+    A loop of forward searches, never rescanning: once no closing tag follows, it stops.
+    """
+    opener = re.compile(rf"<{name}(?=[\s/>])[^<>]*+>", re.IGNORECASE)
+    closer = re.compile(rf"</{name}\s*+>", re.IGNORECASE)
+    out: list[str] = []
+    pos = 0
+    while (start := opener.search(html, pos)) is not None:
+        end = closer.search(html, start.end())
+        if end is None:
+            break
+        out.append(html[pos : start.start()])
+        pos = end.end()
+    out.append(html[pos:])
+    return "".join(out)
+
+
+def strip_mx_reply(html: str) -> str:
+    """A reply's formatted_body without its <mx-reply> fallback. Linear in len(html)."""
+    return _strip_elements(html, "mx-reply")
+
+
+_FALLBACK_BREAK_RE = re.compile(r"<br\s*+/?>|</(?:p|div|li|h[1-6]|pre|tr|blockquote)\s*+>", re.I)
+_FALLBACK_TAG_RE = re.compile(r"<[^>]*+>")
 
 
 def _fallback_lines(html: str) -> list[str]:
     """Crude tag stripping, used only if the parser ever fails."""
-    text = _FALLBACK_SKIP_RE.sub("", html)
+    text = html
+    for name in ("mx-reply", "script", "style"):
+        text = _strip_elements(text, name)
     text = _FALLBACK_TAG_RE.sub("", _FALLBACK_BREAK_RE.sub("\n", text))
     return [_clean_text(line) for line in split_lines(_html.unescape(text))]
 
@@ -778,7 +846,9 @@ def html_to_irc(html: str) -> str:
 
     Never raises: broken HTML is parsed leniently, and if the parser itself fails the tags
     are simply stripped. Control characters in the HTML's text never reach the output.
+    Linear in len(html): stray "<" are made text before html.parser sees them.
     """
+    html = _sanitise_html(html)
     try:
         renderer = _IrcRenderer()
         renderer.feed(html)

@@ -22,8 +22,10 @@ log = logging.getLogger(__name__)
 TEXT_TYPES = ("m.text", "m.notice", "m.emote")
 MEDIA_TYPES = ("m.image", "m.file", "m.video", "m.audio")
 SHORT_REPLY_MS = 5 * 60 * 1000  # replies to messages newer than this use "nick: text"
+# A user pill as clients write it. Possessive, and no part crosses a "<", so a body full
+# of unclosed pills costs one pass (a lazy `(.*?)</a>` re-read the rest for each).
 _PILL = re.compile(
-    r'<a\s+href=["\']https://matrix\.to/#/(@[^"\'<>]+?)["\']\s*>(.*?)</a>', re.I | re.S
+    r'<a\s++href=["\']https://matrix\.to/#/(@[^"\'<>]++)["\']\s*+>[^<]*+</a>', re.I
 )
 
 
@@ -58,7 +60,9 @@ def _html_of(content: dict[str, Any]) -> str | None:
     if content.get("format") != "org.matrix.custom.html":
         return None
     html = content.get("formatted_body")
-    return html if isinstance(html, str) else None
+    if not isinstance(html, str) or len(html) > formatting.MAX_HTML_CHARS:
+        return None  # past the cap the plain body is used: parsing must stay cheap
+    return html
 
 
 def _pills_to_nicks(html: str, ctx: Context) -> str:
@@ -131,7 +135,7 @@ def _reply(content: dict[str, Any], body: str, relates: dict[str, Any],
     original = ctx.find_message(reply_to["event_id"])
     own = formatting.strip_reply_fallback(body)
     if html is not None:
-        html = re.sub(r"<mx-reply>.*?</mx-reply>", "", html, flags=re.S | re.I)
+        html = formatting.strip_mx_reply(html)
         own = formatting.html_to_irc(_pills_to_nicks(html, ctx))
     if original is None:
         return own, None
