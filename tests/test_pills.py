@@ -30,6 +30,9 @@ class _Probe(IrcToMatrix):
     def _sender_for_nick(self, network: str, nick: str) -> str:
         return f"@irc_{nick}:hs"
 
+    def _has_room(self, network: str, channel: str) -> bool:
+        return True  # a bridged channel: its lines are recorded
+
 
 class _Reader(HTMLParser):
     """The text of an HTML body and the (href, text) of its links; fails on stray markup."""
