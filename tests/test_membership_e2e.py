@@ -133,6 +133,9 @@ def test_a_kicked_bot_reports_and_rejoins_with_backoff(world: World) -> None:
                what="the kick in /health")
     kicked = health()["networks"]["local"]["kicked"][CHANNEL]
     assert kicked["by"] == "Bob"
+    page = requests.get(world.stack.bridge.url + "/", timeout=10, headers={
+        "Authorization": f"Bearer {world.stack.bridge.status_secret}"})
+    assert f"kicked from {CHANNEL} by Bob" in page.text
     wait_until(lambda: health()["networks"]["local"]["kicked"][CHANNEL].get("attempts", 0) >= 2,
                20, interval=0.3, what="rejoin attempts while banned")
     world.bob.send(f"MODE {CHANNEL} -b ircbot!*@*")

@@ -159,6 +159,7 @@ def status_snapshot(bridge: Any, started_at: float) -> dict[str, Any]:
             "channels": live.get("channels") or [], "puppets": len(puppets),
             "puppet_states": dict(sorted(states.items())),
             "rooms": per_network.get(net.name, 0),
+            "kicked": live.get("kicked") or {},  # channels the bot was kicked from
         })
     return {
         "ok": ok, "failing": report["failing"], "version": __version__,
