@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 import zlib
 from collections.abc import Callable
 from typing import Any
@@ -39,11 +40,13 @@ class Lanes:
         self._queues[lane].put((fn, args))
 
     def stop(self, timeout: float = 5.0) -> None:
+        """Let each lane finish the work it has, within `timeout` seconds for all lanes."""
         for q_ in self._queues:
             q_.put(None)
+        deadline = time.monotonic() + timeout
         for thread in self._threads:
             if thread.is_alive() and thread is not threading.current_thread():
-                thread.join(timeout)
+                thread.join(max(0.0, deadline - time.monotonic()))
 
     @staticmethod
     def _run(work: queue.SimpleQueue[tuple[Callable[..., Any], tuple[Any, ...]] | None]) -> None:
