@@ -5,8 +5,9 @@ for a short list; to test a server that stops reading, a multi-line `CAP * LS * 
 what bytes exactly reach the socket, the tests need a peer they script. It is a real TCP
 server (real sockets, real kernel buffers), one thread per client, and records every byte
 it receives. It registers a client (001) after NICK and USER (and after CAP END when the
-client started a CAP negotiation), answers PING, and does SASL PLAIN the way the IRCv3 spec
-says, recording each AUTHENTICATE chunk.
+client started a CAP negotiation), answers PING, lets JOINs succeed or refuses them with the
+numeric it was given, and does SASL PLAIN the way the IRCv3 spec says, recording each
+AUTHENTICATE chunk.
 """
 
 from __future__ import annotations
@@ -52,11 +53,15 @@ class ScriptedIrcServer:
     """Accepts IRC clients on 127.0.0.1; see the module docstring for what it answers."""
 
     def __init__(self, *, cap_ls: list[str] | None = None, receive_buffer: int = 0,
-                 on_line: Callable[[Client, str], None] | None = None):
+                 on_line: Callable[[Client, str], None] | None = None,
+                 refuse: dict[str, str] | None = None):
         # Lines answering `CAP LS`, e.g. ["CAP * LS * :multi-prefix", "CAP * LS :sasl"];
         # None: the server knows no CAP (it ignores it, as old servers do).
         self.cap_ls = cap_ls
         self.on_line = on_line
+        # Channel (lower case) -> the numeric reply that refuses a JOIN to it, e.g.
+        # {"#fwd": "470 {nick} #fwd #elsewhere :Forwarding"}; other JOINs succeed.
+        self.refuse = refuse or {}
         self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if receive_buffer:  # inherited by accepted sockets: a small window fills fast
@@ -153,6 +158,13 @@ class ScriptedIrcServer:
             client.send(f":scripted PONG scripted :{line.partition(' ')[2].lstrip(':')}")
         elif command == "CAP" and len(words) > 1 and self.cap_ls is not None:
             self._cap(client, words[1].upper(), line, state)
+        elif command == "JOIN" and len(words) > 1:
+            for channel in words[1].split(","):
+                refusal = self.refuse.get(channel.lower())
+                if refusal is not None:
+                    client.send(f":scripted {refusal.format(nick=client.nick)}")
+                else:
+                    client.send(f":{client.nick}!u@scripted JOIN {channel}")
         elif command == "AUTHENTICATE" and len(words) > 1:
             self._authenticate(client, words[1])
 

@@ -32,7 +32,7 @@ EVENTS = (
     "cannotsendtochan", "nosuchnick", "nosuchchannel", "channelisfull", "inviteonlychan",
     "bannedfromchan", "badchannelkey", "nochanmodes", "chanoprivsneeded", "toomanychannels",
     "cap", "authenticate", "saslsuccess", "saslfail", "saslaborted", "sasltoolong",
-    "passwdmismatch",
+    "passwdmismatch", "470", "489",
 )
 
 

@@ -25,6 +25,7 @@ import irc.client
 
 from ..names import collision_nick, irc_lower
 from .cap import CapList, authenticate_chunks
+from .targets import TargetQueues
 from .wire import clean_field
 
 if TYPE_CHECKING:
@@ -59,6 +60,17 @@ class Outgoing:
     done: Callable[[bool, str | None], None] | None = None
     queued_at: float = field(default_factory=time.monotonic)
     before: Callable[[], None] | None = None  # called right before the line is written
+    target: str = ""  # the folded channel or nick whose queue it waits in ("" for control)
+
+
+def line_target(line: str, channel: str | None) -> str:
+    """The queue a line waits in: its channel, else the folded target of PRIVMSG/NOTICE."""
+    if channel:
+        return irc_lower(channel)
+    words = line.split(" ", 2)
+    if len(words) > 2 and words[0].upper() in ("PRIVMSG", "NOTICE"):
+        return irc_lower(words[1])
+    return ""
 
 
 class TokenBucket:
@@ -69,6 +81,13 @@ class TokenBucket:
         self.burst = float(burst)
         self.tokens = float(burst)
         self.updated = time.monotonic()
+
+    def peek(self) -> float:
+        """0.0 if a line could go now, else the seconds to wait (uses no token)."""
+        if self.rate <= 0:
+            return 0.0
+        tokens = min(self.burst, self.tokens + (time.monotonic() - self.updated) * self.rate)
+        return 0.0 if tokens >= 1.0 else (1.0 - tokens) / self.rate
 
     def take(self) -> float:
         """0.0 if a line may go now (and uses a token), else the seconds to wait."""
@@ -173,7 +192,7 @@ class IrcConnection:
         self.conn.out.limit = network.send_buffer_limit
         self.channels: set[str] = set()  # case-folded channels we are in
         self.wanted_channels: dict[str, str] = {}  # folded -> as written (with key if any)
-        self.queue: collections.deque[Outgoing] = collections.deque()
+        self.queue: TargetQueues[Outgoing] = TargetQueues()
         self.bucket = TokenBucket(network.flood_rate, network.flood_burst)
         self.failures = 0
         self.nick_attempt = 0
@@ -249,8 +268,7 @@ class IrcConnection:
     def expire(self, now: float) -> None:
         """Fail lines that waited longer than the network allows (their senders are told)."""
         limit = self.network.give_up_after
-        while self.queue and now - self.queue[0].queued_at > limit:
-            item = self.queue.popleft()
+        for item in self.queue.expired(now - limit):
             if item.done:
                 item.done(False, f"no IRC connection for {limit:.0f} s")
 
@@ -371,8 +389,7 @@ class IrcConnection:
                 self.conn.disconnect(message)
             except Exception:  # noqa: BLE001 - closing anyway
                 log.debug("disconnect failed", exc_info=True)
-        while self.queue:
-            item = self.queue.popleft()
+        for item in self.queue.take_all():
             if item.done:
                 item.done(False, "connection closed")
         try:
@@ -400,18 +417,15 @@ class IrcConnection:
     def left(self, channel: str) -> None:
         self.channels.discard(irc_lower(channel))
 
-    def refused(self, channel: str, reason: str) -> None:
-        """The server refused our JOIN: fail the lines waiting for that channel."""
-        folded = irc_lower(channel)
-        self.wanted_channels.pop(folded, None)
-        kept: collections.deque[Outgoing] = collections.deque()
-        for item in self.queue:
-            if item.channel == folded:
-                if item.done:
-                    item.done(False, f"{REFUSED}{reason}")
-            else:
-                kept.append(item)
-        self.queue = kept
+    def refused(self, target: str, reason: str, *, join: bool = True) -> None:
+        """The server refused our JOIN (`join`), or a line, for `target` (a channel or a
+        nick): fail the lines waiting for it; every other target's lines go on."""
+        folded = irc_lower(target)
+        if join:
+            self.wanted_channels.pop(folded, None)
+        for item in self.queue.take(folded):
+            if item.done:
+                item.done(False, f"{REFUSED}{reason}")
         self.drain()
 
     # ------------------------------------------------------------ output
@@ -420,7 +434,7 @@ class IrcConnection:
              before: Callable[[], None] | None = None) -> None:
         """Queue a line under flood control; lines to a channel wait until we are in it."""
         self.queue.append(Outgoing(line, irc_lower(channel) if channel else None, done,
-                                   before=before))
+                                   before=before, target=line_target(line, channel)))
         if self.state in (State.IDLE,):
             self.start()
         self.drain()
@@ -445,17 +459,14 @@ class IrcConnection:
         if self.state is not State.CONNECTED:
             return
         while self.queue:
-            item = self.queue[0]
-            if item.channel is not None and item.channel not in self.channels:
-                if item.channel not in self.wanted_channels:
-                    self.join(item.channel)
-                return  # wait for our JOIN; order is kept
-            wait = self.bucket.take()
+            wait = self.bucket.peek()
             if wait > 0:
-                if self._drain_timer is None or self._drain_timer.cancelled:
-                    self._drain_timer = self.thread.call_later(wait, self._drain_tick)
+                self._drain_later(wait)
                 return
-            self.queue.popleft()
+            item = self.queue.next_ready(self._may_go)
+            if item is None:
+                return  # every target with lines waits for its JOIN
+            self.bucket.take()  # peek() said a token is there
             if item.before:
                 item.before()
             ok = self.send_now(item.line)
@@ -463,6 +474,19 @@ class IrcConnection:
                 item.done(ok, None if ok else "not sent: the connection is down")
             if not ok and self.state is not State.CONNECTED:
                 return
+
+    def _may_go(self, item: Outgoing) -> bool:
+        """A line may leave unless it waits for a channel we are not in (whose JOIN is
+        then sent, if it was not already)."""
+        if item.channel is None or item.channel in self.channels:
+            return True
+        if item.channel not in self.wanted_channels:
+            self.join(item.channel)
+        return False
+
+    def _drain_later(self, wait: float) -> None:
+        if self._drain_timer is None or self._drain_timer.cancelled:
+            self._drain_timer = self.thread.call_later(wait, self._drain_tick)
 
     def _drain_tick(self) -> None:
         self._drain_timer = None

@@ -64,6 +64,10 @@ LIVENESS_EVERY = 30.0
 _NEEDS_CHANNEL = frozenset({"join", "part", "kick", "topic", "mode", "pubmsg", "pubnotice"})
 _NEEDS_ARGUMENT = frozenset({"kick", "pubmsg", "pubnotice", "privmsg", "privnotice",
                              "currenttopic", "namreply"})
+# Numerics that refuse a JOIN (the channel is then no longer one we want to be in).
+_JOIN_REFUSALS = frozenset({"nosuchchannel", "toomanychannels", "470", "channelisfull",
+                            "inviteonlychan", "bannedfromchan", "badchannelkey", "nochanmodes",
+                            "489"})
 _WORD = re.compile(r"[A-Za-z\[\]\\`_^{|}][A-Za-z0-9\[\]\\`_^{|}-]*")
 
 
@@ -525,10 +529,11 @@ class Network:
         reason = event.arguments[-1] if event.arguments else event.type
         if not conn.is_bot:
             self.listener.irc_failure(self.name, conn.owner, target, reason)
-        if event.type in ("bannedfromchan", "inviteonlychan", "badchannelkey", "channelisfull"):
-            conn.refused(target, reason)
-            if conn.is_bot and is_channel(target):
-                self._bot_refused(target, reason)
+        # That target's waiting lines fail; every other target's go on.
+        join = event.type in _JOIN_REFUSALS
+        conn.refused(target, reason, join=join)
+        if join and conn.is_bot and is_channel(target):
+            self._bot_refused(target, reason)
 
     def _bot_refused(self, channel: str, reason: str) -> None:
         """The bot is kept out: whatever puppets read there is private (see ChannelState)."""
@@ -543,6 +548,8 @@ class Network:
     _on_channelisfull = _on_inviteonlychan = _on_bannedfromchan = _failure
     _on_badchannelkey = _on_nochanmodes = _on_chanoprivsneeded = _failure
     _on_toomanychannels = _failure
+    # 470 forwarded to another channel, 489 TLS-only channel: no names in the irc library.
+    _on_470 = _on_489 = _failure
 
     def _on_endofnames(self, conn: IrcConnection, event: irc.client.Event) -> None:
         if conn.is_bot and event.arguments:

@@ -1,0 +1,127 @@
+"""Lines queue per target: a channel that refuses our JOIN holds up nothing else.
+
+Against a real ngircd (403 for a channel name it refuses) and, for the numerics ngircd never
+sends (405, 470, 477, 489), the scripted loopback server: the refused channel's lines fail
+with the server's reason while the puppet's PMs and lines to other channels leave at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bridge.config import NetworkConfig
+from bridge.devstack.ircd import IrcDaemon, ngircd_path
+from bridge.devstack.ports import wait_until
+from bridge.irc import IrcSide
+from bridge.irc.receipt import Receipt
+from tests.scripted_irc import ScriptedIrcServer
+
+if not ngircd_path():
+    pytest.skip("the refusing channel modes are ngircd's: apt-get install ngircd",
+                allow_module_level=True)
+
+
+class Listener:
+    def __init__(self) -> None:
+        self.events: list[tuple[str, Any]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("irc_"):
+            return lambda *args: self.events.append((name, args))
+        raise AttributeError(name)
+
+
+def network(port: int) -> NetworkConfig:
+    return NetworkConfig(
+        name="t", host="127.0.0.1", port=port, tls=False, tls_verify=True, display_name="t",
+        user_template="t_{nick}", alias_template="t_{channel}",
+        puppet_nick_template="{localpart}[m]", bot_nick="tbot", channels=(),
+        scrollback_lines=5, flood_rate=0.0, flood_burst=5, max_lines=3, connect_timeout=5.0,
+        max_concurrent_connects=2, password="",
+    )
+
+
+@pytest.fixture
+def ircd(tmp_path: Path) -> Iterator[IrcDaemon]:
+    daemon = IrcDaemon(tmp_path / "ircd", kind="ngircd")
+    daemon.start()
+    yield daemon
+    daemon.stop()
+
+
+def say_three(side: IrcSide, refused_channel: str, results: dict[str, tuple[bool, str | None]],
+              peer: str, open_channel: str) -> None:
+    """alice says a line in the refused channel, then a PM to `peer`, then a line in the open
+    channel; each message's receipt lands in `results`."""
+    net = side.network("t")
+    assert net is not None
+
+    def receipt(name: str) -> Receipt:
+        return Receipt(lambda ok, error: results.__setitem__(name, (ok, error)))
+
+    user = "@alice:localhost"
+    side.call_sync(lambda: net.say(user, None, refused_channel, ["held"], "m.text",
+                                   receipt("shut")))
+    side.call_sync(lambda: net.say_private(user, peer, ["a private line"], "m.text",
+                                           receipt("pm")))
+    side.call_sync(lambda: net.say(user, None, open_channel, ["an open line"], "m.text",
+                                   receipt("open")))
+
+
+def check_results(results: dict[str, tuple[bool, str | None]], listener: Listener,
+                  channel: str) -> None:
+    wait_until(lambda: len(results) == 3, 15, what="every receipt")
+    assert results["pm"] == (True, None) and results["open"] == (True, None)
+    ok, error = results["shut"]
+    assert not ok and error and "refused" in error, results
+    failures = [a for e, a in listener.events if e == "irc_failure"]
+    assert [(f[1], f[2].lower()) for f in failures] == [("@alice:localhost", channel)], failures
+
+
+def test_a_join_refused_with_403_holds_up_no_other_line(ircd: IrcDaemon) -> None:
+    watcher = ircd.client("watcher")
+    watcher.join("#open")
+    listener = Listener()
+    side = IrcSide((network(ircd.port),), listener, lambda n: n.bot_nick)
+    side.start([])
+    results: dict[str, tuple[bool, str | None]] = {}
+    try:
+        # ngircd answers 403 No such channel to a name it does not accept.
+        say_three(side, "#bad\x07name", results, "watcher", "#open")
+        # give_up_after is 600 s: before, both waited behind the refused channel's line.
+        watcher.wait_for_privmsg("a private line", target="watcher", timeout=15)
+        watcher.wait_for_privmsg("an open line", target="#open", timeout=15)
+        check_results(results, listener, "#bad\x07name")
+    finally:
+        side.stop()
+        watcher.close()
+
+
+@pytest.mark.parametrize("refusal", [
+    "405 {nick} #shut :You have joined too many channels",
+    "470 {nick} #shut #overflow :Forwarding to another channel",
+    "477 {nick} #shut :Cannot join channel (+r) - you need to be identified",
+    "489 {nick} #shut :Cannot join channel (+S) - TLS only",
+])
+def test_every_join_refusal_fails_that_channels_lines_only(refusal: str) -> None:
+    # ngircd cannot be made to send these; the scripted server sends them as the networks do.
+    listener = Listener()
+    with ScriptedIrcServer(refuse={"#shut": refusal}) as server:
+        side = IrcSide((network(server.port),), listener, lambda n: n.bot_nick)
+        side.start([])
+        results: dict[str, tuple[bool, str | None]] = {}
+        try:
+            say_three(side, "#shut", results, "bob", "#open")
+            check_results(results, listener, "#shut")
+            client = server.client("alice[m]")
+            assert client is not None
+            wanted = {"PRIVMSG bob :a private line", "PRIVMSG #open :an open line"}
+            sent = wait_until(lambda: wanted <= set(client.lines()) and client.lines(), 10,
+                              what="the two lines at the server")
+            assert not any(line.startswith("PRIVMSG #shut") for line in sent)
+        finally:
+            side.stop()
