@@ -97,7 +97,8 @@ class Bridge(ChannelPrivacy, MatrixToIrc, IrcToMatrix, ThirdPartyLookups):
         self.foreign = ForeignUsers(self.store, config.appservice.exclude_users)
         self.pruner = Pruner(self.store, config.database.keep_days)
         self._links_lock = threading.Lock()
-        self._links_by_room: dict[str, Link] = {}
+        # A room may be linked to one channel per network (a room bridged to two networks).
+        self._links_by_room: dict[str, list[Link]] = {}
         self._links_by_channel: dict[tuple[str, str], Link] = {}
         self._alias_locks: dict[tuple[str, str], threading.Lock] = {}
         self._alias_locks_guard = threading.Lock()
@@ -147,7 +148,7 @@ class Bridge(ChannelPrivacy, MatrixToIrc, IrcToMatrix, ThirdPartyLookups):
         self.senders = Senders(self.store, self.deliver, count=self.config.appservice.senders)
         self.recorder = Recorder(
             self.store,
-            {(lk.network, lk.channel): lk.room_id for lk in self._links_by_room.values()},
+            {(lk.network, lk.channel): lk.room_id for lk in self.links()},
             {n.name: n.scrollback_lines for n in self.config.networks},
             self._sender_for_nick,
             self.senders.dispatch,
@@ -255,8 +256,7 @@ class Bridge(ChannelPrivacy, MatrixToIrc, IrcToMatrix, ThirdPartyLookups):
     def _load_links(self) -> None:
         with self._links_lock:
             for link in self.store.all_links():
-                self._links_by_room[link.room_id] = link
-                self._links_by_channel[(link.network, link.channel)] = link
+                self._add_link_locked(link)
 
     def _startup_checks(self) -> None:
         """Check the homeserver once it answers; one clear log line per failure mode."""
@@ -372,8 +372,15 @@ class Bridge(ChannelPrivacy, MatrixToIrc, IrcToMatrix, ThirdPartyLookups):
         return self.foreign.is_foreign(user_id)
 
     def link_for_room(self, room_id: str) -> Link | None:
+        """The room's link (its first, when it is linked on several networks)."""
         with self._links_lock:
-            return self._links_by_room.get(room_id)
+            links = self._links_by_room.get(room_id)
+            return links[0] if links else None
+
+    def links_for_room(self, room_id: str) -> list[Link]:
+        """Every channel the room is linked to, one per network, oldest first."""
+        with self._links_lock:
+            return list(self._links_by_room.get(room_id, ()))
 
     def _link_for_channel(self, network: str, channel: str) -> Link | None:
         with self._links_lock:
@@ -381,8 +388,13 @@ class Bridge(ChannelPrivacy, MatrixToIrc, IrcToMatrix, ThirdPartyLookups):
 
     def _remember_link(self, link: Link) -> None:
         with self._links_lock:
-            self._links_by_room[link.room_id] = link
-            self._links_by_channel[(link.network, link.channel)] = link
+            self._add_link_locked(link)
+
+    def _add_link_locked(self, link: Link) -> None:
+        links = [lk for lk in self._links_by_room.get(link.room_id, [])
+                 if lk.network != link.network]
+        self._links_by_room[link.room_id] = [*links, link]
+        self._links_by_channel[(link.network, link.channel)] = link
 
     # ------------------------------------------------------------ AS API (request threads)
     def handle_transaction(self, txn_id: str, events: list[dict[str, Any]]) -> tuple[bool, int]:
@@ -563,7 +575,8 @@ class Bridge(ChannelPrivacy, MatrixToIrc, IrcToMatrix, ThirdPartyLookups):
         folded = irc_lower(channel)
         with self._links_lock:
             existing = self._links_by_channel.get((network, folded))
-            by_room = self._links_by_room.get(room_id)
+            by_room = next((lk for lk in self._links_by_room.get(room_id, [])
+                            if lk.network == network), None)
         if existing is not None and existing.room_id != room_id:
             raise ValueError(f"{channel} on {network} is already linked to {existing.room_id}")
         if by_room is not None and (by_room.network, by_room.channel) != (network, folded):
@@ -579,25 +592,32 @@ class Bridge(ChannelPrivacy, MatrixToIrc, IrcToMatrix, ThirdPartyLookups):
         self._after_room_created(network, channel, folded, room_id)
         return link
 
-    def unlink_room(self, room_id: str) -> Link | None:
-        """Stop bridging a room; the bot leaves the channel when no other room needs it."""
-        link = self.link_for_room(room_id)
-        if link is None:
+    def unlink_room(self, room_id: str, network: str | None = None) -> Link | None:
+        """Stop bridging a room (to every network, or to `network` only); the bot leaves
+        the channel. Returns the first link removed."""
+        gone = [lk for lk in self.links_for_room(room_id) if network in (None, lk.network)]
+        if not gone:
             return None
-        self.store.remove_link(room_id)
+        self.store.remove_link(room_id, network)
         with self._links_lock:
-            self._links_by_room.pop(room_id, None)
-            self._links_by_channel.pop((link.network, link.channel), None)
-        if self.recorder is not None:
-            self.recorder.forget(link.network, link.channel)
-        net = self.irc.network(link.network)
-        if net is not None and self.irc.started:
-            self.irc.call(net.part_bot, link.channel_name)
-        return link
+            left = [lk for lk in self._links_by_room.get(room_id, []) if lk not in gone]
+            if left:
+                self._links_by_room[room_id] = left
+            else:
+                self._links_by_room.pop(room_id, None)
+            for link in gone:
+                self._links_by_channel.pop((link.network, link.channel), None)
+        for link in gone:
+            if self.recorder is not None:
+                self.recorder.forget(link.network, link.channel)
+            net = self.irc.network(link.network)
+            if net is not None and self.irc.started:
+                self.irc.call(net.part_bot, link.channel_name)
+        return gone[0]
 
     def links(self, room_id: str | None = None) -> list[Link]:
         with self._links_lock:
-            links = list(self._links_by_room.values())
+            links = [lk for room in self._links_by_room.values() for lk in room]
         return [lk for lk in links if room_id is None or lk.room_id == room_id]
 
     # ------------------------------------------------------------ status

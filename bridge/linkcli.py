@@ -126,8 +126,10 @@ def cmd_link(args: argparse.Namespace, load: Loader) -> int:
             print(f"cannot link: {args.channel} on {args.network} is already linked to "
                   f"{taken.room_id}", file=sys.stderr)
             return 1
-        other = store.link_for_room(args.room)
-        if other is not None and (other.network, other.channel) != (args.network, folded):
+        # One channel per network: a room may be linked on several networks.
+        other = next((lk for lk in store.links_for_room(args.room)
+                      if lk.network == args.network), None)
+        if other is not None and other.channel != folded:
             print(f"cannot link: {args.room} is already linked to {other.channel_name} on "
                   f"{other.network}", file=sys.stderr)
             return 1

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import formatting, metrics, translate
 from .config import Config, NetworkConfig, role_of
+from .fanout import Outcome, Shares
 from .inbox import Completion
 from .irc.connection import REFUSED
 from .irc.receipt import Receipt
@@ -44,6 +45,7 @@ class MatrixToIrc:
         def is_ours(self, user_id: str) -> bool: ...
         def is_foreign(self, user_id: str) -> bool: ...
         def link_for_room(self, room_id: str) -> Link | None: ...
+        def links_for_room(self, room_id: str) -> list[Link]: ...
         def _prepare_ghost(self, network: str, nick: str, user_id: str) -> Intent: ...
         def _sender_for_nick(self, network: str, nick: str) -> str: ...
         def irc_failure(self, network: str, owner: str, target: str, reason: str) -> None: ...
@@ -68,9 +70,14 @@ class MatrixToIrc:
             log.info("ignoring %s in %s: not allowed by [permissions]", sender, room_id)
             done(True)
             return
-        link = self.link_for_room(room_id)
-        if link is not None:
-            self._channel_event(event, content, link, completion)
+        links = self.links_for_room(room_id)
+        if len(links) == 1:
+            self._channel_event(event, content, links[0], completion)
+            return
+        if links:  # linked on several networks: said on each, done when all are
+            shares = Shares(completion, len(links))
+            for link in links:
+                self._channel_event(event, content, link, shares.part())
             return
         pm = self.store.pm_for_room(room_id)
         if pm is not None and pm.owner == sender:
@@ -79,7 +86,7 @@ class MatrixToIrc:
         done(True)
 
     def _channel_event(self, event: dict[str, Any], content: dict[str, Any], link: Link,
-                       completion: Completion) -> None:
+                       completion: Outcome) -> None:
         done = completion.finished
         net = self.irc.network(link.network)
         etype = event.get("type")

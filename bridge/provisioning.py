@@ -157,9 +157,9 @@ class Provisioner:
         self._check_free(network, channel, room_id)
         if not admin:
             self.check_power(room_id, user_id)
-        existing = self.bridge.link_for_room(room_id)
-        if existing is not None:  # the same pair again (_check_free refused any other)
-            return link_json(existing)
+        existing = [lk for lk in self.bridge.links_for_room(room_id) if lk.network == network]
+        if existing:  # the same pair again (_check_free refused any other)
+            return link_json(existing[0])
         try:
             link = self.bridge.link_room(network, channel, room_id, kind="plumbed",
                                          mirror_modes=_flag(body, "mirror_modes"))
@@ -174,22 +174,33 @@ class Provisioner:
     def unlink(self, body: Any, *, admin: bool = False) -> dict[str, Any]:
         room_id = _field(body, "room_id", ROOM_ID_RE, "a room id (!...)")
         user_id = self.acting_user(body)
-        link = self.bridge.link_for_room(room_id)
-        if link is None:
-            raise ProvisioningError(404, "M_NOT_FOUND", f"{room_id} is not linked to IRC")
-        if link.kind == "static":
-            raise ProvisioningError(
-                409, "M_ROOM_IN_USE", f"{room_id} is linked by [network:{link.network}] rooms in "
-                "config.ini; remove it there and restart the bridge")
-        if link.kind == "portal" and not admin:
-            raise ProvisioningError(
-                409, "M_ROOM_IN_USE", f"{room_id} is the bridge's own room for "
-                f"{link.channel_name}; only the bridge's admin can unlink it")
+        # A room linked on several networks: `network` unlinks one; without it, all.
+        network = body.get("network") if isinstance(body, dict) else None
+        network = network if isinstance(network, str) and network else None
+        links = [lk for lk in self.bridge.links_for_room(room_id) if network in (None, lk.network)]
+        if not links:
+            raise ProvisioningError(404, "M_NOT_FOUND", f"{room_id} is not linked to IRC"
+                                    + (f" on {network}" if network else ""))
+        for link in links:
+            if link.kind == "static":
+                raise ProvisioningError(
+                    409, "M_ROOM_IN_USE", f"{room_id} is linked by [network:{link.network}] "
+                    "rooms in config.ini; remove it there and restart the bridge")
+            if link.kind == "portal" and not admin:
+                raise ProvisioningError(
+                    409, "M_ROOM_IN_USE", f"{room_id} is the bridge's own room for "
+                    f"{link.channel_name}; only the bridge's admin can unlink it")
         if not admin:
             self.check_power(room_id, user_id)
-        self.bridge.unlink_room(room_id)
-        log.info("%s unlinked %s from %s on %s", user_id, room_id, link.channel_name, link.network)
-        if link.kind == "plumbed":
+        self.bridge.unlink_room(room_id, network)
+        for link in links:
+            log.info("%s unlinked %s from %s on %s", user_id, room_id, link.channel_name,
+                     link.network)
+        link = links[0]
+        if self.bridge.links_for_room(room_id):
+            self._announce(room_id, f"This room is no longer bridged to {link.channel_name} "
+                           f"on {link.network}.")
+        elif link.kind == "plumbed":
             self._announce(room_id, f"This room is no longer bridged to {link.channel_name}.")
             try:
                 self.bridge.bot.leave(room_id)
@@ -204,7 +215,7 @@ class Provisioner:
                 raise ProvisioningError(
                     409, "M_ROOM_IN_USE",
                     f"{channel} on {network} is already linked to {link.room_id}")
-            if link.room_id == room_id and (link.network, link.channel) != (network, folded):
+            if link.room_id == room_id and link.network == network and link.channel != folded:
                 raise ProvisioningError(
                     409, "M_ROOM_IN_USE",
                     f"{room_id} is already linked to {link.channel_name} on {link.network}")

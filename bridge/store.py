@@ -76,7 +76,8 @@ class BridgeOwned(BaseModel):
 class RoomLink(BridgeOwned):
     """A Matrix room bridged to an IRC channel (a portal made by an alias query, or plumbed).
 
-    A room is linked to one channel per bridge; other bridges may link it to theirs."""
+    A room is linked to one channel per network: a bridge serving two networks may link it
+    to a channel of each, and other bridges to theirs."""
 
     network = pw.CharField(max_length=64)
     channel = pw.CharField(max_length=200)  # case-folded, the key
@@ -89,7 +90,7 @@ class RoomLink(BridgeOwned):
     class Meta:
         table_name = "room_link"
         indexes = ((("bridge_id", "network", "channel"), True),
-                   (("bridge_id", "room_id"), True))
+                   (("bridge_id", "room_id", "network"), True))
 
 
 class VirtualUser(BridgeOwned):
@@ -551,9 +552,14 @@ class Store:
         return _link(row) if row else None
 
     def link_for_room(self, room_id: str) -> Link | None:
-        row = RoomLink.get_or_none((RoomLink.bridge_id == self.bridge_id)
-                                   & (RoomLink.room_id == room_id))
-        return _link(row) if row else None
+        """The room's first link (see links_for_room)."""
+        links = self.links_for_room(room_id)
+        return links[0] if links else None
+
+    def links_for_room(self, room_id: str) -> list[Link]:
+        rows = RoomLink.select().where((RoomLink.bridge_id == self.bridge_id)
+                                       & (RoomLink.room_id == room_id))
+        return [_link(r) for r in rows.order_by(RoomLink.id)]
 
     def add_link(
         self, network: str, channel: str, channel_name: str, room_id: str, alias: str | None,
@@ -565,16 +571,18 @@ class Store:
                 channel_name=channel_name, room_id=room_id, alias=alias, kind=kind,
             ).on_conflict_ignore().execute()
         link = self.link_for_channel(network, channel)
-        if link is None:  # the room is linked to another channel of this bridge
-            taken = self.link_for_room(room_id)
+        if link is None:  # the room is linked to another channel of this network
+            taken = [lk for lk in self.links_for_room(room_id) if lk.network == network]
             raise ValueError(f"{room_id} is already linked to "
-                             f"{taken.channel_name if taken else '?'} on "
-                             f"{taken.network if taken else '?'}")
+                             f"{taken[0].channel_name if taken else '?'} on {network}")
         return link
 
-    def remove_link(self, room_id: str) -> bool:
-        return RoomLink.delete().where((RoomLink.bridge_id == self.bridge_id)
-                                       & (RoomLink.room_id == room_id)).execute() > 0
+    def remove_link(self, room_id: str, network: str | None = None) -> bool:
+        """Unlink the room from every network, or from `network` only."""
+        where = (RoomLink.bridge_id == self.bridge_id) & (RoomLink.room_id == room_id)
+        if network is not None:
+            where = where & (RoomLink.network == network)
+        return RoomLink.delete().where(where).execute() > 0
 
     # ---------------------------------------------------------------- users
     def remember_virtual_user(self, user_id: str, network: str, nick: str, displayname: str) -> None:

@@ -62,7 +62,8 @@ def fill(store: Store, rows: int) -> float:
         for start in range(0, rows // 10, BATCH):
             with store.writing():
                 InboxEvent.insert_many([
-                    {"bridge_id": mine, "event_id": f"$in{i}", "room_id": f"!room{i % 500}:localhost",
+                    {"bridge_id": mine, "event_id": f"$in{i}",
+                     "room_id": f"!room{i % 500}:localhost",
                      "txn_id": str(i // 10), "state": DONE, "created_at": old + i * 20,
                      "payload": json.dumps({"event_id": f"$in{i}", "sender": "@alice:localhost",
                                             "room_id": f"!room{i % 500}:localhost",
