@@ -107,6 +107,14 @@ class NetworkConfig:
     # Bytes of output a connection may hold for a server that does not read them before it
     # is dropped and reconnected.
     send_buffer_limit: int = 262144
+    # The bot's own login: SASL PLAIN (account, password), or SASL EXTERNAL with a client
+    # certificate (PEM files; the key may sit in the certificate's file), and the IRC lines
+    # it sends after connecting, before it joins its channels.
+    sasl_username: str = ""
+    sasl_password: str = ""
+    client_cert: Path | None = None
+    client_key: Path | None = None
+    autocmds: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -220,6 +228,11 @@ NETWORK_KEYS: dict[str, Any] = {
     "kick_rejoin_after": "30",
     "netsplit_leave_after": "1800",
     "send_buffer_limit": "262144",
+    "sasl_username": "",
+    "sasl_password": "",
+    "client_cert": "",
+    "client_key": "",
+    "autocmds": "",
     "password": "",
     "rooms": "",
 }
@@ -551,7 +564,7 @@ def parse(text: str, *, path: Path, environ: dict[str, str] | None = None) -> Co
     )
 
     networks = tuple(
-        _network(parser, section, problems, warnings)
+        _network(parser, section, problems, warnings, base)
         for section in parser.sections()
         if section.startswith("network:")
     )
@@ -591,7 +604,8 @@ def _status(parser: configparser.ConfigParser, provisioning: ProvisioningConfig,
 
 
 def _network(
-    parser: configparser.ConfigParser, section: str, problems: list[str], warnings: list[str]
+    parser: configparser.ConfigParser, section: str, problems: list[str], warnings: list[str],
+    base: Path | None = None,
 ) -> NetworkConfig:
     name = section.split(":", 1)[1].strip()
     if not NETWORK_NAME_RE.match(name):
@@ -645,6 +659,26 @@ def _network(
                                     4096, 1 << 30),
         password=r.string("password", ""),
         rooms=tuple(_room_pairs(r.string("rooms", "", _rooms))),
+        **_bot_login(r, tls, base or Path(".")),
+    )
+
+
+def _bot_login(r: _Reader, tls: bool, base: Path) -> dict[str, Any]:
+    """The bot's SASL and autocmd keys of a [network] section."""
+    cert = r.string("client_cert", "")
+    key = r.string("client_key", "")
+    if cert and not tls:
+        r.problem("client_cert", cert, "tls = true (a client certificate needs TLS)")
+    if key and not cert:
+        r.problem("client_key", key, "client_cert as well")
+    autocmds = tuple(line.strip() for line in r.raw("autocmds", "").splitlines()
+                     if line.strip())
+    return dict(
+        sasl_username=r.string("sasl_username", ""),
+        sasl_password=r.string("sasl_password", ""),
+        client_cert=resolve_path(base, cert) if cert else None,
+        client_key=resolve_path(base, key) if key else None,
+        autocmds=autocmds,
     )
 
 

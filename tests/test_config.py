@@ -146,3 +146,24 @@ def test_database_url_can_come_from_the_environment(tmp_path: Path) -> None:
     config = config_module.load(path, environ={
         config_module.ENV_DATABASE_URL: "postgresql://postgres@127.0.0.1:5432/test"})
     assert config.database.url == "postgresql://postgres@127.0.0.1:5432/test"
+
+
+def test_the_bots_sasl_certificate_and_autocmds_are_network_keys(tmp_path: Path) -> None:
+    (tmp_path / "bot.pem").write_text("certificate and key")
+    path = write_config(tmp_path, extra_network=(
+        "sasl_username = bridgebot\n"
+        "sasl_password = hunter22\n"
+        "autocmds =\n"
+        "    PRIVMSG NickServ :IDENTIFY bridgebot hunter22\n"
+        "    MODE ircbot +B\n"
+    ))
+    config = config_module.load(path)
+    net = config.networks[0]
+    assert (net.sasl_username, net.sasl_password) == ("bridgebot", "hunter22")
+    assert net.client_cert is None
+    assert net.autocmds == ("PRIVMSG NickServ :IDENTIFY bridgebot hunter22", "MODE ircbot +B")
+    assert not [w for w in config.warnings if "unknown key" in w]
+    # EXTERNAL: the certificate file is relative to config.ini, and needs TLS.
+    plain = write_config(tmp_path, extra_network="client_cert = bot.pem\n")
+    with pytest.raises(config_module.ConfigError, match="client_cert.*needs TLS"):
+        config_module.load(plain)

@@ -12,6 +12,7 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -243,3 +244,51 @@ def test_sasl_plain_longer_than_one_authenticate_line_logs_in(
         nick = wait_connected(side, conn, listener)
         assert listener.connection_events("sasl_failed") == []
         assert services.server.logged_in_account(nick) == account
+
+
+# ---------------------------------------------------------------- the bot's own login
+@contextmanager
+def bot_with(config: NetworkConfig) -> Iterator[tuple[IrcSide, IrcConnection, Listener]]:
+    """A started IrcSide whose bot logs in as `config` says."""
+    listener = Listener()
+    side = IrcSide((config,), listener, lambda n: n.bot_nick)
+    side.start()
+    try:
+        net = side.network("t")
+        assert net is not None
+        bot = wait_until(lambda: side.call_sync(lambda: net.bot), 10, what="the bot")
+        yield side, bot, listener
+    finally:
+        side.stop()
+
+
+def test_the_bot_logs_in_with_sasl_plain_from_its_network_keys(services: Services) -> None:
+    config = network(services.server.port, bot_nick="plainbot", sasl_username=ACCOUNT,
+                     sasl_password=PASSWORD)
+    with bot_with(config) as (side, bot, listener):
+        nick = wait_connected(side, bot, listener)
+        assert services.server.logged_in_account(nick) == ACCOUNT
+        assert listener.connection_events("sasl_failed") == []
+
+
+def test_the_bot_logs_in_with_sasl_external_from_its_certificate_file(
+    services: Services, tmp_path: Path,
+) -> None:
+    assert services.server.tls_port is not None
+    pem = tmp_path / "bot.pem"
+    pem.write_text(services.cert_pem.strip() + "\n" + services.key_pem.strip() + "\n")
+    config = network(services.server.tls_port, tls=True, tls_verify=False,
+                     bot_nick="certbot", client_cert=pem)
+    with bot_with(config) as (side, bot, listener):
+        nick = wait_connected(side, bot, listener)
+        assert services.server.logged_in_account(nick) == ACCOUNT
+        assert listener.connection_events("sasl_failed") == []
+
+
+def test_the_bots_autocmds_run_after_connect(services: Services) -> None:
+    config = network(services.server.port, bot_nick="cmdbot",
+                     autocmds=(f"PRIVMSG NickServ :IDENTIFY {ACCOUNT} {PASSWORD}",))
+    with bot_with(config) as (side, bot, listener):
+        nick = wait_connected(side, bot, listener)
+        wait_until(lambda: services.server.logged_in_account(nick) == ACCOUNT, 10,
+                   what=f"the bot {nick} to be identified by its autocmd")

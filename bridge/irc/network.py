@@ -19,6 +19,7 @@ import irc.client
 import irc.modes
 
 from ..names import casefolder, irc_lower, is_channel, puppet_nick
+from .botlogin import apply_bot_login
 from .connection import ConnectSlots, IrcConnection, Sasl, State
 from .echoes import FormerNicks
 from .kicks import Rejoins
@@ -175,6 +176,7 @@ class Network:
         self.bot = self._new_connection(
             "", self.bot_nick, "ircbridge", "Matrix bridge bot", self.config.password or None
         )
+        apply_bot_login(self.bot, self.config)
         self.nicks_changed()
         for channel in self.config.channels:
             self.bot.join(channel)

@@ -75,4 +75,5 @@ def _secrets(config: Any) -> list[str]:
     if password:
         found.append(password)
     found.extend(n.password for n in config.networks if n.password)
+    found.extend(n.sasl_password for n in config.networks if n.sasl_password)
     return found
