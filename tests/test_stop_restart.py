@@ -125,9 +125,13 @@ def _said(world: World, tag: str) -> list[int]:
 
 
 def _bridge_read(world: World, text: str) -> bool:
-    """The bridge's IRC thread read a line with `text` (irc.client logs each line read)."""
-    return f"PRIVMSG {CHANNEL} :{text}" in world.stack.bridge.log_path.read_text(
-        errors="replace")
+    """The bridge's IRC thread read a line with `text`: irc.client logs each line it reads
+    at DEBUG ("FROM SERVER: ... PRIVMSG #c :text", or its event "arguments: ['text']")
+    before the bridge's handlers run on that same thread."""
+    log = world.stack.bridge.log_path.read_text(errors="replace")
+    return any("irc.client" in line and (f"PRIVMSG {CHANNEL} :{text}" in line or
+                                         f"arguments: [{text!r}]" in line)
+               for line in log.splitlines())
 
 
 def test_sigterm_keeps_the_lines_queued_both_ways(world: World) -> None:
