@@ -18,7 +18,7 @@ import threading
 from typing import Any
 
 from . import commands
-from .admin_commands import NOT_ALLOWED, CommandRunner, secret_message
+from .admin_commands import CommandRunner, secret_message
 from .admin_irc import IrcQueries
 from .admin_store import AdminStore
 from .config import role_of
@@ -250,6 +250,8 @@ class AdminRooms:
 
     # ------------------------------------------------------------------ lanes
     def _accept_invite(self, room_id: str, inviter: str, is_direct: bool) -> None:
+        if role_of(self.config, inviter) is None:  # refused before (bridge.access): never join
+            return
         bot = self.bridge.bot
         try:
             bot.ensure_registered()
@@ -269,10 +271,6 @@ class AdminRooms:
             return
         self._remember_room(room_id, inviter)
         log.info("admin room %s for %s", room_id, inviter)
-        role = role_of(self.config, inviter)
-        if role is None:
-            self.notice(room_id, NOT_ALLOWED.format(user=inviter))
-            return
         networks = ", ".join(n.name for n in self.config.networks)
         self.notice(room_id, f"Hello {inviter}! This is your admin room for the IRC bridge "
                              f"(networks: {networks}). Say !help for the commands.")

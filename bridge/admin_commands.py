@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from . import __version__
+from .access import PortalLimited
 from .admin_irc import JOIN_TIMEOUT, NICK_TIMEOUT, WHOIS_TIMEOUT, IrcUnavailable
 from .commands import (
     MAX_AUTOCMDS,
@@ -189,7 +190,10 @@ class CommandRunner:
         link = self._link(c.network, channel)
         if link is None:
             alias = self.bridge.names[c.network].alias_for_channel(channel)
-            self.bridge.query_room(alias, for_user=ctx.user_id)
+            try:
+                self.bridge.query_room(alias, for_user=ctx.user_id)
+            except PortalLimited as e:
+                return f"Joined {channel} on {c.network}; no room for it now: {e}."
             link = self._link(c.network, channel)
         if link is None:
             return f"Joined {channel} on {c.network}; its room could not be made."

@@ -115,6 +115,10 @@ class NetworkConfig:
     client_cert: Path | None = None
     client_key: Path | None = None
     autocmds: tuple[str, ...] = ()
+    # New portal rooms (made for an alias or a !join) per rolling hour: on the whole network,
+    # and for one user (alias queries name nobody, so they count on the network only).
+    portals_per_hour: int = 30
+    portals_per_user_per_hour: int = 10
 
 
 @dataclass(frozen=True)
@@ -233,6 +237,8 @@ NETWORK_KEYS: dict[str, Any] = {
     "client_cert": "",
     "client_key": "",
     "autocmds": "",
+    "portals_per_hour": "30",
+    "portals_per_user_per_hour": "10",
     "password": "",
     "rooms": "",
 }
@@ -657,6 +663,10 @@ def _network(
                                       NETWORK_KEYS["netsplit_leave_after"], 0.1, 7 * 86400.0),
         send_buffer_limit=r.integer("send_buffer_limit", NETWORK_KEYS["send_buffer_limit"],
                                     4096, 1 << 30),
+        portals_per_hour=r.integer("portals_per_hour", NETWORK_KEYS["portals_per_hour"],
+                                   0, 100000),
+        portals_per_user_per_hour=r.integer(
+            "portals_per_user_per_hour", NETWORK_KEYS["portals_per_user_per_hour"], 0, 100000),
         password=r.string("password", ""),
         rooms=tuple(_room_pairs(r.string("rooms", "", _rooms))),
         **_bot_login(r, tls, base or Path(".")),

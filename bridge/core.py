@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .access import Access, PortalLimited
 from .config import Config, NetworkConfig, role_of
 from .foreign import ForeignUsers
 from .inbox import InboxWorker
@@ -77,6 +78,7 @@ class Bridge(ChannelPrivacy, MatrixToIrc, IrcToMatrix, ThirdPartyLookups):
         self.cache = IntentCache()
         # Who is in each room, as the homeserver says (listed once, then kept current).
         self.members = MemberStore(lambda room_id: self.client.joined_members(room_id))
+        self.access = Access(config)  # [permissions] and the portal limits
         self.names = {
             n.name: NetworkNames(n.user_template, n.alias_template, config.homeserver.domain)
             for n in config.networks
@@ -440,9 +442,11 @@ class Bridge(ChannelPrivacy, MatrixToIrc, IrcToMatrix, ThirdPartyLookups):
         per-channel lock and then finds the link. Scrollback is replayed after the answer.
         A private channel (see bridge.privacy) answers 404, unless `for_user` (a `!join`)
         is in it through their puppet: then its room is invite-only and has no alias.
+        `for_user` None is the homeserver's query, which names nobody: `bridge.access`
+        decides and limits (raises PortalLimited for a named user past a limit).
         """
         parsed = self.parse_alias(alias)
-        if parsed is None:
+        if parsed is None or not self.access.may_query(for_user):
             return False
         network, channel = parsed
         folded = irc_lower(channel)
@@ -462,6 +466,13 @@ class Bridge(ChannelPrivacy, MatrixToIrc, IrcToMatrix, ThirdPartyLookups):
                 except MatrixError as e:
                     log.info("alias %s for existing room: %s", alias, e)
                 return True
+            try:
+                self.access.take_portal(network, for_user)
+            except PortalLimited as e:
+                if for_user is not None:
+                    raise
+                log.warning("no room for %s: %s", alias, e)
+                return False
             self._bot_into_channel(network, channel, folded)
             private = self.channel_is_private(network, folded)
             if private and (for_user is None or not self.puppet_in(network, for_user, folded)):

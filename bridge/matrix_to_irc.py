@@ -10,8 +10,8 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from . import formatting, metrics, translate
-from .config import Config, NetworkConfig, role_of
+from . import access, formatting, metrics, translate
+from .config import Config, NetworkConfig
 from .fanout import Outcome, Shares
 from .inbox import Completion
 from .irc.connection import REFUSED
@@ -41,6 +41,7 @@ class MatrixToIrc:
         recorder: Recorder | None
         admin: Any
         media: Any
+        access: access.Access
 
         def is_ours(self, user_id: str) -> bool: ...
         def is_foreign(self, user_id: str) -> bool: ...
@@ -60,14 +61,13 @@ class MatrixToIrc:
                 or not isinstance(content, dict) or self.is_foreign(sender):
             done(True)
             return
+        if access.refused(self, event):  # type: ignore[arg-type]
+            done(True)
+            return
         if self.admin is not None and self.admin.handle_event(event):
             done(True)
             return
         if event.get("type") == "m.room.member" and self._invite_to_ghost(event, content):
-            done(True)
-            return
-        if role_of(self.config, sender) is None:
-            log.info("ignoring %s in %s: not allowed by [permissions]", sender, room_id)
             done(True)
             return
         links = self.links_for_room(room_id)

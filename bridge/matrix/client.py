@@ -367,9 +367,10 @@ class HomeserverClient:
         )
         return self._field(answer, "room_id", "join")
 
-    def leave(self, room_id: str, user_id: str | None = None) -> None:
-        """`POST /rooms/{roomId}/leave`."""
-        self.request("POST", f"{CLIENT_V3}/rooms/{q(room_id)}/leave", json={}, user_id=user_id)
+    def leave(self, room_id: str, user_id: str | None = None, reason: str = "") -> None:
+        """`POST /rooms/{roomId}/leave` (from an invite: declines it, with the reason)."""
+        self.request("POST", f"{CLIENT_V3}/rooms/{q(room_id)}/leave",
+                     json={"reason": reason} if reason else {}, user_id=user_id)
 
     def invite(self, room_id: str, target: str, user_id: str | None = None) -> None:
         """Invite `target` into `room_id` (the inviter must be joined with enough power)."""

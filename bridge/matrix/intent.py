@@ -295,10 +295,10 @@ class Intent:
         self.cache.mark_joined(room_id, self.user_id)
         return room_id
 
-    def leave(self, room_id: str) -> None:
-        """Leave `room_id`."""
+    def leave(self, room_id: str, reason: str = "") -> None:
+        """Leave `room_id` (or decline its invite, saying why)."""
         self.cache.forget_joined(room_id, self.user_id)
-        self.client.leave(room_id, self._as)
+        self.client.leave(room_id, self._as, reason)
 
     def invite(self, room_id: str, user_id: str) -> None:
         """Invite `user_id` (this user must be joined with invite power)."""
