@@ -238,15 +238,38 @@ class IrcToMatrix:
             # client's own retries would skip.
             sender = Intent(self.send_client, intent.user_id, is_bot=intent.is_bot,
                             cache=self.cache)
-            return sender.send_message(room_id, content, ts=line.ts, txn_id=txn_id)
+            event_id = sender.send_message(room_id, content, ts=line.ts, txn_id=txn_id)
+            self._private_room_still_open(line, room_id)
+            return event_id
         except HomeserverUnavailable as e:
             raise Retry(str(e)) from e
         except Forbidden as e:
+            self._private_room_refused(line, e)
             raise GiveUp(str(e)) from e
         except MatrixError as e:
             if e.status == 429 or e.status >= 500 or e.status == 0:
                 raise Retry(str(e)) from e
             raise GiveUp(str(e)) from e
+
+    def _private_room_still_open(self, line: QueuedLine, room_id: str) -> None:
+        """A private room its owner left while this line was sent: send it again, in the
+        new room the next try opens."""
+        if line.room_id.startswith(PM_PREFIX) and self.store.pm_for_room(room_id) is None:
+            raise Retry(f"the private room {room_id} ended while the line was sent")
+
+    def _private_room_refused(self, line: QueuedLine, error: Forbidden) -> None:
+        """The virtual user may no longer speak in the private room: it ends, and the line
+        is tried again in a new one."""
+        if not line.room_id.startswith(PM_PREFIX):
+            return
+        owner, _, nick = line.room_id[len(PM_PREFIX):].rpartition(":")
+        pm = self.store.pm_room(line.network, owner, nick)
+        if pm is None:
+            return
+        log.info("private room %s refused a line (%s); the next try opens a new one",
+                 pm.room_id, error)
+        self.store.end_pm_room(pm.room_id)
+        raise Retry(str(error)) from error
 
     def _already_sent(self, room_id: str, sender: str, txn_id: str) -> str | None:
         """The event a previous try of this row made, if the homeserver kept it."""
