@@ -107,7 +107,7 @@ class Bridge(ChannelPrivacy, MatrixToIrc, IrcToMatrix, ThirdPartyLookups):
         self._topics: dict[tuple[str, str], str] = {}
         # (network, folded channel) -> its modes, as the IRC thread last published them.
         self._channel_states: dict[tuple[str, str], ChannelState] = {}
-        self.room_options = RoomOptions(self.store.db)
+        self.room_options = RoomOptions(self.store.db, self.store.bridge_id)
         self._channel_waiters: dict[tuple[str, str], list[threading.Event]] = {}
         self.txn_prefix = ""
         self.recorder: Recorder | None = None

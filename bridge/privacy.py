@@ -14,7 +14,8 @@ to `public`, never lowering a level the bridge did not set, never above 50.
 
 Threads: `irc_channel_state` and `irc_power` run on the IRC thread and only queue lines; the
 `_state_*` handlers run on the homeserver senders; `query_room`'s checks on request threads.
-The per-room options live in their own table (`room_option`), made when missing at start.
+The per-room options live in their own table (`room_option`), made when missing at start;
+its rows carry the bridge's registration id, as every row of one bridge (store_migrations).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import peewee as pw
 
+from . import store_migrations
 from .irc.modes import MAX_LEVEL, ChannelState
 from .matrix import MatrixError
 
@@ -47,27 +49,36 @@ PRIVATE_NOTICE = ("This channel became private on IRC ({why}): this room is now 
 class RoomOption(pw.Model):
     """Per-room choices: `mirror_modes` for linked rooms; `private` once a room is private."""
 
-    room_id = pw.CharField(max_length=255, primary_key=True)
+    id = pw.BigAutoField()
+    bridge_id = pw.CharField(max_length=64, default=store_migrations.UNCLAIMED)
+    room_id = pw.CharField(max_length=255)
     mirror_modes = pw.BooleanField(default=False)
     private = pw.BooleanField(default=False)
 
     class Meta:
         table_name = "room_option"
         database = None  # bound to the store's database at start
+        indexes = ((("bridge_id", "room_id"), True),)
 
 
 class RoomOptions:
     """The options table, cached in memory (any thread)."""
 
-    def __init__(self, db: pw.Database):
+    def __init__(self, db: pw.Database, bridge_id: str = "ircbridge"):
         self.db = db
+        self.bridge_id = bridge_id
         RoomOption.bind(db, bind_refs=False, bind_backrefs=False)
         self._lock = threading.Lock()
         self._rows: dict[str, tuple[bool, bool]] | None = None
 
     def load(self) -> None:
-        self.db.create_tables([RoomOption], safe=True)
-        rows = {r.room_id: (r.mirror_modes, r.private) for r in RoomOption.select()}
+        sqlite = isinstance(self.db, pw.SqliteDatabase)
+        with self.db.atomic("IMMEDIATE") if sqlite else self.db.atomic():
+            if store_migrations.needs_bridge_id(self.db, RoomOption):
+                store_migrations.add_bridge_id(self.db, RoomOption, self.bridge_id, ())
+            self.db.create_tables([RoomOption], safe=True)
+        rows = {r.room_id: (r.mirror_modes, r.private)
+                for r in RoomOption.select().where(RoomOption.bridge_id == self.bridge_id)}
         with self._lock:
             self._rows = rows
 
@@ -86,8 +97,9 @@ class RoomOptions:
         mirror, priv = self._get(room_id)
         mirror = mirror if mirror_modes is None else mirror_modes
         priv = priv if private is None else private
-        RoomOption.insert(room_id=room_id, mirror_modes=mirror, private=priv).on_conflict(
-            conflict_target=[RoomOption.room_id],
+        RoomOption.insert(bridge_id=self.bridge_id, room_id=room_id, mirror_modes=mirror,
+                          private=priv).on_conflict(
+            conflict_target=[RoomOption.bridge_id, RoomOption.room_id],
             update={RoomOption.mirror_modes: mirror, RoomOption.private: priv},
         ).execute()
         with self._lock:

@@ -16,9 +16,10 @@ def clean(url: str | None) -> None:
         return
     clean_database(url)
     from bridge.admin_store import MODELS
+    from bridge.privacy import RoomOption
     from bridge.store import open_database
 
     db = open_database(url)
-    with db.connection_context(), db.bind_ctx(MODELS):
-        db.drop_tables(MODELS, safe=True)
+    with db.connection_context(), db.bind_ctx((*MODELS, RoomOption)):
+        db.drop_tables((*MODELS, RoomOption), safe=True)
     db.close()

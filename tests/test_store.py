@@ -433,3 +433,27 @@ def test_lookups_by_event_id_and_state_use_indexes(store: Store) -> None:
             "EXPLAIN QUERY PLAN SELECT * FROM outbox_message WHERE bridge_id = ? "
             "AND event_id = ?", ("x", "$y")).fetchall()
         assert "USING INDEX" in " ".join(str(row[-1]) for row in plan)
+
+
+def test_room_options_belong_to_one_bridge_and_old_rows_are_kept(store: Store) -> None:
+    from bridge.privacy import RoomOptions
+
+    # The table as it was first made (no bridge id), with one row.
+    store.db.execute_sql("CREATE TABLE room_option (room_id VARCHAR(255) NOT NULL PRIMARY KEY, "
+                         "mirror_modes BOOLEAN NOT NULL, private BOOLEAN NOT NULL)")
+    store.db.execute_sql("INSERT INTO room_option VALUES ('!old', TRUE, FALSE)")
+    alpha = RoomOptions(store.db, "alpha-bridge")
+    alpha.load()
+    assert alpha.mirror_modes("!old")
+    beta = RoomOptions(store.db, "beta-bridge")
+    beta.load()
+    beta.set("!shared", private=True)
+    alpha.set("!shared", mirror_modes=True)
+    beta.load()
+    alpha.load()
+    assert not beta.mirror_modes("!old") and beta.private("!shared")
+    assert not beta.mirror_modes("!shared")
+    assert alpha.mirror_modes("!shared") and not alpha.private("!shared")
+    from tests.admin_db import clean
+
+    clean(os.environ.get("IRCBRIDGE_TEST_DATABASE_URL"))
