@@ -6,7 +6,8 @@ itself did is empty after a restart, so ghosts that joined before it never left.
 asks the homeserver instead: a room's joined members are fetched once, the first time the
 room is needed (GET /rooms/{id}/joined_members, as the bot), and kept current from the
 `m.room.member` events the homeserver pushes in its transactions and from the bridge's own
-calls. A room the bot cannot read is not cached: the next question asks again.
+calls. A room the bot cannot read (403/404) is not cached: the next question asks again;
+a homeserver that cannot answer raises, so the caller retries instead of guessing.
 
 Thread: any. Transactions update it on request threads, the senders read it; one lock.
 """
@@ -17,6 +18,8 @@ import logging
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
+
+from .errors import Forbidden, NotFound
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +42,10 @@ class MemberStore:
                 return known
         try:
             members = set(self._fetch(room_id))
-        except Exception as e:  # noqa: BLE001 - unknown now; ask again next time
+        except (Forbidden, NotFound) as e:  # the bot cannot read it: unknown, ask next time
             log.info("cannot list the members of %s: %s", room_id, e)
             return None
+        # Anything else (homeserver away, 5xx) goes up: the caller retries, never guesses.
         with self._lock:
             # Events pushed while the list was fetched were applied to a fresh entry: keep them.
             return self._joined.setdefault(room_id, members)
