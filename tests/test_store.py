@@ -457,3 +457,26 @@ def test_room_options_belong_to_one_bridge_and_old_rows_are_kept(store: Store) -
     from tests.admin_db import clean
 
     clean(os.environ.get("IRCBRIDGE_TEST_DATABASE_URL"))
+
+
+def test_exclude_users_from_config_are_never_puppeted(config_path) -> None:
+    from bridge import config as config_module
+    from bridge.core import Bridge
+
+    text = config_path.read_text()
+    config_path.write_text(text.replace("[appservice]\n", "[appservice]\nexclude_users = "
+                                        "@telegram_.*:localhost\n  @discord_[0-9]+:localhost\n"))
+    config = config_module.load(config_path)
+    assert config.appservice.exclude_users == ("@telegram_.*:localhost",
+                                               "@discord_[0-9]+:localhost")
+    bridge = Bridge(config)
+    try:
+        assert bridge.is_foreign("@telegram_42:localhost")
+        assert bridge.is_foreign("@discord_7:localhost")
+        assert not bridge.is_foreign("@alice:localhost")
+        assert not bridge.is_foreign("@irc_local_bob:localhost")  # ours, not foreign
+    finally:
+        bridge.store.close()
+    config_path.write_text(text.replace("[appservice]\n", "[appservice]\nexclude_users = ([\n"))
+    with pytest.raises(config_module.ConfigError, match="exclude_users"):
+        config_module.load(config_path)
