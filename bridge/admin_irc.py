@@ -212,7 +212,7 @@ class IrcQueries:
         if not self._connected(conn):
             raise IrcUnavailable(f"the bridge is not connected to {network} right now")
         assert conn is not None
-        key = (conn.conn, irc_lower(nick))
+        key = (conn.conn, net.fold(nick))
         result = WhoisResult(nick)
         entries = self._whois.setdefault(key, [])
         entries.append(result)
@@ -233,13 +233,15 @@ class IrcQueries:
     def _on_whois_part(self, server_conn: Any, event: irc.client.Event) -> None:
         if not self._whois or not event.arguments:
             return
-        for result in self._whois.get((server_conn, irc_lower(event.arguments[0])), []):
+        fold = self.bridge.irc.fold_for(server_conn)
+        for result in self._whois.get((server_conn, fold(event.arguments[0])), []):
             result.add(event.type, list(event.arguments))
 
     def _on_whois_end(self, server_conn: Any, event: irc.client.Event) -> None:
         if not self._whois or not event.arguments:
             return
-        for result in self._whois.pop((server_conn, irc_lower(event.arguments[0])), []):
+        fold = self.bridge.irc.fold_for(server_conn)
+        for result in self._whois.pop((server_conn, fold(event.arguments[0])), []):
             future = self._whois_futures.pop(id(result), None)
             if future is not None:
                 _resolve(future, result)
@@ -276,7 +278,8 @@ class IrcQueries:
         pending = self._nicks.get(server_conn)
         if pending is None or event.source is None:
             return
-        if irc_lower(event.source.nick) == irc_lower(pending.old):
+        fold = self.bridge.irc.fold_for(server_conn)
+        if fold(event.source.nick) == fold(pending.old):
             del self._nicks[server_conn]
             pending.conn.wanted_nick = event.target or pending.new
             _resolve(pending.future, None)
@@ -286,8 +289,8 @@ class IrcQueries:
         if pending is None:
             return
         args = list(event.arguments)
-        if event.type == "unavailresource" and args and irc_lower(args[0]) != irc_lower(
-                pending.new):
+        fold = self.bridge.irc.fold_for(server_conn)
+        if event.type == "unavailresource" and args and fold(args[0]) != fold(pending.new):
             return  # about a channel
         del self._nicks[server_conn]
         _resolve(pending.future, args[-1] if args else event.type)
@@ -319,7 +322,8 @@ class IrcQueries:
     def _on_join(self, server_conn: Any, event: irc.client.Event) -> None:
         if not self._joins or event.source is None or not event.target:
             return
-        if irc_lower(event.source.nick) != irc_lower(server_conn.get_nickname()):
+        fold = self.bridge.irc.fold_for(server_conn)
+        if fold(event.source.nick) != fold(server_conn.get_nickname()):
             return
         for _conn, future in self._joins.pop((server_conn, irc_lower(event.target)), []):
             _resolve(future, None)

@@ -384,6 +384,12 @@ class Bridge(ChannelPrivacy, MatrixToIrc, IrcToMatrix, ThirdPartyLookups):
         with self._links_lock:
             return list(self._links_by_room.get(room_id, ()))
 
+    def fold_nick(self, network: str, nick: str) -> str:
+        """Nicks compare as the network's ISUPPORT CASEMAPPING says (learnt on the IRC
+        thread; reading the function it left is safe from any thread)."""
+        net = self.irc.network(network)
+        return net.fold(nick) if net is not None else irc_lower(nick)
+
     def _link_for_channel(self, network: str, channel: str) -> Link | None:
         with self._links_lock:
             return self._links_by_channel.get((network, channel))

@@ -69,6 +69,7 @@ class IrcToMatrix:
 
         def nick_of(self, network: str, user_id: str) -> str: ...
         def channel_is_private(self, network: str, channel: str) -> bool: ...
+        def fold_nick(self, network: str, nick: str) -> str: ...
         def puppet_joined(self, network: str, user_id: str, channel: str) -> None: ...
         def _state_power(self, line: QueuedLine, room_id: str,
                          details: dict[str, Any]) -> str: ...
@@ -109,7 +110,7 @@ class IrcToMatrix:
         body, html = formatting.irc_to_matrix(text)
         if not body.strip():
             return
-        key = f"{PM_PREFIX}{owner}:{irc_lower(nick)}"
+        key = f"{PM_PREFIX}{owner}:{self.fold_nick(network, nick)}"
         self._record(network, key, nick, self._sender_for_nick(network, nick), kind, body,
                      html, ts)
 
@@ -137,7 +138,7 @@ class IrcToMatrix:
 
     def irc_failure(self, network: str, owner: str, target: str, reason: str) -> None:
         """A line of a Matrix user was refused by IRC: tell them, never drop it silently."""
-        folded = irc_lower(target)
+        folded = irc_lower(target) if is_channel(target) else self.fold_nick(network, target)
         who = self.nick_of(network, owner)
         text = f"{who}: not delivered to {target} on IRC: {reason}"
         if is_channel(target):
@@ -303,7 +304,7 @@ class IrcToMatrix:
         owner, _, nick = line.room_id[len(PM_PREFIX):].rpartition(":")
         pm = self.store.pm_room(line.network, owner, nick)
         if pm is not None:
-            if line.sender != pm.ghost and irc_lower(line.nick) == nick:
+            if line.sender != pm.ghost and self.fold_nick(line.network, line.nick) == nick:
                 ghost_nick = self.names[line.network].nick_for_user_id(pm.ghost) or line.nick
                 line = dataclasses.replace(line, sender=pm.ghost, nick=ghost_nick)
             return pm.room_id, line
@@ -373,10 +374,10 @@ class IrcToMatrix:
     def _state_sync(self, line: QueuedLine, room_id: str, details: dict[str, Any]) -> str:
         """The channel's names as the bot found them: stale ghosts of this network leave."""
         names = self.names[line.network]
-        present = {irc_lower(str(n)) for n in details.get("nicks") or ()}
+        present = {self.fold_nick(line.network, str(n)) for n in details.get("nicks") or ()}
         for user_id in sorted(self.members.joined(room_id)):
             nick = names.nick_for_user_id(user_id)
-            if nick is None or irc_lower(nick) in present:
+            if nick is None or self.fold_nick(line.network, nick) in present:
                 continue
             log.info("%s is no longer on IRC: its virtual user leaves %s", nick, room_id)
             try:

@@ -30,6 +30,9 @@ def add_parsers(sub: Any, load: Loader) -> None:
     p.add_argument("--network", required=True, help="a [network:NAME] of config.ini")
     p.add_argument("--channel", required=True, help="the IRC channel, e.g. '#python'")
     p.add_argument("--room", required=True, help="the Matrix room id (!...)")
+    p.add_argument("--mirror-modes", action="store_true",
+                   help="let IRC modes set the room's power levels and make it invite-only "
+                        "(never public, never lowering levels set in Matrix); off by default")
     p.set_defaults(func=lambda args: cmd_link(args, load))
     p = sub.add_parser("unlink", help="stop bridging a Matrix room")
     p.add_argument("--room", required=True, help="the Matrix room id (!...)")
@@ -98,7 +101,7 @@ def cmd_link(args: argparse.Namespace, load: Loader) -> int:
     if api is not None:
         ok, body = api.call("POST", "/link", json={
             "room_id": args.room, "network": args.network, "channel": args.channel,
-            "user_id": config.bot_user_id,
+            "user_id": config.bot_user_id, "mirror_modes": bool(args.mirror_modes),
         })
         if not ok:
             print(f"cannot link: {body.get('error')} ({body.get('errcode')})", file=sys.stderr)
@@ -143,6 +146,12 @@ def cmd_link(args: argparse.Namespace, load: Loader) -> int:
                   f"or invite {config.bot_user_id}", file=sys.stderr)
             return 1
         store.add_link(args.network, folded, args.channel, args.room, None, kind="plumbed")
+        if args.mirror_modes:
+            from .privacy import RoomOptions
+
+            options = RoomOptions(store.db, store.bridge_id)
+            options.load()
+            options.set(args.room, mirror_modes=True)
     finally:
         store.close()
         bot.client.close()

@@ -17,7 +17,7 @@ from .inbox import Completion
 from .irc.connection import REFUSED
 from .irc.receipt import Receipt
 from .matrix import HomeserverClient, Intent, IntentCache, MatrixError
-from .names import NetworkNames, irc_lower, puppet_nick
+from .names import NetworkNames, puppet_nick
 from .store import Link, Store
 
 if TYPE_CHECKING:
@@ -44,6 +44,7 @@ class MatrixToIrc:
         access: access.Access
 
         def is_ours(self, user_id: str) -> bool: ...
+        def fold_nick(self, network: str, nick: str) -> str: ...
         def is_foreign(self, user_id: str) -> bool: ...
         def link_for_room(self, room_id: str) -> Link | None: ...
         def links_for_room(self, room_id: str) -> list[Link]: ...
@@ -259,8 +260,8 @@ class MatrixToIrc:
             except MatrixError as e:
                 log.warning("%s could not join %s: %s", target, room_id, e)
                 return True
-            self.store.set_pm_room(network, str(event["sender"]), irc_lower(nick), target,
-                                   room_id)
+            self.store.set_pm_room(network, str(event["sender"]), self.fold_nick(network, nick),
+                                   target, room_id)
             net = self.irc.network(network)
             if net is not None:
                 self.irc.call(net.puppet, str(event["sender"]))

@@ -348,3 +348,60 @@ def test_a_linked_room_that_mirrors_modes_is_never_lowered_nor_made_public(
     finally:
         for client in (op, gus, hal):
             client.quit()
+
+
+def test_a_member_whose_puppet_joins_later_is_invited(stack: Stack) -> None:
+    op = op_of(stack, "Lateop", "#latejoin")
+    try:
+        alice, admin = user(stack, "alice"), user(stack, "admin")
+        for who in (alice, admin):  # both have an IRC connection, to be invited on IRC
+            who.join(stack.alias("#matrix"))
+        wait_until(lambda: {"alice[m]", "admin[m]"} <= op.names("#matrix"), TIMEOUT,
+                   what="the puppets")
+        mode(op, "#latejoin", "+i")
+        op.send("INVITE alice[m] #latejoin")
+        reply = ask(alice, admin_room(alice), "!join #latejoin", "Joined #latejoin")
+        room = alice.join(room_in(reply))
+        assert state(alice, room, "m.room.join_rules")["join_rule"] == "invite"
+        # The admin's puppet joins by a raw command: no !join, yet an invitation follows.
+        op.send("INVITE admin[m] #latejoin")
+        ask(admin, admin_room(admin), "!cmd JOIN #latejoin", "Sent JOIN")
+        wait_until(lambda: state(alice, room, "m.room.member", admin.user_id)
+                   .get("membership") == "invite", TIMEOUT, what="the admin's invitation")
+    finally:
+        op.quit()
+
+
+_SYNCS = iter(range(1, 10_000))
+
+
+def _invites(client: MatrixClient) -> set[str]:
+    sync = client.request("GET", "/_matrix/client/v3/sync", params={
+        "timeout": "0", "filter": '{"room": {"timeline": {"limit": %d}}}' % next(_SYNCS)})
+    return set(sync.get("rooms", {}).get("invite", {}))
+
+
+def test_private_messages_from_nicks_the_casemapping_tells_apart_stay_apart(
+        stack: Stack) -> None:
+    op = op_of(stack, "Pmop", "#pmcase")
+    pammy = user(stack, "pammy")
+    pammy.join(stack.alias("#pmcase"))
+    wait_until(lambda: "pammy[m]" in op.names("#pmcase"), TIMEOUT, what="pammy's puppet")
+    square = RawIrcClient().connect("127.0.0.1", stack.ircd.port, "pm[a]", username="square")
+    curly = RawIrcClient().connect("127.0.0.1", stack.ircd.port, "pm{a}", username="curly")
+    try:
+        square.privmsg("pammy[m]", "from square")
+        first = wait_until(lambda: _invites(pammy), TIMEOUT, what="the first DM invite")
+        for room in first:
+            pammy.join(room)
+        pammy.wait_for_text(next(iter(first)), "from square", timeout=TIMEOUT)
+        curly.privmsg("pammy[m]", "from curly")
+        second = wait_until(lambda: _invites(pammy) - first, TIMEOUT,
+                            what="a second DM invite: pm{a} is not pm[a] on this server")
+        room = pammy.join(next(iter(second)))
+        event = pammy.wait_for_text(room, "from curly", timeout=TIMEOUT)
+        assert event["sender"] == stack.ghost("pm{a}")
+    finally:
+        square.quit()
+        curly.quit()
+        op.quit()

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import irc.client
 
+from ..names import irc_lower
 from .connection import IrcConnection, State
 from .network import IrcListener, Network
 from .reactor import IrcThread
@@ -88,6 +89,11 @@ class IrcSide:
 
     def network(self, name: str) -> Network | None:
         return self.networks.get(name)
+
+    def fold_for(self, server_conn: irc.client.ServerConnection) -> Callable[[str], str]:
+        """The nick folding (ISUPPORT CASEMAPPING) of the network a connection is on."""
+        found = self._by_conn.get(server_conn)
+        return found[0].fold if found is not None else irc_lower
 
     def status(self) -> dict[str, dict[str, Any]]:
         """A snapshot of every connection's state, taken on the IRC thread."""
