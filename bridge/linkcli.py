@@ -36,6 +36,8 @@ def add_parsers(sub: Any, load: Loader) -> None:
     p.set_defaults(func=lambda args: cmd_link(args, load))
     p = sub.add_parser("unlink", help="stop bridging a Matrix room")
     p.add_argument("--room", required=True, help="the Matrix room id (!...)")
+    p.add_argument("--network", help="only from this network (a room may be linked on "
+                                     "several); default: from every network")
     p.set_defaults(func=lambda args: cmd_unlink(args, load))
     p = sub.add_parser("links", help="list the bridged rooms")
     p.add_argument("--room", help="only this room id")
@@ -165,8 +167,10 @@ def cmd_unlink(args: argparse.Namespace, load: Loader) -> int:
     config = load(args.config)
     api = running_api(config)
     if api is not None:
-        ok, body = api.call("POST", "/unlink", json={"room_id": args.room,
-                                                     "user_id": config.bot_user_id})
+        request = {"room_id": args.room, "user_id": config.bot_user_id}
+        if args.network:
+            request["network"] = args.network
+        ok, body = api.call("POST", "/unlink", json=request)
         if not ok:
             print(f"cannot unlink: {body.get('error')} ({body.get('errcode')})", file=sys.stderr)
             return 1
@@ -178,16 +182,19 @@ def cmd_unlink(args: argparse.Namespace, load: Loader) -> int:
         return 2
     store, bot = _offline(config)
     try:
-        link = store.link_for_room(args.room)
-        if link is None:
-            print(f"cannot unlink: {args.room} is not linked", file=sys.stderr)
+        links = [lk for lk in store.links_for_room(args.room)
+                 if args.network in (None, lk.network)]
+        if not links:
+            print(f"cannot unlink: {args.room} is not linked"
+                  + (f" on {args.network}" if args.network else ""), file=sys.stderr)
             return 1
-        if link.kind == "static":
+        link = links[0]
+        if any(lk.kind == "static" for lk in links):
             print(f"cannot unlink: {args.room} is linked by [network:{link.network}] rooms in "
                   "config.ini; remove it there", file=sys.stderr)
             return 1
-        store.remove_link(args.room)
-        if link.kind == "plumbed":
+        store.remove_link(args.room, args.network)
+        if link.kind == "plumbed" and not store.links_for_room(args.room):
             from .matrix import MatrixError
 
             try:

@@ -109,3 +109,20 @@ def test_a_room_linked_on_two_networks_says_everything_once_on_each(world: World
     assert not seqs_in(w.bert.channel_texts(), "anna")
     assert w.anna.c.names("#left") == {"anna", "ircbot", "alice[m]"}
     assert w.bert.c.names("#right") == {"bert", "ircbot", "alice[m]"}
+
+
+def test_unlinking_one_network_keeps_the_other(world: World) -> None:
+    from bridge.cli import main as cli_main
+    from bridge.store import Store
+
+    w = world
+    assert cli_main(["-c", str(w.stack.config_path), "unlink", "--room", w.room,
+                     "--network", "two"]) == 0
+    store = Store(w.stack.database_url)
+    try:
+        assert [(lk.network, lk.channel) for lk in store.links_for_room(w.room)] == [
+            ("local", "#left")]
+    finally:
+        store.close()
+    assert cli_main(["-c", str(w.stack.config_path), "unlink", "--room", w.room,
+                     "--network", "two"]) == 1  # not linked there any more
