@@ -225,6 +225,23 @@ def test_link_needs_power_in_the_room(stack: Stack) -> None:
     assert error(gone) == (404, "M_NOT_FOUND")
 
 
+def test_unlink_names_the_network_of_a_room_linked_on_several(stack: Stack) -> None:
+    owner = user(stack, "netowner")
+    room = owner.create_room(preset="public_chat")
+    body = {"room_id": room, "network": "local", "channel": "#bynetwork",
+            "user_id": owner.user_id}
+    assert api(stack, "POST", "/link", body).status_code == 200
+    other = api(stack, "POST", "/link", {**body, "channel": "#another"})
+    assert error(other) == (409, "M_ROOM_IN_USE")  # one channel per network
+    wrong = api(stack, "POST", "/unlink", {"room_id": room, "user_id": owner.user_id,
+                                           "network": "elsewhere"})
+    assert error(wrong) == (404, "M_NOT_FOUND") and "on elsewhere" in wrong.json()["error"]
+    done = api(stack, "POST", "/unlink", {"room_id": room, "user_id": owner.user_id,
+                                          "network": "local"})
+    assert done.status_code == 200 and done.json()["channel"] == "#bynetwork"
+    assert api(stack, "GET", "/links", params={"room_id": room}).json() == {"links": []}
+
+
 def test_link_a_room_the_bot_cannot_join(stack: Stack) -> None:
     owner = user(stack, "privateowner")
     room = owner.create_room(preset="private_chat")
