@@ -69,6 +69,7 @@ class IrcToMatrix:
 
         def nick_of(self, network: str, user_id: str) -> str: ...
         def channel_is_private(self, network: str, channel: str) -> bool: ...
+        def may_relay(self, network: str, channel: str) -> bool: ...
         def fold_nick(self, network: str, nick: str) -> str: ...
         def puppet_joined(self, network: str, user_id: str, channel: str) -> None: ...
         def _state_power(self, line: QueuedLine, room_id: str,
@@ -100,8 +101,8 @@ class IrcToMatrix:
         body, html = formatting.irc_to_matrix(text, mentions)  # pills made per text run
         if not body.strip():
             return
-        if not self._has_room(network, channel) and self.channel_is_private(network, channel):
-            return  # a private channel's lines are never kept for a room made later
+        if not self.may_relay(network, channel):
+            return  # private: see bridge.privacy
         self._record(network, channel, nick, self._sender_for_nick(network, nick), kind, body,
                      html, ts)
 
@@ -116,13 +117,14 @@ class IrcToMatrix:
 
     def irc_topic(self, network: str, channel: str, topic: str, nick: str | None) -> None:
         self._topics[(network, channel)] = topic
-        if nick is not None and self._has_room(network, channel):
+        if nick is not None and self._has_room(network, channel) \
+                and self.may_relay(network, channel):
             self._record(network, channel, nick, self._sender_for_nick(network, nick),
                          "x.topic", json.dumps({"topic": topic}), None)
 
     def irc_membership(self, network: str, channel: str, nick: str, what: str,
                        details: dict[str, Any]) -> None:
-        if not self._has_room(network, channel):
+        if not self._has_room(network, channel) or not self.may_relay(network, channel):
             return
         sender = self._sender_for_nick(network, nick)
         if what == "nick":

@@ -46,6 +46,10 @@ PRIVATE_NOTICE = ("This channel became private on IRC ({why}): this room is now 
                   "and unlisted, and new members see only what is said after they join.")
 
 
+REFUSED_NOTICE = ("The bridge cannot join {channel} on IRC ({why}): nothing said there is "
+                  "relayed into this room until it can.")
+
+
 class RoomOption(pw.Model):
     """Per-room choices: `mirror_modes` for linked rooms; `private` once a room is private."""
 
@@ -142,6 +146,18 @@ class ChannelPrivacy:
     def room_is_private(self, room_id: str) -> bool:
         return self.room_options.private(room_id)
 
+    def may_relay(self, network: str, channel: str) -> bool:
+        """May what our connections read in a channel go to Matrix? Not a private channel's
+        lines without a room (they would be replayed later); not, into a linked room that
+        does not follow the channel's modes, what only a puppet can read because the bot is
+        kept out: that room may be one anybody can join."""
+        link = self._link_for_channel(network, channel)
+        if link is None:
+            return not self.channel_is_private(network, channel)
+        if link.kind == "portal" or self.room_options.mirror_modes(link.room_id):
+            return True  # made invite-only when the channel turned private
+        return self.channel_state(network, channel).bot_refused is None
+
     def mirrors_modes(self, link: Link) -> bool:
         """Portals follow the channel's modes; linked rooms only when the link says so."""
         return link.kind == "portal" or self.room_options.mirror_modes(link.room_id)
@@ -153,6 +169,10 @@ class ChannelPrivacy:
         link = self._link_for_channel(network, channel)
         if link is None or not state.known and state.bot_refused is None:
             return
+        if state.bot_refused and not before.bot_refused and not self.mirrors_modes(link):
+            self._record(network, channel, "", self.config.bot_user_id, "m.notice",
+                         REFUSED_NOTICE.format(channel=link.channel_name,
+                                               why=state.bot_refused), None)
         was_private = before.private or self.room_options.private(link.room_id)
         if state.private == was_private:
             return  # the join rule follows the whole mode set, not each change

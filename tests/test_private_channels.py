@@ -8,6 +8,7 @@ a bridge that assumes RFC 1459 folding and a fixed "bklov" gets it wrong here fo
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
@@ -377,7 +378,7 @@ _SYNCS = iter(range(1, 10_000))
 
 def _invites(client: MatrixClient) -> set[str]:
     sync = client.request("GET", "/_matrix/client/v3/sync", params={
-        "timeout": "0", "filter": '{"room": {"timeline": {"limit": %d}}}' % next(_SYNCS)})
+        "timeout": "0", "filter": json.dumps({"room": {"timeline": {"limit": next(_SYNCS)}}})})
     return set(sync.get("rooms", {}).get("invite", {}))
 
 
@@ -404,4 +405,40 @@ def test_private_messages_from_nicks_the_casemapping_tells_apart_stay_apart(
     finally:
         square.quit()
         curly.quit()
+        op.quit()
+
+
+def test_a_puppet_never_relays_a_channel_the_bot_cannot_join_into_a_linked_room(
+        stack: Stack) -> None:
+    from bridge.store import OutboxMessage, Store
+
+    op = op_of(stack, "Pkop", "#plumbkey")
+    try:
+        mode(op, "#plumbkey", "+k sesame")
+        owner = user(stack, "keyplumber")
+        room = owner.create_room(preset="public_chat", name="anyone may join")
+        owner.invite(room, BOT)
+        power = state(owner, room, "m.room.power_levels")
+        power["users"] = {**power.get("users", {}), BOT: 100}
+        owner.send_state(room, "m.room.power_levels", power)
+        response = api_link(stack, {"room_id": room, "network": "local", "channel": "#plumbkey",
+                                    "user_id": owner.user_id})
+        assert response.status_code == 200, response.text
+        bot_says(owner, room, lambda body: "cannot join #plumbkey" in body)
+        ask(owner, admin_room(owner), "!join #plumbkey sesame", "Joined #plumbkey")
+        op.wait_for(lambda m: m.command == "JOIN" and m.nick == "keyplumber[m]", TIMEOUT)
+        op.privmsg("#plumbkey", "keyed line")
+        # The recorder stores lines in the order IRC said them: once this later private
+        # message is in its room, the channel line would have been stored before it.
+        op.privmsg("keyplumber[m]", "after the keyed line")
+        dm = wait_until(lambda: _invites(owner), TIMEOUT, what="the DM invite")
+        dm_room = owner.join(next(iter(dm)))
+        owner.wait_for_text(dm_room, "after the keyed line", timeout=TIMEOUT)
+        store = Store(stack.database_url)
+        try:
+            assert OutboxMessage.select().where(OutboxMessage.body == "keyed line").count() == 0
+        finally:
+            store.close()
+        assert "keyed line" not in bodies(owner, room)
+    finally:
         op.quit()

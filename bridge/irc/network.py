@@ -354,7 +354,8 @@ class Network:
         if self._mine(conn, nick):
             if self.forwarder(channel) is None or conn.is_bot:
                 self.members[channel] = set()
-                self.channel_modes[channel] = ChannelModes()
+                kept_out = None if conn.is_bot else self._modes(channel).bot_refused
+                self.channel_modes[channel] = ChannelModes(bot_refused=kept_out)
             conn.joined(event.target)
             conn.send_now(f"MODE {event.target}")  # 324 tells the modes (+k, +i, +s, +p)
             if conn.is_bot and self.rejoins.bot_joined(channel) is not None:
