@@ -216,6 +216,7 @@ def test_a_channel_turning_secret_is_unlisted_and_made_invite_only(stack: Stack)
         assert state(carol, room, "m.room.history_visibility")["history_visibility"] == "joined"
         wait_until(lambda: not listed(carol, room), TIMEOUT, 0.2, what="the portal unlisted")
         assert cannot_join(user(stack, "mallory"), room)
+        assert cannot_join(user(stack, "mallory"), stack.alias("#later")), "the alias still leads"
     finally:
         op.quit()
 
@@ -441,4 +442,32 @@ def test_a_puppet_never_relays_a_channel_the_bot_cannot_join_into_a_linked_room(
             store.close()
         assert "keyed line" not in bodies(owner, room)
     finally:
+        op.quit()
+
+
+def test_the_command_line_links_with_mirror_modes(stack: Stack) -> None:
+    import subprocess
+    import sys
+
+    op = op_of(stack, "Cliop", "#climirror")
+    ivy = stack.irc_user("Ivy")
+    try:
+        owner = user(stack, "cliowner")
+        room = owner.create_room(preset="private_chat", name="cli", invite=[BOT])
+        power = state(owner, room, "m.room.power_levels")
+        power["users"] = {**power.get("users", {}), BOT: 100}
+        owner.send_state(room, "m.room.power_levels", power)
+        out = subprocess.run(
+            [sys.executable, "-m", "bridge", "-c", str(stack.config_path), "link", "--network",
+             "local", "--channel", "#climirror", "--room", room, "--mirror-modes"],
+            capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0 and "(live)" in out.stdout, out.stderr
+        wait_until(lambda: "ircbot" in op.names("#climirror"), TIMEOUT, what="the bot")
+        ivy.join("#climirror")
+        ghost = stack.ghost("Ivy")
+        wait_until(lambda: ghost in owner.joined_members(room), TIMEOUT, what="Ivy's ghost")
+        mode(op, "#climirror", "+o Ivy")
+        wait_until(lambda: levels(owner, room).get(ghost) == 50, TIMEOUT, what="Ivy's op")
+    finally:
+        ivy.quit()
         op.quit()
