@@ -30,9 +30,12 @@ from urllib.parse import parse_qs, urlsplit
 import requests
 
 from .config import Config, NetworkConfig
-from .matrix import HomeserverClient, MatrixError, UnknownToken
+from .matrix import HomeserverClient, MatrixError, RetryPolicy, UnknownToken
 
 log = logging.getLogger(__name__)
+
+# `ircbridge check` reports what it finds: one try per call, answered within 10 s.
+CHECK = RetryPolicy(attempts=1, backoff_cap=0.0, timeout=10.0)
 
 
 @dataclass(frozen=True)
@@ -266,8 +269,8 @@ def run_online(config: Config, client: HomeserverClient | None = None,
     own_client = client is None and bool(config.appservice.as_token)
     if own_client:
         client = HomeserverClient(config.homeserver.url, config.appservice.as_token,
-                                  server_name=config.homeserver.domain, timeout=10.0,
-                                  max_attempts=1)
+                                  server_name=config.homeserver.domain,
+                                  policy=CHECK)
     try:
         if client is None:
             results.append(CheckResult("as_token", False, "empty: run `ircbridge -c "

@@ -26,11 +26,14 @@ from .irc import IrcSide
 from .irc.modes import ChannelState
 from .irc_to_matrix import IrcToMatrix
 from .matrix import (
+    ONCE,
+    QUERY,
     HomeserverClient,
     HomeserverUnavailable,
     Intent,
     IntentCache,
     MatrixError,
+    RetryPolicy,
     RoomInUse,
     UnknownToken,
 )
@@ -83,16 +86,6 @@ class Bridge(ChannelPrivacy, MatrixToIrc, IrcToMatrix, ThirdPartyLookups):
             n.name: NetworkNames(n.user_template, n.alias_template, config.homeserver.domain)
             for n in config.networks
         }
-        # The homeserver waits at most 60 s for a query's answer: queries get a short retry
-        # budget, so a homeserver that cannot be reached back gives a clear error in time.
-        self.query_client = HomeserverClient(
-            config.homeserver.url, config.appservice.as_token,
-            server_name=config.homeserver.domain, timeout=15.0, max_attempts=3, backoff_cap=2.0,
-        )
-        self.send_client = HomeserverClient(
-            config.homeserver.url, config.appservice.as_token,
-            server_name=config.homeserver.domain, max_attempts=1,
-        )
         self.bot = Intent(self.client, config.bot_user_id, is_bot=True, cache=self.cache)
         self.irc = IrcSide(config.networks, self, self._bot_nick)
         # Other application services' users (bridge/foreign.py): never puppeted.
@@ -241,7 +234,7 @@ class Bridge(ChannelPrivacy, MatrixToIrc, IrcToMatrix, ThirdPartyLookups):
             ("the recorder", lambda: recorder.stop(timeout=2.0) if recorder else None),
             ("the senders", lambda: senders.stop(timeout=1.0) if senders else None),
             ("the admin rooms", lambda: self.admin.stop() if self.admin is not None else None),
-            ("the homeserver clients", self._close_clients),
+            ("the homeserver client", self.client.close),
             ("the store", self.store.close),
         ]
         for what, step in steps:
@@ -249,11 +242,6 @@ class Bridge(ChannelPrivacy, MatrixToIrc, IrcToMatrix, ThirdPartyLookups):
                 step()
             except Exception:  # noqa: BLE001 - the rest must stop too
                 log.exception("stopping %s failed; stopping the rest", what)
-
-    def _close_clients(self) -> None:
-        self.client.close()
-        self.query_client.close()
-        self.send_client.close()
 
     def _load_links(self) -> None:
         with self._links_lock:
@@ -265,7 +253,7 @@ class Bridge(ChannelPrivacy, MatrixToIrc, IrcToMatrix, ThirdPartyLookups):
         pause = 1.0
         while not self._stopping.is_set():
             try:
-                self.client.request("GET", "/_matrix/client/versions", retry=False)
+                self.client.versions(policy=ONCE)
                 whoami = self.client.whoami()
                 if whoami.get("user_id") != self.config.bot_user_id:
                     log.error("the homeserver says the as_token belongs to %s, expected %s",
@@ -420,13 +408,15 @@ class Bridge(ChannelPrivacy, MatrixToIrc, IrcToMatrix, ThirdPartyLookups):
             nick = names.nick_for_user_id(user_id)
             if nick is None:
                 continue
-            self._prepare_ghost(network, nick, user_id, client=self.query_client)
+            # The homeserver waits at most 60 s for the answer: a short budget (QUERY), so a
+            # homeserver that cannot be reached back gives a clear error in time.
+            self._prepare_ghost(network, nick, user_id, policy=QUERY)
             return True
         return False
 
     def _prepare_ghost(self, network: str, nick: str, user_id: str,
-                       client: HomeserverClient | None = None) -> Intent:
-        intent = Intent(client or self.client, user_id, cache=self.cache)
+                       policy: RetryPolicy | None = None) -> Intent:
+        intent = Intent(self.client, user_id, cache=self.cache, policy=policy)
         intent.ensure_registered()
         name = displayname_for_nick(nick)
         if self.cache.displayname(user_id) != name:
@@ -468,7 +458,7 @@ class Bridge(ChannelPrivacy, MatrixToIrc, IrcToMatrix, ThirdPartyLookups):
                 # The room exists but the homeserver did not know this alias (another case,
                 # or it was deleted): point it at the room.
                 try:
-                    self.query_client.put_alias(alias, link.room_id)
+                    self.client.put_alias(alias, link.room_id, policy=QUERY)
                 except MatrixError as e:
                     log.info("alias %s for existing room: %s", alias, e)
                 return True
@@ -540,14 +530,14 @@ class Bridge(ChannelPrivacy, MatrixToIrc, IrcToMatrix, ThirdPartyLookups):
             body["room_alias_name"] = localpart
         if topic:
             body["topic"] = topic
-        Intent(self.query_client, self.config.bot_user_id, is_bot=True,
-               cache=self.cache).ensure_registered()
+        Intent(self.client, self.config.bot_user_id, is_bot=True, cache=self.cache,
+               policy=QUERY).ensure_registered()
         try:
-            room_id = self.query_client.create_room(body)
+            room_id = self.client.create_room(body, policy=QUERY)
             log.info("created %sroom %s for %s on %s", "an invite-only " if private else "",
                      room_id, channel, network)
         except RoomInUse:
-            found = self.query_client.resolve_alias(alias)
+            found = self.client.resolve_alias(alias, policy=QUERY)
             if not found:
                 raise
             room_id = found

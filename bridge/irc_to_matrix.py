@@ -17,6 +17,7 @@ from urllib.parse import quote
 from . import formatting, metrics
 from .config import Config
 from .matrix import (
+    ONCE,
     Forbidden,
     HomeserverClient,
     HomeserverUnavailable,
@@ -47,7 +48,6 @@ class IrcToMatrix:
         config: Config
         store: Store
         client: HomeserverClient
-        send_client: HomeserverClient
         cache: IntentCache
         members: MemberStore
         bot: Intent
@@ -238,20 +238,20 @@ class IrcToMatrix:
                 content["format"] = "org.matrix.custom.html"
                 content["formatted_body"] = line.html
             # One try per call: a retry must first look for the event (see above), which the
-            # client's own retries would skip.
-            sender = Intent(self.send_client, intent.user_id, is_bot=intent.is_bot,
-                            cache=self.cache)
+            # client's own retries would skip. (The senders bound every call of a try to ONCE.)
+            sender = Intent(self.client, intent.user_id, is_bot=intent.is_bot,
+                            cache=self.cache, policy=ONCE)
             event_id = sender.send_message(room_id, content, ts=line.ts, txn_id=txn_id)
             self._private_room_still_open(line, room_id)
             return event_id
         except HomeserverUnavailable as e:
-            raise Retry(str(e)) from e
+            raise Retry(str(e), after=e.retry_after) from e
         except Forbidden as e:
             self._private_room_refused(line, e)
             raise GiveUp(str(e)) from e
         except MatrixError as e:
             if e.status == 429 or e.status >= 500 or e.status == 0:
-                raise Retry(str(e)) from e
+                raise Retry(str(e), after=e.retry_after) from e
             raise GiveUp(str(e)) from e
 
     def _private_room_still_open(self, line: QueuedLine, room_id: str) -> None:
@@ -280,7 +280,7 @@ class IrcToMatrix:
         try:
             recent = self.client.request(
                 "GET", f"/_matrix/client/v3/rooms/{quote(room_id, safe='')}/messages",
-                params={"dir": "b", "limit": "50"}, user_id=user, retry=False,
+                params={"dir": "b", "limit": "50"}, user_id=user, policy=ONCE,
             )
         except HomeserverUnavailable:
             raise

@@ -10,6 +10,7 @@ change up at its next start.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -268,7 +269,7 @@ def _offline_problem(config: config_module.Config) -> str | None:
 
 
 def _offline(config: config_module.Config) -> tuple[Any, Any]:
-    from .matrix import HomeserverClient, Intent, IntentCache
+    from .matrix import DEFAULT, HomeserverClient, Intent, IntentCache
     from .registration import announce
     from .store import Store
 
@@ -276,6 +277,7 @@ def _offline(config: config_module.Config) -> tuple[Any, Any]:
     store.open(config.path.name, [n.name for n in config.networks])
     announce(store, config)  # before the bot joins a room the other bridges are in
     client = HomeserverClient(config.homeserver.url, config.appservice.as_token,
-                              server_name=config.homeserver.domain, max_attempts=3)
+                              server_name=config.homeserver.domain,
+                              policy=dataclasses.replace(DEFAULT, attempts=3))
     bot = Intent(client, config.bot_user_id, is_bot=True, cache=IntentCache())
     return store, bot

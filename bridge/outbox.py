@@ -30,6 +30,7 @@ from typing import Any
 import peewee as pw
 
 from . import metrics
+from .matrix.retry import ONCE, at_most
 from .store import IrcLine, QueuedLine, Store
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,12 @@ class RoomCreated:
 
 
 class Retry(Exception):
-    """A passing failure (homeserver down, 5xx): the row is tried again after a pause."""
+    """A passing failure (homeserver down, 5xx, 429): the row is tried again after a pause,
+    at least `after` seconds when the homeserver said how long (Retry-After)."""
+
+    def __init__(self, message: str, after: float | None = None) -> None:
+        super().__init__(message)
+        self.after = after
 
 
 class GiveUp(Exception):
@@ -293,6 +299,10 @@ class Senders:
     Each room has its own FIFO. A room with work waits in the ready queue; a free thread
     takes it, sends its lines, and gives the room back. No two threads ever serve one room,
     so its order is kept, and busy rooms never wait behind each other on one thread.
+
+    This loop is the retry: every homeserver call of one try is bounded to one request
+    (`at_most(ONCE)`), so a homeserver that answers 5xx costs one request per try, and the
+    next try (which first looks for what a cut try may have stored) comes after our pause.
     """
 
     def __init__(self, store: Store, deliver: Callable[[QueuedLine, bool], str], count: int = 4,
@@ -367,13 +377,15 @@ class Senders:
         while not self._stop.is_set():
             attempts += 1
             try:
-                event_id = self.deliver(line, retrying)
+                with at_most(ONCE):
+                    event_id = self.deliver(line, retrying)
             except Retry as e:
+                wait = max(pause, e.after or 0.0)
                 log.warning("could not deliver line %d to %s (%s); retrying in %.1f s",
-                            line.id, line.room_id, e, pause)
+                            line.id, line.room_id, e, wait)
                 metrics.outbox_retry(self)
                 retrying = True
-                self._stop.wait(pause)
+                self._wait(wait)
                 pause = min(self.retry_cap, pause * 2)
                 continue
             except GiveUp as e:
@@ -395,6 +407,10 @@ class Senders:
             metrics.relayed(self, "irc_to_matrix", line.msgtype)
             self._mark(self.store.outbox_done, [(line.id, event_id)])
             return
+
+    def _wait(self, seconds: float) -> None:
+        """The pause between two tries of a row; a stop ends it."""
+        self._stop.wait(seconds)
 
     def _mark(self, write: Callable[..., None], *args: Any) -> None:
         """Record a row's outcome; the database may be restarting, so keep trying."""

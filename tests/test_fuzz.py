@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from bridge import create_app, formatting, translate
 from bridge.commands import CommandError, parse, validate_raw
 from bridge.config import load
+from bridge.matrix import ONCE
 from bridge.names import (
     NetworkNames,
     collision_nick,
@@ -236,7 +237,7 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Flask]:
     app = create_app(config=load(path), start_background=False, setup_logging=False)
     bridge = app.extensions["bridge"]
     bridge.client.sleep = lambda _s: None  # no backoff waits against the closed port
-    bridge.client.max_attempts = 1
+    bridge.client.policy = ONCE
     yield app
     bridge.store.close()
 

@@ -35,6 +35,7 @@ from bridge.matrix import (
     MissingToken,
     NotFound,
     NotJson,
+    RetryPolicy,
     RoomInUse,
     TooLarge,
     UnknownToken,
@@ -179,7 +180,8 @@ def sleeps() -> list[float]:
 
 @pytest.fixture
 def client(hs: FakeHomeserver, sleeps: list[float]) -> Iterator[HomeserverClient]:
-    c = HomeserverClient(hs.url, TOKEN, server_name=SERVER, timeout=5, max_attempts=5)
+    c = HomeserverClient(hs.url, TOKEN, server_name=SERVER,
+                         policy=RetryPolicy(attempts=5, backoff_cap=30.0, timeout=5.0))
     c.sleep = sleeps.append
     yield c
     c.close()
@@ -308,7 +310,7 @@ def test_429_exhausted_raises_limit_exceeded(
     with pytest.raises(LimitExceeded) as info:
         client.join(ROOM, GHOST)
     assert info.value.retry_after == 3.0
-    assert len(hs.requests) == client.max_attempts == 5
+    assert len(hs.requests) == client.policy.attempts == 5
     assert len(sleeps) == 4
 
 
@@ -323,7 +325,8 @@ def test_5xx_backoff_is_exponential_capped_and_exhausts(
     hs: FakeHomeserver, sleeps: list[float]
 ) -> None:
     hs.handler = lambda rec: (502, b"<html>bad gateway</html>")
-    c = HomeserverClient(hs.url, TOKEN, server_name=SERVER, max_attempts=7, backoff_cap=2.0)
+    c = HomeserverClient(hs.url, TOKEN, server_name=SERVER,
+                         policy=RetryPolicy(attempts=7, backoff_cap=2.0, timeout=30.0))
     c.sleep = sleeps.append
     try:
         with pytest.raises(HomeserverUnavailable) as info:
@@ -350,7 +353,7 @@ def test_deadline_stops_retrying(
     assert sleeps == []
 
 
-def test_retry_false_makes_one_attempt(
+def test_ping_makes_one_attempt(
     hs: FakeHomeserver, client: HomeserverClient, sleeps: list[float]
 ) -> None:
     hs.queue(err(502, "M_CONNECTION_FAILED", "could not reach the AS"))
@@ -387,7 +390,7 @@ def test_connection_refused_then_success(sleeps: list[float]) -> None:
 
 def test_connection_refused_exhausted(sleeps: list[float]) -> None:
     c = HomeserverClient(f"http://127.0.0.1:{free_port()}", TOKEN, server_name=SERVER,
-                         max_attempts=3)
+                         policy=RetryPolicy(attempts=3, backoff_cap=30.0, timeout=30.0))
     c.sleep = sleeps.append
     try:
         with pytest.raises(HomeserverUnavailable) as info:
@@ -404,7 +407,8 @@ def test_read_timeout_is_retried(hs: FakeHomeserver, sleeps: list[float]) -> Non
         return 200, {"late": True}
 
     hs.queue(slow)
-    c = HomeserverClient(hs.url, TOKEN, server_name=SERVER, timeout=0.2)
+    c = HomeserverClient(hs.url, TOKEN, server_name=SERVER,
+                         policy=RetryPolicy(attempts=8, backoff_cap=30.0, timeout=0.2))
     c.sleep = sleeps.append
     try:
         assert c.request("GET", "/_matrix/client/v3/account/whoami") == {}
@@ -476,12 +480,12 @@ def test_token_never_in_error_str_or_logs(
     with pytest.raises(Forbidden) as info:
         client.send(ROOM, "m.room.message", {"body": "x"}, "t", user_id=GHOST)
     errors.append(info.value)
-    client.max_attempts = 2
+    client.policy = RetryPolicy(attempts=2, backoff_cap=30.0, timeout=5.0)
     with pytest.raises(HomeserverUnavailable) as info2:
         client.whoami()
     errors.append(info2.value)
     dead = HomeserverClient(f"http://127.0.0.1:{free_port()}", TOKEN, server_name=SERVER,
-                            max_attempts=2)
+                            policy=RetryPolicy(attempts=2, backoff_cap=30.0, timeout=30.0))
     dead.sleep = lambda s: None
     with pytest.raises(HomeserverUnavailable) as info3:
         dead.whoami()

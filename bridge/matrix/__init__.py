@@ -2,7 +2,8 @@
 
 `client.HomeserverClient` is the raw, retrying HTTP client (one per bridge);
 `intent.Intent` acts as one user with the register/join preconditions handled;
-`errors` holds the typed `MatrixError` tree. Nothing here imports core or web.
+`errors` holds the typed `MatrixError` tree; `retry` the `RetryPolicy` a call is made
+with. Nothing here imports core or web.
 """
 
 from __future__ import annotations
@@ -25,8 +26,12 @@ from .errors import (
     error_from_response,
 )
 from .intent import Intent, IntentCache
+from .retry import DEFAULT, ONCE, QUERY, RetryPolicy, at_most
 
 __all__ = [
+    "DEFAULT",
+    "ONCE",
+    "QUERY",
     "BadJson",
     "Exclusive",
     "Forbidden",
@@ -39,9 +44,11 @@ __all__ = [
     "MissingToken",
     "NotFound",
     "NotJson",
+    "RetryPolicy",
     "RoomInUse",
     "TooLarge",
     "UnknownToken",
     "UserInUse",
+    "at_most",
     "error_from_response",
 ]

@@ -10,10 +10,14 @@ Why it looks like this:
 * Identity assertion is the `user_id` query parameter; `ts` (origin_server_ts massaging)
   is accepted only on `PUT .../send/...` and `PUT .../state/...`, the two endpoints the
   spec allows it on (5.H.60).
-* 429 is waited out for `Retry-After` / `retry_after_ms` and the *identical* request is
-  repeated (same path, so the same txnId: 5.H.65). 5xx, connection errors and timeouts get
-  capped exponential backoff with jitter until `max_attempts` or the caller's deadline,
-  then `HomeserverUnavailable`. Other 4xx raise their mapped `MatrixError` at once.
+* How hard a call tries is its `RetryPolicy` (bridge/matrix/retry.py), passed per call
+  (`policy=`; the client's own default otherwise) and bounded by any enclosing
+  `retry.at_most` scope -- one client serves every caller. Within the policy's attempts,
+  429 is waited out for `Retry-After` / `retry_after_ms` and the *identical* request is
+  repeated (same path, so the same txnId: 5.H.65); 5xx, connection errors and timeouts get
+  capped exponential backoff with jitter, until the attempts or the caller's deadline run
+  out, then `HomeserverUnavailable` (or `LimitExceeded`). Other 4xx raise their mapped
+  `MatrixError` at once.
 * Transaction ids are unique across every virtual user of the AS (Synapse keys AS
   idempotency on the path and the AS, not the user: 5.H.59), see `new_txn_id`.
 
@@ -44,6 +48,7 @@ from .errors import (
     error_from_response,
     scrub,
 )
+from .retry import DEFAULT, ONCE, RetryPolicy, effective
 
 log = logging.getLogger(__name__)
 
@@ -79,18 +84,15 @@ class HomeserverClient:
         as_token: str,
         *,
         server_name: str,
-        timeout: float = 30.0,
-        max_attempts: int = 8,
-        backoff_cap: float = 30.0,
+        policy: RetryPolicy = DEFAULT,
     ) -> None:
         if not as_token:
             raise ValueError("as_token is required")
         self.base_url = base_url.rstrip("/")
         self._as_token = as_token
         self.server_name = server_name
-        self.timeout = timeout
-        self.max_attempts = max(1, max_attempts)
-        self.backoff_cap = backoff_cap
+        # For calls that name no policy of their own.
+        self.policy = policy
         # Injectable so tests can observe (and skip) waits.
         self.sleep: Callable[[float], None] = time.sleep
         self._local = threading.local()
@@ -149,17 +151,18 @@ class HomeserverClient:
         data: bytes | None = None,
         content_type: str | None = None,
         deadline: float | None = None,
-        retry: bool = True,
+        policy: RetryPolicy | None = None,
     ) -> dict[str, Any]:
         """Make one API call and return its JSON object (`{}` for a non-JSON 2xx).
 
         `path` must already be quoted (the helpers do it). `user_id` asserts a virtual
         user; `ts` (ms) only on send/state. `deadline` is a `time.monotonic()` value past
-        which no retry is started. Raises `MatrixError` subclasses.
+        which no retry is started; `policy` how hard to try (the client's own if None).
+        Raises `MatrixError` subclasses.
         """
         response = self._perform(
             method, path, json=json, params=params, user_id=user_id, ts=ts, data=data,
-            content_type=content_type, deadline=deadline, retry=retry, stream=False,
+            content_type=content_type, deadline=deadline, policy=policy, stream=False,
         )
         try:
             body = response.json()
@@ -179,15 +182,16 @@ class HomeserverClient:
         data: bytes | None,
         content_type: str | None,
         deadline: float | None,
-        retry: bool,
+        policy: RetryPolicy | None,
         stream: bool,
     ) -> requests.Response:
-        """Send with retries; return the 2xx response or raise."""
+        """Send, retrying as the policy allows; return the 2xx response or raise."""
         method = method.upper()
         query = self._query(method, path, params, user_id, ts)
         headers = {"Content-Type": content_type} if content_type else None
         url = self.base_url + path
-        attempts = self.max_attempts if retry else 1
+        chosen = effective(policy or self.policy)
+        attempts = chosen.attempts
         attempt = 0
         while True:
             attempt += 1
@@ -196,7 +200,7 @@ class HomeserverClient:
             try:
                 response = self.session.request(
                     method, url, params=query, json=json, data=data, headers=headers,
-                    timeout=self._timeouts(deadline), stream=stream,
+                    timeout=self._timeouts(chosen, deadline), stream=stream,
                 )
             except _RETRYABLE_EXCEPTIONS as exc:
                 cause = exc
@@ -216,7 +220,7 @@ class HomeserverClient:
                 error = self._error(response)
                 if not isinstance(error, (HomeserverUnavailable, LimitExceeded)):
                     raise error
-            wait = self._retry_wait(error, attempt)
+            wait = self._retry_wait(error, attempt, chosen)
             if attempt >= attempts or (deadline is not None and time.monotonic() + wait > deadline):
                 raise error from cause
             log.warning(
@@ -248,8 +252,9 @@ class HomeserverClient:
             query["ts"] = str(ts)
         return query
 
-    def _timeouts(self, deadline: float | None) -> tuple[float, float]:
-        connect, read = CONNECT_TIMEOUT, self.timeout
+    @staticmethod
+    def _timeouts(policy: RetryPolicy, deadline: float | None) -> tuple[float, float]:
+        connect, read = min(CONNECT_TIMEOUT, policy.timeout), policy.timeout
         if deadline is not None:
             remaining = max(deadline - time.monotonic(), MIN_ATTEMPT_TIMEOUT)
             connect, read = min(connect, remaining), min(read, remaining)
@@ -271,12 +276,13 @@ class HomeserverClient:
             status, body, response.headers, secrets=[self._as_token], unavailable=status >= 500
         )
 
-    def _retry_wait(self, error: MatrixError, attempt: int) -> float:
+    @staticmethod
+    def _retry_wait(error: MatrixError, attempt: int, policy: RetryPolicy) -> float:
         """Seconds to wait before the next attempt."""
         if isinstance(error, LimitExceeded) and error.retry_after is not None:
             # Honour the server's number; a little jitter spreads the threads waiting on it.
             return error.retry_after * (1.0 + random.uniform(0.0, 0.1))
-        delay = min(self.backoff_cap, BACKOFF_BASE * 2 ** (attempt - 1))
+        delay = min(policy.backoff_cap, BACKOFF_BASE * 2 ** (attempt - 1))
         wait = delay / 2 + random.uniform(0.0, delay / 2)
         if error.retry_after is not None:  # e.g. 503 with Retry-After
             wait = max(wait, error.retry_after)
@@ -291,97 +297,107 @@ class HomeserverClient:
 
     # ------------------------------------------------------------------ server
 
-    def versions(self) -> dict[str, Any]:
+    def versions(self, *, policy: RetryPolicy | None = None) -> dict[str, Any]:
         """`GET /_matrix/client/versions`: reachability and supported spec versions."""
-        return self.request("GET", "/_matrix/client/versions")
+        return self.request("GET", "/_matrix/client/versions", policy=policy)
 
-    def whoami(self, user_id: str | None = None) -> dict[str, Any]:
+    def whoami(self, user_id: str | None = None, *,
+               policy: RetryPolicy | None = None) -> dict[str, Any]:
         """`GET /account/whoami`: checks the as_token (UnknownToken if not installed)."""
-        return self.request("GET", f"{CLIENT_V3}/account/whoami", user_id=user_id)
+        return self.request("GET", f"{CLIENT_V3}/account/whoami", user_id=user_id,
+                            policy=policy)
 
     def ping(self, appservice_id: str, transaction_id: str | None = None) -> dict[str, Any]:
         """Ask the homeserver to ping us back (spec v1.7); no retries, errors are the answer."""
         body = {"transaction_id": transaction_id} if transaction_id is not None else {}
         path = f"{CLIENT_V1}/appservice/{q(appservice_id)}/ping"
-        return self.request("POST", path, json=body, retry=False)
+        return self.request("POST", path, json=body, policy=ONCE)
 
     # ------------------------------------------------------------------ users
 
-    def register(self, localpart: str) -> str:
+    def register(self, localpart: str, *, policy: RetryPolicy | None = None) -> str:
         """Register a namespace user; returns its user id. Raises UserInUse if it exists."""
         body = {
             "type": "m.login.application_service",
             "username": localpart,
             "inhibit_login": True,
         }
-        answer = self.request("POST", f"{CLIENT_V3}/register", json=body)
+        answer = self.request("POST", f"{CLIENT_V3}/register", json=body, policy=policy)
         user_id = answer.get("user_id")
         if isinstance(user_id, str) and user_id:
             return user_id
         return f"@{localpart}:{self.server_name}"
 
-    def set_displayname(self, user_id: str, name: str) -> None:
+    def set_displayname(self, user_id: str, name: str, *,
+                        policy: RetryPolicy | None = None) -> None:
         """Set `user_id`'s display name (path user == asserted user; 256 chars max)."""
         path = f"{CLIENT_V3}/profile/{q(user_id)}/displayname"
         body = {"displayname": name[:MAX_DISPLAYNAME_LEN]}
-        self.request("PUT", path, json=body, user_id=user_id)
+        self.request("PUT", path, json=body, user_id=user_id, policy=policy)
 
-    def set_avatar_url(self, user_id: str, mxc_uri: str) -> None:
+    def set_avatar_url(self, user_id: str, mxc_uri: str, *,
+                       policy: RetryPolicy | None = None) -> None:
         """Set `user_id`'s avatar to an `mxc://` URI."""
         path = f"{CLIENT_V3}/profile/{q(user_id)}/avatar_url"
-        self.request("PUT", path, json={"avatar_url": mxc_uri}, user_id=user_id)
+        self.request("PUT", path, json={"avatar_url": mxc_uri}, user_id=user_id, policy=policy)
 
-    def get_profile(self, user_id: str) -> dict[str, Any]:
+    def get_profile(self, user_id: str, *, policy: RetryPolicy | None = None) -> dict[str, Any]:
         """`GET /profile/{userId}`; raises NotFound for an unknown user."""
-        return self.request("GET", f"{CLIENT_V3}/profile/{q(user_id)}")
+        return self.request("GET", f"{CLIENT_V3}/profile/{q(user_id)}", policy=policy)
 
     # ------------------------------------------------------------------ rooms
 
-    def create_room(self, body: Mapping[str, Any], user_id: str | None = None) -> str:
+    def create_room(self, body: Mapping[str, Any], user_id: str | None = None, *,
+                    policy: RetryPolicy | None = None) -> str:
         """`POST /createRoom`; returns the room id. Raises RoomInUse, Exclusive."""
-        answer = self.request("POST", f"{CLIENT_V3}/createRoom", json=dict(body), user_id=user_id)
+        answer = self.request("POST", f"{CLIENT_V3}/createRoom", json=dict(body), user_id=user_id,
+                              policy=policy)
         return self._field(answer, "room_id", "createRoom")
 
-    def resolve_alias(self, alias: str) -> str | None:
+    def resolve_alias(self, alias: str, *, policy: RetryPolicy | None = None) -> str | None:
         """Room id for `#alias:server`, or None if the alias does not exist."""
         try:
-            answer = self.request("GET", f"{CLIENT_V3}/directory/room/{q(alias)}")
+            answer = self.request("GET", f"{CLIENT_V3}/directory/room/{q(alias)}", policy=policy)
         except NotFound:
             return None
         room_id = answer.get("room_id")
         return room_id if isinstance(room_id, str) and room_id else None
 
-    def put_alias(self, alias: str, room_id: str) -> None:
+    def put_alias(self, alias: str, room_id: str, *, policy: RetryPolicy | None = None) -> None:
         """Point `alias` at `room_id` (409 MatrixError if it already exists)."""
         path = f"{CLIENT_V3}/directory/room/{q(alias)}"
-        self.request("PUT", path, json={"room_id": room_id})
+        self.request("PUT", path, json={"room_id": room_id}, policy=policy)
 
     def join(
-        self, room_id_or_alias: str, user_id: str | None = None, *, via: Iterable[str] = ()
+        self, room_id_or_alias: str, user_id: str | None = None, *, via: Iterable[str] = (),
+        policy: RetryPolicy | None = None,
     ) -> str:
         """`POST /join/{roomIdOrAlias}`; returns the room id joined."""
         params = {"server_name": list(via)} if via else None
         answer = self.request(
             "POST", f"{CLIENT_V3}/join/{q(room_id_or_alias)}", json={}, params=params,
-            user_id=user_id,
+            user_id=user_id, policy=policy,
         )
         return self._field(answer, "room_id", "join")
 
-    def leave(self, room_id: str, user_id: str | None = None, reason: str = "") -> None:
+    def leave(self, room_id: str, user_id: str | None = None, reason: str = "", *,
+              policy: RetryPolicy | None = None) -> None:
         """`POST /rooms/{roomId}/leave` (from an invite: declines it, with the reason)."""
         self.request("POST", f"{CLIENT_V3}/rooms/{q(room_id)}/leave",
-                     json={"reason": reason} if reason else {}, user_id=user_id)
+                     json={"reason": reason} if reason else {}, user_id=user_id, policy=policy)
 
-    def invite(self, room_id: str, target: str, user_id: str | None = None) -> None:
+    def invite(self, room_id: str, target: str, user_id: str | None = None, *,
+               policy: RetryPolicy | None = None) -> None:
         """Invite `target` into `room_id` (the inviter must be joined with enough power)."""
         path = f"{CLIENT_V3}/rooms/{q(room_id)}/invite"
-        self.request("POST", path, json={"user_id": target}, user_id=user_id)
+        self.request("POST", path, json={"user_id": target}, user_id=user_id, policy=policy)
 
-    def kick(self, room_id: str, target: str, reason: str, user_id: str | None = None) -> None:
+    def kick(self, room_id: str, target: str, reason: str, user_id: str | None = None, *,
+             policy: RetryPolicy | None = None) -> None:
         """Kick `target` from `room_id` with `reason`."""
         path = f"{CLIENT_V3}/rooms/{q(room_id)}/kick"
         body = {"user_id": target, "reason": reason} if reason else {"user_id": target}
-        self.request("POST", path, json=body, user_id=user_id)
+        self.request("POST", path, json=body, user_id=user_id, policy=policy)
 
     def send(
         self,
@@ -393,6 +409,7 @@ class HomeserverClient:
         user_id: str | None = None,
         ts: int | None = None,
         deadline: float | None = None,
+        policy: RetryPolicy | None = None,
     ) -> str:
         """`PUT /rooms/{roomId}/send/{type}/{txnId}`; returns the event id.
 
@@ -400,7 +417,8 @@ class HomeserverClient:
         """
         path = f"{CLIENT_V3}/rooms/{q(room_id)}/send/{q(event_type)}/{q(txn_id)}"
         answer = self.request(
-            "PUT", path, json=dict(content), user_id=user_id, ts=ts, deadline=deadline
+            "PUT", path, json=dict(content), user_id=user_id, ts=ts, deadline=deadline,
+            policy=policy,
         )
         return self._field(answer, "event_id", "send")
 
@@ -413,30 +431,35 @@ class HomeserverClient:
         *,
         user_id: str | None = None,
         ts: int | None = None,
+        policy: RetryPolicy | None = None,
     ) -> str:
         """`PUT /rooms/{roomId}/state/{type}/{stateKey}`; returns the event id."""
         path = f"{CLIENT_V3}/rooms/{q(room_id)}/state/{q(event_type)}/{q(state_key)}"
-        answer = self.request("PUT", path, json=dict(content), user_id=user_id, ts=ts)
+        answer = self.request("PUT", path, json=dict(content), user_id=user_id, ts=ts,
+                              policy=policy)
         return self._field(answer, "event_id", "state")
 
     def get_state(
-        self, room_id: str, event_type: str, state_key: str = "", user_id: str | None = None
+        self, room_id: str, event_type: str, state_key: str = "", user_id: str | None = None,
+        *, policy: RetryPolicy | None = None,
     ) -> dict[str, Any] | None:
         """Content of one state event, or None if it does not exist."""
         path = f"{CLIENT_V3}/rooms/{q(room_id)}/state/{q(event_type)}/{q(state_key)}"
         try:
-            return self.request("GET", path, user_id=user_id)
+            return self.request("GET", path, user_id=user_id, policy=policy)
         except NotFound:
             return None
 
-    def joined_members(self, room_id: str, user_id: str | None = None) -> dict[str, Any]:
+    def joined_members(self, room_id: str, user_id: str | None = None, *,
+                       policy: RetryPolicy | None = None) -> dict[str, Any]:
         """`{user_id: {"display_name":..., "avatar_url":...}}` of the room's joined members."""
         path = f"{CLIENT_V3}/rooms/{q(room_id)}/joined_members"
-        joined = self.request("GET", path, user_id=user_id).get("joined")
+        joined = self.request("GET", path, user_id=user_id, policy=policy).get("joined")
         return joined if isinstance(joined, dict) else {}
 
     def publish_appservice_room(
-        self, network_id: str, room_id: str, appservice_id: str, visible: bool = True
+        self, network_id: str, room_id: str, appservice_id: str, visible: bool = True, *,
+        policy: RetryPolicy | None = None,
     ) -> None:
         """List (or unlist) a room in the AS's own room directory for `network_id`.
 
@@ -446,25 +469,28 @@ class HomeserverClient:
         """
         path = f"{CLIENT_V3}/directory/list/appservice/{q(network_id)}/{q(room_id)}"
         body = {"visibility": "public" if visible else "private"}
-        self.request("PUT", path, json=body)
+        self.request("PUT", path, json=body, policy=policy)
         log.debug("room %s %s in %s|%s", room_id, body["visibility"], appservice_id, network_id)
 
     # ------------------------------------------------------------------ media
 
-    def upload(self, data: bytes, content_type: str, filename: str | None) -> str:
+    def upload(self, data: bytes, content_type: str, filename: str | None, *,
+               policy: RetryPolicy | None = None) -> str:
         """`POST /_matrix/media/v3/upload`; returns the `mxc://` URI. Raises TooLarge."""
         params = {"filename": filename} if filename else None
         answer = self.request(
-            "POST", f"{MEDIA_V3}/upload", data=data, content_type=content_type, params=params
+            "POST", f"{MEDIA_V3}/upload", data=data, content_type=content_type, params=params,
+            policy=policy,
         )
         return self._field(answer, "content_uri", "upload")
 
     def download(
-        self, server_name: str, media_id: str, *, deadline: float | None = None
+        self, server_name: str, media_id: str, *, deadline: float | None = None,
+        policy: RetryPolicy | None = None,
     ) -> requests.Response:
         """Authenticated media download; returns a *streamed* response the caller closes."""
         path = f"{CLIENT_V1}/media/download/{q(server_name)}/{q(media_id)}"
         return self._perform(
             "GET", path, json=None, params=None, user_id=None, ts=None, data=None,
-            content_type=None, deadline=deadline, retry=True, stream=True,
+            content_type=None, deadline=deadline, policy=policy, stream=True,
         )

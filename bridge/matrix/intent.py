@@ -7,6 +7,10 @@ remembers them in a shared `IntentCache` so the homeserver is asked once, and re
 once when the cache turns out to be stale (the user was never registered after all, or
 was kicked): it re-registers or re-joins and repeats the call.
 
+An intent may carry a `RetryPolicy` (bridge/matrix/retry.py) that every call it makes
+uses, e.g. QUERY for the work done while the homeserver waits for a query's answer; None
+is the client's own default.
+
 The bot (`is_bot=True`) is the AS's `sender_localpart` user: its calls carry no `user_id`
 parameter, but it is still registered once (synapse#4143: profile changes fail otherwise).
 
@@ -23,6 +27,7 @@ from typing import Any, TypeVar
 
 from .client import MAX_DISPLAYNAME_LEN, HomeserverClient
 from .errors import Forbidden, RoomInUse, UserInUse
+from .retry import RetryPolicy
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +112,7 @@ class Intent:
         *,
         is_bot: bool = False,
         cache: IntentCache,
+        policy: RetryPolicy | None = None,
     ) -> None:
         if not user_id.startswith("@") or ":" not in user_id:
             raise ValueError(f"not a user id: {user_id!r}")
@@ -114,6 +120,7 @@ class Intent:
         self.user_id = user_id
         self.is_bot = is_bot
         self.cache = cache
+        self.policy = policy
 
     def __repr__(self) -> str:
         return f"<Intent {self.user_id}{' (bot)' if self.is_bot else ''}>"
@@ -134,7 +141,7 @@ class Intent:
         if self.cache.is_registered(self.user_id):
             return
         try:
-            self.client.register(self.localpart)
+            self.client.register(self.localpart, policy=self.policy)
             log.info("registered %s", self.user_id)
         except UserInUse:
             pass
@@ -145,7 +152,8 @@ class Intent:
         if self.cache.is_joined(room_id, self.user_id):
             return
         self.ensure_registered()
-        joined = self._recovering(lambda: self.client.join(room_id, self._as))
+        joined = self._recovering(
+            lambda: self.client.join(room_id, self._as, policy=self.policy))
         self.cache.mark_joined(room_id, self.user_id)
         if joined != room_id:  # joined by alias: remember the id too
             self.cache.mark_joined(joined, self.user_id)
@@ -191,7 +199,8 @@ class Intent:
         self.ensure_registered()
         self.ensure_joined(room_id)
         return self._recovering(
-            lambda: self.client.send(room_id, event_type, content, txn_id, user_id=self._as, ts=ts),
+            lambda: self.client.send(room_id, event_type, content, txn_id, user_id=self._as, ts=ts,
+                                     policy=self.policy),
             room_id,
         )
 
@@ -208,7 +217,8 @@ class Intent:
         self.ensure_registered()
         return self._recovering(
             lambda: self.client.send_state(
-                room_id, event_type, state_key, content, user_id=self._as, ts=ts
+                room_id, event_type, state_key, content, user_id=self._as, ts=ts,
+                policy=self.policy,
             ),
             room_id,
         )
@@ -217,7 +227,8 @@ class Intent:
         self, room_id: str, event_type: str, state_key: str = ""
     ) -> dict[str, Any] | None:
         """Content of a state event as this user sees it, or None."""
-        return self.client.get_state(room_id, event_type, state_key, user_id=self._as)
+        return self.client.get_state(room_id, event_type, state_key, user_id=self._as,
+                                     policy=self.policy)
 
     # ------------------------------------------------------------------ profile
 
@@ -227,13 +238,15 @@ class Intent:
         if self.cache.displayname(self.user_id) == name:
             return
         self.ensure_registered()
-        self._recovering(lambda: self.client.set_displayname(self.user_id, name))
+        self._recovering(
+            lambda: self.client.set_displayname(self.user_id, name, policy=self.policy))
         self.cache.set_displayname(self.user_id, name)
 
     def set_avatar_url(self, mxc_uri: str) -> None:
         """Set the avatar to an `mxc://` URI."""
         self.ensure_registered()
-        self._recovering(lambda: self.client.set_avatar_url(self.user_id, mxc_uri))
+        self._recovering(
+            lambda: self.client.set_avatar_url(self.user_id, mxc_uri, policy=self.policy))
 
     # ------------------------------------------------------------------ rooms
 
@@ -276,10 +289,11 @@ class Intent:
         body.update(extra_body or {})
         self.ensure_registered()
         try:
-            room_id = self._recovering(lambda: self.client.create_room(body, self._as))
+            room_id = self._recovering(
+                lambda: self.client.create_room(body, self._as, policy=self.policy))
         except RoomInUse:
             alias = f"#{alias_localpart}:{self.client.server_name}"
-            existing = self.client.resolve_alias(alias)
+            existing = self.client.resolve_alias(alias, policy=self.policy)
             if existing is None:  # deleted in between: let the caller decide
                 raise
             log.info("%s already exists as %s", alias, existing)
@@ -291,22 +305,26 @@ class Intent:
     def join(self, room_id_or_alias: str) -> str:
         """Join (by id or alias) and return the room id."""
         self.ensure_registered()
-        room_id = self._recovering(lambda: self.client.join(room_id_or_alias, self._as))
+        room_id = self._recovering(
+            lambda: self.client.join(room_id_or_alias, self._as, policy=self.policy))
         self.cache.mark_joined(room_id, self.user_id)
         return room_id
 
     def leave(self, room_id: str, reason: str = "") -> None:
         """Leave `room_id` (or decline its invite, saying why)."""
         self.cache.forget_joined(room_id, self.user_id)
-        self.client.leave(room_id, self._as, reason)
+        self.client.leave(room_id, self._as, reason, policy=self.policy)
 
     def invite(self, room_id: str, user_id: str) -> None:
         """Invite `user_id` (this user must be joined with invite power)."""
         self.ensure_registered()
-        self._recovering(lambda: self.client.invite(room_id, user_id, self._as), room_id)
+        self._recovering(
+            lambda: self.client.invite(room_id, user_id, self._as, policy=self.policy), room_id)
 
     def kick(self, room_id: str, user_id: str, reason: str) -> None:
         """Kick `user_id` from `room_id`."""
         self.ensure_registered()
-        self._recovering(lambda: self.client.kick(room_id, user_id, reason, self._as), room_id)
+        self._recovering(
+            lambda: self.client.kick(room_id, user_id, reason, self._as, policy=self.policy),
+            room_id)
         self.cache.forget_joined(room_id, user_id)

@@ -126,9 +126,7 @@ def setup(bridge: Any) -> Metrics:
     """The app's Metrics: registry, scrape-time collectors, hooks, and its own port if set."""
 
     def owned() -> tuple[object, ...]:
-        return (bridge, bridge.client, getattr(bridge, "send_client", None),
-                getattr(bridge, "query_client", None), bridge.senders, bridge.inbox,
-                bridge.recorder)
+        return (bridge, bridge.client, bridge.senders, bridge.inbox, bridge.recorder)
 
     metrics = Metrics(owned, networks=[n.name for n in bridge.config.networks])
     metrics.registry.register(BridgeCollector(bridge))
