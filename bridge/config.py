@@ -119,6 +119,11 @@ class NetworkConfig:
     # and for one user (alias queries name nobody, so they count on the network only).
     portals_per_hour: int = 30
     portals_per_user_per_hour: int = 10
+    # Every (host, port) of `host = a.example:6697, b.example`, tried in turn; empty: (host,
+    # port) only.
+    servers: tuple[tuple[str, int], ...] = ()
+    # Seconds to wait before connecting again after the server said we are banned (K-line).
+    banned_retry_after: float = 3600.0
 
 
 @dataclass(frozen=True)
@@ -232,6 +237,7 @@ NETWORK_KEYS: dict[str, Any] = {
     "kick_rejoin_after": "30",
     "netsplit_leave_after": "1800",
     "send_buffer_limit": "262144",
+    "banned_retry_after": "3600",
     "sasl_username": "",
     "sasl_password": "",
     "client_cert": "",
@@ -631,10 +637,15 @@ def _network(
         else "a template containing {localpart} or {displayname}",
     )
     tls = r.boolean("tls", NETWORK_KEYS["tls"])
+    port = r.integer("port", "6697" if tls else "6667", 1, 65535)
+    servers = _servers(r, port)
     return NetworkConfig(
         name=name,
-        host=r.string("host", REQUIRED),
-        port=r.integer("port", "6697" if tls else "6667", 1, 65535),
+        host=servers[0][0] if servers else "",
+        port=servers[0][1] if servers else port,
+        servers=servers,
+        banned_retry_after=r.number("banned_retry_after", NETWORK_KEYS["banned_retry_after"],
+                                    60.0, 30 * 86400.0),
         tls=tls,
         tls_verify=r.boolean("tls_verify", NETWORK_KEYS["tls_verify"]),
         display_name=r.string("display_name", name) or name,
@@ -671,6 +682,31 @@ def _network(
         rooms=tuple(_room_pairs(r.string("rooms", "", _rooms))),
         **_bot_login(r, tls, base or Path(".")),
     )
+
+
+def _servers(r: _Reader, port: int) -> tuple[tuple[str, int], ...]:
+    """`host = a.example, b.example:7000, [::1]:6697`: (host, port) pairs, `port` by default."""
+    value = r.string("host", REQUIRED)
+    found: list[tuple[str, int]] = []
+    for entry in _split_list(value):
+        host, this_port = entry, port
+        if entry.startswith("["):  # [IPv6]:port
+            inside, _, rest = entry[1:].partition("]")
+            host = inside
+            if rest.startswith(":") and rest[1:].isdigit():
+                this_port = int(rest[1:])
+            elif rest:
+                host = ""
+        elif entry.count(":") == 1:
+            name, _, digits = entry.partition(":")
+            host = name
+            this_port = int(digits) if digits.isdigit() else 0
+        if not host or not 0 < this_port < 65536 or " " in host:
+            r.problem("host", value, "host names or addresses, each with an optional :port, "
+                                     "separated by commas")
+            return ()
+        found.append((host, this_port))
+    return tuple(found)
 
 
 def _bot_login(r: _Reader, tls: bool, base: Path) -> dict[str, Any]:

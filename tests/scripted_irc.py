@@ -62,6 +62,13 @@ class ScriptedIrcServer:
         # Channel (lower case) -> the numeric reply that refuses a JOIN to it, e.g.
         # {"#fwd": "470 {nick} #fwd #elsewhere :Forwarding"}; other JOINs succeed.
         self.refuse = refuse or {}
+        # Cleared: registrations wait (no 001) until `release_welcomes()`.
+        self.welcome_allowed = threading.Event()
+        self.welcome_allowed.set()
+        self._held: list[Client] = []
+        # Set: right after 001 the server says ERROR and closes (a K-line, an excess flood).
+        self.close_after_welcome = threading.Event()
+        self.closing_text = "Closing Link: excess flood"
         self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if receive_buffer:  # inherited by accepted sockets: a small window fills fast
@@ -137,18 +144,38 @@ class ScriptedIrcServer:
         finally:
             client.closed.set()
 
+    def release_welcomes(self) -> None:
+        self.welcome_allowed.set()
+        held, self._held = self._held, []
+        for client in held:
+            self._send_welcome(client)
+
     def _welcome(self, client: Client, state: dict[str, bool]) -> None:
         if client.nick and state["user"] and not state["cap"] and not client.registered.is_set():
-            client.send(f":scripted 001 {client.nick} :Welcome")
-            client.send(f":scripted 376 {client.nick} :End of MOTD")
-            client.registered.set()
+            if not self.welcome_allowed.is_set():
+                self._held.append(client)
+                return
+            self._send_welcome(client)
+
+    def _send_welcome(self, client: Client) -> None:
+        client.send(f":scripted 001 {client.nick} :Welcome")
+        client.send(f":scripted 376 {client.nick} :End of MOTD")
+        client.registered.set()
+        if self.close_after_welcome.is_set():
+            client.send(f"ERROR :{self.closing_text}")
+            try:
+                client.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
     def _handle(self, client: Client, line: str, state: dict[str, bool]) -> None:
         words = line.split(" ")
         command = words[0].upper()
         if self.on_line is not None:
             self.on_line(client, line)
-        if command == "NICK" and len(words) > 1:
+        if command == "JOIN" and len(words) > 1:
+            self._join(client, words[1])
+        elif command == "NICK" and len(words) > 1:
             client.nick = words[1].lstrip(":")
             self._welcome(client, state)
         elif command == "USER":
@@ -158,15 +185,16 @@ class ScriptedIrcServer:
             client.send(f":scripted PONG scripted :{line.partition(' ')[2].lstrip(':')}")
         elif command == "CAP" and len(words) > 1 and self.cap_ls is not None:
             self._cap(client, words[1].upper(), line, state)
-        elif command == "JOIN" and len(words) > 1:
-            for channel in words[1].split(","):
-                refusal = self.refuse.get(channel.lower())
-                if refusal is not None:
-                    client.send(f":scripted {refusal.format(nick=client.nick)}")
-                else:
-                    client.send(f":{client.nick}!u@scripted JOIN {channel}")
         elif command == "AUTHENTICATE" and len(words) > 1:
             self._authenticate(client, words[1])
+
+    def _join(self, client: Client, channels: str) -> None:
+        for channel in channels.split(","):
+            refusal = self.refuse.get(channel.lower())
+            if refusal is not None:
+                client.send(f":scripted {refusal.format(nick=client.nick)}")
+            else:
+                client.send(f":{client.nick}!u@scripted JOIN {channel}")
 
     def _cap(self, client: Client, sub: str, line: str, state: dict[str, bool]) -> None:
         if sub == "LS":

@@ -33,7 +33,7 @@ EVENTS = (
     "cannotsendtochan", "nosuchnick", "nosuchchannel", "channelisfull", "inviteonlychan",
     "bannedfromchan", "badchannelkey", "nochanmodes", "chanoprivsneeded", "toomanychannels",
     "cap", "authenticate", "saslsuccess", "saslfail", "saslaborted", "sasltoolong",
-    "passwdmismatch", "470", "489",
+    "passwdmismatch", "470", "489", "yourebannedcreep",
 )
 
 

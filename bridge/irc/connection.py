@@ -12,7 +12,6 @@ from __future__ import annotations
 import collections
 import enum
 import logging
-import random
 import socket
 import ssl
 import time
@@ -24,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import irc.client
 
 from ..names import collision_nick, irc_lower
+from . import backoff
 from .cap import CapList, authenticate_chunks
 from .targets import TargetQueues
 from .wire import clean_field
@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MAX_BACKOFF = 300.0
+STABLE_AFTER = 60.0  # seconds a link must stay up before the backoff starts over
 STALLED_AFTER = 60.0  # seconds a non-empty write buffer may make no progress
 REFUSED = "refused by the server: "  # prefix of errors the server already explained
 PING_AFTER = 120.0  # seconds of silence before we ask the server if it is still there
@@ -61,6 +61,7 @@ class Outgoing:
     queued_at: float = field(default_factory=time.monotonic)
     before: Callable[[], None] | None = None  # called right before the line is written
     target: str = ""  # the folded channel or nick whose queue it waits in ("" for control)
+    per_link: bool = False  # a rejoin or autocmd: redone on the next link, dropped on loss
 
 
 def line_target(line: str, channel: str | None) -> str:
@@ -205,7 +206,11 @@ class IrcConnection:
         self.autocmds: list[str] = []
         self._sasl_step = ""
         self._cap_ls: CapList | None = None
-        self.server_error = ""  # the text of the server's last ERROR, if it closed on us
+        self.server_error = ""
+        self.banned_reason = ""  # set by an ERROR/465 that says we are banned
+        self._server = 0  # index into the network's servers, tried in turn
+        self._holds_slot = False
+        self._join_queued: set[str] = set()
 
     @property
     def nick(self) -> str:
@@ -225,27 +230,43 @@ class IrcConnection:
             self.state = State.WAITING
             self.slots.request(self._begin_connect)
 
+    @property
+    def server(self) -> tuple[str, int]:
+        """The (host, port) this connection uses now: the network's servers, in turn."""
+        servers = self.network.servers or ((self.network.host, self.network.port),)
+        return servers[self._server % len(servers)]
+
     def _begin_connect(self) -> None:
+        # The slot is held until 001 (or the loss): a server is never asked to register
+        # more of our connections at once than the network allows.
+        self._holds_slot = True
         if self.state is not State.WAITING:
-            self.slots.release()
+            self._release_slot()
             return
         self.state = State.CONNECTING
         net = self.network
+        host, port = self.server
         future = self.connector.submit(
-            open_socket, net.host, net.port, tls=net.tls, verify=net.tls_verify,
+            open_socket, host, port, tls=net.tls, verify=net.tls_verify,
             timeout=net.connect_timeout, client_cert=self.client_cert,
         )
         future.add_done_callback(lambda f: self.thread.call(self._socket_ready, f))
 
+    def _release_slot(self) -> None:
+        if self._holds_slot:
+            self._holds_slot = False
+            self.slots.release()
+
     def _socket_ready(self, future: Future[socket.socket]) -> None:
-        self.slots.release()
         if self.state is not State.CONNECTING:
+            self._release_slot()
             if future.exception() is None:
                 future.result().close()
             return
         error = future.exception()
+        host, port = self.server
         if error is not None:
-            self._lost(f"cannot connect to {self.network.host}:{self.network.port}: {error}")
+            self._lost(f"cannot connect to {host}:{port}: {error}")
             return
         sock = future.result()
         self.state = State.REGISTERING
@@ -258,7 +279,7 @@ class IrcConnection:
             self._cap_ls = None
         try:
             self.conn.connect(
-                self.network.host, self.network.port, self.wanted_nick,
+                host, port, self.wanted_nick,
                 password=self.password or None, username=self.username, ircname=self.realname,
                 connect_factory=lambda _addr: sock,
             )
@@ -291,17 +312,28 @@ class IrcConnection:
             self.send_now(f"PING :ircbridge-{int(now)}")
 
     def registered(self) -> None:
-        """001 arrived: the connection is usable; rejoin channels and flush the queue."""
+        """001 arrived: the connection is usable; rejoin channels and flush the queue.
+
+        The backoff does not start over here (a server may close right after 001): only
+        once the link stayed up STABLE_AFTER seconds. Autocmds and rejoins go through
+        flood control like every other line.
+        """
         self.state = State.CONNECTED
-        self.failures = 0
+        self._release_slot()
         self.connected_at = time.monotonic()
         self.channels.clear()
-        for line in self.autocmds:
-            self.send(line)  # e.g. a NickServ IDENTIFY, before the channels are joined
-        for name in self.wanted_channels.values():
-            self.send_now(f"JOIN {name}")
+        self._join_queued.clear()
+        for line in self.autocmds:  # e.g. a NickServ IDENTIFY, before the channels are joined
+            self._enqueue(Outgoing(line, per_link=True))
+        for folded in self.wanted_channels:
+            self._queue_join(folded)
         self.on_change(self, "connected", {"nick": self.conn.get_nickname()})
         self.drain()
+
+    def stable(self) -> bool:
+        """The link has stayed up long enough for the backoff to start over."""
+        return self.state is State.CONNECTED and self.connected_at is not None and \
+            time.monotonic() - self.connected_at >= STABLE_AFTER
 
     # ------------------------------------------------------------ SASL (IRCv3 CAP)
     def cap(self, arguments: list[str]) -> None:
@@ -364,13 +396,27 @@ class IrcConnection:
     def _lost(self, reason: str) -> None:
         if self.server_error:
             reason, self.server_error = self.server_error, ""
+        was_stable = self.connected_at is not None and \
+            time.monotonic() - self.connected_at >= STABLE_AFTER
+        self.connected_at = None
+        self._release_slot()
         self.channels.clear()
+        self._join_queued.clear()
+        self.queue.remove_if(lambda item: item.per_link)  # redone on the next link
+        if was_stable:
+            self.failures = 0
+        else:
+            self._server += 1  # the next server in turn (if the network lists several)
         self.failures += 1
-        delay = min(MAX_BACKOFF, 2.0 ** min(self.failures, 10)) * random.uniform(0.5, 1.0)
+        delay = backoff.delay(self.failures)
+        banned, self.banned_reason = self.banned_reason, ""
         self.state = State.BACKOFF
-        log.warning(
-            "%s lost: %s; reconnecting in %.1f s", self, reason, delay,
-        )
+        if banned:
+            delay = max(delay, self.network.banned_retry_after)
+            log.error("%s: the server bans us (%s); trying again in %.0f s", self, banned, delay)
+            self.on_change(self, "banned", {"reason": banned, "retry_in": delay})
+        else:
+            log.warning("%s lost: %s; reconnecting in %.1f s", self, reason, delay)
         self.on_change(self, "lost", {"reason": reason, "retry_in": delay})
         if self._retry_timer:
             self._retry_timer.cancel()
@@ -384,6 +430,7 @@ class IrcConnection:
             self._retry_timer.cancel()
         if self._drain_timer:
             self._drain_timer.cancel()
+        self._release_slot()
         if previous in (State.REGISTERING, State.CONNECTED) and self.conn.is_connected():
             try:
                 self.conn.disconnect(message)
@@ -402,7 +449,19 @@ class IrcConnection:
         folded = irc_lower(channel)
         self.wanted_channels[folded] = f"{channel} {key}" if key else channel
         if self.state is State.CONNECTED and folded not in self.channels:
-            self.send_now(f"JOIN {self.wanted_channels[folded]}")
+            self._queue_join(folded)
+            self.drain()
+
+    def _queue_join(self, folded: str) -> None:
+        """A JOIN under flood control, once until the server answers it (joined, refused)
+        or the link is lost."""
+        if folded in self._join_queued or folded not in self.wanted_channels:
+            return
+        self._join_queued.add(folded)
+        self._enqueue(Outgoing(f"JOIN {self.wanted_channels[folded]}", per_link=True))
+
+    def _enqueue(self, item: Outgoing) -> None:
+        self.queue.append(item)
 
     def part(self, channel: str, reason: str = "") -> None:
         folded = irc_lower(channel)
@@ -412,10 +471,12 @@ class IrcConnection:
 
     def joined(self, channel: str) -> None:
         self.channels.add(irc_lower(channel))
+        self._join_queued.discard(irc_lower(channel))
         self.drain()
 
     def left(self, channel: str) -> None:
         self.channels.discard(irc_lower(channel))
+        self._join_queued.discard(irc_lower(channel))
 
     def refused(self, target: str, reason: str, *, join: bool = True) -> None:
         """The server refused our JOIN (`join`), or a line, for `target` (a channel or a
@@ -423,6 +484,7 @@ class IrcConnection:
         folded = irc_lower(target)
         if join:
             self.wanted_channels.pop(folded, None)
+            self._join_queued.discard(folded)
         for item in self.queue.take(folded):
             if item.done:
                 item.done(False, f"{REFUSED}{reason}")
@@ -463,7 +525,8 @@ class IrcConnection:
             if wait > 0:
                 self._drain_later(wait)
                 return
-            item = self.queue.next_ready(self._may_go)
+            # A second look sees the JOINs the first one queued for waiting channels.
+            item = self.queue.next_ready(self._may_go) or self.queue.next_ready(self._may_go)
             if item is None:
                 return  # every target with lines waits for its JOIN
             self.bucket.take()  # peek() said a token is there
@@ -481,7 +544,9 @@ class IrcConnection:
         if item.channel is None or item.channel in self.channels:
             return True
         if item.channel not in self.wanted_channels:
-            self.join(item.channel)
+            self.wanted_channels[item.channel] = item.channel
+        if self.state is State.CONNECTED:
+            self._queue_join(item.channel)  # picked up by the drain loop that asked
         return False
 
     def _drain_later(self, wait: float) -> None:

@@ -19,6 +19,7 @@ import irc.client
 import irc.modes
 
 from ..names import casefolder, irc_lower, is_channel, puppet_nick
+from .backoff import is_ban
 from .botlogin import apply_bot_login
 from .connection import ConnectSlots, IrcConnection, Sasl, State
 from .echoes import FormerNicks
@@ -308,6 +309,10 @@ class Network:
 
     _on_saslaborted = _on_sasltoolong = _on_saslfail
 
+    def _on_yourebannedcreep(self, conn: IrcConnection, event: irc.client.Event) -> None:
+        """465: the server bans us; the ERROR that follows closes the link."""
+        conn.banned_reason = event.arguments[-1] if event.arguments else "banned (465)"
+
     def _on_passwdmismatch(self, conn: IrcConnection, event: irc.client.Event) -> None:
         self.listener.irc_connection(self.name, conn.owner, "password_refused",
                                      {"reason": event.arguments[-1] if event.arguments else ""})
@@ -335,6 +340,8 @@ class Network:
         text = str(event.target or "")
         log.warning("%s: server error: %s", conn, text)
         conn.server_error = text
+        if is_ban(text):
+            conn.banned_reason = text
         if any(word in text.lower() for word in ("password", "access denied")):
             self.listener.irc_connection(self.name, conn.owner, "password_refused",
                                          {"reason": text})

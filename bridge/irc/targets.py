@@ -78,6 +78,19 @@ class TargetQueues(Generic[T]):
         self._queues.clear()
         return items
 
+    def remove_if(self, doomed: Callable[[T], bool]) -> list[T]:
+        """Remove and return every line for which `doomed(line)` holds."""
+        removed: list[T] = []
+        for target in list(self._queues):
+            queue = self._queues[target]
+            kept = collections.deque(e for e in queue if not doomed(e[1]))
+            removed += [e[1] for e in queue if doomed(e[1])]
+            if kept:
+                self._queues[target] = kept
+            else:
+                del self._queues[target]
+        return removed
+
     def expired(self, before: float) -> list[T]:
         """Remove and return every line queued before `before` (monotonic seconds)."""
         old: list[T] = []
