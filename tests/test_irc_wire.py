@@ -251,3 +251,26 @@ def test_long_sasl_plain_responses_go_in_400_byte_chunks(
         assert [0 if c == "+" else len(c) for c in sent] == chunks
         assert client.sasl_payload == b"acct\0acct\0" + password.encode()
         assert listener.connection_events("sasl_failed") == []
+
+
+def test_a_connection_whose_output_makes_no_progress_is_dropped(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from bridge.irc import connection as connection_module
+
+    monkeypatch.setattr(connection_module, "STALLED_AFTER", 0.2)
+    with ScriptedIrcServer(receive_buffer=4096) as server:
+        config = network(server.port, send_buffer_limit=64 * 1024 * 1024, give_up_after=2.0)
+        with bridge_side(config) as (side, listener):
+            net = side.network("t")
+            assert net is not None
+            stuck = registered(server, "tbot")
+            bot = side.call_sync(lambda: net.bot)
+            connected(side, bot)
+            stuck.reading.clear()
+            # Far below the byte limit, but the server reads none of it.
+            side.call(lambda: [bot.send_now(LINE.format(i)) for i in range(12000)])
+            lost = wait_until(lambda: listener.connection_events("lost"), 15,
+                              what="the drop of the stalled connection")
+            assert "stopped reading" in lost[0]["reason"]
+            stuck.reading.set()

@@ -48,6 +48,7 @@ class BridgeServerConnection(irc.client.ServerConnection):
     def __init__(self, reactor: SelectorReactor):
         super().__init__(reactor)
         self.out = SendBuffer()
+        self.write_wanted = False  # the socket took less than we had: wait for writability
         self.first_lines: list[str] = []  # sent before the library's PASS/NICK/USER
 
     def send_raw(self, string: str) -> None:
@@ -62,28 +63,40 @@ class BridgeServerConnection(irc.client.ServerConnection):
         data = self._prep_message(string)
         wire_log.debug("to %s: %s", self.server, wire.redact(string))
         self.out.add(data)
-        self.flush()
+        if self.write_wanted:
+            self._check_limit()  # the socket is full: the poller says when to try again
+        else:
+            self.flush()
 
     def flush(self) -> None:
         """Write what the socket takes now; ask the poller to wake us for the rest."""
         sock = getattr(self, "socket", None)
         if sock is None:
             self.out.clear()
+            self.write_wanted = False
             return
         try:
             done = self.out.flush(sock)
         except OSError as e:
             self.out.clear()
+            self.write_wanted = False
             self.disconnect(f"Write error: {e}")
             return
-        if not done and self.out.over_limit:
-            waiting = len(self.out)
-            self.out.clear()
-            log.warning("%s stopped reading (%d bytes waiting); dropping the connection",
-                        self.server, waiting)
-            self.disconnect(f"the server stopped reading ({waiting} bytes waiting)")
-            return
-        self.reactor.want_write(self, not done)
+        self.write_wanted = not done
+        if self._check_limit():
+            self.reactor.want_write(self, not done)
+
+    def _check_limit(self) -> bool:
+        """Drop the connection when its peer left too much unread; False if it was."""
+        if not self.out.over_limit:
+            return True
+        waiting = len(self.out)
+        self.out.clear()
+        self.write_wanted = False
+        log.warning("%s stopped reading (%d bytes waiting); dropping the connection",
+                    self.server, waiting)
+        self.disconnect(f"the server stopped reading ({waiting} bytes waiting)")
+        return False
 
     def process_data(self) -> None:
         """Read what the socket has (non-blocking) and handle each complete line."""
@@ -136,6 +149,7 @@ class SelectorReactor(irc.client.Reactor):
                 self._registered[conn] = sock
                 if isinstance(conn, BridgeServerConnection):
                     conn.out.clear()
+                    conn.write_wanted = False
                     for line in conn.first_lines:
                         conn.send_raw(line)
                 return
