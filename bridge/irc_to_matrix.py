@@ -287,8 +287,11 @@ class IrcToMatrix:
         except MatrixError as e:  # e.g. not in the room yet: nothing was sent there
             log.debug("cannot look back in %s: %s", room_id, e)
             return None
-        for event in recent.get("chunk", []):
-            content = event.get("content") or {}
+        chunk = recent.get("chunk")
+        for event in chunk if isinstance(chunk, list) else []:
+            content = event.get("content") if isinstance(event, dict) else None
+            if not isinstance(content, dict):
+                continue
             if event.get("sender") == sender and content.get(TXN_KEY) == txn_id:
                 log.info("line already in %s as %s; not sent again", room_id,
                          event.get("event_id"))

@@ -275,7 +275,7 @@ class ChannelPrivacy:
         are ever lowered, and it never grants more than 50."""
         if not details.get("matrix_user"):
             self._prepare_ghost(line.network, line.nick, line.sender)
-        power = self.bot.get_state(room_id, "m.room.power_levels") or {}
+        power: dict[str, Any] = self.bot.get_state(room_id, "m.room.power_levels") or {}
         users = dict(power.get("users") or {})
         ours = dict(power.get(SET_BY_BRIDGE) or {})
         default = int(power.get("users_default", 0) or 0)

@@ -33,8 +33,7 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from urllib.parse import quote
 
 import requests
@@ -49,6 +48,7 @@ from .errors import (
     scrub,
 )
 from .retry import DEFAULT, ONCE, RetryPolicy, effective
+from .wire import JsonBody, JsonObject, QueryParams
 
 log = logging.getLogger(__name__)
 
@@ -144,15 +144,15 @@ class HomeserverClient:
         method: str,
         path: str,
         *,
-        json: Any = None,
-        params: Mapping[str, Any] | None = None,
+        json: JsonBody | None = None,
+        params: QueryParams | None = None,
         user_id: str | None = None,
         ts: int | None = None,
         data: bytes | None = None,
         content_type: str | None = None,
         deadline: float | None = None,
         policy: RetryPolicy | None = None,
-    ) -> dict[str, Any]:
+    ) -> JsonObject:
         """Make one API call and return its JSON object (`{}` for a non-JSON 2xx).
 
         `path` must already be quoted (the helpers do it). `user_id` asserts a virtual
@@ -175,8 +175,8 @@ class HomeserverClient:
         method: str,
         path: str,
         *,
-        json: Any,
-        params: Mapping[str, Any] | None,
+        json: JsonBody | None,
+        params: QueryParams | None,
         user_id: str | None,
         ts: int | None,
         data: bytes | None,
@@ -233,10 +233,10 @@ class HomeserverClient:
         self,
         method: str,
         path: str,
-        params: Mapping[str, Any] | None,
+        params: QueryParams | None,
         user_id: str | None,
         ts: int | None,
-    ) -> dict[str, Any]:
+    ) -> dict[str, str | Sequence[str]]:
         if not path.startswith("/"):
             raise ValueError("path must start with '/'")
         query = dict(params or {})
@@ -289,7 +289,7 @@ class HomeserverClient:
         return wait
 
     @staticmethod
-    def _field(body: Mapping[str, Any], key: str, what: str) -> str:
+    def _field(body: Mapping[str, object], key: str, what: str) -> str:
         value = body.get(key)
         if not isinstance(value, str) or not value:
             raise MatrixError(200, "M_UNKNOWN", f"{what} answer lacks {key!r}", body)
@@ -297,17 +297,17 @@ class HomeserverClient:
 
     # ------------------------------------------------------------------ server
 
-    def versions(self, *, policy: RetryPolicy | None = None) -> dict[str, Any]:
+    def versions(self, *, policy: RetryPolicy | None = None) -> JsonObject:
         """`GET /_matrix/client/versions`: reachability and supported spec versions."""
         return self.request("GET", "/_matrix/client/versions", policy=policy)
 
     def whoami(self, user_id: str | None = None, *,
-               policy: RetryPolicy | None = None) -> dict[str, Any]:
+               policy: RetryPolicy | None = None) -> JsonObject:
         """`GET /account/whoami`: checks the as_token (UnknownToken if not installed)."""
         return self.request("GET", f"{CLIENT_V3}/account/whoami", user_id=user_id,
                             policy=policy)
 
-    def ping(self, appservice_id: str, transaction_id: str | None = None) -> dict[str, Any]:
+    def ping(self, appservice_id: str, transaction_id: str | None = None) -> JsonObject:
         """Ask the homeserver to ping us back (spec v1.7); no retries, errors are the answer."""
         body = {"transaction_id": transaction_id} if transaction_id is not None else {}
         path = f"{CLIENT_V1}/appservice/{q(appservice_id)}/ping"
@@ -341,13 +341,13 @@ class HomeserverClient:
         path = f"{CLIENT_V3}/profile/{q(user_id)}/avatar_url"
         self.request("PUT", path, json={"avatar_url": mxc_uri}, user_id=user_id, policy=policy)
 
-    def get_profile(self, user_id: str, *, policy: RetryPolicy | None = None) -> dict[str, Any]:
+    def get_profile(self, user_id: str, *, policy: RetryPolicy | None = None) -> JsonObject:
         """`GET /profile/{userId}`; raises NotFound for an unknown user."""
         return self.request("GET", f"{CLIENT_V3}/profile/{q(user_id)}", policy=policy)
 
     # ------------------------------------------------------------------ rooms
 
-    def create_room(self, body: Mapping[str, Any], user_id: str | None = None, *,
+    def create_room(self, body: JsonBody, user_id: str | None = None, *,
                     policy: RetryPolicy | None = None) -> str:
         """`POST /createRoom`; returns the room id. Raises RoomInUse, Exclusive."""
         answer = self.request("POST", f"{CLIENT_V3}/createRoom", json=dict(body), user_id=user_id,
@@ -403,7 +403,7 @@ class HomeserverClient:
         self,
         room_id: str,
         event_type: str,
-        content: Mapping[str, Any],
+        content: JsonBody,
         txn_id: str,
         *,
         user_id: str | None = None,
@@ -427,7 +427,7 @@ class HomeserverClient:
         room_id: str,
         event_type: str,
         state_key: str,
-        content: Mapping[str, Any],
+        content: JsonBody,
         *,
         user_id: str | None = None,
         ts: int | None = None,
@@ -442,7 +442,7 @@ class HomeserverClient:
     def get_state(
         self, room_id: str, event_type: str, state_key: str = "", user_id: str | None = None,
         *, policy: RetryPolicy | None = None,
-    ) -> dict[str, Any] | None:
+    ) -> JsonObject | None:
         """Content of one state event, or None if it does not exist."""
         path = f"{CLIENT_V3}/rooms/{q(room_id)}/state/{q(event_type)}/{q(state_key)}"
         try:
@@ -451,7 +451,7 @@ class HomeserverClient:
             return None
 
     def joined_members(self, room_id: str, user_id: str | None = None, *,
-                       policy: RetryPolicy | None = None) -> dict[str, Any]:
+                       policy: RetryPolicy | None = None) -> JsonObject:
         """`{user_id: {"display_name":..., "avatar_url":...}}` of the room's joined members."""
         path = f"{CLIENT_V3}/rooms/{q(room_id)}/joined_members"
         joined = self.request("GET", path, user_id=user_id, policy=policy).get("joined")

@@ -14,7 +14,6 @@ import logging
 import time
 from collections.abc import Iterable, Mapping
 from email.utils import parsedate_to_datetime
-from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -29,13 +28,13 @@ class MatrixError(Exception):
         status: int,
         errcode: str,
         error: str = "",
-        body: Mapping[str, Any] | None = None,
+        body: Mapping[str, object] | None = None,
         retry_after: float | None = None,
     ) -> None:
         self.status = status
         self.errcode = errcode
         self.error = error
-        self.body: dict[str, Any] = dict(body or {})
+        self.body: dict[str, object] = dict(body or {})
         self.retry_after = retry_after
         # args holds only the scrubbed message, so repr() and tracebacks stay safe too.
         super().__init__(self._message())
@@ -51,7 +50,7 @@ class MatrixError(Exception):
     def __str__(self) -> str:
         return self._message()
 
-    def __reduce__(self) -> tuple[Any, ...]:
+    def __reduce__(self) -> tuple[object, ...]:
         return (type(self), (self.status, self.errcode, self.error, self.body, self.retry_after))
 
 
@@ -138,7 +137,9 @@ def scrub(text: str, secrets: Iterable[str] = ()) -> str:
     return text
 
 
-def parse_retry_after(headers: Mapping[str, str] | None, body: Mapping[str, Any]) -> float | None:
+def parse_retry_after(
+    headers: Mapping[str, str] | None, body: Mapping[str, object]
+) -> float | None:
     """Seconds to wait, from the `Retry-After` header (preferred) or `retry_after_ms`.
 
     The header may be delta-seconds (Synapse sends whole seconds, rounded up) or an HTTP
@@ -173,7 +174,7 @@ def _header(headers: Mapping[str, str] | None, name: str) -> str | None:
 
 def error_from_response(
     status: int,
-    body: Mapping[str, Any] | None,
+    body: Mapping[str, object] | None,
     headers: Mapping[str, str] | None = None,
     *,
     secrets: Iterable[str] = (),

@@ -22,12 +22,13 @@ from __future__ import annotations
 import logging
 import re
 import threading
-from collections.abc import Callable, Iterable, Mapping
-from typing import Any, TypeVar
+from collections.abc import Callable, Iterable
+from typing import TypeVar
 
 from .client import MAX_DISPLAYNAME_LEN, HomeserverClient
 from .errors import Forbidden, RoomInUse, UserInUse
 from .retry import RetryPolicy
+from .wire import JsonBody, JsonObject
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +184,7 @@ class Intent:
     def send_message(
         self,
         room_id: str,
-        content: Mapping[str, Any],
+        content: JsonBody,
         *,
         ts: int | None = None,
         txn_id: str | None = None,
@@ -209,7 +210,7 @@ class Intent:
         room_id: str,
         event_type: str,
         state_key: str,
-        content: Mapping[str, Any],
+        content: JsonBody,
         *,
         ts: int | None = None,
     ) -> str:
@@ -225,7 +226,7 @@ class Intent:
 
     def get_state(
         self, room_id: str, event_type: str, state_key: str = ""
-    ) -> dict[str, Any] | None:
+    ) -> JsonObject | None:
         """Content of a state event as this user sees it, or None."""
         return self.client.get_state(room_id, event_type, state_key, user_id=self._as,
                                      policy=self.policy)
@@ -258,8 +259,8 @@ class Intent:
         topic: str | None,
         preset: str = "public_chat",
         invite: Iterable[str] = (),
-        extra_state: Iterable[Mapping[str, Any]] = (),
-        extra_body: Mapping[str, Any] | None = None,
+        extra_state: Iterable[JsonBody] = (),
+        extra_body: JsonBody | None = None,
     ) -> str:
         """Create a room owned by this user; returns its id.
 
@@ -268,7 +269,7 @@ class Intent:
         No `visibility` is sent: publish with `HomeserverClient.publish_appservice_room`.
         `extra_body` is merged into the createRoom body last (room_version, power levels).
         """
-        body: dict[str, Any] = {"preset": preset}
+        body: dict[str, object] = {"preset": preset}
         if alias_localpart is not None:
             if ":" in alias_localpart or any(c.isspace() for c in alias_localpart):
                 raise ValueError(f"alias localpart may not hold ':' or spaces: {alias_localpart!r}")

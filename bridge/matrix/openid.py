@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Any
 
 import requests
 
@@ -34,7 +33,7 @@ class OpenIdRefused(Exception):
         super().__init__(error)
 
 
-def token_fields(token: Any) -> tuple[str, str]:
+def token_fields(token: object) -> tuple[str, str]:
     """(access_token, matrix_server_name) of a token object as request_token returns it."""
     if not isinstance(token, dict):
         raise OpenIdRefused(403, "openid_token must be the object the homeserver's "
@@ -45,7 +44,7 @@ def token_fields(token: Any) -> tuple[str, str]:
     return access, server
 
 
-def user_of(token: Any, homeserver_url: str, server_name: str, *,
+def user_of(token: object, homeserver_url: str, server_name: str, *,
             timeout: float = TIMEOUT) -> str:
     """The Matrix user id the homeserver vouches for; raises OpenIdRefused."""
     access, server = token_fields(token)

@@ -17,14 +17,13 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
 
 from .errors import Forbidden, NotFound
 
 log = logging.getLogger(__name__)
 
 # Fetches `{user_id: profile}` of a room's joined members; raises when it cannot.
-FetchMembers = Callable[[str], Mapping[str, Any]]
+FetchMembers = Callable[[str], Mapping[str, object]]
 
 
 class MemberStore:
@@ -75,7 +74,7 @@ class MemberStore:
             else:
                 members.discard(user_id)
 
-    def apply(self, events: Iterable[Mapping[str, Any]]) -> list[tuple[str, str]]:
+    def apply(self, events: Iterable[Mapping[str, object]]) -> list[tuple[str, str]]:
         """Take in the `m.room.member` events of a transaction; returns the (room, user)
         pairs that are no longer joined, for caches to forget."""
         gone: list[tuple[str, str]] = []
