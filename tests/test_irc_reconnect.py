@@ -191,3 +191,26 @@ def test_a_k_line_backs_off_for_long_and_is_reported(ngircd: IrcDaemon) -> None:
         oper.close()
     finally:
         side.stop()
+
+
+def test_a_server_that_never_says_001_gives_the_connect_slot_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(connection_module, "REGISTER_WITHIN", 0.2)
+    with ScriptedIrcServer() as server:
+        server.welcome_allowed.clear()
+        side, listener = started(network(server.port, max_concurrent_connects=1,
+                                         give_up_after=2.0))
+        try:
+            lost = wait_until(lambda: listener.connection_events("lost"), 15,
+                              what="the registration to time out")
+            assert "Registration timed out" in lost[0]["reason"]
+            bot = the_bot(side)
+            net = side.network("t")
+            assert net is not None
+            # Waiting to try again, it holds no slot (another connection may register).
+            wait_until(lambda: side.call_sync(
+                lambda: bot.state is State.BACKOFF and net.slots.active == 0), 10,
+                what="the slot to be free during the backoff")
+        finally:
+            side.stop()

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 STABLE_AFTER = 60.0  # seconds a link must stay up before the backoff starts over
+REGISTER_WITHIN = 90.0  # seconds from TCP connect to 001 before the attempt counts as failed
 STALLED_AFTER = 60.0  # seconds a non-empty write buffer may make no progress
 REFUSED = "refused by the server: "  # prefix of errors the server already explained
 PING_AFTER = 120.0  # seconds of silence before we ask the server if it is still there
@@ -210,6 +211,7 @@ class IrcConnection:
         self.banned_reason = ""  # set by an ERROR/465 that says we are banned
         self._server = 0  # index into the network's servers, tried in turn
         self._holds_slot = False
+        self.registering_since = 0.0
         self._join_queued: set[str] = set()
 
     @property
@@ -270,6 +272,7 @@ class IrcConnection:
             return
         sock = future.result()
         self.state = State.REGISTERING
+        self.registering_since = time.monotonic()
         self.nick_attempt = 0
         self.conn.first_lines = []
         if self.sasl is not None:
@@ -296,6 +299,12 @@ class IrcConnection:
     def check_alive(self, now: float) -> None:
         """Liveness: PING a quiet server, drop one that stopped answering."""
         self.expire(now)
+        if self.state is State.REGISTERING and now - self.registering_since > REGISTER_WITHIN:
+            # It holds a connect slot of the network: a server that never says 001 must
+            # not keep the other connections waiting.
+            log.warning("%s: no 001 after %.0f s; trying again", self, REGISTER_WITHIN)
+            self.conn.disconnect("Registration timed out")
+            return
         if self.state is not State.CONNECTED:
             return
         silent = now - getattr(self.conn, "last_seen", now)
