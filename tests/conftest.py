@@ -24,7 +24,8 @@ def pytest_configure(config: pytest.Config) -> None:
     missing, so without ngircd the daemon refuses to start with the apt-get line to run."""
     from bridge.devstack.ircd import ngircd_path
 
-    if ngircd_path() is None and not os.environ.get("IRCBRIDGE_IRCD"):
+    if ngircd_path() is None and not (os.environ.get("IRCBRIDGE_IRCD")
+                                      or os.environ.get("IRCBRIDGE_TEST_IRCD")):
         os.environ["IRCBRIDGE_IRCD"] = "ngircd"
 
 

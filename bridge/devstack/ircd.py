@@ -2,9 +2,19 @@
 
 The bridge must be tested against a real IRC server, with its real numerics,
 its real flood control and its real way of dropping links. :class:`IrcDaemon`
-runs Debian's ngircd when it is installed (a full RFC 2812 server) and falls
-back to miniircd (pure Python, from PyPI) otherwise. Either listens on a free
-loopback port, never on 6667 where a system ngircd may already run.
+runs one of four real servers -- Debian's ngircd (the default: a full RFC 2812
+server), InspIRCd 3 with its IRCv3 modules and Atheme for SASL (see
+:mod:`bridge.devstack.services`), ircd-hybrid (:mod:`bridge.devstack.hybrid`)
+or Ergo, the IRCv3 reference server (:mod:`bridge.devstack.ergo`) -- and falls
+back to miniircd (pure Python, from PyPI) when ngircd is not installed. Each
+listens on a free loopback port, never on 6667 where a system ngircd may
+already run, with a config of its own in ``workdir`` that lifts per-IP limits
+and flood control (tests and puppets all connect from 127.0.0.1) and lets the
+first joiner of a channel be its operator, as the tests expect.
+
+``IRCBRIDGE_TEST_IRCD=ngircd|inspircd|hybrid|ergo`` picks the server of every
+stack and daemon that does not name one (``IRCBRIDGE_IRCD`` is the older name).
+Runs on the thread that starts it.
 """
 
 from __future__ import annotations
@@ -22,7 +32,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
+from bridge.devstack import ergo, hybrid, services
+from bridge.devstack.certs import self_signed_certificate
 from bridge.devstack.clients import IrcError, RawIrcClient
+from bridge.devstack.nxdomain import NxdomainServer
 from bridge.devstack.ports import (
     LOOPBACK,
     StartupError,
@@ -36,7 +49,11 @@ from bridge.devstack.ports import (
 
 log = logging.getLogger(__name__)
 
-KINDS = ("ngircd", "miniircd")
+KINDS = ("ngircd", "inspircd", "hybrid", "ergo", "miniircd")
+# The real servers the tests are run on, one at a time (issue 14's four).
+TEST_SERVERS = ("ngircd", "inspircd", "hybrid", "ergo")
+TEST_KIND_ENV = "IRCBRIDGE_TEST_IRCD"
+LEGACY_KIND_ENV = "IRCBRIDGE_IRCD"
 NGIRCD_FALLBACK_PATH = Path("/usr/sbin/ngircd")
 
 
@@ -51,8 +68,27 @@ def ngircd_path() -> str | None:
 
 
 def default_kind() -> str:
-    """IRCBRIDGE_IRCD when set, else ngircd when installed, else miniircd."""
-    return os.environ.get("IRCBRIDGE_IRCD") or ("ngircd" if ngircd_path() else "miniircd")
+    """IRCBRIDGE_TEST_IRCD (or IRCBRIDGE_IRCD) when set, else ngircd when installed,
+    else miniircd."""
+    return (os.environ.get(TEST_KIND_ENV) or os.environ.get(LEGACY_KIND_ENV)
+            or ("ngircd" if ngircd_path() else "miniircd"))
+
+
+def missing(kind: str) -> str | None:
+    """Why ``kind`` cannot run here (what to install), or None when it can."""
+    if kind == "ngircd" and not ngircd_path():
+        return "ngircd is not installed (apt-get install -y ngircd)"
+    if kind == "inspircd" and services.missing_binaries():
+        names = " ".join(services.missing_binaries())
+        return f"inspircd with atheme is not installed (apt-get install -y {names})"
+    if kind == "hybrid" and not hybrid.hybrid_path():
+        return ("ircd-hybrid is not installed (it conflicts with Debian's ngircd package: "
+                "apt-get download ircd-hybrid, then dpkg-deb --fsys-tarfile it | tar -x -C / "
+                "./usr/sbin/ircd-hybrid ./usr/lib/ircd-hybrid)")
+    if kind == "ergo" and not ergo.ergo_path():
+        return (f"no Ergo build at {ergo.ergo_folder() / 'ergo'} "
+                f"(or set {ergo.ERGO_ENV} to an ergo binary with default.yaml beside it)")
+    return None
 
 
 @dataclass(frozen=True)
@@ -81,8 +117,13 @@ class IrcDaemon:
         kind = kind or default_kind()
         if kind not in KINDS:
             raise ValueError(f"unknown IRC daemon kind {kind!r}; expected one of {KINDS}")
-        if kind == "ngircd" and not ngircd_path():
-            raise ValueError("ngircd is not installed (apt-get install ngircd)")
+        reason = missing(kind)
+        if reason:
+            raise ValueError(reason)
+        if peers and kind != "ngircd":
+            raise ValueError("linked servers (peers) are made with ngircd only")
+        if tls and kind not in ("ngircd", "inspircd"):
+            raise ValueError("a TLS port is made by ngircd and inspircd only")
         if kind == "miniircd" and flood_control:
             log.warning("miniircd has no flood control; flood_control=True has no effect")
         self.workdir = Path(workdir).resolve()
@@ -93,8 +134,17 @@ class IrcDaemon:
         # An IRC operator (ngircd only), e.g. to KILL a bridge's connection in fault tests.
         self.oper_name = "devstack"
         self.oper_password = secrets.token_hex(8)
-        # ngircd only: a second port speaking TLS with a self-signed certificate.
+        # ngircd and inspircd: a second port speaking TLS with a self-signed certificate.
         self.tls_port = free_port() if tls else None
+        # inspircd: the server and its services (Atheme, for SASL), started as one.
+        self._services: services.SaslIrcd | None = None
+        if kind == "inspircd":
+            self._services = services.SaslIrcd(
+                self.workdir, port=self._port, tls=tls, server_name=server_name, ircv3=True,
+                flood_control=flood_control, oper=(self.oper_name, self.oper_password))
+            self.tls_port = self._services.tls_port
+        # hybrid and ergo: what they read and write, in a folder made at start().
+        self._nxdomain: NxdomainServer | None = None
         # ngircd only: servers linked to this one (a second server makes real netsplits).
         self.peers = peers
         self.config_path = self.workdir / f"{kind}.conf"
@@ -123,10 +173,14 @@ class IrcDaemon:
 
     @property
     def running(self) -> bool:
+        if self._services is not None:
+            return self._services.running
         return self._proc is not None and self._proc.poll() is None
 
     @property
     def pid(self) -> int | None:
+        if self._services is not None:
+            return self._services.pid
         return self._proc.pid if self._proc is not None else None
 
     def __repr__(self) -> str:
@@ -186,18 +240,63 @@ class IrcDaemon:
         ]
         return "\n".join(lines)
 
+    def _nobody_folder(self) -> Path:
+        """A temp folder the daemon may write after dropping root for ``nobody`` (the
+        test's own folder is root's, mode 0700); removed on stop() or at exit."""
+        self._piddir = Path(tempfile.mkdtemp(prefix=f"ircbridge-{self._kind}-"))
+        self._piddir_cleanup = weakref.finalize(
+            self, shutil.rmtree, str(self._piddir), ignore_errors=True
+        )
+        if os.geteuid() == 0:
+            nobody = pwd.getpwnam("nobody")
+            os.chown(self._piddir, nobody.pw_uid, nobody.pw_gid)
+        return self._piddir
+
+    def _hybrid_command(self) -> list[str]:
+        folder = self._nobody_folder()
+        text = hybrid.hybrid_config(server_name=self.server_name, port=self._port,
+                                    folder=folder, flood_control=self.flood_control,
+                                    oper_name=self.oper_name,
+                                    oper_password=self.oper_password)
+        self.config_path.write_text(text)  # a copy to read; the daemon reads its own
+        config = folder / "ircd.conf"
+        config.write_text(text)
+        nameserver = None
+        if os.geteuid() == 0:
+            self._nxdomain = NxdomainServer().start()
+            nameserver = self._nxdomain.address
+        command = hybrid.hybrid_command(config, folder, nameserver)
+        if os.geteuid() == 0:
+            for path in folder.iterdir():
+                os.chown(path, pwd.getpwnam("nobody").pw_uid, -1)
+        return command
+
+    def _ergo_command(self) -> list[str]:
+        folder = self.workdir / "ergo"
+        if folder.exists():  # a restart: all IRC state is lost, as with the others
+            shutil.rmtree(folder)
+        folder.mkdir(parents=True)
+        self.config_path.write_text(ergo.ergo_config(
+            server_name=self.server_name, port=self._port, folder=folder,
+            flood_control=self.flood_control, oper_name=self.oper_name,
+            oper_password_hash=self._ergo_oper_hash()))
+        ergo.ergo_initdb(self.config_path)
+        return ergo.ergo_command(self.config_path)
+
+    def _ergo_oper_hash(self) -> str | None:
+        if not hasattr(self, "_oper_hash"):
+            self._oper_hash = ergo.ergo_password_hash(self.oper_password)
+        return self._oper_hash
+
     def _command(self) -> list[str]:
+        if self._kind == "hybrid":
+            return self._hybrid_command()
+        if self._kind == "ergo":
+            return self._ergo_command()
         if self._kind == "ngircd":
             self.workdir.joinpath("ngircd.conf.d").mkdir(parents=True, exist_ok=True)
-            self._piddir = Path(tempfile.mkdtemp(prefix="ircbridge-ngircd-"))
-            # Removed on stop(), or at interpreter exit at the latest.
-            self._piddir_cleanup = weakref.finalize(
-                self, shutil.rmtree, str(self._piddir), ignore_errors=True
-            )
-            if os.geteuid() == 0:
-                nobody = pwd.getpwnam("nobody")
-                os.chown(self._piddir, nobody.pw_uid, nobody.pw_gid)
-            self.config_path.write_text(self.ngircd_config(self._piddir / "ngircd.pid"))
+            piddir = self._nobody_folder()
+            self.config_path.write_text(self.ngircd_config(piddir / "ngircd.pid"))
             binary = ngircd_path()
             assert binary is not None
             passive = [] if any(p.port for p in self.peers) else ["--passive"]
@@ -224,7 +323,15 @@ class IrcDaemon:
         if self.running:
             return self
         self.workdir.mkdir(parents=True, exist_ok=True)
-        cmd = self._command()
+        if self._services is not None:
+            self._services.start(timeout)  # its own readiness poll: SASL offered
+            log.info("%r is up (pid %s)", self, self.pid)
+            return self
+        try:
+            cmd = self._command()
+        except BaseException:
+            self.stop()
+            raise
         log.info("starting %s on %s:%d", self._kind, self.host, self._port)
         with open(self._log_path, "ab") as out:
             self._proc = subprocess.Popen(
@@ -255,8 +362,9 @@ class IrcDaemon:
             )
             self._probe(timeout)
         except (TimeoutError, OSError, IrcError) as exc:
+            logs = self._log_tail()
             self.stop()
-            raise StartupError(f"{self._kind} did not come up: {exc}\n" + self._log_tail()) from exc
+            raise StartupError(f"{self._kind} did not come up: {exc}\n" + logs) from exc
         except StartupError:
             self.stop()
             raise
@@ -274,10 +382,15 @@ class IrcDaemon:
 
     def stop(self, timeout: float = 15) -> None:
         """SIGTERM, wait up to ``timeout`` s, then SIGKILL."""
+        if self._services is not None:
+            self._services.stop(timeout)
         proc, self._proc = self._proc, None
         if proc is not None:
             code = terminate(proc, timeout)
             log.info("%s on port %d stopped (exit code %s)", self._kind, self._port, code)
+        if self._nxdomain is not None:
+            self._nxdomain.stop()
+            self._nxdomain = None
         if self._piddir_cleanup is not None:
             self._piddir_cleanup()
             self._piddir_cleanup = None
@@ -285,6 +398,8 @@ class IrcDaemon:
 
     def kill(self) -> None:
         """SIGKILL at once (a crash, for fault tests)."""
+        if self._services is not None:
+            self._services.kill()
         proc = self._proc
         if proc is not None and proc.poll() is None:
             proc.kill()
@@ -308,40 +423,20 @@ class IrcDaemon:
         self.stop()
 
     def _log_tail(self, lines: int = 40) -> str:
-        text = tail(self._log_path, lines)
-        return f"--- last lines of {self._log_path} ---\n{text}" if text else "(no log output)"
+        paths = [self._log_path]
+        if self._kind == "hybrid" and self._piddir is not None:
+            paths += [self._piddir / "debug.log", self._piddir / "user.log"]
+        parts = [f"--- last lines of {path} ---\n{text}" for path in paths
+                 if (text := tail(path, lines))]
+        return "\n".join(parts) or "(no log output)"
 
     # -- helpers --------------------------------------------------------------
 
     def client(self, nick: str, timeout: float = 10) -> RawIrcClient:
-        """A connected, registered :class:`RawIrcClient`."""
-        return RawIrcClient().connect(self.host, self._port, nick, timeout=timeout)
-
-
-def self_signed_certificate(folder: Path, hostname: str) -> tuple[Path, Path]:
-    """A throwaway certificate for a TLS test server (cryptography ships with Synapse)."""
-    import datetime
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name)
-        .public_key(key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(hostname)]), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = folder / "tls.crt", folder / "tls.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    key_path.chmod(0o600)
-    return cert_path, key_path
+        """A connected, registered :class:`RawIrcClient` (username: the nick, except on
+        ircd-hybrid, which refuses ``[]`` and such there: its letters and digits)."""
+        username = None
+        if self._kind == "hybrid":
+            username = "".join(c for c in nick if c.isascii() and c.isalnum())[:10] or "user"
+        return RawIrcClient().connect(self.host, self._port, nick, timeout=timeout,
+                                      username=username)

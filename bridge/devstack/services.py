@@ -22,8 +22,8 @@ import tempfile
 from pathlib import Path
 from types import TracebackType
 
+from bridge.devstack.certs import self_signed_certificate
 from bridge.devstack.clients import IrcError, IrcMessage, RawIrcClient
-from bridge.devstack.ircd import self_signed_certificate
 from bridge.devstack.ports import (
     LOOPBACK,
     StartupError,
@@ -40,6 +40,14 @@ log = logging.getLogger(__name__)
 INSPIRCD_FALLBACK_PATH = Path("/usr/sbin/inspircd")
 ATHEME_FALLBACK_PATH = Path("/usr/bin/atheme-services")
 SERVICES_NAME = "services.int"
+INSPIRCD_MODULES = Path("/usr/lib/inspircd/modules")
+# IRCv3 and what goes with it; ircv3_sts stays out (no TLS redirect for tests).
+IRCV3_MODULES = (
+    "ircv3", "ircv3_accounttag", "ircv3_batch", "ircv3_capnotify", "ircv3_chghost",
+    "ircv3_ctctags", "ircv3_echomessage", "ircv3_invitenotify", "ircv3_labeledresponse",
+    "ircv3_msgid", "ircv3_servertime", "chanhistory", "namesx", "uhnames", "monitor",
+    "setname",
+)
 
 
 def inspircd_path() -> str | None:
@@ -56,6 +64,11 @@ def atheme_path() -> str | None:
     if found:
         return found
     return str(ATHEME_FALLBACK_PATH) if ATHEME_FALLBACK_PATH.exists() else None
+
+
+def available_modules(names: tuple[str, ...]) -> list[str]:
+    """Those of ``names`` whose ``m_NAME.so`` the installed InspIRCd has."""
+    return [n for n in names if (INSPIRCD_MODULES / f"m_{n}.so").exists()]
 
 
 def missing_binaries() -> list[str]:
@@ -136,7 +149,12 @@ class SaslIrcd:
         tls: bool = True,
         server_password: str | None = None,
         server_name: str = "irc.localhost",
+        ircv3: bool = False,
+        flood_control: bool = False,
+        oper: tuple[str, str] | None = None,
     ) -> None:
+        """``ircv3``: load the IRCv3 modules as well (:data:`IRCV3_MODULES`, those present);
+        ``flood_control``: keep InspIRCd's fakelag; ``oper``: an operator (name, password)."""
         missing = missing_binaries()
         if missing:
             raise ValueError(f"not installed: {', '.join(missing)} "
@@ -149,6 +167,9 @@ class SaslIrcd:
         self.password_port = free_port() if server_password else None
         self.link_port = free_port()
         self._link_password = secrets.token_hex(12)
+        self.ircv3 = ircv3
+        self.flood_control = flood_control
+        self.oper = oper
         self.inspircd_config_path = self.workdir / "inspircd.conf"
         self.atheme_config_path = self.workdir / "atheme" / "atheme.conf"
         self.inspircd_log_path = self.workdir / "inspircd.log"
@@ -170,6 +191,11 @@ class SaslIrcd:
     @property
     def running(self) -> bool:
         return all(p is not None and p.poll() is None for p in (self._inspircd, self._atheme))
+
+    @property
+    def pid(self) -> int | None:
+        """The inspircd process's id (its ``/bin/sh`` wrapper execs it in place)."""
+        return self._inspircd.pid if self._inspircd is not None else None
 
     def __repr__(self) -> str:
         return f"SaslIrcd(inspircd+atheme on {self.host}:{self._port}, tls {self.tls_port})"
@@ -199,10 +225,12 @@ class SaslIrcd:
             ]
             client_ports.append(str(self.tls_port))
         # Without flood control or per-IP limits: tests open many connections from 127.0.0.1.
+        flood = ('fakelag="yes"' if self.flood_control else
+                 'fakelag="no" commandrate="100000000" threshold="100000000"')
         limits = ('allow="*" maxchans="1000" localmax="100000" globalmax="100000" '
-                  'limit="100000" maxconnwarn="no" fakelag="no" commandrate="100000000" '
-                  'threshold="100000000" recvq="1M" softsendq="1M" hardsendq="4M" '
-                  'resolvehostnames="no" useident="no" pingfreq="120" timeout="30"')
+                  f'limit="100000" maxconnwarn="no" {flood} recvq="1M" softsendq="1M" '
+                  'hardsendq="4M" resolvehostnames="no" useident="no" pingfreq="120" '
+                  'timeout="30"')
         if self.password_port:
             lines.append(f'<bind address="{LOOPBACK}" port="{self.password_port}" '
                          'type="clients">')
@@ -229,8 +257,19 @@ class SaslIrcd:
             f'allowmask="127.0.0.0/8" sendpass="{self._link_password}" '
             f'recvpass="{self._link_password}">',
             f'<uline server="{SERVICES_NAME}" silent="yes">',
-            "",
         ]
+        if self.ircv3:
+            lines += [f'<module name="{name}">' for name in available_modules(IRCV3_MODULES)]
+            # History is replayed on join only in channels with mode +H (none by default).
+            lines.append('<chanhistory maxlines="100" notice="no" bots="yes">')
+        if self.oper:
+            name, password = self.oper
+            lines += ['<class name="devstack" commands="*" privs="*" usermodes="*" '
+                      'chanmodes="*">',
+                      '<type name="devstack" classes="devstack">',
+                      f'<oper name="{name}" password="{password}" host="*@*" '
+                      'type="devstack">']
+        lines.append("")
         return "\n".join(lines)
 
     def atheme_config(self) -> str:
@@ -405,6 +444,14 @@ general {{
                 inspircd.kill()
                 inspircd.wait(timeout=10)
             log.info("inspircd stopped (exit code %s)", terminate(inspircd, timeout))
+
+    def kill(self) -> None:
+        """SIGKILL both at once (a crash, for fault tests)."""
+        for proc in (self._atheme, self._inspircd):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=10)
+        self.stop()
 
     def __enter__(self) -> SaslIrcd:
         return self.start()

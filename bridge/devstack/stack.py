@@ -107,8 +107,9 @@ class Stack:
         add this stack's `registration` to its `registration_files` before it starts)."""
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
-        # IRCBRIDGE_IRCD=miniircd|ngircd picks the daemon (default: ngircd when installed).
-        self.ircd = IrcDaemon(workdir / "ircd", kind=ircd_kind or os.environ.get("IRCBRIDGE_IRCD"))
+        # IRCBRIDGE_TEST_IRCD=ngircd|inspircd|hybrid|ergo picks the daemon when `ircd_kind`
+        # does not (default: ngircd when installed); see bridge.devstack.ircd.default_kind.
+        self.ircd = IrcDaemon(workdir / "ircd", kind=ircd_kind)
         self.bridge_port = free_port()
         self.config_path = workdir / "bridge" / "config.ini"
         self.config_path.parent.mkdir(exist_ok=True)
