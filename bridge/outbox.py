@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import queue
+import random
 import threading
 import time
 from collections.abc import Callable
@@ -380,7 +381,8 @@ class Senders:
                 with at_most(ONCE):
                     event_id = self.deliver(line, retrying)
             except Retry as e:
-                wait = max(pause, e.after or 0.0)
+                # The homeserver's Retry-After wins; a little jitter spreads the rooms on it.
+                wait = max(pause, (e.after or 0.0) * (1.0 + random.uniform(0.0, 0.1)))
                 log.warning("could not deliver line %d to %s (%s); retrying in %.1f s",
                             line.id, line.room_id, e, wait)
                 metrics.outbox_retry(self)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -31,7 +31,7 @@ from bridge.matrix import (
     at_most,
 )
 from bridge.outbox import Senders
-from bridge.store import QueuedLine
+from bridge.store import QueuedLine, Store
 from tests.conftest import write_config
 from tests.test_matrix_client import GHOST, SERVER, TOKEN, FakeHomeserver, Recorded, err
 from tests.unit.queues import queue_rows
@@ -90,8 +90,8 @@ def test_senders_make_one_request_per_attempt_of_their_own_loop(
 class RecordingSenders(Senders):
     """The real loop; its pause between tries is noted, not slept."""
 
-    def __init__(self, *args: object, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+    def __init__(self, store: Store, deliver: Callable[[QueuedLine, bool], str]) -> None:
+        super().__init__(store, deliver, count=1)
         self.waits: list[float] = []
 
     def _wait(self, seconds: float) -> None:
@@ -107,7 +107,7 @@ def test_senders_wait_out_429_retry_after_between_their_tries(
     bridge.store.open()
     client_waits: list[float] = []
     bridge.client.sleep = client_waits.append
-    senders = RecordingSenders(bridge.store, bridge.deliver, count=1)
+    senders = RecordingSenders(bridge.store, bridge.deliver)
     senders.start()
     try:
         senders.dispatch(queue_rows(bridge.store, [(ROOM, "hello")]))
@@ -145,33 +145,36 @@ def test_a_user_query_tries_the_query_budget_and_no_more(
 
 
 @pytest.fixture
-def client(hs: FakeHomeserver) -> Iterator[HomeserverClient]:
-    c = HomeserverClient(hs.url, TOKEN, server_name=SERVER)
-    c.waits = []  # type: ignore[attr-defined]
-    c.sleep = c.waits.append  # type: ignore[attr-defined]
+def sleeps() -> list[float]:
+    """The client's waits between attempts, noted instead of slept."""
+    return []
+
+
+@pytest.fixture
+def client(hs: FakeHomeserver, sleeps: list[float]) -> Iterator[HomeserverClient]:
+    c = HomeserverClient(hs.url, TOKEN, server_name=SERVER)  # its own policy: DEFAULT
+    c.sleep = sleeps.append
     yield c
     c.close()
 
 
-def waits(client: HomeserverClient) -> list[float]:
-    return client.waits  # type: ignore[attr-defined, no-any-return]
-
-
-def test_one_client_tries_as_each_call_says(hs: FakeHomeserver, client: HomeserverClient) -> None:
+def test_one_client_tries_as_each_call_says(
+    hs: FakeHomeserver, client: HomeserverClient, sleeps: list[float]
+) -> None:
     hs.handler = lambda rec: err(500, "M_UNKNOWN", "down")
     for policy, expected in ((ONCE, 1), (QUERY, 3), (None, DEFAULT.attempts)):
         hs.requests.clear()
-        waits(client).clear()
+        sleeps.clear()
         with pytest.raises(HomeserverUnavailable):
             client.join(ROOM, GHOST, policy=policy)
         assert len(hs.requests) == expected, policy
-        assert len(waits(client)) == expected - 1
+        assert len(sleeps) == expected - 1
     hs.requests.clear()
-    waits(client).clear()
+    sleeps.clear()
     with pytest.raises(HomeserverUnavailable):
         client.whoami(policy=QUERY)
     assert len(hs.requests) == 3
-    assert all(w <= QUERY.backoff_cap for w in waits(client))
+    assert all(w <= QUERY.backoff_cap for w in sleeps)
 
 
 def test_the_client_default_is_its_own_policy(hs: FakeHomeserver) -> None:
@@ -188,7 +191,7 @@ def test_the_client_default_is_its_own_policy(hs: FakeHomeserver) -> None:
 
 
 def test_429_retry_after_is_honoured_within_the_policy(
-    hs: FakeHomeserver, client: HomeserverClient
+    hs: FakeHomeserver, client: HomeserverClient, sleeps: list[float]
 ) -> None:
     limited = err(429, "M_LIMIT_EXCEEDED", retry_after_ms=5000)
     hs.queue(limited, limited)
@@ -196,15 +199,15 @@ def test_429_retry_after_is_honoured_within_the_policy(
     assert len(hs.requests) == 3
     assert len({r.raw_path for r in hs.requests}) == 1
     # The server's number wins over the policy's backoff cap (2 s).
-    assert len(waits(client)) == 2 and all(w >= 5.0 for w in waits(client))
+    assert len(sleeps) == 2 and all(w >= 5.0 for w in sleeps)
 
     hs.requests.clear()
-    waits(client).clear()
+    sleeps.clear()
     hs.queue(limited)
     with pytest.raises(LimitExceeded) as info:
         client.join(ROOM, GHOST, policy=ONCE)
     assert info.value.retry_after == 5.0  # for the caller's own loop to wait out
-    assert len(hs.requests) == 1 and waits(client) == []
+    assert len(hs.requests) == 1 and sleeps == []
 
 
 def test_a_scope_bounds_every_call_inside_in_its_thread_only(
