@@ -27,6 +27,7 @@ def create_app(config_path: str | None = None, *, config: Any = None,
     from .admin import AdminRooms
     from .core import Bridge
     from .media import MediaLinks, load_secret
+    from .media_revocations import MediaRevocations
     from .store import Store
 
     if config is None:
@@ -45,10 +46,13 @@ def create_app(config_path: str | None = None, *, config: Any = None,
     store.open(config.path.name, [n.name for n in config.networks])
     bridge = Bridge(config, store=store)
     bridge.admin = AdminRooms(bridge)  # admin rooms, static mappings, room directory
+    revocations = MediaRevocations(store.db, config.media.link_ttl_days * 86400)
+    revocations.create_tables()
     bridge.media = MediaLinks(
         bridge.client, config.media.public_url or config.appservice.url, load_secret(store),
         ttl_seconds=config.media.link_ttl_days * 86400, max_bytes=config.media.max_bytes,
         max_concurrent=max(1, config.appservice.threads // 2),
+        read_timeout=config.media.read_timeout, revocations=revocations,
     )
 
     app = Flask(__name__)

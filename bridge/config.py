@@ -160,6 +160,9 @@ class MediaConfig:
     public_url: str = ""  # empty: [appservice] url
     link_ttl_days: int = 30
     max_bytes: int = 50 * 1024 * 1024
+    # Seconds a download may wait for its reader to take the next chunk before the bridge
+    # gives up on it and frees its slot (slow readers cannot hold every slot).
+    read_timeout: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -214,7 +217,8 @@ SECTION_KEYS: dict[str, dict[str, Any]] = {
     "metrics": {"bind": ""},
     "status": {"secret": ""},
     "provisioning": {"secret": "", "key_file": ""},
-    "media": {"public_url": "", "link_ttl_days": "30", "max_bytes": str(50 * 1024 * 1024)},
+    "media": {"public_url": "", "link_ttl_days": "30", "max_bytes": str(50 * 1024 * 1024),
+              "read_timeout": "30"},
 }
 NETWORK_KEYS: dict[str, Any] = {
     "host": REQUIRED,
@@ -573,6 +577,7 @@ def parse(text: str, *, path: Path, environ: dict[str, str] | None = None) -> Co
         public_url=md.string("public_url", "", _http_url).rstrip("/") or appservice.url,
         link_ttl_days=md.integer("link_ttl_days", media_defaults["link_ttl_days"], 1, 3650),
         max_bytes=md.integer("max_bytes", media_defaults["max_bytes"], 1024, 1 << 40),
+        read_timeout=md.number("read_timeout", media_defaults["read_timeout"], 0.5, 3600.0),
     )
 
     networks = tuple(

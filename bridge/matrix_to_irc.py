@@ -62,6 +62,8 @@ class MatrixToIrc:
                 or not isinstance(content, dict) or self.is_foreign(sender):
             done(True)
             return
+        if self.media is not None and self.media.revocations is not None:
+            self.media.revocations.observe(event)  # before any refusal: a redaction counts
         if access.refused(self, event):  # type: ignore[arg-type]
             done(True)
             return

@@ -23,7 +23,7 @@ import secrets
 import threading
 import time
 import unicodedata
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 if TYPE_CHECKING:
@@ -106,7 +106,8 @@ class MediaLinks:
 
     def __init__(self, client: HomeserverClient, public_url: str, secret: bytes,
                  ttl_seconds: int = DEFAULT_TTL_SECONDS,
-                 max_bytes: int = DEFAULT_MAX_BYTES, *, max_concurrent: int = 4) -> None:
+                 max_bytes: int = DEFAULT_MAX_BYTES, *, max_concurrent: int = 4,
+                 read_timeout: float = 30.0, revocations: Any = None) -> None:
         if not secret:
             raise ValueError("a media signing secret is required")
         if ttl_seconds <= 0:
@@ -124,6 +125,15 @@ class MediaLinks:
         # only this many may stream at once (a slow reader holds its thread throughout).
         self.max_concurrent = max(1, int(max_concurrent))
         self._slots = threading.BoundedSemaphore(self.max_concurrent)
+        # Seconds a download waits for its reader to take the next chunk before the proxy
+        # gives up on it, so that slow readers cannot keep every slot.
+        self.read_timeout = float(read_timeout)
+        # bridge.media_revocations.MediaRevocations, or None: links of redacted messages.
+        self.revocations = revocations
+
+    def is_revoked(self, server: str, media_id: str) -> bool:
+        """Whether the message that carried this file was redacted."""
+        return self.revocations is not None and self.revocations.is_revoked(server, media_id)
 
     def __repr__(self) -> str:  # never shows the secret
         return f"<MediaLinks {self.public_url} ttl={self.ttl_seconds}s>"

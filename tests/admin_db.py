@@ -16,10 +16,12 @@ def clean(url: str | None) -> None:
         return
     clean_database(url)
     from bridge.admin_store import MODELS
+    from bridge.media_revocations import MODELS as MEDIA_MODELS
     from bridge.privacy import RoomOption
     from bridge.store import open_database
 
     db = open_database(url)
-    with db.connection_context(), db.bind_ctx((*MODELS, RoomOption)):
-        db.drop_tables((*MODELS, RoomOption), safe=True)
+    models = (*MODELS, RoomOption, *MEDIA_MODELS)
+    with db.connection_context(), db.bind_ctx(models):
+        db.drop_tables(models, safe=True)
     db.close()

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import io
 import os
+import secrets
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +26,7 @@ from requests.structures import CaseInsensitiveDict
 from bridge import create_app
 from bridge.config import ConfigError, MediaConfig, load
 from bridge.devstack.clients import MatrixClient
+from bridge.devstack.ports import wait_until
 from bridge.devstack.stack import Stack
 from bridge.matrix import HomeserverClient, HomeserverUnavailable, NotFound
 from bridge.matrix.errors import Forbidden
@@ -365,7 +368,55 @@ def test_content_disposition_quoting(name: str, expected: str) -> None:
     assert content_disposition("inline", name) == expected
 
 
+def test_a_redaction_revokes_only_its_own_messages_files(store: Store) -> None:
+    from bridge.media_revocations import MediaRevocations
+
+    revocations = MediaRevocations(store.db, 3600)
+    revocations.create_tables()
+    tag = secrets.token_hex(4)  # rows of earlier runs may stay in a PostgreSQL database
+    image = {"type": "m.room.message", "room_id": "!a:x", "event_id": f"$img{tag}",
+             "content": {"msgtype": "m.image", "url": f"mxc://x/full{tag}",
+                         "info": {"thumbnail_url": f"mxc://x/thumb{tag}"}}}
+    other = {**image, "event_id": f"$other{tag}", "content": {"msgtype": "m.file",
+                                                          "url": f"mxc://x/other{tag}"}}
+    for event in (image, other):
+        revocations.observe(event)
+    # A redaction naming the event from another room revokes nothing.
+    revocations.observe({"type": "m.room.redaction", "room_id": "!b:x", "event_id": "$r1",
+                         "redacts": f"$img{tag}"})
+    assert not revocations.is_revoked("x", f"full{tag}")
+    # Room v11 puts `redacts` in the content.
+    revocations.observe({"type": "m.room.redaction", "room_id": "!a:x", "event_id": "$r2",
+                         "content": {"redacts": f"$img{tag}"}})
+    assert revocations.is_revoked("x", f"full{tag}") and revocations.is_revoked("x", f"thumb{tag}")
+    assert not revocations.is_revoked("x", f"other{tag}")
+
+
+def test_downloads_at_once_are_capped_and_slots_come_back(app: Flask, fake: FakeClient) -> None:
+    media = app.extensions["bridge"].media
+    fake.files[("example.org", "img")] = (b"z" * 100, {"Content-Type": "image/png"})
+    url = local(media.link("mxc://example.org/img", "a.png"))
+    client = app.test_client()
+    for _ in range(3 * media.max_concurrent):  # finished answers give their slot back
+        r = client.get(url)
+        assert r.status_code == 200 and r.data == b"z" * 100
+        r.close()
+        r = client.get(local(media.link("mxc://example.org/gone", "a.png")))
+        assert r.status_code == 404
+        r.close()
+    held = [media.try_acquire() for _ in range(media.max_concurrent)]
+    assert all(held)
+    r = client.get(url)
+    assert (r.status_code, r.json["errcode"]) == (503, "M_LIMIT_EXCEEDED")
+    assert r.headers["Retry-After"] == "5"
+    media.release()
+    assert client.get(url).status_code == 200
+
+
 # --- end to end: Synapse with authenticated media + the bridge under gunicorn -----------
+
+
+READ_TIMEOUT = 5
 
 
 class E2E:
@@ -381,8 +432,14 @@ def e2e(tmp_path_factory: pytest.TempPathFactory) -> Iterator[E2E]:
         clean_database(url)
     e = E2E()
     e.stack = Stack(tmp_path_factory.mktemp("media"), database_url=url)
+
+    def slow_readers_are_cut(s: Stack) -> None:  # a short read timeout for the slot test
+        s.config_path.write_text(s.config_path.read_text(encoding="utf-8")
+                                 + f"\n[media]\nread_timeout = {READ_TIMEOUT}\n",
+                                 encoding="utf-8")
+
     try:
-        e.stack.start()
+        e.stack.start(before_bridge=slow_readers_are_cut)
         e.alice = e.stack.matrix_user("alice")
         store = Store(e.stack.database_url)
         try:
@@ -493,27 +550,6 @@ def test_e2e_signatures_and_tokens_stay_out_of_the_log(e2e: E2E) -> None:
     assert e2e.media.client._as_token not in log_text
 
 
-def test_downloads_at_once_are_capped_and_slots_come_back(app: Flask, fake: FakeClient) -> None:
-    media = app.extensions["bridge"].media
-    fake.files[("example.org", "img")] = (b"z" * 100, {"Content-Type": "image/png"})
-    url = local(media.link("mxc://example.org/img", "a.png"))
-    client = app.test_client()
-    for _ in range(3 * media.max_concurrent):  # finished answers give their slot back
-        r = client.get(url)
-        assert r.status_code == 200 and r.data == b"z" * 100
-        r.close()
-        r = client.get(local(media.link("mxc://example.org/gone", "a.png")))
-        assert r.status_code == 404
-        r.close()
-    held = [media.try_acquire() for _ in range(media.max_concurrent)]
-    assert all(held)
-    r = client.get(url)
-    assert (r.status_code, r.json["errcode"]) == (503, "M_LIMIT_EXCEEDED")
-    assert r.headers["Retry-After"] == "5"
-    media.release()
-    assert client.get(url).status_code == 200
-
-
 def test_e2e_download_slots_come_back_under_gunicorn(e2e: E2E) -> None:
     big = os.urandom(3 << 20)
     url = e2e.media.link(upload(e2e.alice, big, "image/png", "big.png"), "big.png")
@@ -525,3 +561,72 @@ def test_e2e_download_slots_come_back_under_gunicorn(e2e: E2E) -> None:
         assert requests.head(url, timeout=30).status_code == 200
         assert requests.get(missing, timeout=30).status_code == 404
     assert requests.get(url, timeout=30).content == big
+
+
+def _stalled_download(url: str) -> socket.socket:
+    """A client that asks for `url` and then reads nothing, with a tiny receive window."""
+    parts = urlsplit(url)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect((parts.hostname, parts.port))
+    sock.sendall(f"GET {parts.path}?{parts.query} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
+                 "Connection: close\r\n\r\n".encode())
+    return sock
+
+
+def _read_all(sock: socket.socket) -> bytes:
+    sock.settimeout(30)
+    chunks = []
+    try:
+        while chunk := sock.recv(1 << 16):
+            chunks.append(chunk)
+    except OSError:  # a reset after the server gave up on us
+        pass
+    return b"".join(chunks)
+
+
+def test_e2e_slow_readers_cannot_hold_every_download_slot(e2e: E2E) -> None:
+    big = os.urandom(12 << 20)  # far more than the socket buffers hold
+    url = e2e.media.link(upload(e2e.alice, big, "image/png", "slow.png"), "slow.png")
+    small = e2e.media.link(upload(e2e.alice, b"small", "text/plain", "s.txt"), "s.txt")
+    slots = 4  # [appservice] threads = 8 in the devstack: half of them serve media
+    stalled = [_stalled_download(url) for _ in range(slots)]
+    try:
+        firsts = []
+        for sock in stalled:  # each is being answered (holds a slot), then reads no more
+            sock.settimeout(30)
+            firsts.append(sock.recv(1024))
+            assert firsts[-1].startswith(b"HTTP/1.1 200")
+        # Slow readers hold their slot for READ_TIMEOUT at most, then others get theirs.
+        wait_until(lambda: requests.get(small, timeout=30).status_code == 200, 60, 0.2,
+                   what="a download slot while four readers stall")
+        for sock, first in zip(stalled, firsts, strict=True):  # the server gave up on each:
+            assert len(first) + len(_read_all(sock)) < len(big)  # none got the whole file
+    finally:
+        for sock in stalled:
+            sock.close()
+
+
+def test_e2e_a_redaction_revokes_the_media_link(e2e: E2E) -> None:
+    room = e2e.alice.join(e2e.stack.alias("#matrix"))
+    bob = e2e.stack.irc_user("mediabob")
+    try:
+        bob.join("#matrix")
+        mxc = upload(e2e.alice, PNG, "image/png", "secret.png")
+        event_id = e2e.alice.send_event(room, "m.room.message", {
+            "msgtype": "m.image", "body": "secret.png", "url": mxc,
+            "info": {"mimetype": "image/png", "size": len(PNG)}})
+        line = bob.wait_for_privmsg(lambda t: "/_ircbridge/media/" in t, timeout=30)
+        url = next(w for w in line.text.split() if "/_ircbridge/media/" in w)
+        assert requests.get(url, timeout=30).status_code == 200
+        e2e.alice.request("PUT", f"/_matrix/client/v3/rooms/{quote(room)}/redact/"
+                                 f"{quote(event_id)}/revoke-{time.time_ns()}", json={})
+        wait_until(lambda: requests.get(url, timeout=30).status_code == 410, 30, 0.2,
+                   what="the link to stop working after the redaction")
+        r = requests.get(url, timeout=30)
+        assert r.json()["errcode"] == "M_NOT_FOUND"
+        # Another file's link keeps working.
+        other = e2e.media.link(upload(e2e.alice, PNG[:200], "image/png", "o.png"), "o.png")
+        assert requests.get(other, timeout=30).status_code == 200
+    finally:
+        bob.close()

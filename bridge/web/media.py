@@ -4,6 +4,11 @@ IRC users cannot authenticate to the homeserver, so the signature and its expiry
 only check here. The file is streamed from the homeserver's authenticated media API with the
 as_token (in the Authorization header, never a URL) and passed through with a size cap.
 
+A link whose message was redacted answers 410 (bridge.media_revocations). A download holds
+one of a few slots while it streams; a reader that does not take the next chunk within
+`[media] read_timeout` seconds is cut off (a send timeout on the client's socket), so slow
+readers cannot keep every slot. Request threads run this.
+
 The files are chosen by Matrix users and served from the bridge's own origin, so only types
 a browser cannot run as a page are shown inline (the list Synapse uses); HTML, SVG, XML and
 anything unknown come as attachments, with `nosniff` and a sandboxing CSP on every answer.
@@ -61,6 +66,9 @@ def download(server: str, media_id: str, filename: str) -> Response:
                         request.args.get("sig")):
         log.info("media %s/%s: missing, bad or expired signature", server, media_id)
         return _error(403, "M_FORBIDDEN", "This link is invalid or has expired")
+    if media.is_revoked(server, media_id):
+        log.info("media %s/%s: its message was redacted", server, media_id)
+        return _error(410, "M_NOT_FOUND", "The message with this file was removed")
 
     if not media.try_acquire():
         log.warning("media %s/%s: all %d download slots busy", server, media_id,
@@ -74,7 +82,29 @@ def download(server: str, media_id: str, filename: str) -> Response:
         media.release()
         raise
     response.call_on_close(media.release)
+    _limit_slow_readers(response, media.read_timeout)
     return response
+
+
+def _limit_slow_readers(response: Response, seconds: float) -> None:
+    """Give each send to the client `seconds` at most (gunicorn's or Werkzeug's socket):
+    a stalled reader then fails the send, the answer is closed and its slot comes back."""
+    sock = request.environ.get("gunicorn.socket") or request.environ.get("werkzeug.socket")
+    if sock is None:
+        return
+    try:
+        before = sock.gettimeout()
+        sock.settimeout(seconds)
+    except OSError:
+        return
+
+    def restore() -> None:
+        try:
+            sock.settimeout(before)
+        except OSError:
+            pass
+
+    response.call_on_close(restore)
 
 
 def _fetch(media: Any, server: str, media_id: str, filename: str) -> Response:
