@@ -51,3 +51,12 @@ def test_casemapping_folds_as_the_server_says() -> None:
     assert casefolder("rfc1459")("alice[m]") == casefolder("rfc1459")("ALICE{M}")
     assert casefolder("strict-rfc1459")("a~") != casefolder("strict-rfc1459")("a^")
     assert casefolder(None) is irc_lower
+
+
+def test_a_names_entry_with_one_symbol_may_hide_a_lower_prefix() -> None:
+    state = ChannelModes()
+    state.names(NGIRCD, ["@jay", "@+kim"], str.lower)
+    minus_o = parse_modes(NGIRCD, ["-o", "Jay"])
+    state.apply(NGIRCD, minus_o, str.lower)
+    assert state.needs_names("jay", minus_o, str.lower)  # NAMES again: +v may remain
+    assert not state.needs_names("kim", parse_modes(NGIRCD, ["-o", "Kim"]), str.lower)

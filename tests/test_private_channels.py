@@ -471,3 +471,21 @@ def test_the_command_line_links_with_mirror_modes(stack: Stack) -> None:
     finally:
         ivy.quit()
         op.quit()
+
+
+def test_a_level_follows_the_prefixes_left_even_those_set_before_the_bridge_came(
+        stack: Stack) -> None:
+    op = op_of(stack, "Multiop", "#multi")
+    jay = stack.irc_user("Jay")
+    try:
+        jay.join("#multi")
+        mode(op, "#multi", "+ov Jay Jay")  # before the bridge is there: NAMES shows @Jay
+        alice = user(stack, "alice")
+        room = alice.join(stack.alias("#multi"))
+        ghost = stack.ghost("Jay")  # the room was made after the bot had the channel's NAMES
+        mode(op, "#multi", "-o Jay")
+        wait_until(lambda: levels(alice, room).get(ghost) == 1, TIMEOUT,
+                   what="Jay's +v (hidden under @ in NAMES) as his level")
+    finally:
+        jay.quit()
+        op.quit()

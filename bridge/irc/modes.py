@@ -118,6 +118,10 @@ class ChannelModes:
     prefixes: dict[str, set[str]] = field(default_factory=dict)  # folded nick -> modes
     known: bool = False
     bot_refused: str | None = None
+    # Nicks whose prefixes came from a NAMES entry with one symbol: without the server's
+    # multi-prefix, `@nick` may hide a +v. Losing a prefix of theirs asks NAMES again.
+    unsure: set[str] = field(default_factory=set)
+    recheck: dict[str, str] = field(default_factory=dict)  # folded -> as written, till NAMES
 
     def snapshot(self) -> ChannelState:
         return ChannelState(frozenset(self.flags), self.known, self.bot_refused)
@@ -161,16 +165,34 @@ class ChannelModes:
                 held.add(found)
                 rest = rest[1:]
             if rest:
-                self.prefixes[fold(rest)] = held
+                nick = fold(rest)
+                self.prefixes[nick] = held
+                if len(held) == 1 and len(syntax.prefix_modes) > 1:
+                    self.unsure.add(nick)
+                else:
+                    self.unsure.discard(nick)
 
     def level(self, nick: str, powers: Mapping[str, int] = POWER_FOR_MODE) -> int:
         """The power the highest remaining prefix of a (folded) nick maps to, at most 50."""
         held = self.prefixes.get(nick, set())
         return min(MAX_LEVEL, max((powers.get(m, 0) for m in held), default=0))
 
+    def needs_names(self, nick: str, changes: Iterable[ModeChange],
+                    fold: Callable[[str], str]) -> bool:
+        """A prefix was taken from a nick whose lower prefixes NAMES may have hidden."""
+        return nick in self.unsure and any(
+            c.sign == "-" and c.argument and fold(c.argument) == nick for c in changes)
+
     def forget(self, nick: str) -> None:
         self.prefixes.pop(nick, None)
+        self.unsure.discard(nick)
+        self.recheck.pop(nick, None)
 
     def rename(self, old: str, new: str) -> None:
         if old in self.prefixes:
             self.prefixes[new] = self.prefixes.pop(old)
+        if old in self.unsure:
+            self.unsure.discard(old)
+            self.unsure.add(new)
+        if old in self.recheck:
+            self.recheck[new] = self.recheck.pop(old)

@@ -523,16 +523,24 @@ class Network:
         state = self._modes(channel)
         before = state.snapshot()
         for nick in dict.fromkeys(state.apply(self.syntax, changes, self.fold)):
-            user_id = None
-            if self._ours(nick):
-                # IRC operators also lead the room: a puppet's op becomes its user's power.
-                user_id = self.puppet_nicks.get(nick)
-                if user_id is None:
-                    continue  # the bot
             argument = next((c.argument for c in changes
                              if c.argument and self.fold(c.argument) == nick), nick)
-            self.listener.irc_power(self.name, channel, argument, state.level(nick), user_id)
+            if state.needs_names(nick, changes, self.fold):
+                if not state.recheck:
+                    conn.send_now(f"NAMES {event.target}")
+                state.recheck[nick] = argument
+                continue  # its level is known once the server lists what is left
+            self._power(channel, nick, argument, state)
         self._publish_modes(channel, before)
+
+    def _power(self, channel: str, nick: str, written: str, state: ChannelModes) -> None:
+        user_id = None
+        if self._ours(nick):
+            # IRC operators also lead the room: a puppet's op becomes its user's power.
+            user_id = self.puppet_nicks.get(nick)
+            if user_id is None:
+                return  # the bot
+        self.listener.irc_power(self.name, channel, written, state.level(nick), user_id)
 
     def _failure(self, conn: IrcConnection, event: irc.client.Event) -> None:
         target = event.arguments[0] if event.arguments else ""
@@ -562,6 +570,11 @@ class Network:
     _on_470 = _on_489 = _failure
 
     def _on_endofnames(self, conn: IrcConnection, event: irc.client.Event) -> None:
+        if event.arguments and self.forwarder(event.arguments[0]) is conn:
+            state = self._modes(event.arguments[0])
+            for nick, written in sorted(state.recheck.items()):
+                self._power(irc_lower(event.arguments[0]), nick, written, state)
+            state.recheck.clear()
         if conn.is_bot and event.arguments:
             channel = irc_lower(event.arguments[0])
             self.listener.irc_connection(self.name, "", "channel_ready", {
