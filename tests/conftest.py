@@ -29,9 +29,12 @@ def pytest_configure(config: pytest.Config) -> None:
         os.environ["IRCBRIDGE_IRCD"] = "ngircd"
 
 
-def pytest_report_header(config: pytest.Config) -> str:
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    from bridge.devstack.ircd import default_kind
+
     url = os.environ.get(TEST_DB_ENV)
-    return f"ircbridge database: {url or 'sqlite (temp files)'}"
+    return [f"ircbridge database: {url or 'sqlite (temp files)'}",
+            f"ircbridge IRC server (IRCBRIDGE_TEST_IRCD): {default_kind()}"]
 
 
 def write_config(folder: Path, *, hs_url: str = "http://127.0.0.1:8008", domain: str = "localhost",

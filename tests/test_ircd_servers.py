@@ -4,8 +4,9 @@ ngircd, InspIRCd 3 (with its IRCv3 modules and Atheme), ircd-hybrid and Ergo 2.1
 through :class:`IrcDaemon` on a free loopback port: two clients register, meet in a
 channel whose first joiner is its operator, exchange a PRIVMSG, and the server's CAP LS is
 recorded as a figure. Then what the bridge's tests lean on: many connections from
-127.0.0.1, a burst without flood kills, an operator's KICK and MODE +o, a restart on the
-same port. A server whose binary is not here is skipped, saying what to install.
+127.0.0.1, a burst without flood kills, a channel operator's KICK and MODE +o, the
+devstack's IRC operator (OPER, KILL), a restart on the same port. A server whose binary
+is not here is skipped, saying what to install.
 """
 
 from __future__ import annotations
@@ -112,6 +113,16 @@ def test_the_channel_operator_can_op_and_kick(daemon: IrcDaemon) -> None:
         op.send("KICK #ops Dan :behave")
         kick = dan.wait_for(lambda m: m.command == "KICK")
         assert kick.params[:2] == ["#ops", "Dan"] and kick.text == "behave"
+
+
+def test_the_devstack_operator_can_kill_a_connection(daemon: IrcDaemon) -> None:
+    """Fault tests drop a bridge's link the way a network's operator would."""
+    with daemon.client("Oper") as oper, daemon.client("target") as target:
+        oper.send(f"OPER {daemon.oper_name} {daemon.oper_password}")
+        assert oper.wait_for(lambda m: m.command in {"381", "464", "491"}).command == "381"
+        oper.send("KILL target :devstack test")
+        with pytest.raises(ConnectionError):
+            target.wait_for(lambda m: False, timeout=10)
 
 
 def test_a_restart_keeps_the_port_and_drops_everyone(daemon: IrcDaemon) -> None:
