@@ -249,7 +249,8 @@ def ircd(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[IrcDaemon]:
 
 
 def test_default_kind_prefers_ngircd() -> None:
-    assert default_kind() == (os.environ.get("IRCBRIDGE_IRCD")
+    assert default_kind() == (os.environ.get("IRCBRIDGE_TEST_IRCD")
+                              or os.environ.get("IRCBRIDGE_IRCD")
                               or ("ngircd" if ngircd_path() else "miniircd"))
     with pytest.raises(ValueError):
         IrcDaemon(Path("/nonexistent"), kind="irc.server")
