@@ -124,6 +124,11 @@ class NetworkConfig:
     servers: tuple[tuple[str, int], ...] = ()
     # Seconds to wait before connecting again after the server said we are banned (K-line).
     banned_retry_after: float = 3600.0
+    # New TCP connects per second on this network (first connects and reconnects, the bot
+    # and puppets alike) after a burst of `connect_burst`; 0: no rate (the concurrency cap
+    # max_concurrent_connects still holds).
+    connects_per_second: float = 5.0
+    connect_burst: int = 5
 
 
 @dataclass(frozen=True)
@@ -237,6 +242,8 @@ NETWORK_KEYS: dict[str, Any] = {
     "max_lines": "3",
     "connect_timeout": "10",
     "max_concurrent_connects": "5",
+    "connects_per_second": "5.0",
+    "connect_burst": "5",
     "give_up_after": "600",
     "kick_rejoin_after": "30",
     "netsplit_leave_after": "1800",
@@ -672,6 +679,9 @@ def _network(
         max_concurrent_connects=r.integer(
             "max_concurrent_connects", NETWORK_KEYS["max_concurrent_connects"], 1, 10000
         ),
+        connects_per_second=r.number("connects_per_second", NETWORK_KEYS["connects_per_second"],
+                                     0.0, 10000.0),
+        connect_burst=r.integer("connect_burst", NETWORK_KEYS["connect_burst"], 1, 10000),
         give_up_after=r.number("give_up_after", NETWORK_KEYS["give_up_after"], 1.0, 7 * 86400.0),
         kick_rejoin_after=r.number("kick_rejoin_after", NETWORK_KEYS["kick_rejoin_after"],
                                    0.1, 86400.0),

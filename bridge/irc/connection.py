@@ -76,26 +76,29 @@ def line_target(line: str, channel: str | None) -> str:
 
 
 class TokenBucket:
-    """Flood control: `burst` lines at once, then `rate` lines per second (rate 0 = no limit)."""
+    """`burst` at once, then `rate` per second (rate 0 = no limit): flood control of a
+    connection's lines, and the network's new connections (ConnectSlots). `clock` is the
+    IRC thread's (time.monotonic, the clock its timers run on)."""
 
-    def __init__(self, rate: float, burst: int):
+    def __init__(self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic):
         self.rate = rate
-        self.burst = float(burst)
-        self.tokens = float(burst)
-        self.updated = time.monotonic()
+        self.burst = float(max(1, burst))
+        self.tokens = self.burst
+        self.clock = clock
+        self.updated = clock()
 
     def peek(self) -> float:
         """0.0 if a line could go now, else the seconds to wait (uses no token)."""
         if self.rate <= 0:
             return 0.0
-        tokens = min(self.burst, self.tokens + (time.monotonic() - self.updated) * self.rate)
+        tokens = min(self.burst, self.tokens + (self.clock() - self.updated) * self.rate)
         return 0.0 if tokens >= 1.0 else (1.0 - tokens) / self.rate
 
     def take(self) -> float:
         """0.0 if a line may go now (and uses a token), else the seconds to wait."""
         if self.rate <= 0:
             return 0.0
-        now = time.monotonic()
+        now = self.clock()
         self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
         self.updated = now
         if self.tokens >= 1.0:
@@ -568,22 +571,46 @@ class IrcConnection:
 
 
 class ConnectSlots:
-    """At most `limit` connects in flight per network: no reconnect storms."""
+    """The network's connect gate: at most `limit` connections from TCP connect to 001 at
+    once, and new TCP connects (first connects and reconnects, bot and puppets) at most
+    `rate` per second after a burst of `burst` (rate 0: no rate), so a restart with
+    thousands of puppets never storms the server. An attempt that must wait for a token is
+    begun by a timer on the IRC thread's scheduler (`call_later`), never by a sleep."""
 
-    def __init__(self, limit: int):
+    def __init__(self, limit: int, rate: float = 0.0, burst: int = 1, *,
+                 call_later: Callable[[float, Callable[[], None]], Timer] | None = None,
+                 clock: Callable[[], float] = time.monotonic):
         self.limit = limit
         self.active = 0
         self.waiting: collections.deque[Callable[[], None]] = collections.deque()
+        self.bucket = TokenBucket(rate, burst, clock)
+        self.call_later = call_later
+        self._timer: Timer | None = None
 
     def request(self, begin: Callable[[], None]) -> None:
-        if self.active < self.limit:
-            self.active += 1
-            begin()
-        else:
-            self.waiting.append(begin)
+        self.waiting.append(begin)
+        self._pump()
 
     def release(self) -> None:
         self.active = max(0, self.active - 1)
+        self._pump()
+
+    def _pump(self) -> None:
         while self.waiting and self.active < self.limit:
+            wait = self.bucket.take() if self.call_later is not None else 0.0
+            if wait > 0:
+                if self._timer is None:
+                    self._timer = self.call_later(wait, self._tick)  # type: ignore[misc]
+                return
             self.active += 1
             self.waiting.popleft()()
+
+    def _tick(self) -> None:
+        self._timer = None
+        self._pump()
+
+    def cancel(self) -> None:
+        """Stop the timer (the network stops)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None

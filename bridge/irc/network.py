@@ -124,7 +124,8 @@ class Network:
         self.bot_nick = bot_nick
         self._register = register
         self._unregister = unregister
-        self.slots = ConnectSlots(config.max_concurrent_connects)
+        self.slots = ConnectSlots(config.max_concurrent_connects, config.connects_per_second,
+                                  config.connect_burst, call_later=thread.call_later)
         self.bot: IrcConnection | None = None
         self.puppets: dict[str, IrcConnection] = {}
         self.topics: dict[str, str] = {}
@@ -188,6 +189,7 @@ class Network:
             self._liveness_timer.cancel()
         self.rejoins.cancel()
         self.splits.cancel()
+        self.slots.cancel()
         for conn in [self.bot, *self.puppets.values()]:
             if conn is not None:
                 conn.close(message)
