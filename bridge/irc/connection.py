@@ -80,12 +80,15 @@ class TokenBucket:
     connection's lines, and the network's new connections (ConnectSlots). `clock` is the
     IRC thread's (time.monotonic, the clock its timers run on)."""
 
-    def __init__(self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, rate: float, burst: int, clock: Callable[[], float] | None = None):
         self.rate = rate
         self.burst = float(max(1, burst))
         self.tokens = self.burst
-        self.clock = clock
-        self.updated = clock()
+        self._clock = clock  # None: time.monotonic, looked up at each call
+        self.updated = self.clock()
+
+    def clock(self) -> float:
+        return self._clock() if self._clock is not None else time.monotonic()
 
     def peek(self) -> float:
         """0.0 if a line could go now, else the seconds to wait (uses no token)."""
@@ -579,7 +582,7 @@ class ConnectSlots:
 
     def __init__(self, limit: int, rate: float = 0.0, burst: int = 1, *,
                  call_later: Callable[[float, Callable[[], None]], Timer] | None = None,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] | None = None):
         self.limit = limit
         self.active = 0
         self.waiting: collections.deque[Callable[[], None]] = collections.deque()
