@@ -33,6 +33,9 @@ class _Probe(IrcToMatrix):
     def _has_room(self, network: str, channel: str) -> bool:
         return True  # a bridged channel: its lines are recorded
 
+    def may_relay(self, network: str, channel: str) -> bool:
+        return True  # a public channel
+
 
 class _Reader(HTMLParser):
     """The text of an HTML body and the (href, text) of its links; fails on stray markup."""
