@@ -167,3 +167,17 @@ def test_the_bots_sasl_certificate_and_autocmds_are_network_keys(tmp_path: Path)
     plain = write_config(tmp_path, extra_network="client_cert = bot.pem\n")
     with pytest.raises(config_module.ConfigError, match="client_cert.*needs TLS"):
         config_module.load(plain)
+
+
+def test_connects_per_second_is_a_network_key(tmp_path: Path) -> None:
+    default = config_module.load(write_config(tmp_path)).networks[0]
+    assert (default.connects_per_second, default.connect_burst) == (5.0, 5)
+    path = write_config(tmp_path, extra_network="connects_per_second = 0.5\nconnect_burst = 2\n")
+    config = config_module.load(path)
+    net = config.networks[0]
+    assert (net.connects_per_second, net.connect_burst) == (0.5, 2)
+    assert not [w for w in config.warnings if "unknown key" in w]
+    off = config_module.load(write_config(tmp_path, extra_network="connects_per_second = 0\n"))
+    assert off.networks[0].connects_per_second == 0.0
+    with pytest.raises(config_module.ConfigError, match="connects_per_second"):
+        config_module.load(write_config(tmp_path, extra_network="connects_per_second = -1\n"))
