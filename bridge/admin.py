@@ -25,7 +25,6 @@ from .config import role_of
 from .lanes import Lanes
 from .matrix import MatrixError
 from .matrix.client import q
-from .names import irc_lower
 from .vault import Vault, VaultError, load_vault
 
 log = logging.getLogger(__name__)
@@ -388,11 +387,13 @@ class AdminRooms:
     def apply_static_mappings(self) -> None:
         """Link `[network:NAME] rooms` pairs; unlink static links no longer configured."""
         wanted = {
-            (net.name, irc_lower(channel), room_id): channel
+            (net.name, self.bridge.fold_channel(net.name, channel), room_id): channel
             for net in self.config.networks for channel, room_id in net.rooms
         }
         for link in self.bridge.links():
-            if link.kind == "static" and (link.network, link.channel, link.room_id) not in wanted:
+            key = (link.network, self.bridge.fold_channel(link.network, link.channel_name),
+                   link.room_id)
+            if link.kind == "static" and key not in wanted:
                 log.info("static mapping %s = %s on %s removed from config.ini: unlinking",
                          link.channel_name, link.room_id, link.network)
                 self.bridge.unlink_room(link.room_id)

@@ -28,7 +28,6 @@ from .commands import (
 )
 from .config import role_of
 from .matrix import MatrixError
-from .names import irc_lower
 from .store import Link
 from .vault import VaultError, fingerprints, make_client_certificate
 
@@ -115,7 +114,7 @@ class CommandRunner:
             return None
 
     def _link(self, network: str, channel: str) -> Link | None:
-        folded = irc_lower(channel)
+        folded = self.bridge.fold_channel(network, channel)
         for link in self.bridge.links():
             if link.network == network and link.channel == folded:
                 return link
@@ -172,9 +171,10 @@ class CommandRunner:
             info = snap.get(network) or {}
             for name in info.get("channels", []):
                 channel = name.split(" ", 1)[0]
-                link = links.get((network, irc_lower(channel)))
+                folded = self.bridge.fold_channel(network, channel)
+                link = links.get((network, folded))
                 where = f" → {link.alias or link.room_id}" if link else " (no room yet)"
-                joined = "" if irc_lower(channel) in info.get("in", []) else " (joining)"
+                joined = "" if folded in info.get("in", []) else " (joining)"
                 lines.append(f"{network} {channel}{joined}{where}")
         return "\n".join(lines) if lines else "You are in no IRC channels."
 
@@ -189,7 +189,8 @@ class CommandRunner:
             return f"Could not join {channel} on {c.network}: {refused}"
         link = self._link(c.network, channel)
         if link is None:
-            alias = self.bridge.names[c.network].alias_for_channel(channel)
+            alias = self.bridge.names[c.network].alias_for_channel(
+                channel, self.bridge.casemapping(c.network))
             try:
                 self.bridge.query_room(alias, for_user=ctx.user_id)
             except PortalLimited as e:
@@ -237,7 +238,8 @@ class CommandRunner:
         new = c.args[0]
         snap = self._snapshot(ctx.user_id) or {}
         current = (snap.get(c.network) or {}).get("nick")
-        if current is None or irc_lower(current) != irc_lower(new):
+        fold = self.bridge.fold_nick
+        if current is None or fold(c.network, current) != fold(c.network, new):
             try:
                 who = self._ask(self.admin.irc.whois, c.network, new, ctx.user_id,
                                 timeout=WHOIS_TIMEOUT)

@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING, Any
 import irc.client
 
 from .irc import State
-from .names import irc_lower
 
 if TYPE_CHECKING:
     from .irc import IrcConnection, Network
@@ -301,7 +300,7 @@ class IrcQueries:
         """Resolves None once in the channel, else the server's refusal."""
         net = self._network(network)
         conn = net.puppet(user_id)
-        folded = irc_lower(channel)
+        folded = net.fold(channel)
         if folded in conn.channels:
             _resolve(future, None)
             return
@@ -325,13 +324,13 @@ class IrcQueries:
         fold = self.bridge.irc.fold_for(server_conn)
         if fold(event.source.nick) != fold(server_conn.get_nickname()):
             return
-        for _conn, future in self._joins.pop((server_conn, irc_lower(event.target)), []):
+        for _conn, future in self._joins.pop((server_conn, fold(event.target)), []):
             _resolve(future, None)
 
     def _on_join_error(self, server_conn: Any, event: irc.client.Event) -> None:
         if not self._joins or not event.arguments:
             return
-        folded = irc_lower(event.arguments[0])
+        folded = self.bridge.irc.fold_for(server_conn)(event.arguments[0])
         waiting = self._joins.pop((server_conn, folded), [])
         for conn, future in waiting:
             conn.wanted_channels.pop(folded, None)  # do not retry it at every reconnect
@@ -342,7 +341,7 @@ class IrcQueries:
         """Resolves True when the connection was in (or joining) the channel."""
         net = self._network(network)
         conn = net.puppets.get(user_id)
-        folded = irc_lower(channel)
+        folded = net.fold(channel)
         if conn is None or (folded not in conn.channels and folded not in conn.wanted_channels):
             _resolve(future, False)
             return

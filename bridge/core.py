@@ -11,6 +11,7 @@ queue); the senders call `deliver`.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -39,7 +40,7 @@ from .matrix import (
 )
 from .matrix.state import MemberStore
 from .matrix_to_irc import MatrixToIrc
-from .names import NetworkNames, displayname_for_nick, irc_lower, sanitize_nick
+from .names import NetworkNames, casefolder, displayname_for_nick, fold_channel, sanitize_nick
 from .outbox import Recorder, RoomCreated, Senders
 from .privacy import ChannelPrivacy, RoomOptions
 from .registration import announce
@@ -373,10 +374,50 @@ class Bridge(ChannelPrivacy, MatrixToIrc, IrcToMatrix, ThirdPartyLookups):
             return list(self._links_by_room.get(room_id, ()))
 
     def fold_nick(self, network: str, nick: str) -> str:
-        """Nicks compare as the network's ISUPPORT CASEMAPPING says (learnt on the IRC
-        thread; reading the function it left is safe from any thread)."""
-        net = self.irc.network(network)
-        return net.fold(nick) if net is not None else irc_lower(nick)
+        """Nicks compare as the network's ISUPPORT CASEMAPPING says (the IRC thread's
+        published snapshot, bridge.irc.IrcSide.casemapping)."""
+        return casefolder(self.irc.casemapping(network))(nick)
+
+    def casemapping(self, network: str) -> str:
+        """The CASEMAPPING `network` announced (rfc1459 before its 005), any thread."""
+        return self.irc.casemapping(network)
+
+    def fold_channel(self, network: str, channel: str) -> str:
+        """A channel's key and comparison form on `network` (see names.fold_channel)."""
+        return fold_channel(self.irc.casemapping(network), channel)
+
+    def irc_casemapping(self, network: str, casemapping: str) -> None:
+        """IRC thread: the network announced a CASEMAPPING other than rfc1459. Links stored
+        under another folding (rows of an older version, or made before the 005) are re-keyed
+        from the channel name as written, on a thread of their own: it writes the store."""
+        threading.Thread(target=self._rekey_links, args=(network, casemapping),
+                         name="casemap-rekey", daemon=True).start()
+
+    def _rekey_links(self, network: str, casemapping: str) -> None:
+        with self._links_lock:
+            stale = [lk for lk in self._links_by_channel.values() if lk.network == network
+                     and fold_channel(casemapping, lk.channel_name) != lk.channel]
+        for old in stale:
+            new = dataclasses.replace(old, channel=fold_channel(casemapping, old.channel_name))
+            with self._links_lock:
+                if (network, new.channel) in self._links_by_channel:
+                    log.warning("%s on %s: another link holds key %s; left as %s",
+                                old.channel_name, network, new.channel, old.channel)
+                    continue
+            try:
+                self.store.rekey_link(network, old.channel, new.channel)
+            except Exception:  # noqa: BLE001 - the old key keeps working for the rest
+                log.exception("could not re-key %s on %s", old.channel_name, network)
+                continue
+            with self._links_lock:
+                self._links_by_channel.pop((network, old.channel), None)
+                self._add_link_locked(new)
+            log.info("%s on %s re-keyed %s -> %s (CASEMAPPING=%s)", old.channel_name, network,
+                     old.channel, new.channel, casemapping)
+            if self.recorder is not None:
+                self.recorder.forget(network, old.channel)
+                self.recorder.put(RoomCreated(network, new.channel, new.room_id,
+                                              threading.Event()))
 
     def _link_for_channel(self, network: str, channel: str) -> Link | None:
         with self._links_lock:
@@ -445,7 +486,7 @@ class Bridge(ChannelPrivacy, MatrixToIrc, IrcToMatrix, ThirdPartyLookups):
         if parsed is None or not self.access.may_query(for_user):
             return False
         network, channel = parsed
-        folded = irc_lower(channel)
+        folded = self.fold_channel(network, channel)
         key = (network, folded)
         with self._alias_locks_guard:
             lock = self._alias_locks.setdefault(key, threading.Lock())
@@ -517,7 +558,7 @@ class Bridge(ChannelPrivacy, MatrixToIrc, IrcToMatrix, ThirdPartyLookups):
     def _create_portal(self, network: str, channel: str, alias: str, *,
                        private: bool = False) -> str:
         localpart = alias[1:].rsplit(":", 1)[0]
-        topic = self._topics.get((network, irc_lower(channel)), "")
+        topic = self._topics.get((network, self.fold_channel(network, channel)), "")
         body: dict[str, Any] = {
             "name": channel,
             "visibility": "private",
@@ -525,7 +566,7 @@ class Bridge(ChannelPrivacy, MatrixToIrc, IrcToMatrix, ThirdPartyLookups):
             **self.portal_room_body(private),
         }
         if private:
-            body["invite"] = self._puppets_in(network, irc_lower(channel))
+            body["invite"] = self._puppets_in(network, self.fold_channel(network, channel))
         else:
             body["room_alias_name"] = localpart
         if topic:
@@ -579,7 +620,7 @@ class Bridge(ChannelPrivacy, MatrixToIrc, IrcToMatrix, ThirdPartyLookups):
             raise ValueError(f"unknown network {network!r}")
         if not valid_channel(channel):
             raise ValueError(f"not a valid IRC channel: {channel!r}")
-        folded = irc_lower(channel)
+        folded = self.fold_channel(network, channel)
         with self._links_lock:
             existing = self._links_by_channel.get((network, folded))
             by_room = next((lk for lk in self._links_by_room.get(room_id, [])

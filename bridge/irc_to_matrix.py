@@ -26,7 +26,7 @@ from .matrix import (
     MatrixError,
 )
 from .matrix.state import MemberStore
-from .names import NetworkNames, irc_lower, is_channel
+from .names import NetworkNames, is_channel
 from .outbox import GiveUp, Retry
 from .store import PM_PREFIX, IrcLine, Link, QueuedLine, Store
 
@@ -71,6 +71,8 @@ class IrcToMatrix:
         def channel_is_private(self, network: str, channel: str) -> bool: ...
         def may_relay(self, network: str, channel: str) -> bool: ...
         def fold_nick(self, network: str, nick: str) -> str: ...
+
+        def fold_channel(self, network: str, channel: str) -> str: ...
         def puppet_joined(self, network: str, user_id: str, channel: str) -> None: ...
         def _state_power(self, line: QueuedLine, room_id: str,
                          details: dict[str, Any]) -> str: ...
@@ -140,7 +142,8 @@ class IrcToMatrix:
 
     def irc_failure(self, network: str, owner: str, target: str, reason: str) -> None:
         """A line of a Matrix user was refused by IRC: tell them, never drop it silently."""
-        folded = irc_lower(target) if is_channel(target) else self.fold_nick(network, target)
+        folded = (self.fold_channel(network, target) if is_channel(target)
+                  else self.fold_nick(network, target))
         who = self.nick_of(network, owner)
         text = f"{who}: not delivered to {target} on IRC: {reason}"
         if is_channel(target):

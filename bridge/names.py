@@ -133,6 +133,16 @@ def casefolder(casemapping: str | None) -> Callable[[str], str]:
         (casemapping or "").lower(), irc_lower)
 
 
+def fold_channel(casemapping: str | None, channel: str) -> str:
+    """The key of a channel on a network whose ISUPPORT CASEMAPPING is `casemapping`.
+
+    Every channel comparison and every stored channel key goes through this one function,
+    on the IRC thread and in the core (which reads the casemapping from the snapshot the
+    IRC thread publishes, see bridge.irc.IrcSide.casemapping). rfc1459 before 005 arrives.
+    """
+    return casefolder(casemapping)(channel)
+
+
 def is_channel(name: str) -> bool:
     return bool(name) and name[0] in CHANNEL_PREFIXES
 
@@ -174,11 +184,11 @@ class NetworkNames:
         return nick
 
     # rooms
-    def alias_localpart(self, channel: str) -> str:
-        return self.alias.fill(irc_lower(channel))
+    def alias_localpart(self, channel: str, casemapping: str | None = None) -> str:
+        return self.alias.fill(fold_channel(casemapping, channel))
 
-    def alias_for_channel(self, channel: str) -> str:
-        return f"#{self.alias_localpart(channel)}:{self.domain}"
+    def alias_for_channel(self, channel: str, casemapping: str | None = None) -> str:
+        return f"#{self.alias_localpart(channel, casemapping)}:{self.domain}"
 
     def channel_for_alias(self, alias: str) -> str | None:
         """The channel an alias of ours names, or None (unknown or not a valid channel)."""

@@ -28,7 +28,7 @@ from typing import Any
 from .matrix import Forbidden, MatrixError, NotFound
 from .matrix.client import q
 from .matrix.openid import OpenIdRefused, user_of
-from .names import irc_lower, valid_channel
+from .names import valid_channel
 from .store import Link
 
 log = logging.getLogger(__name__)
@@ -209,7 +209,7 @@ class Provisioner:
         return link_json(link)
 
     def _check_free(self, network: str, channel: str, room_id: str) -> None:
-        folded = irc_lower(channel)
+        folded = self.bridge.fold_channel(network, channel)
         for link in self.bridge.links():
             if link.network == network and link.channel == folded and link.room_id != room_id:
                 raise ProvisioningError(

@@ -577,6 +577,13 @@ class Store:
                              f"{taken[0].channel_name if taken else '?'} on {network}")
         return link
 
+    def rekey_link(self, network: str, old: str, new: str) -> None:
+        """Store a link under the key its network's CASEMAPPING gives (see Bridge)."""
+        with self.writing():
+            RoomLink.update(channel=new).where(
+                (RoomLink.bridge_id == self.bridge_id) & (RoomLink.network == network)
+                & (RoomLink.channel == old)).execute()
+
     def remove_link(self, room_id: str, network: str | None = None) -> bool:
         """Unlink the room from every network, or from `network` only."""
         where = (RoomLink.bridge_id == self.bridge_id) & (RoomLink.room_id == room_id)

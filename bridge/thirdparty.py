@@ -19,6 +19,8 @@ class ThirdPartyLookups:
         config: Config
         names: dict[str, NetworkNames]
 
+        def casemapping(self, network: str) -> str: ...
+
         def parse_alias(self, alias: str) -> tuple[str, str] | None: ...
 
     # ------------------------------------------------------------ third-party lookups
@@ -43,7 +45,7 @@ class ThirdPartyLookups:
     def thirdparty_location(self, network: str | None, channel: str | None) -> list[dict[str, Any]]:
         if not network or not channel or network not in self.names or not valid_channel(channel):
             return []
-        alias = self.names[network].alias_for_channel(channel)
+        alias = self.names[network].alias_for_channel(channel, self.casemapping(network))
         return [{"alias": alias, "protocol": "irc",
                  "fields": {"network": network, "channel": channel}}]
 

@@ -12,6 +12,7 @@ from bridge.names import (
     NetworkNames,
     collision_nick,
     escape_nick,
+    fold_channel,
     puppet_nick,
     unescape_nick,
     valid_nick,
@@ -83,3 +84,37 @@ def test_collision_nicks_are_predictable() -> None:
         "alice[m]_", "alice[m]__", "alice[m]1", "alice[m]2"
     ]
     assert len(collision_nick("a" * 9, 3, 9)) == 9
+
+
+@pytest.mark.parametrize(("casemapping", "channel", "key"), [
+    (None, "#A[b]\\~", "#a{b}|^"),  # before 005: rfc1459
+    ("rfc1459", "#A[b]\\~", "#a{b}|^"),
+    ("RFC1459", "#A[b", "#a{b"),
+    ("strict-rfc1459", "#A[b]\\~", "#a{b}|~"),
+    ("ascii", "#A[b]\\~", "#a[b]\\~"),
+    ("unknown-mapping", "#A[b", "#a{b"),
+])
+def test_fold_channel_follows_the_casemapping(casemapping: str | None, channel: str,
+                                              key: str) -> None:
+    assert fold_channel(casemapping, channel) == key
+
+
+def test_channels_that_differ_in_brackets_are_one_key_only_under_rfc1459() -> None:
+    assert fold_channel("rfc1459", "#a[b") == fold_channel("rfc1459", "#a{b")
+    assert fold_channel("strict-rfc1459", "#a[b") == fold_channel("strict-rfc1459", "#a{b")
+    assert fold_channel("strict-rfc1459", "#a~b") != fold_channel("strict-rfc1459", "#a^b")
+    assert fold_channel("ascii", "#a[b") != fold_channel("ascii", "#a{b")
+    assert fold_channel("ascii", "#A[B") == fold_channel("ascii", "#a[b")
+
+
+def test_a_channel_alias_follows_the_casemapping() -> None:
+    names = NetworkNames("irc_{nick}", "irc_{channel}", "example.org")
+    assert names.alias_for_channel("#A[b") == "#irc_#a{b:example.org"
+    assert names.alias_for_channel("#A[b", "ascii") == "#irc_#a[b:example.org"
+
+
+@given(st.text(alphabet="#abcXYZ[]\\~{}|^", min_size=1, max_size=12))
+def test_rfc1459_keys_are_the_keys_older_versions_stored(channel: str) -> None:
+    from bridge.names import irc_lower
+
+    assert fold_channel("rfc1459", channel) == fold_channel(None, channel) == irc_lower(channel)

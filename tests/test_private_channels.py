@@ -489,3 +489,77 @@ def test_a_level_follows_the_prefixes_left_even_those_set_before_the_bridge_came
     finally:
         jay.quit()
         op.quit()
+
+
+def test_channels_the_casemapping_tells_apart_get_their_own_portals(stack: Stack) -> None:
+    """CASEMAPPING=ascii: `#a[b` and `#a{b` are two channels, so two rooms whose lines
+    never cross, either way."""
+    square, curly = "#case[x", "#case{x"
+    op = op_of(stack, "Squareop", square)
+    op.join(curly)
+    announced = [p for m in op.history if m.command == "005" for p in m.params]
+    assert "CASEMAPPING=ascii" in announced, announced
+    carol = user(stack, "carol")
+    try:
+        square_room = carol.join(stack.alias(square))
+        curly_room = carol.join(stack.alias(curly))
+        assert square_room != curly_room, "two channels share one portal"
+        for channel in (square, curly):
+            wait_until(lambda c=channel: "carol[m]" in op.names(c), TIMEOUT,
+                       what=f"carol's puppet in {channel}")
+        op.privmsg(square, "said in square")
+        op.privmsg(curly, "said in curly")
+        carol.wait_for_text(square_room, "said in square", timeout=TIMEOUT)
+        carol.wait_for_text(curly_room, "said in curly", timeout=TIMEOUT)
+        carol.send_text(square_room, "from the square room")
+        carol.send_text(curly_room, "from the curly room")
+        got = {op.wait_for_privmsg("from the square room", timeout=TIMEOUT).target,
+               op.wait_for_privmsg("from the curly room", timeout=TIMEOUT).target}
+        sync_point(op, carol, square_room, square, "square done")
+        sync_point(op, carol, curly_room, curly, "curly done")
+
+        def bodies(room: str) -> list[str]:
+            return [e["content"].get("body") for e in carol.messages(room, limit=50)
+                    if e.get("type") == "m.room.message"]
+
+        assert "said in curly" not in bodies(square_room)
+        assert "said in square" not in bodies(curly_room)
+        assert got == {square, curly}
+    finally:
+        op.quit()
+
+
+def test_a_link_stored_under_rfc1459_folding_is_found_on_an_ascii_network(
+        stack: Stack) -> None:
+    """A row an older version stored (key `#legacy{x` for `#Legacy[x`) is re-keyed from the
+    channel name once the network says CASEMAPPING=ascii: `#Legacy[x` keeps its room, and
+    `#legacy{x`, another channel here, gets a room of its own."""
+    from bridge.store import RoomLink, open_database
+
+    square, curly = "#Legacy[x", "#legacy{x"
+    op = op_of(stack, "Legacyop", square)
+    op.join(curly)
+    dana = user(stack, "dana")
+    try:
+        room = dana.join(stack.alias(square))
+        wait_until(lambda: "dana[m]" in op.names(square), TIMEOUT, what="dana's puppet")
+        stack.bridge.stop()
+        db = open_database(stack.database_url)
+        with db.connection_context(), db.bind_ctx([RoomLink]):
+            assert RoomLink.update(channel="#legacy{x").where(
+                RoomLink.room_id == room).execute() == 1
+        db.close()
+        stack.bridge.proc = None
+        stack.bridge.start()
+        op.privmsg(square, "square after the restart")
+        dana.wait_for_text(room, "square after the restart", timeout=TIMEOUT)
+        other = dana.join(stack.alias(curly))
+        assert other != room, "the old rfc1459 key still took the other channel"
+        op.privmsg(curly, "curly after the restart")
+        dana.wait_for_text(other, "curly after the restart", timeout=TIMEOUT)
+        sync_point(op, dana, room, square, "legacy done")
+        bodies = [e["content"].get("body") for e in dana.messages(room, limit=50)
+                  if e.get("type") == "m.room.message"]
+        assert "curly after the restart" not in bodies
+    finally:
+        op.quit()

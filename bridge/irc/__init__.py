@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 import irc.client
@@ -46,11 +47,16 @@ class IrcSide:
         self.connector = ThreadPoolExecutor(max_workers=8, thread_name_prefix="irc-connect")
         self._by_conn: dict[irc.client.ServerConnection, tuple[Network, IrcConnection]] = {}
         self.networks: dict[str, Network] = {}
+        # Network -> its ISUPPORT CASEMAPPING: an immutable mapping the IRC thread replaces
+        # whole, so any thread may read it (names.fold_channel takes the value).
+        self._casemappings: MappingProxyType[str, str] = MappingProxyType({})
+        self._listener = listener
         for config in networks:
             self.networks[config.name] = Network(
                 config, self.thread, self.connector, listener, bot_nick=bot_nick_for(config),
                 register=self._make_register(config.name), unregister=self._unregister,
             )
+            self.networks[config.name].publish_casemapping = self._publish_casemapping
         for event in EVENTS:
             self.thread.reactor.add_global_handler(event, self._dispatch, 0)
         self.started = False
@@ -89,6 +95,15 @@ class IrcSide:
 
     def network(self, name: str) -> Network | None:
         return self.networks.get(name)
+
+    def _publish_casemapping(self, network: str, casemapping: str) -> None:
+        """IRC thread: a network announced its CASEMAPPING; the core re-keys its channels."""
+        self._casemappings = MappingProxyType({**self._casemappings, network: casemapping})
+        self._listener.irc_casemapping(network, casemapping)
+
+    def casemapping(self, network: str) -> str:
+        """Any thread: the CASEMAPPING a network announced (rfc1459 until its 005)."""
+        return self._casemappings.get(network, "rfc1459")
 
     def fold_for(self, server_conn: irc.client.ServerConnection) -> Callable[[str], str]:
         """The nick folding (ISUPPORT CASEMAPPING) of the network a connection is on."""

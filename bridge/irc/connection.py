@@ -65,13 +65,14 @@ class Outgoing:
     per_link: bool = False  # a rejoin or autocmd: redone on the next link, dropped on loss
 
 
-def line_target(line: str, channel: str | None) -> str:
+def line_target(line: str, channel: str | None,
+                fold: Callable[[str], str] = irc_lower) -> str:
     """The queue a line waits in: its channel, else the folded target of PRIVMSG/NOTICE."""
     if channel:
-        return irc_lower(channel)
+        return fold(channel)
     words = line.split(" ", 2)
     if len(words) > 2 and words[0].upper() in ("PRIVMSG", "NOTICE"):
-        return irc_lower(words[1])
+        return fold(words[1])
     return ""
 
 
@@ -182,8 +183,10 @@ class IrcConnection:
         slots: ConnectSlots,
         on_change: Callable[[IrcConnection, str, dict[str, Any]], None],
         nick_max: int = 30,
+        fold: Callable[[str], str] = irc_lower,
     ):
         self.thread = thread
+        self.fold = fold  # the network's CASEMAPPING; set again by refold
         self.network = network
         self.connector = connector
         self.owner = owner  # "" for the bot, else the Matrix user id
@@ -460,8 +463,17 @@ class IrcConnection:
             pass
 
     # ------------------------------------------------------------ channels
+    def refold(self, fold: Callable[[str], str]) -> None:
+        """The network's CASEMAPPING is learnt (005): re-key the channels by it."""
+        self.fold = fold
+        written = {k: w.split(" ", 1)[0] for k, w in self.wanted_channels.items()}
+        self.wanted_channels = {fold(written[k]): w for k, w in self.wanted_channels.items()}
+        # Keys are folded already; the names as written give the new key where known.
+        self.channels = {fold(written.get(c, c)) for c in self.channels}
+        self._join_queued = {fold(written.get(c, c)) for c in self._join_queued}
+
     def join(self, channel: str, key: str | None = None) -> None:
-        folded = irc_lower(channel)
+        folded = self.fold(channel)
         self.wanted_channels[folded] = f"{channel} {key}" if key else channel
         if self.state is State.CONNECTED and folded not in self.channels:
             self._queue_join(folded)
@@ -479,24 +491,24 @@ class IrcConnection:
         self.queue.append(item)
 
     def part(self, channel: str, reason: str = "") -> None:
-        folded = irc_lower(channel)
+        folded = self.fold(channel)
         self.wanted_channels.pop(folded, None)
         if self.state is State.CONNECTED and folded in self.channels:
             self.send(f"PART {channel}" + (f" :{reason}" if reason else ""))
 
     def joined(self, channel: str) -> None:
-        self.channels.add(irc_lower(channel))
-        self._join_queued.discard(irc_lower(channel))
+        self.channels.add(self.fold(channel))
+        self._join_queued.discard(self.fold(channel))
         self.drain()
 
     def left(self, channel: str) -> None:
-        self.channels.discard(irc_lower(channel))
-        self._join_queued.discard(irc_lower(channel))
+        self.channels.discard(self.fold(channel))
+        self._join_queued.discard(self.fold(channel))
 
     def refused(self, target: str, reason: str, *, join: bool = True) -> None:
         """The server refused our JOIN (`join`), or a line, for `target` (a channel or a
         nick): fail the lines waiting for it; every other target's lines go on."""
-        folded = irc_lower(target)
+        folded = self.fold(target)
         if join:
             self.wanted_channels.pop(folded, None)
             self._join_queued.discard(folded)
@@ -510,8 +522,8 @@ class IrcConnection:
              done: Callable[[bool, str | None], None] | None = None,
              before: Callable[[], None] | None = None) -> None:
         """Queue a line under flood control; lines to a channel wait until we are in it."""
-        self.queue.append(Outgoing(line, irc_lower(channel) if channel else None, done,
-                                   before=before, target=line_target(line, channel)))
+        self.queue.append(Outgoing(line, self.fold(channel) if channel else None, done,
+                                   before=before, target=line_target(line, channel, self.fold)))
         if self.state in (State.IDLE,):
             self.start()
         self.drain()

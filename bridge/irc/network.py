@@ -58,6 +58,8 @@ class IrcListener(Protocol):
 
     def irc_channel_state(self, network: str, channel: str, state: ChannelState) -> None: ...
 
+    def irc_casemapping(self, network: str, casemapping: str) -> None: ...
+
     def irc_failure(self, network: str, owner: str, target: str, reason: str) -> None: ...
 
 
@@ -131,9 +133,10 @@ class Network:
         self.topics: dict[str, str] = {}
         self.nick_max = 30
         self.casemapping = "rfc1459"
-        # Nick comparisons follow the server's CASEMAPPING; channel keys stay RFC 1459
-        # folded, the key links and aliases are stored under.
+        # Nick and channel comparisons follow the server's CASEMAPPING (names.fold_channel);
+        # the core reads it from the snapshot `publish_casemapping` hands to IrcSide.
         self.fold: Callable[[str], str] = irc_lower
+        self.publish_casemapping: Callable[[str, str], None] = lambda network, name: None
         self.syntax = ModeSyntax()
         # Folded channel -> its modes and members' prefixes, as our forwarder sees them.
         self.channel_modes: dict[str, ChannelModes] = {}
@@ -157,7 +160,7 @@ class Network:
         conn = IrcConnection(
             self.thread, self.config, self.connector, owner=owner, nick=nick,
             username=username, realname=realname, password=password, slots=self.slots,
-            on_change=self._connection_changed, nick_max=self.nick_max,
+            on_change=self._connection_changed, nick_max=self.nick_max, fold=self.fold,
         )
         self._register(conn.conn, conn)
         return conn
@@ -201,10 +204,10 @@ class Network:
             self.bot.join(channel)
 
     def part_bot(self, channel: str) -> None:
-        if self.bot is not None and irc_lower(channel) not in {
-            irc_lower(c) for c in self.config.channels
+        if self.bot is not None and self.fold(channel) not in {
+            self.fold(c) for c in self.config.channels
         }:
-            self.rejoins.bot_unwanted(irc_lower(channel))
+            self.rejoins.bot_unwanted(self.fold(channel))
             self.bot.part(channel)
 
     def puppet(self, user_id: str, displayname: str | None = None,
@@ -264,7 +267,7 @@ class Network:
         The bot when it is in the channel; otherwise the puppet with the lowest user id that
         is. Every other connection ignores the line, so nothing is relayed twice.
         """
-        folded = irc_lower(channel)
+        folded = self.fold(channel)
         if self.bot is not None and folded in self.bot.channels:
             return self.bot
         for user_id in sorted(self.puppets):
@@ -359,7 +362,7 @@ class Network:
 
     def _on_join(self, conn: IrcConnection, event: irc.client.Event) -> None:
         nick = event.source.nick if event.source else ""
-        channel = irc_lower(event.target)
+        channel = self.fold(event.target)
         if self._mine(conn, nick):
             if self.forwarder(channel) is None or conn.is_bot:
                 self.members[channel] = set()
@@ -381,7 +384,7 @@ class Network:
 
     def _on_part(self, conn: IrcConnection, event: irc.client.Event) -> None:
         nick = event.source.nick if event.source else ""
-        channel = irc_lower(event.target)
+        channel = self.fold(event.target)
         if self._mine(conn, nick):
             conn.left(event.target)
             return
@@ -396,7 +399,7 @@ class Network:
         kicked = event.arguments[0] if event.arguments else ""
         reason = event.arguments[1] if len(event.arguments) > 1 else ""
         by = event.source.nick if event.source else ""
-        channel = irc_lower(event.target)
+        channel = self.fold(event.target)
         if self._mine(conn, kicked):
             conn.left(event.target)
             written = conn.wanted_channels.get(channel, event.target)
@@ -468,7 +471,7 @@ class Network:
     def _on_namreply(self, conn: IrcConnection, event: irc.client.Event) -> None:
         if len(event.arguments) < 3:
             return
-        channel = irc_lower(event.arguments[1])
+        channel = self.fold(event.arguments[1])
         if self.forwarder(channel) is not conn and not conn.is_bot:
             return
         entries = event.arguments[2].split()
@@ -482,24 +485,28 @@ class Network:
         features = conn.conn.features
         self.syntax = ModeSyntax.from_isupport(getattr(features, "prefix", None),
                                                getattr(features, "chanmodes", None))
-        fold = casefolder(getattr(features, "casemapping", None))
+        casemapping = str(getattr(features, "casemapping", None) or "rfc1459").lower()
+        fold = casefolder(casemapping)
         if fold is not self.fold:
             self.fold = fold
+            for other in self.all_connections():
+                other.refold(fold)
+            self.publish_casemapping(self.name, casemapping)
             self.nicks_changed()
             self.puppet_nicks = {self.fold(c.nick): c.owner for c in self.puppets.values()
                                  if c.state is State.CONNECTED}
 
     def _modes(self, channel: str) -> ChannelModes:
-        return self.channel_modes.setdefault(irc_lower(channel), ChannelModes())
+        return self.channel_modes.setdefault(self.fold(channel), ChannelModes())
 
     def _publish_modes(self, channel: str, before: ChannelState | None) -> None:
         state = self._modes(channel).snapshot()
         if state != before:
-            self.listener.irc_channel_state(self.name, irc_lower(channel), state)
+            self.listener.irc_channel_state(self.name, self.fold(channel), state)
 
     def channel_state(self, channel: str) -> ChannelState:
         """The channel's modes as far as we know them (IRC thread)."""
-        found = self.channel_modes.get(irc_lower(channel))
+        found = self.channel_modes.get(self.fold(channel))
         return found.snapshot() if found is not None else ChannelState()
 
     def _on_channelmodeis(self, conn: IrcConnection, event: irc.client.Event) -> None:
@@ -515,10 +522,10 @@ class Network:
         self._publish_modes(channel, before)
         if conn.is_bot:  # what an alias query waits for before it makes a room
             self.listener.irc_connection(self.name, "", "channel_modes",
-                                         {"channel": irc_lower(channel)})
+                                         {"channel": self.fold(channel)})
 
     def _on_mode(self, conn: IrcConnection, event: irc.client.Event) -> None:
-        channel = irc_lower(event.target)
+        channel = self.fold(event.target)
         if self.forwarder(channel) is not conn:
             return
         changes = parse_modes(self.syntax, event.arguments or [])
@@ -562,7 +569,7 @@ class Network:
         state.bot_refused = reason or "refused"
         self._publish_modes(channel, before)
         self.listener.irc_connection(self.name, "", "channel_refused",
-                                     {"channel": irc_lower(channel), "reason": reason})
+                                     {"channel": self.fold(channel), "reason": reason})
 
     _on_cannotsendtochan = _on_nosuchnick = _on_nosuchchannel = _failure
     _on_channelisfull = _on_inviteonlychan = _on_bannedfromchan = _failure
@@ -575,16 +582,16 @@ class Network:
         if event.arguments and self.forwarder(event.arguments[0]) is conn:
             state = self._modes(event.arguments[0])
             for nick, written in sorted(state.recheck.items()):
-                self._power(irc_lower(event.arguments[0]), nick, written, state)
+                self._power(self.fold(event.arguments[0]), nick, written, state)
             state.recheck.clear()
         if conn.is_bot and event.arguments:
-            channel = irc_lower(event.arguments[0])
+            channel = self.fold(event.arguments[0])
             self.listener.irc_connection(self.name, "", "channel_ready", {
                 "channel": channel, "nicks": sorted(self.members.get(channel, ())),
             })
 
     def bot_in(self, channel: str) -> bool:
-        return self.bot is not None and irc_lower(channel) in self.bot.channels
+        return self.bot is not None and self.fold(channel) in self.bot.channels
 
     def _on_currenttopic(self, conn: IrcConnection, event: irc.client.Event) -> None:
         channel, topic = event.arguments[0], event.arguments[1] if len(event.arguments) > 1 else ""
@@ -598,7 +605,7 @@ class Network:
         self._topic(conn, event.target, topic, nick)
 
     def _topic(self, conn: IrcConnection, channel: str, topic: str, nick: str | None) -> None:
-        folded = irc_lower(channel)
+        folded = self.fold(channel)
         if self.forwarder(channel) is not conn and conn is not self.bot:
             return
         if self.topics.get(folded) == topic and nick is None:
@@ -614,7 +621,7 @@ class Network:
             return  # our own puppets' lines, echoed back by the server
         if self.forwarder(channel) is not conn:
             return
-        self.listener.irc_message(self.name, irc_lower(channel), nick, text, kind,
+        self.listener.irc_message(self.name, self.fold(channel), nick, text, kind,
                                   event_time_ms(event), self.mentions(text))
 
     def mentions(self, text: str) -> dict[str, str]:
