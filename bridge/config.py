@@ -299,7 +299,9 @@ class _Reader:
             return "" if default is None else str(default)
         return value.strip()
 
-    def string(self, key: str, default: Any, check: Callable[[str], str | None] | None = None) -> str:
+    def string(
+        self, key: str, default: Any, check: Callable[[str], str | None] | None = None
+    ) -> str:
         value = self.raw(key, default)
         if value and check is not None:
             expected = check(value)
@@ -502,17 +504,7 @@ def parse(text: str, *, path: Path, environ: dict[str, str] | None = None) -> Co
     except configparser.Error as e:
         raise ConfigError([f"{path}: {e.message.strip()}"]) from e  # type: ignore[attr-defined]
 
-    known = set(SECTION_KEYS) | {"permissions"}
-    for section in parser.sections():
-        if section not in known and not section.startswith("network:"):
-            warnings.append(f"[{section}]: unknown section, ignored")
-    for section, keys in SECTION_KEYS.items():
-        if parser.has_section(section):
-            for key in parser[section]:
-                if key not in keys:
-                    warnings.append(f"[{section}] {key}: unknown key, ignored")
-        elif any(v is REQUIRED for v in keys.values()):
-            problems.append(f"[{section}]: missing section")
+    _check_sections(parser, problems, warnings)
 
     base = path.parent
     hs = _Reader(parser, "homeserver", problems)
@@ -524,23 +516,7 @@ def parse(text: str, *, path: Path, environ: dict[str, str] | None = None) -> Co
             lambda v: None if re.match(r"^[A-Za-z0-9.\-\[\]:]+$", v) else "a server name",
         ),
     )
-    a = _Reader(parser, "appservice", problems)
-    defaults = SECTION_KEYS["appservice"]
-    appservice = AppserviceConfig(
-        id=a.string("id", defaults["id"], lambda v: "an id without '|'" if "|" in v else None),
-        url=a.string("url", REQUIRED, _http_url).rstrip("/"),
-        bind=a.string("bind", defaults["bind"], _bind),
-        threads=a.integer("threads", defaults["threads"], 2, 256),
-        as_token=a.string("as_token", ""),
-        hs_token=a.string("hs_token", ""),
-        sender_localpart=a.string("sender_localpart", defaults["sender_localpart"], _localpart),
-        registration=resolve_path(base, a.string("registration", defaults["registration"])),
-        max_body_bytes=a.integer("max_body_bytes", defaults["max_body_bytes"], 1024, 1 << 30),
-        senders=a.integer("senders", defaults["senders"], 1, 64),
-        exclude_users=_regex_list(a, "exclude_users"),
-    )
-    if appservice.as_token and appservice.as_token == appservice.hs_token:
-        problems.append("[appservice] hs_token: must differ from as_token")
+    appservice = _appservice(parser, base, problems)
 
     d = _Reader(parser, "database", problems)
     db_url = environ.get(ENV_DATABASE_URL) or d.string("url", "sqlite:///ircbridge.db")
@@ -612,6 +588,46 @@ def parse(text: str, *, path: Path, environ: dict[str, str] | None = None) -> Co
         media=media,
         status=status,
     )
+
+
+def _check_sections(
+    parser: configparser.ConfigParser, problems: list[str], warnings: list[str]
+) -> None:
+    """Unknown sections and keys are warnings; a missing required section is a problem."""
+    known = set(SECTION_KEYS) | {"permissions"}
+    for section in parser.sections():
+        if section not in known and not section.startswith("network:"):
+            warnings.append(f"[{section}]: unknown section, ignored")
+    for section, keys in SECTION_KEYS.items():
+        if parser.has_section(section):
+            for key in parser[section]:
+                if key not in keys:
+                    warnings.append(f"[{section}] {key}: unknown key, ignored")
+        elif any(v is REQUIRED for v in keys.values()):
+            problems.append(f"[{section}]: missing section")
+
+
+def _appservice(
+    parser: configparser.ConfigParser, base: Path, problems: list[str]
+) -> AppserviceConfig:
+    a = _Reader(parser, "appservice", problems)
+    defaults = SECTION_KEYS["appservice"]
+    appservice = AppserviceConfig(
+        id=a.string("id", defaults["id"], lambda v: "an id without '|'" if "|" in v else None),
+        url=a.string("url", REQUIRED, _http_url).rstrip("/"),
+        bind=a.string("bind", defaults["bind"], _bind),
+        threads=a.integer("threads", defaults["threads"], 2, 256),
+        as_token=a.string("as_token", ""),
+        hs_token=a.string("hs_token", ""),
+        sender_localpart=a.string("sender_localpart", defaults["sender_localpart"], _localpart),
+        registration=resolve_path(base, a.string("registration", defaults["registration"])),
+        max_body_bytes=a.integer("max_body_bytes", defaults["max_body_bytes"], 1024, 1 << 30),
+        senders=a.integer("senders", defaults["senders"], 1, 64),
+        exclude_users=_regex_list(a, "exclude_users"),
+    )
+    if appservice.as_token and appservice.as_token == appservice.hs_token:
+        problems.append("[appservice] hs_token: must differ from as_token")
+    return appservice
 
 
 def _status(parser: configparser.ConfigParser, provisioning: ProvisioningConfig,
@@ -743,7 +759,9 @@ def _bot_login(r: _Reader, tls: bool, base: Path) -> dict[str, Any]:
     )
 
 
-def _permissions(parser: configparser.ConfigParser, problems: list[str]) -> tuple[tuple[str, str], ...]:
+def _permissions(
+    parser: configparser.ConfigParser, problems: list[str]
+) -> tuple[tuple[str, str], ...]:
     if not parser.has_section("permissions"):
         return (("*", "user"),)
     entries = []
@@ -779,12 +797,31 @@ def fill_tokens(path: Path, as_token: str, hs_token: str) -> bool:
     changed. Lines that already hold a token are never touched.
     """
     lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    changed, seen = _fill_empty_token_lines(lines, as_token, hs_token)
+    missing = [k for k in ("as_token", "hs_token") if k not in seen]
+    if missing:
+        lines = _append_token_lines(lines, missing, as_token, hs_token)
+        changed = True
+    if changed:  # it now holds both tokens: 0600, whatever its mode was
+        write_private(path, "".join(lines).encode("utf-8"))
+    return changed
+
+
+_SECTION_HEADER = re.compile(r"^\s*\[([^\]]+)\]")
+
+
+def _fill_empty_token_lines(
+    lines: list[str], as_token: str, hs_token: str
+) -> tuple[bool, set[str]]:
+    """Fill the first empty line of each token key in [appservice], editing `lines` in place.
+
+    Returns whether a line changed and which keys have a line at all (empty or not).
+    """
     section = None
     seen: set[str] = set()
     changed = False
-    header = re.compile(r"^\s*\[([^\]]+)\]")
     for i, line in enumerate(lines):
-        m = header.match(line)
+        m = _SECTION_HEADER.match(line)
         if m:
             section = m.group(1).strip()
             continue
@@ -800,31 +837,31 @@ def fill_tokens(path: Path, as_token: str, hs_token: str) -> bool:
                 changed = True
             if re.match(rf"^\s*{key}\s*=", line):
                 seen.add(key)
-    missing = [k for k in ("as_token", "hs_token") if k not in seen]
-    if missing:
-        # No line at all: append them at the end of [appservice].
-        out: list[str] = []
-        section = None
-        inserted = False
-        for line in lines:
-            m = header.match(line)
-            if m and section == "appservice" and not inserted:
-                out.extend(_token_lines(missing, as_token, hs_token))
-                inserted = True
-            if m:
-                section = m.group(1).strip()
-            out.append(line)
-        if not inserted:
-            if out and not out[-1].endswith("\n"):
-                out[-1] += "\n"
-            if section != "appservice":
-                out.append("[appservice]\n")
+    return changed, seen
+
+
+def _append_token_lines(
+    lines: list[str], missing: list[str], as_token: str, hs_token: str
+) -> list[str]:
+    """No line at all for `missing`: append them at the end of [appservice] (made if absent)."""
+    out: list[str] = []
+    section = None
+    inserted = False
+    for line in lines:
+        m = _SECTION_HEADER.match(line)
+        if m and section == "appservice" and not inserted:
             out.extend(_token_lines(missing, as_token, hs_token))
-        lines = out
-        changed = True
-    if changed:  # it now holds both tokens: 0600, whatever its mode was
-        write_private(path, "".join(lines).encode("utf-8"))
-    return changed
+            inserted = True
+        if m:
+            section = m.group(1).strip()
+        out.append(line)
+    if not inserted:
+        if out and not out[-1].endswith("\n"):
+            out[-1] += "\n"
+        if section != "appservice":
+            out.append("[appservice]\n")
+        out.extend(_token_lines(missing, as_token, hs_token))
+    return out
 
 
 def _token_lines(keys: list[str], as_token: str, hs_token: str) -> list[str]:

@@ -225,21 +225,13 @@ class IrcToMatrix:
                 raise GiveUp(f"no room for {line.room_id}")
             if line.msgtype.startswith("x."):
                 return self._deliver_state(line, room_id)
-            if line.sender == self.config.bot_user_id:
-                intent = self.bot
-            else:
-                intent = self._prepare_ghost(line.network, line.nick, line.sender)
-                self._join_ghost(intent, room_id)
+            intent = self._speaker(line, room_id)
             txn_id = f"{self.txn_prefix}.{line.id}"
             if retrying:
                 found = self._already_sent(room_id, line.sender, txn_id)
                 if found:
                     return found
-            content: dict[str, Any] = {"msgtype": line.msgtype, "body": line.body,
-                                       TXN_KEY: txn_id}
-            if line.html:
-                content["format"] = "org.matrix.custom.html"
-                content["formatted_body"] = line.html
+            content = self._message_content(line, txn_id)
             # One try per call: a retry must first look for the event (see above), which the
             # client's own retries would skip. (The senders bound every call of a try to ONCE.)
             sender = Intent(self.client, intent.user_id, is_bot=intent.is_bot,
@@ -256,6 +248,23 @@ class IrcToMatrix:
             if e.status == 429 or e.status >= 500 or e.status == 0:
                 raise Retry(str(e), after=e.retry_after) from e
             raise GiveUp(str(e)) from e
+
+    def _speaker(self, line: QueuedLine, room_id: str) -> Intent:
+        """The bot, or the line's virtual user, registered and joined to the room."""
+        if line.sender == self.config.bot_user_id:
+            return self.bot
+        intent = self._prepare_ghost(line.network, line.nick, line.sender)
+        self._join_ghost(intent, room_id)
+        return intent
+
+    @staticmethod
+    def _message_content(line: QueuedLine, txn_id: str) -> dict[str, Any]:
+        """The m.room.message content of a line, carrying its txnId for retries to find."""
+        content: dict[str, Any] = {"msgtype": line.msgtype, "body": line.body, TXN_KEY: txn_id}
+        if line.html:
+            content["format"] = "org.matrix.custom.html"
+            content["formatted_body"] = line.html
+        return content
 
     def _private_room_still_open(self, line: QueuedLine, room_id: str) -> None:
         """A private room its owner left while this line was sent: send it again, in the

@@ -592,7 +592,9 @@ class Store:
         return RoomLink.delete().where(where).execute() > 0
 
     # ---------------------------------------------------------------- users
-    def remember_virtual_user(self, user_id: str, network: str, nick: str, displayname: str) -> None:
+    def remember_virtual_user(
+        self, user_id: str, network: str, nick: str, displayname: str
+    ) -> None:
         VirtualUser.insert(
             bridge_id=self.bridge_id, user_id=user_id, network=network, nick=nick,
             displayname=displayname,
@@ -735,7 +737,9 @@ class Store:
             ).execute()
         return previous is not None, new
 
-    def pending_inbox(self, after_id: int = 0, limit: int = 200) -> list[tuple[int, dict[str, Any]]]:
+    def pending_inbox(
+        self, after_id: int = 0, limit: int = 200
+    ) -> list[tuple[int, dict[str, Any]]]:
         rows = (
             InboxEvent.select(InboxEvent.id, InboxEvent.payload)
             .where((InboxEvent.bridge_id == self.bridge_id) & (InboxEvent.state == PENDING)

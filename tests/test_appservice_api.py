@@ -72,7 +72,9 @@ def test_legacy_query_token_is_accepted_and_must_match_the_header(client: FlaskC
 
 
 # B: transactions
-def test_transaction_answers_empty_json_and_is_stored_before(client: FlaskClient, app: Flask) -> None:
+def test_transaction_answers_empty_json_and_is_stored_before(
+    client: FlaskClient, app: Flask
+) -> None:
     r = client.put("/_matrix/app/v1/transactions/5", data=txn([ev(1), ev(2)]), headers=AUTH)
     assert r.status_code == 200 and r.json == {}
     store = app.extensions["bridge"].store

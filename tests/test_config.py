@@ -134,7 +134,9 @@ def test_founding_document_templates_are_accepted(tmp_path: Path) -> None:
     ("who", "role"),
     [("@admin:example.org", "admin"), ("@bob:example.org", "user"), ("@eve:evil.net", None)],
 )
-def test_permissions_pick_the_most_specific_entry(tmp_path: Path, who: str, role: str | None) -> None:
+def test_permissions_pick_the_most_specific_entry(
+    tmp_path: Path, who: str, role: str | None
+) -> None:
     path = write_config(tmp_path)
     path.write_text(path.read_text().replace(
         "[permissions]\n* = user", "[permissions]\n@admin:example.org = admin\nexample.org = user"))

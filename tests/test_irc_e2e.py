@@ -271,7 +271,7 @@ def _invited_room(client: MatrixClient) -> str | None:
     # Synapse caches identical /sync answers for a while: a new filter each time.
     limit = next(_SYNCS)
     sync = client.request("GET", "/_matrix/client/v3/sync", params={
-        "timeout": "0", "filter": '{"room": {"timeline": {"limit": %d}}}' % limit})
+        "timeout": "0", "filter": f'{{"room": {{"timeline": {{"limit": {limit:d}}}}}}}'})
     invites = sync.get("rooms", {}).get("invite", {})
     return next(iter(invites), None)
 

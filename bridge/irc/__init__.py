@@ -61,7 +61,9 @@ class IrcSide:
             self.thread.reactor.add_global_handler(event, self._dispatch, 0)
         self.started = False
 
-    def _make_register(self, network: str) -> Callable[[irc.client.ServerConnection, IrcConnection], None]:
+    def _make_register(
+        self, network: str
+    ) -> Callable[[irc.client.ServerConnection, IrcConnection], None]:
         def register(server_conn: irc.client.ServerConnection, conn: IrcConnection) -> None:
             self._by_conn[server_conn] = (self.networks[network], conn)
         return register
