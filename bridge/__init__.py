@@ -22,13 +22,14 @@ def create_app(config_path: str | None = None, *, config: Any = None,
     """Build the Flask app; with start_background the bridge's threads start too."""
     from flask import Flask
 
-    from . import config as config_module
-    from . import logs, web
-    from .admin import AdminRooms
-    from .core import Bridge
-    from .media import MediaLinks, load_secret
-    from .media_revocations import MediaRevocations
-    from .store import Store
+    from . import web
+    from .admin.rooms import AdminRooms
+    from .config import ini as config_module
+    from .core.bridge import Bridge
+    from .core.media import MediaLinks, load_secret
+    from .core.media_revocations import MediaRevocations
+    from .ops import logs
+    from .store.models import Store
 
     if config is None:
         path = config_path or os.environ.get(config_module.ENV_CONFIG, "config.ini")

@@ -1,5 +1,5 @@
 """`python -m bridge` is the `ircbridge` command."""
 
-from .cli import main
+from .cli.main import main
 
 raise SystemExit(main())

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bridge import config as _config_module
+from bridge.config import ini as _config_module
 
 _path = Path(os.environ.get(_config_module.ENV_CONFIG, "config.ini")).resolve()
 try:

@@ -1,7 +1,7 @@
 """Test helper: a clean PostgreSQL test database for the admin and provisioning stacks.
 
 conftest's clean_database drops the store's tables; the admin part keeps three more
-(bridge/admin_store.py), which must go too so that one module's rooms and sealed secrets
+(bridge/store/admin_tables.py), which must go too so that one module's rooms and sealed secrets
 do not leak into the next module's bridge.
 """
 
@@ -15,10 +15,10 @@ def clean(url: str | None) -> None:
     if not url:
         return
     clean_database(url)
-    from bridge.admin_store import MODELS
-    from bridge.media_revocations import MODELS as MEDIA_MODELS
-    from bridge.privacy import RoomOption
-    from bridge.store import open_database
+    from bridge.core.media_revocations import MODELS as MEDIA_MODELS
+    from bridge.core.privacy import RoomOption
+    from bridge.store.admin_tables import MODELS
+    from bridge.store.models import open_database
 
     db = open_database(url)
     models = (*MODELS, RoomOption, *MEDIA_MODELS)

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from bridge import config as config_module
-from bridge.store import MODELS, Store
+from bridge.config import ini as config_module
+from bridge.store.models import MODELS, Store
 
 TEST_DB_ENV = "IRCBRIDGE_TEST_DATABASE_URL"
 

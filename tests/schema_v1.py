@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import peewee as pw
 
-from bridge.store import open_database
+from bridge.store.models import open_database
 
 
 class _Old(pw.Model):

@@ -19,10 +19,10 @@ from urllib.parse import quote
 import pytest
 
 from bridge import __version__
+from bridge.admin.vault import generate_key_file
 from bridge.devstack.clients import MatrixClient, RawIrcClient
 from bridge.devstack.ports import wait_until
 from bridge.devstack.stack import Stack
-from bridge.vault import generate_key_file
 from tests.admin_db import clean
 from tests.conftest import TEST_DB_ENV
 
@@ -124,7 +124,7 @@ def db_bytes(stack: Stack) -> bytes:
     if stack.database_url.startswith("sqlite:///"):
         folder = Path(stack.database_url[len("sqlite:///"):]).parent
         return b"".join(p.read_bytes() for p in folder.glob("bridge.db*") if p.is_file())
-    from bridge.store import open_database
+    from bridge.store.models import open_database
 
     db = open_database(stack.database_url)
     try:
@@ -351,7 +351,7 @@ def test_storepass_sasl_uses_the_current_nick_as_account(stack: Stack) -> None:
 
 def test_without_a_key_file_secrets_are_refused(tmp_path: Path) -> None:
     from bridge import create_app
-    from bridge.config import load
+    from bridge.config.ini import load
     from tests.conftest import write_config
 
     app = create_app(config=load(write_config(tmp_path)), start_background=False,

@@ -15,7 +15,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from bridge import create_app
-from bridge.config import load
+from bridge.config.ini import load
 from tests.conftest import write_config
 
 HS = "hs-token-for-tests-9876543210"

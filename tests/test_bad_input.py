@@ -23,7 +23,7 @@ from urllib.parse import quote
 import pytest
 import requests
 
-from bridge.config import load
+from bridge.config.ini import load
 from bridge.devstack.clients import MatrixClient, RawIrcClient
 from bridge.devstack.ports import LOOPBACK, wait_until
 from bridge.devstack.stack import Stack

@@ -1,4 +1,4 @@
-"""The admin-room command parser (bridge/commands.py): tables, and a property test that
+"""The admin-room command parser (bridge/admin/grammar.py): tables, and a property test that
 whatever a user types, parsing ends in a Command, None, or one of its own errors."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bridge.commands import (
+from bridge.admin.grammar import (
     SPECS,
     Command,
     CommandError,
@@ -191,7 +191,7 @@ def test_parse_never_raises_anything_but_its_own_errors(text: str, networks: lis
     "!join\u00a0local #staff sekrit",
 ])
 def test_every_command_that_may_hold_a_secret_is_recognised(body: str) -> None:
-    from bridge.admin_commands import secret_message
+    from bridge.admin.runner import secret_message
 
     assert secret_message(body)
 
@@ -199,7 +199,7 @@ def test_every_command_that_may_hold_a_secret_is_recognised(body: str) -> None:
 @pytest.mark.parametrize("body", ["!autocmd list", "!autocmd", "!join #open", "!help",
                                   "!status", "hello add there"])
 def test_commands_without_secrets_are_not_scrubbed(body: str) -> None:
-    from bridge.admin_commands import secret_message
+    from bridge.admin.runner import secret_message
 
     assert not secret_message(body)
 

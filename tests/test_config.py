@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bridge import config as config_module
-from bridge.cli import main
+from bridge.cli.main import main
+from bridge.config import ini as config_module
+from bridge.rules.permissions import role_of
 from tests.conftest import write_config
 
 SHIPPED = Path(__file__).resolve().parent.parent / "config.ini"
@@ -122,7 +123,7 @@ def test_founding_document_templates_are_accepted(tmp_path: Path) -> None:
     config = config_module.load(path)
     import re
 
-    from bridge.registration import build
+    from bridge.config.registration import build
 
     reg = build(config)
     assert re.match(reg["namespaces"]["users"][0]["regex"], "@irc.freenode.net/bob:localhost")
@@ -140,7 +141,7 @@ def test_permissions_pick_the_most_specific_entry(
     path = write_config(tmp_path)
     path.write_text(path.read_text().replace(
         "[permissions]\n* = user", "[permissions]\n@admin:example.org = admin\nexample.org = user"))
-    assert config_module.role_of(config_module.load(path), who) == role
+    assert role_of(config_module.load(path), who) == role
 
 
 def test_database_url_can_come_from_the_environment(tmp_path: Path) -> None:

@@ -20,11 +20,11 @@ from typing import Any
 import pytest
 import requests
 
-from bridge.config import load
+from bridge.config.ini import load
 from bridge.devstack.clients import MatrixClient
 from bridge.devstack.ports import LOOPBACK, free_port, wait_until
 from bridge.devstack.stack import BridgeProcess, Stack
-from bridge.store import PENDING, InboxEvent, OutboxMessage, Store
+from bridge.store.models import PENDING, InboxEvent, OutboxMessage, Store
 from tests.conftest import TEST_DB_ENV, clean_database
 from tests.traffic import (
     IrcObserver,

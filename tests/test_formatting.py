@@ -17,8 +17,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bridge import formatting
-from bridge.formatting import (
+from bridge.rules import formatting
+from bridge.rules.formatting import (
     IRC_LINE_LIMIT,
     edit_text,
     emote_to_ctcp,

@@ -20,11 +20,12 @@ from flask import Flask
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from bridge import create_app, formatting, translate
-from bridge.commands import CommandError, parse, validate_raw
-from bridge.config import load
+from bridge import create_app
+from bridge.admin.grammar import CommandError, parse, validate_raw
+from bridge.config.ini import load
 from bridge.matrix import ONCE
-from bridge.names import (
+from bridge.rules import formatting, translate
+from bridge.rules.names import (
     NetworkNames,
     collision_nick,
     escape_nick,

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from bridge import formatting, translate
+from bridge.rules import formatting, translate
 
 SIZE = 30_000  # characters: under the HTML cap, so the parser really reads them
 RATIO = 8  # a hostile body may cost at most this many baselines

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from bridge.config import NetworkConfig
+from bridge.config.ini import NetworkConfig
 from bridge.devstack.ircd import IrcDaemon, ngircd_path
 from bridge.devstack.ports import wait_until
 from bridge.irc import IrcSide

@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from bridge import config as config_module
-from bridge.config import NetworkConfig
+from bridge.config import ini as config_module
+from bridge.config.ini import NetworkConfig
 from bridge.devstack.ircd import IrcDaemon, ngircd_path
 from bridge.devstack.ports import free_port, wait_until
 from bridge.irc import IrcSide

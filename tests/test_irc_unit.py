@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from bridge.config import NetworkConfig
+from bridge.config.ini import NetworkConfig
 from bridge.devstack.ircd import IrcDaemon
 from bridge.devstack.ports import wait_until
 from bridge.irc import IrcSide

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from bridge.config import LoggingConfig, NetworkConfig
+from bridge.config.ini import LoggingConfig, NetworkConfig
 from bridge.devstack.ports import wait_until
 from bridge.irc import IrcSide
 from bridge.irc.connection import IrcConnection, State
@@ -164,7 +164,7 @@ SECRETS = {
 
 
 def test_no_login_secret_reaches_a_debug_log(tmp_path: Path) -> None:
-    from bridge import logs
+    from bridge.ops import logs
 
     log_file = tmp_path / "debug.log"
     root = logging.getLogger()

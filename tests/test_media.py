@@ -24,14 +24,14 @@ from flask import Flask
 from requests.structures import CaseInsensitiveDict
 
 from bridge import create_app
-from bridge.config import ConfigError, MediaConfig, load
+from bridge.config.ini import ConfigError, MediaConfig, load
+from bridge.core.media import MediaLinks, clean_filename, load_secret, parse_mxc
 from bridge.devstack.clients import MatrixClient
 from bridge.devstack.ports import wait_until
 from bridge.devstack.stack import Stack
 from bridge.matrix import HomeserverClient, HomeserverUnavailable, NotFound
 from bridge.matrix.errors import Forbidden
-from bridge.media import MediaLinks, clean_filename, load_secret, parse_mxc
-from bridge.store import Store
+from bridge.store.models import Store
 from bridge.web.media import content_disposition
 from tests.conftest import TEST_DB_ENV, clean_database, write_config
 
@@ -369,7 +369,7 @@ def test_content_disposition_quoting(name: str, expected: str) -> None:
 
 
 def test_a_redaction_revokes_only_its_own_messages_files(store: Store) -> None:
-    from bridge.media_revocations import MediaRevocations
+    from bridge.core.media_revocations import MediaRevocations
 
     revocations = MediaRevocations(store.db, 3600)
     revocations.create_tables()

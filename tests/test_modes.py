@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from bridge.irc.modes import ChannelModes, ChannelState, ModeChange, ModeSyntax, parse_modes
-from bridge.names import casefolder, irc_lower
+from bridge.rules.names import casefolder, irc_lower
 
 NGIRCD = ModeSyntax.from_isupport({"~": "q", "&": "a", "@": "o", "%": "h", "+": "v"},
                                   ["beI", "k", "l", "imMnOPQRstVz"])

@@ -50,7 +50,7 @@ def _clean() -> None:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    from bridge.cli import main as cli_main
+    from bridge.cli.main import main as cli_main
 
     _clean()
     w = World()

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bridge.names import (
+from bridge.rules.names import (
     NetworkNames,
     collision_nick,
     escape_nick,
@@ -115,6 +115,6 @@ def test_a_channel_alias_follows_the_casemapping() -> None:
 
 @given(st.text(alphabet="#abcXYZ[]\\~{}|^", min_size=1, max_size=12))
 def test_rfc1459_keys_are_the_keys_older_versions_stored(channel: str) -> None:
-    from bridge.names import irc_lower
+    from bridge.rules.names import irc_lower
 
     assert fold_channel("rfc1459", channel) == fold_channel(None, channel) == irc_lower(channel)

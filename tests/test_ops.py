@@ -29,11 +29,12 @@ import requests
 from flask import Flask
 from prometheus_client.parser import text_string_to_metric_families
 
-from bridge import create_app, metrics
-from bridge.config import load
+from bridge import create_app
+from bridge.config.ini import load
 from bridge.devstack.ports import free_port, port_open, tail, terminate, track, wait_until
 from bridge.devstack.stack import Stack
-from bridge.store import IrcLine
+from bridge.ops import metrics
+from bridge.store.models import IrcLine
 from tests.conftest import write_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -180,7 +181,7 @@ def test_outbox_depth_and_oldest_age_come_from_the_table(app: Flask) -> None:
                  "hello", None, old)],
         {("local", "#matrix"): "!room:localhost"}, {"local": 5},
     )
-    from bridge.store import OutboxMessage
+    from bridge.store.models import OutboxMessage
 
     store.db.execute(OutboxMessage.update(created_at=old))
     text = app.test_client().get("/metrics").data.decode()
@@ -659,7 +660,7 @@ def test_the_provisioning_secret_alone_no_longer_opens_the_status_page(tmp_path:
 
 
 def test_the_status_secret_must_differ_from_the_provisioning_secret(tmp_path: Path) -> None:
-    from bridge.config import ConfigError
+    from bridge.config.ini import ConfigError
     path = write_config(tmp_path)
     path.write_text(path.read_text().replace(
         "[permissions]", f"[status]\nsecret = {STATUS}\n\n[provisioning]\nsecret = {STATUS}\n\n"

@@ -20,10 +20,11 @@ from pathlib import Path
 
 import pytest
 
-from bridge import configref, logs
-from bridge.checks import check_network
-from bridge.config import ConfigError, LoggingConfig, load
+from bridge.config import reference as configref
+from bridge.config.ini import ConfigError, LoggingConfig, load
 from bridge.devstack.ports import free_port
+from bridge.ops import logs
+from bridge.ops.checks import check_network
 from tests.conftest import write_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -73,7 +74,7 @@ def root_logging() -> Iterator[None]:
     """Put the root logger and the loggers the tests touch back as they were."""
     root = logging.getLogger()
     saved = (list(root.handlers), root.level)
-    names = ("bridge.irc", "bridge.core", "peewee", "irc.client", "urllib3", "x.quiet")
+    names = ("bridge.irc", "bridge.core.bridge", "peewee", "irc.client", "urllib3", "x.quiet")
     levels = {n: logging.getLogger(n).level for n in names}
     yield
     for handler in list(root.handlers):
@@ -90,19 +91,19 @@ def test_per_module_levels(tmp_path: Path, root_logging: None) -> None:
     logs.setup(LoggingConfig("INFO", "text", str(out),
                              (("bridge.irc", "DEBUG"), ("x.quiet", "ERROR"))))
     logging.getLogger("bridge.irc.connection").debug("irc detail")
-    logging.getLogger("bridge.core").debug("core detail")
+    logging.getLogger("bridge.core.bridge").debug("core detail")
     logging.getLogger("x.quiet").warning("hushed")
-    logging.getLogger("bridge.core").info("core news")
+    logging.getLogger("bridge.core.bridge").info("core news")
     text = out.read_text()
     assert "DEBUG bridge.irc.connection: irc detail" in text
     assert "core detail" not in text and "hushed" not in text
-    assert "INFO bridge.core: core news" in text
+    assert "INFO bridge.core.bridge: core news" in text
 
 
 def test_json_lines(tmp_path: Path, root_logging: None) -> None:
     out = tmp_path / "bridge.log"
     logs.setup(LoggingConfig("INFO", "json", str(out)))
-    log = logging.getLogger("bridge.core")
+    log = logging.getLogger("bridge.core.bridge")
     log.info("hello %s", "wörld")
     try:
         raise ValueError("boom")
@@ -110,7 +111,7 @@ def test_json_lines(tmp_path: Path, root_logging: None) -> None:
         log.exception("failed")
     records = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
     assert records[0]["msg"] == "hello wörld" and records[0]["level"] == "INFO"
-    assert records[0]["logger"] == "bridge.core" and records[0]["ts"].endswith("Z")
+    assert records[0]["logger"] == "bridge.core.bridge" and records[0]["ts"].endswith("Z")
     assert records[1]["level"] == "ERROR" and "ValueError: boom" in records[1]["exc"]
 
 
@@ -119,7 +120,7 @@ def test_secrets_are_redacted_everywhere(tmp_path: Path, root_logging: None) -> 
     logs.setup(LoggingConfig("DEBUG", "text", str(out)))
     token = "as-token-never-logged-0123456789"
     logs.protect([token, "short"])
-    log = logging.getLogger("bridge.core")
+    log = logging.getLogger("bridge.core.bridge")
     log.debug("url was http://x/?access_token=%s", token)
     try:
         raise RuntimeError(f"bad token {token}")
@@ -143,7 +144,7 @@ def test_log_file_survives_logrotate(tmp_path: Path, root_logging: None) -> None
     log_dir.mkdir()
     out = log_dir / "ircbridge.log"
     logs.setup(LoggingConfig("INFO", "text", str(out)))
-    logging.getLogger("bridge.core").info("before rotation")
+    logging.getLogger("bridge.core.bridge").info("before rotation")
     conf = (CONTRIB / "ircbridge.logrotate").read_text()
     conf = conf.replace("/var/log/ircbridge", str(log_dir))
     conf = re.sub(r"(?m)^\s*(create|su) .*$", "", conf)  # the ircbridge user does not exist
@@ -151,7 +152,7 @@ def test_log_file_survives_logrotate(tmp_path: Path, root_logging: None) -> None
     r = subprocess.run([logrotate, "-f", "-s", str(tmp_path / "state"),
                         str(tmp_path / "logrotate.conf")], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
-    logging.getLogger("bridge.core").info("after rotation")
+    logging.getLogger("bridge.core.bridge").info("after rotation")
     assert "before rotation" in (log_dir / "ircbridge.log.1").read_text()
     assert "after rotation" in out.read_text() and "before" not in out.read_text()
 
@@ -162,11 +163,11 @@ def test_config_reference_is_up_to_date() -> None:
     generated = configref.generate((ROOT / "config.ini").read_text(encoding="utf-8"))
     assert committed == generated, (
         "docs/config-reference.md is stale: run "
-        "`python -m bridge.configref -o docs/config-reference.md`")
+        "`python -m bridge.config.reference -o docs/config-reference.md`")
 
 
 def test_config_reference_covers_every_key() -> None:
-    from bridge.config import NETWORK_KEYS, SECTION_KEYS
+    from bridge.config.ini import NETWORK_KEYS, SECTION_KEYS
 
     text = configref.generate((ROOT / "config.ini").read_text(encoding="utf-8"))
     for section, keys in [*SECTION_KEYS.items(), ("network:NAME", NETWORK_KEYS)]:
@@ -178,7 +179,7 @@ def test_config_reference_covers_every_key() -> None:
 
 
 def test_configref_module_runs() -> None:
-    r = subprocess.run([sys.executable, "-m", "bridge.configref"], capture_output=True,
+    r = subprocess.run([sys.executable, "-m", "bridge.config.reference"], capture_output=True,
                        text=True, cwd=ROOT, timeout=60)
     assert r.returncode == 0, r.stderr
     assert r.stdout == (ROOT / "docs" / "config-reference.md").read_text(encoding="utf-8")
@@ -277,7 +278,7 @@ def test_logrotate_example_parses(tmp_path: Path) -> None:
 
 def test_gunicorn_conf_matches_what_ircbridge_run_uses(tmp_path: Path) -> None:
     """The file admins use and `ircbridge run` apply the same process model."""
-    from bridge.cli import gunicorn_settings
+    from bridge.cli.main import gunicorn_settings
 
     path = write_config(tmp_path)
     code = (CONTRIB / "gunicorn.conf.py").read_text()

@@ -5,7 +5,7 @@ users are outside it (a federated user is refused by the same rule: only the id'
 part differs); the network allows 2 new portal rooms per user per hour. Each refusal test
 uses a user of its own, because a refused user is told why only once. Negative checks wait on
 a later event of an allowed user instead of a clock: the bridge handles events in order.
-The limits themselves are also checked on `bridge.access.Access` with a clock of its own.
+The limits themselves are also checked on `bridge.core.access.Access` with a clock of its own.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ import pytest
 from flask import Flask
 
 from bridge import create_app
-from bridge.access import HOUR, Access, PortalLimited
-from bridge.config import load
+from bridge.config.ini import load
+from bridge.core.access import HOUR, Access, PortalLimited
 from bridge.devstack.clients import MatrixClient, MatrixError
 from bridge.devstack.ports import wait_until
 from bridge.devstack.stack import Stack

@@ -11,8 +11,8 @@ from html.parser import HTMLParser
 
 import pytest
 
-from bridge.irc_to_matrix import IrcToMatrix
-from bridge.store import IrcLine
+from bridge.core.irc_to_matrix import IrcToMatrix
+from bridge.store.models import IrcLine
 
 
 class _Recorder:

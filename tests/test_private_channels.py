@@ -411,7 +411,7 @@ def test_private_messages_from_nicks_the_casemapping_tells_apart_stay_apart(
 
 def test_a_puppet_never_relays_a_channel_the_bot_cannot_join_into_a_linked_room(
         stack: Stack) -> None:
-    from bridge.store import OutboxMessage, Store
+    from bridge.store.models import OutboxMessage, Store
 
     op = op_of(stack, "Pkop", "#plumbkey")
     try:
@@ -534,7 +534,7 @@ def test_a_link_stored_under_rfc1459_folding_is_found_on_an_ascii_network(
     """A row an older version stored (key `#legacy{x` for `#Legacy[x`) is re-keyed from the
     channel name once the network says CASEMAPPING=ascii: `#Legacy[x` keeps its room, and
     `#legacy{x`, another channel here, gets a room of its own."""
-    from bridge.store import RoomLink, open_database
+    from bridge.store.models import RoomLink, open_database
 
     square, curly = "#Legacy[x", "#legacy{x"
     op = op_of(stack, "Legacyop", square)

@@ -15,11 +15,11 @@ import pytest
 import requests
 
 from bridge import create_app
-from bridge.config import load
+from bridge.config.ini import load
+from bridge.core.provisioning import DEFAULT_NEEDED, INFINITE, power_check
 from bridge.devstack.clients import MatrixClient, RawIrcClient
 from bridge.devstack.ports import wait_until
 from bridge.devstack.stack import Stack
-from bridge.provisioning import DEFAULT_NEEDED, INFINITE, power_check
 from tests.admin_db import clean
 from tests.conftest import TEST_DB_ENV, write_config
 

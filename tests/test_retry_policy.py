@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from bridge import config as config_module
-from bridge.core import Bridge
+from bridge.config import ini as config_module
+from bridge.core.bridge import Bridge
 from bridge.devstack.ports import wait_until
 from bridge.matrix import (
     DEFAULT,
@@ -30,8 +30,8 @@ from bridge.matrix import (
     RetryPolicy,
     at_most,
 )
-from bridge.outbox import Senders
-from bridge.store import QueuedLine, Store
+from bridge.pipeline.outbox import Senders
+from bridge.store.models import QueuedLine, Store
 from tests.conftest import write_config
 from tests.test_matrix_client import GHOST, SERVER, TOKEN, FakeHomeserver, Recorded, err
 from tests.unit.queues import queue_rows

@@ -33,7 +33,7 @@ class World:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    from bridge.cli import main as cli_main
+    from bridge.cli.main import main as cli_main
     from tests.admin_db import clean
 
     url = os.environ.get(TEST_DB_ENV)
@@ -112,8 +112,8 @@ def test_a_room_linked_on_two_networks_says_everything_once_on_each(world: World
 
 
 def test_unlinking_one_network_keeps_the_other(world: World) -> None:
-    from bridge.cli import main as cli_main
-    from bridge.store import Store
+    from bridge.cli.main import main as cli_main
+    from bridge.store.models import Store
 
     w = world
     assert cli_main(["-c", str(w.stack.config_path), "unlink", "--room", w.room,

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from bridge.config import NetworkConfig
+from bridge.config.ini import NetworkConfig
 from bridge.devstack.ircd import self_signed_certificate
 from bridge.devstack.ports import wait_until
 from bridge.devstack.services import SaslIrcd, missing_binaries

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from bridge import registration
-from bridge.cli import main
-from bridge.vault import Vault, VaultError, generate_key_file
+from bridge.admin.vault import Vault, VaultError, generate_key_file
+from bridge.cli.main import main
+from bridge.config import registration
 
 SHIPPED = Path(__file__).resolve().parent.parent / "config.ini"
 
@@ -143,7 +143,7 @@ def test_generate_registration_leaves_config_and_registration_private(
 
 def test_registration_write_is_private_from_its_first_byte(tmp_path: Path, umask_022: None,
                                                           watch: _Watch) -> None:
-    from bridge import config as config_module
+    from bridge.config import ini as config_module
 
     config = _config(tmp_path)
     config_module.fill_tokens(config, "a" * 64, "b" * 64)

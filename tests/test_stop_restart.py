@@ -23,7 +23,7 @@ import pytest
 from bridge.devstack.clients import MatrixClient
 from bridge.devstack.ports import terminate
 from bridge.devstack.stack import Stack
-from bridge.store import InboxEvent, Store
+from bridge.store.models import InboxEvent, Store
 from tests.conftest import TEST_DB_ENV, clean_database
 from tests.traffic import (
     IrcObserver,

@@ -9,8 +9,8 @@ import textwrap
 
 import pytest
 
-from bridge import translate
-from bridge.store import (
+from bridge.rules import translate
+from bridge.store.models import (
     DONE,
     PENDING,
     SCHEMA_VERSION,
@@ -106,7 +106,7 @@ def test_an_old_schema_is_refused_with_the_command_to_run(store: Store, db_url: 
 def test_a_second_process_cannot_take_the_network_lock(store: Store, db_url: str) -> None:
     store.acquire_network_lock("local")
     code = textwrap.dedent(f"""
-        from bridge.store import Store, LockHeld
+        from bridge.store.models import Store, LockHeld
         s = Store({db_url!r})
         try:
             s.acquire_network_lock("local")
@@ -174,7 +174,7 @@ def test_an_edit_naming_another_rooms_event_reveals_nothing_of_it(store: Store) 
 
 # ------------------------------------------------------------------ several bridges, one database
 def test_two_bridges_on_one_database_never_take_each_others_rows(db_url: str) -> None:
-    from bridge.admin_store import AdminStore
+    from bridge.store.admin_tables import AdminStore
 
     alpha = Store(db_url, "alpha-bridge")
     beta = Store(db_url, "beta-bridge", database=alpha.db)
@@ -260,8 +260,8 @@ tls = false
 
 
 def test_migrate_a_version_1_database_that_two_bridges_shared(db_url: str, tmp_path) -> None:
-    from bridge.admin_store import AdminStore
-    from bridge.cli import main
+    from bridge.cli.main import main
+    from bridge.store.admin_tables import AdminStore
     from tests.schema_v1 import make_v1_database
 
     make_v1_database(db_url)
@@ -324,7 +324,7 @@ def test_migrate_a_version_1_database_that_two_bridges_shared(db_url: str, tmp_p
 
 
 def test_other_bridges_users_are_foreign(db_url: str) -> None:
-    from bridge.foreign import ForeignUsers
+    from bridge.core.foreign import ForeignUsers
 
     alpha = Store(db_url, "alpha-bridge")
     beta = Store(db_url, "beta-bridge", database=alpha.db)
@@ -377,8 +377,8 @@ def test_the_sqlite_inbox_commit_survives_power_loss(db_url: str) -> None:
 
 def test_old_handled_rows_are_pruned_on_a_timer(store: Store) -> None:
     from bridge.devstack.ports import wait_until
-    from bridge.retention import DAY_MS, Pruner
-    from bridge.store import HsTransaction, InboxEvent, OutboxMessage, now_ms
+    from bridge.store.models import HsTransaction, InboxEvent, OutboxMessage, now_ms
+    from bridge.store.retention import DAY_MS, Pruner
 
     store.record_transaction("old", [event(1), event(2)])
     store.record_transaction("new", [event(3)])
@@ -407,9 +407,9 @@ def test_old_handled_rows_are_pruned_on_a_timer(store: Store) -> None:
 
 
 def test_the_bridge_prunes_with_keep_days_from_config(config_path) -> None:
-    from bridge import config as config_module
-    from bridge.core import Bridge
-    from bridge.retention import DAY_MS
+    from bridge.config import ini as config_module
+    from bridge.core.bridge import Bridge
+    from bridge.store.retention import DAY_MS
 
     text = config_path.read_text().replace("[database]\n", "[database]\nkeep_days = 3\n")
     config_path.write_text(text)
@@ -436,7 +436,7 @@ def test_lookups_by_event_id_and_state_use_indexes(store: Store) -> None:
 
 
 def test_room_options_belong_to_one_bridge_and_old_rows_are_kept(store: Store) -> None:
-    from bridge.privacy import RoomOptions
+    from bridge.core.privacy import RoomOptions
 
     # The table as it was first made (no bridge id), with one row.
     store.db.execute_sql("CREATE TABLE room_option (room_id VARCHAR(255) NOT NULL PRIMARY KEY, "
@@ -460,8 +460,8 @@ def test_room_options_belong_to_one_bridge_and_old_rows_are_kept(store: Store) -
 
 
 def test_exclude_users_from_config_are_never_puppeted(config_path) -> None:
-    from bridge import config as config_module
-    from bridge.core import Bridge
+    from bridge.config import ini as config_module
+    from bridge.core.bridge import Bridge
 
     text = config_path.read_text()
     config_path.write_text(text.replace("[appservice]\n", "[appservice]\nexclude_users = "

@@ -19,7 +19,7 @@ import yaml
 from bridge.devstack.clients import MatrixClient, RawIrcClient
 from bridge.devstack.ports import wait_until
 from bridge.devstack.stack import Stack
-from bridge.store import Store
+from bridge.store.models import Store
 from tests.conftest import TEST_DB_ENV, clean_database
 from tests.figures import record
 

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import requests
 
+from ..config.ini import load as load_config
+from ..config.registration import generate as generate_registration
 from .clients import MatrixClient, RawIrcClient
 from .ircd import IrcDaemon
 from .ports import LOOPBACK, free_port, tail, terminate, track, wait_until
@@ -197,13 +199,10 @@ connect_timeout = 5
     def prepare(self) -> Stack:
         """The IRC daemon, config.ini and the registration file (the homeserver needs it
         before it starts)."""
-        from ..cli import main as cli_main
-
         if not self.ircd.running:
             self.ircd.start()
         self.write_config()
-        if cli_main(["-c", str(self.config_path), "generate-registration"]) != 0:
-            raise RuntimeError("generate-registration failed")
+        generate_registration(load_config(self.config_path))
         return self
 
     def stop(self) -> None:
@@ -233,7 +232,7 @@ connect_timeout = 5
         return f"#{local}:{SERVER_NAME}"
 
     def ghost(self, nick: str) -> str:
-        from ..names import NetworkNames
+        from ..rules.names import NetworkNames
 
         names = NetworkNames(self.user_template, self.alias_template, SERVER_NAME)
         return names.user_id_for_nick(nick)

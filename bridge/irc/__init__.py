@@ -14,13 +14,13 @@ from typing import TYPE_CHECKING, Any
 
 import irc.client
 
-from ..names import irc_lower
+from ..rules.names import irc_lower
 from .connection import IrcConnection, State
 from .network import IrcListener, Network
 from .reactor import IrcThread
 
 if TYPE_CHECKING:
-    from ..config import NetworkConfig
+    from ..config.ini import NetworkConfig
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from .connection import IrcConnection, Sasl
 
 if TYPE_CHECKING:
-    from ..config import NetworkConfig
+    from ..config.ini import NetworkConfig
 
 log = logging.getLogger(__name__)
 

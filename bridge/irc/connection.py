@@ -22,14 +22,14 @@ from typing import TYPE_CHECKING, Any
 
 import irc.client
 
-from ..names import collision_nick, irc_lower
+from ..rules.names import collision_nick, irc_lower
 from . import backoff
 from .cap import CapList, authenticate_chunks
 from .targets import TargetQueues
 from .wire import clean_field
 
 if TYPE_CHECKING:
-    from ..config import NetworkConfig
+    from ..config.ini import NetworkConfig
     from .reactor import BridgeServerConnection, IrcThread, Timer
 
 log = logging.getLogger(__name__)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import irc.client
 import irc.modes
 
-from ..names import casefolder, irc_lower, is_channel, puppet_nick
+from ..rules.names import casefolder, irc_lower, is_channel, puppet_nick
 from .backoff import is_ban
 from .botlogin import apply_bot_login
 from .connection import ConnectSlots, IrcConnection, Sasl, State
@@ -29,7 +29,7 @@ from .receipt import Receipt
 from .splits import Splits, is_netsplit
 
 if TYPE_CHECKING:
-    from ..config import NetworkConfig
+    from ..config.ini import NetworkConfig
     from .reactor import IrcThread
 
 log = logging.getLogger(__name__)

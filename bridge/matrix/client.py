@@ -38,7 +38,7 @@ from urllib.parse import quote
 
 import requests
 
-from .. import metrics
+from ..ops import metrics
 from .errors import (
     HomeserverUnavailable,
     LimitExceeded,

@@ -1,7 +1,7 @@
 """Flask blueprints and the JSON error handlers; the only package that imports Flask.
 
 `register` also gives the app its own metrics (a per-app Prometheus registry, see
-`bridge.metrics`) and tells the log filter which secrets of this config must never be
+`bridge.ops.metrics`) and tells the log filter which secrets of this config must never be
 written; `shutdown` undoes what `register` started besides the bridge itself.
 """
 
@@ -15,8 +15,8 @@ from urllib.parse import urlsplit
 from flask import Flask, Response
 from werkzeug.exceptions import HTTPException
 
-from .. import logs
-from . import ops_metrics
+from ..ops import collector as ops_metrics
+from ..ops import logs
 from .appservice import bp as appservice_bp
 from .errors import matrix_error
 from .media import bp as media_bp

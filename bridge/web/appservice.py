@@ -14,8 +14,8 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
-from .. import metrics
 from ..matrix.errors import HomeserverUnavailable
+from ..ops import metrics
 from .errors import matrix_error
 
 log = logging.getLogger(__name__)

@@ -4,7 +4,7 @@ IRC users cannot authenticate to the homeserver, so the signature and its expiry
 only check here. The file is streamed from the homeserver's authenticated media API with the
 as_token (in the Authorization header, never a URL) and passed through with a size cap.
 
-A link whose message was redacted answers 410 (bridge.media_revocations). A download holds
+A link whose message was redacted answers 410 (bridge.core.media_revocations). A download holds
 one of a few slots while it streams; a reader that does not take the next chunk within
 `[media] read_timeout` seconds is cut off (a send timeout on the client's socket), so slow
 readers cannot keep every slot. Request threads run this.

@@ -22,7 +22,7 @@ from flask import Blueprint, Response, current_app, jsonify, render_template, re
 from prometheus_client.exposition import choose_encoder
 
 from .. import __version__
-from . import ops_queries
+from ..ops import queries as ops_queries
 from .errors import matrix_error
 
 bp = Blueprint("ops", __name__)

@@ -4,10 +4,10 @@ Authenticated by its own secret (`Authorization: Bearer <[provisioning] secret>`
 constant time), separate from the homeserver's hs_token and from `[status] secret`: it is
 meant for an integration manager or a script, not for the homeserver. Such a request acts for
 a Matrix user who must pass the power check. The command line instead sends the admin token
-(`bridge.provisioning.admin_token`, derived from the as_token): it acts as the bridge's
+(`bridge.core.provisioning.admin_token`, derived from the as_token): it acts as the bridge's
 admin. No secret is taken from a query string. An empty secret turns the API off (403 with a
 hint). Errors are JSON `{errcode, error}` with a 4xx status; the checks live in
-`bridge.provisioning`. Request threads run this.
+`bridge.core.provisioning`. Request threads run this.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
 
+from ..core.provisioning import Provisioner, ProvisioningError, admin_token
 from ..matrix import MatrixError
-from ..provisioning import Provisioner, ProvisioningError, admin_token
 from .errors import matrix_error
 
 log = logging.getLogger(__name__)

@@ -254,7 +254,7 @@ class BenchStack(Stack):
 
     def start_parts(self) -> None:
         """ircd, config, registration, Synapse: everything but the bridge."""
-        from bridge.cli import main as cli_main
+        from bridge.cli.main import main as cli_main
 
         if self.db == "postgresql":
             drop_bridge_tables(PG_URL)
@@ -280,7 +280,7 @@ class BenchStack(Stack):
                 log.warning("could not drop the bridge's tables", exc_info=True)
 
     def _tokens(self) -> None:
-        from bridge.config import load
+        from bridge.config.ini import load
 
         config = load(self.config_path)
         self._hs_token = config.appservice.hs_token
@@ -352,7 +352,7 @@ def _set_key(text: str, section: str, key: str, value: str) -> str:
 
 def drop_bridge_tables(url: str) -> None:
     """Drop the bridge's tables (as tests/conftest.py clean_database does)."""
-    from bridge.store import MODELS, Store
+    from bridge.store.models import MODELS, Store
 
     store = Store(url)
     try:

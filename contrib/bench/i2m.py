@@ -185,7 +185,8 @@ def _ceiling_burst(hs: list[MatrixClient], room_ids: list[str], readers: list[Ro
 
 
 def _sender_of(room_id: str) -> int:
-    """Which sender thread the bridge uses for a room (mirrors bridge/outbox.py's Senders)."""
+    """Which sender thread the bridge uses for a room (mirrors bridge/pipeline/outbox.py's
+    Senders)."""
     return zlib.crc32(room_id.encode()) % SENDERS
 
 

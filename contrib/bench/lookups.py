@@ -32,7 +32,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from bridge.store import (  # noqa: E402
+from bridge.store.models import (  # noqa: E402
     DONE,
     MODELS,
     InboxEvent,

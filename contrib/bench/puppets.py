@@ -60,7 +60,7 @@ def seed_links(url: str, rooms: int) -> None:
     """Insert `rooms` links #pupN <-> !pupseedN with the bridge's own models."""
     from startup import _fill
 
-    from bridge.store import RoomLink, Store
+    from bridge.store.models import RoomLink, Store
 
     store = Store(url)
     try:

@@ -82,7 +82,7 @@ def settle(pid: int, *, timeout: float, window: float = 1.0, idle_pct: float = 5
 
 def seed(url: str, rooms: int, users: int) -> dict[str, int]:
     """Insert room links and virtual users with the bridge's own models (bulk, in chunks)."""
-    from bridge.store import RoomLink, Store, VirtualUser
+    from bridge.store.models import RoomLink, Store, VirtualUser
 
     store = Store(url)
     try:

@@ -6,7 +6,7 @@ import itertools
 import time
 from typing import Any
 
-from bridge.store import IrcLine, QueuedLine, Store
+from bridge.store.models import IrcLine, QueuedLine, Store
 
 ROOM = "!room:localhost"
 NETWORK = "local"

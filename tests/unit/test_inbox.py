@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 from bridge.devstack.ports import wait_until
-from bridge.inbox import Completion, InboxWorker, SentJournal
-from bridge.store import DONE, FAILED, PENDING, InboxEvent, Store
+from bridge.pipeline.inbox import Completion, InboxWorker, SentJournal
+from bridge.store.models import DONE, FAILED, PENDING, InboxEvent, Store
 from tests.unit.queues import store_events
 
 
@@ -141,8 +141,8 @@ def test_stop_without_a_journal_marks_what_finished(store: Store) -> None:
 CRASHING_WORKER = """
 import os, signal, sys
 from pathlib import Path
-from bridge.inbox import InboxWorker
-from bridge.store import Store
+from bridge.pipeline.inbox import InboxWorker
+from bridge.store.models import Store
 
 store = Store(sys.argv[1])
 

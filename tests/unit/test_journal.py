@@ -9,7 +9,7 @@ import sys
 import threading
 from pathlib import Path
 
-from bridge.inbox import SentJournal
+from bridge.pipeline.inbox import SentJournal
 
 
 def test_replay_tells_finished_rows_from_rows_cut_while_sending(tmp_path: Path) -> None:
@@ -26,7 +26,7 @@ def test_a_killed_process_keeps_every_record_it_made(tmp_path: Path) -> None:
     path = tmp_path / "j.sent"
     code = (
         "import os, signal, sys\n"
-        "from bridge.inbox import SentJournal\n"
+        "from bridge.pipeline.inbox import SentJournal\n"
         "j = SentJournal(__import__('pathlib').Path(sys.argv[1]))\n"
         "for n in range(1, 101):\n"
         "    j.record_start(n)\n"

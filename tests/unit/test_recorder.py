@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from bridge.devstack.ports import wait_until
-from bridge.outbox import Recorder, RoomCreated
-from bridge.store import OutboxMessage, QueuedLine, Scrollback, Store
+from bridge.pipeline.outbox import Recorder, RoomCreated
+from bridge.store.models import OutboxMessage, QueuedLine, Scrollback, Store
 from tests.unit.queues import NETWORK, ROOM, irc_line
 
 ROOMS = {(NETWORK, "#chan"): ROOM}

@@ -11,8 +11,8 @@ import collections
 import threading
 
 from bridge.devstack.ports import wait_until
-from bridge.outbox import GiveUp, Retry, Senders
-from bridge.store import DONE, FAILED, PENDING, OutboxMessage, QueuedLine, Store
+from bridge.pipeline.outbox import GiveUp, Retry, Senders
+from bridge.store.models import DONE, FAILED, PENDING, OutboxMessage, QueuedLine, Store
 from tests.unit.queues import queue_rows
 
 

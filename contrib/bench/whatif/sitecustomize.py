@@ -41,7 +41,7 @@ def _our_nicks() -> None:
 
 
 def _irc_lower() -> None:
-    from bridge import names
+    from bridge.rules import names
 
     table = str.maketrans("[]\\~", "{}|^")
 

@@ -1,0 +1,415 @@
+"""IRC -> Matrix: what the bridge does with what IRC says, and how it reaches the room.
+
+A mixin of `core.Bridge`. The `irc_*` listener methods run on the IRC thread and only queue
+lines in the recorder; `deliver` runs on the homeserver senders and makes the calls, as the
+virtual users, with the IRC time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+from ..config.ini import Config
+from ..matrix import (
+    ONCE,
+    Forbidden,
+    HomeserverClient,
+    HomeserverUnavailable,
+    Intent,
+    IntentCache,
+    MatrixError,
+)
+from ..matrix.state import MemberStore
+from ..ops import metrics
+from ..pipeline.outbox import GiveUp, Retry
+from ..rules import formatting
+from ..rules.names import NetworkNames, is_channel
+from ..store.models import PM_PREFIX, IrcLine, Link, QueuedLine, Store
+
+if TYPE_CHECKING:
+    from ..irc import IrcSide
+    from ..pipeline.outbox import Recorder
+
+log = logging.getLogger(__name__)
+
+
+# Each bridged message carries the txnId it was sent with, so a retry can find it.
+TXN_KEY = "org.ircbridge.txn"
+
+
+class IrcToMatrix:
+    """IRC events -> durable lines (IRC thread) -> homeserver calls (senders)."""
+
+    if TYPE_CHECKING:  # provided by core.Bridge
+        config: Config
+        store: Store
+        client: HomeserverClient
+        cache: IntentCache
+        members: MemberStore
+        bot: Intent
+        irc: IrcSide
+        names: dict[str, NetworkNames]
+        recorder: Recorder | None
+        admin: Any
+        media: Any
+
+        def is_ours(self, user_id: str) -> bool: ...
+        def link_for_room(self, room_id: str) -> Link | None: ...
+        def _prepare_ghost(self, network: str, nick: str, user_id: str) -> Intent: ...
+        def _sender_for_nick(self, network: str, nick: str) -> str: ...
+        _topics: dict[tuple[str, str], str]
+        _channel_waiters: dict[tuple[str, str], list[Any]]
+        _links_lock: Any
+        _links_by_channel: dict[tuple[str, str], Link]
+        txn_prefix: str
+
+        def nick_of(self, network: str, user_id: str) -> str: ...
+        def channel_is_private(self, network: str, channel: str) -> bool: ...
+        def may_relay(self, network: str, channel: str) -> bool: ...
+        def fold_nick(self, network: str, nick: str) -> str: ...
+
+        def fold_channel(self, network: str, channel: str) -> str: ...
+        def puppet_joined(self, network: str, user_id: str, channel: str) -> None: ...
+        def _state_power(self, line: QueuedLine, room_id: str,
+                         details: dict[str, Any]) -> str: ...
+        def _state_join_rule(self, line: QueuedLine, room_id: str,
+                             details: dict[str, Any]) -> str: ...
+        def _state_private(self, line: QueuedLine, room_id: str,
+                           details: dict[str, Any]) -> str: ...
+        def _state_invite(self, line: QueuedLine, room_id: str,
+                          details: dict[str, Any]) -> str: ...
+
+    # ------------------------------------------------------------ IRC listener (IRC thread)
+    def _record(self, network: str, channel: str, nick: str, sender: str, msgtype: str,
+                body: str, html: str | None, ts: int | None = None) -> None:
+        if self.recorder is None:
+            return
+        self.recorder.put(IrcLine(
+            network=network, channel=channel, channel_name=channel, nick=nick, sender=sender,
+            msgtype=msgtype, body=body, html=html,
+            ts=ts if ts is not None else int(time.time() * 1000),
+        ))
+
+    def _has_room(self, network: str, channel: str) -> bool:
+        with self._links_lock:
+            return (network, channel) in self._links_by_channel
+
+    def irc_message(self, network: str, channel: str, nick: str, text: str, kind: str,
+                    ts: int, mentions: dict[str, str] | None = None) -> None:
+        body, html = formatting.irc_to_matrix(text, mentions)  # pills made per text run
+        if not body.strip():
+            return
+        if not self.may_relay(network, channel):
+            return  # private: see bridge.core.privacy
+        self._record(network, channel, nick, self._sender_for_nick(network, nick), kind, body,
+                     html, ts)
+
+    def irc_private(self, network: str, owner: str, nick: str, text: str, kind: str,
+                    ts: int) -> None:
+        body, html = formatting.irc_to_matrix(text)
+        if not body.strip():
+            return
+        key = f"{PM_PREFIX}{owner}:{self.fold_nick(network, nick)}"
+        self._record(network, key, nick, self._sender_for_nick(network, nick), kind, body,
+                     html, ts)
+
+    def irc_topic(self, network: str, channel: str, topic: str, nick: str | None) -> None:
+        self._topics[(network, channel)] = topic
+        if nick is not None and self._has_room(network, channel) \
+                and self.may_relay(network, channel):
+            self._record(network, channel, nick, self._sender_for_nick(network, nick),
+                         "x.topic", json.dumps({"topic": topic}), None)
+
+    def irc_membership(self, network: str, channel: str, nick: str, what: str,
+                       details: dict[str, Any]) -> None:
+        if not self._has_room(network, channel) or not self.may_relay(network, channel):
+            return
+        sender = self._sender_for_nick(network, nick)
+        if what == "nick":
+            new = str(details.get("new"))
+            self._record(network, channel, nick, sender, "x.leave",
+                         json.dumps({"reason": f"changed nick to {new}"}), None)
+            self._record(network, channel, new, self._sender_for_nick(network, new), "x.join",
+                         "{}", None)
+            return
+        kind = {"join": "x.join", "part": "x.leave", "quit": "x.leave", "kick": "x.kick"}[what]
+        self._record(network, channel, nick, sender, kind, json.dumps(details), None,
+                     details.get("ts"))
+
+    def irc_failure(self, network: str, owner: str, target: str, reason: str) -> None:
+        """A line of a Matrix user was refused by IRC: tell them, never drop it silently."""
+        folded = (self.fold_channel(network, target) if is_channel(target)
+                  else self.fold_nick(network, target))
+        who = self.nick_of(network, owner)
+        text = f"{who}: not delivered to {target} on IRC: {reason}"
+        if is_channel(target):
+            if self._has_room(network, folded):
+                self._record(network, folded, "", self.config.bot_user_id, "m.notice", text,
+                             None)
+            return
+        # In a private room the bot is not a member: the other side's virtual user says it.
+        self._record(network, f"{PM_PREFIX}{owner}:{folded}", target,
+                     self._sender_for_nick(network, target), "m.notice", text, None)
+
+    def irc_connection(self, network: str, owner: str, what: str, details: dict[str, Any]) -> None:
+        who = owner or "bot"
+        if what == "lost":
+            metrics.irc_reconnect(self, network)
+        if what == "joined" and owner:
+            self.puppet_joined(network, owner, str(details.get("channel")))
+            return
+        if what in ("channel_ready", "channel_modes", "channel_refused"):
+            self._bot_channel_event(network, what, details)
+            return
+        if what in ("kicked", "rejoined"):
+            self._kick_notice(network, owner, what, details)
+        if self.admin is not None and hasattr(self.admin, "connection_event"):
+            try:
+                self.admin.connection_event(network, owner, what, details)
+            except Exception:  # noqa: BLE001 - reporting must never break the IRC thread
+                log.exception("admin room report failed")
+        if what == "connected":
+            log.info("%s connected to %s as %s", who, network, details.get("nick"))
+        elif what == "nick_collision":
+            log.info("%s on %s: nick %s taken, using %s", who, network, details.get("wanted"),
+                     details.get("using"))
+
+    def _bot_channel_event(self, network: str, what: str, details: dict[str, Any]) -> None:
+        if what != "channel_ready":  # the modes (or a refusal) decide what room it gets
+            with self._links_lock:
+                for event in self._channel_waiters.get((network, details["channel"]), []):
+                    event.set()
+        if "nicks" in details and self._has_room(network, details["channel"]):
+            # Who is on IRC now: ghosts of users who left while we were away leave.
+            self._record(network, details["channel"], "", self.config.bot_user_id,
+                         "x.sync", json.dumps({"nicks": details["nicks"]}), None)
+
+    def _kick_notice(self, network: str, owner: str, what: str, details: dict[str, Any]) -> None:
+        """Our bot or a puppet was kicked (or is back): the room hears it from the bot."""
+        channel = str(details.get("channel") or "")
+        if not self._has_room(network, channel):
+            return
+        if what == "rejoined":
+            text = f"The bridge bot is back in {channel}."
+        else:
+            by = details.get("by") or "the server"
+            reason = f": {details['reason']}" if details.get("reason") else ""
+            rejoin_in = details.get("rejoin_in")
+            if not owner:
+                text = (f"The bridge bot was kicked from {channel} by {by}{reason}. It tries to "
+                        f"rejoin in {rejoin_in:.0f} s; until it is back, lines from IRC may not "
+                        "reach this room.")
+            elif rejoin_in is not None:
+                text = (f"{owner}: your IRC connection {details.get('nick')} was kicked from "
+                        f"{channel} by {by}{reason}. It rejoins in {rejoin_in:.0f} s.")
+            else:
+                text = (f"{owner}: your IRC connection {details.get('nick')} was kicked from "
+                        f"{channel} by {by} again{reason}. It will not rejoin by itself; send a "
+                        "message here to rejoin.")
+        self._record(network, channel, "", self.config.bot_user_id, "m.notice", text, None)
+
+    # ------------------------------------------------------------ IRC -> Matrix (senders)
+    def deliver(self, line: QueuedLine, retrying: bool = False) -> str:
+        """Send one outbox row to the homeserver, as its virtual user, with the IRC time.
+
+        A retry first looks for the row's event in the room: a homeserver that stopped after
+        storing the event but before answering forgets the txnId when it restarts.
+        """
+        try:
+            room_id, line = self._route(line)
+            if room_id is None:
+                raise GiveUp(f"no room for {line.room_id}")
+            if line.msgtype.startswith("x."):
+                return self._deliver_state(line, room_id)
+            intent = self._speaker(line, room_id)
+            txn_id = f"{self.txn_prefix}.{line.id}"
+            if retrying:
+                found = self._already_sent(room_id, line.sender, txn_id)
+                if found:
+                    return found
+            content = self._message_content(line, txn_id)
+            # One try per call: a retry must first look for the event (see above), which the
+            # client's own retries would skip. (The senders bound every call of a try to ONCE.)
+            sender = Intent(self.client, intent.user_id, is_bot=intent.is_bot,
+                            cache=self.cache, policy=ONCE)
+            event_id = sender.send_message(room_id, content, ts=line.ts, txn_id=txn_id)
+            self._private_room_still_open(line, room_id)
+            return event_id
+        except HomeserverUnavailable as e:
+            raise Retry(str(e), after=e.retry_after) from e
+        except Forbidden as e:
+            self._private_room_refused(line, e)
+            raise GiveUp(str(e)) from e
+        except MatrixError as e:
+            if e.status == 429 or e.status >= 500 or e.status == 0:
+                raise Retry(str(e), after=e.retry_after) from e
+            raise GiveUp(str(e)) from e
+
+    def _speaker(self, line: QueuedLine, room_id: str) -> Intent:
+        """The bot, or the line's virtual user, registered and joined to the room."""
+        if line.sender == self.config.bot_user_id:
+            return self.bot
+        intent = self._prepare_ghost(line.network, line.nick, line.sender)
+        self._join_ghost(intent, room_id)
+        return intent
+
+    @staticmethod
+    def _message_content(line: QueuedLine, txn_id: str) -> dict[str, Any]:
+        """The m.room.message content of a line, carrying its txnId for retries to find."""
+        content: dict[str, Any] = {"msgtype": line.msgtype, "body": line.body, TXN_KEY: txn_id}
+        if line.html:
+            content["format"] = "org.matrix.custom.html"
+            content["formatted_body"] = line.html
+        return content
+
+    def _private_room_still_open(self, line: QueuedLine, room_id: str) -> None:
+        """A private room its owner left while this line was sent: send it again, in the
+        new room the next try opens."""
+        if line.room_id.startswith(PM_PREFIX) and self.store.pm_for_room(room_id) is None:
+            raise Retry(f"the private room {room_id} ended while the line was sent")
+
+    def _private_room_refused(self, line: QueuedLine, error: Forbidden) -> None:
+        """The virtual user may no longer speak in the private room: it ends, and the line
+        is tried again in a new one."""
+        if not line.room_id.startswith(PM_PREFIX):
+            return
+        owner, _, nick = line.room_id[len(PM_PREFIX):].rpartition(":")
+        pm = self.store.pm_room(line.network, owner, nick)
+        if pm is None:
+            return
+        log.info("private room %s refused a line (%s); the next try opens a new one",
+                 pm.room_id, error)
+        self.store.end_pm_room(pm.room_id)
+        raise Retry(str(error)) from error
+
+    def _already_sent(self, room_id: str, sender: str, txn_id: str) -> str | None:
+        """The event a previous try of this row made, if the homeserver kept it."""
+        user = None if sender == self.config.bot_user_id else sender
+        try:
+            recent = self.client.request(
+                "GET", f"/_matrix/client/v3/rooms/{quote(room_id, safe='')}/messages",
+                params={"dir": "b", "limit": "50"}, user_id=user, policy=ONCE,
+            )
+        except HomeserverUnavailable:
+            raise
+        except MatrixError as e:  # e.g. not in the room yet: nothing was sent there
+            log.debug("cannot look back in %s: %s", room_id, e)
+            return None
+        chunk = recent.get("chunk")
+        for event in chunk if isinstance(chunk, list) else []:
+            content = event.get("content") if isinstance(event, dict) else None
+            if not isinstance(content, dict):
+                continue
+            if event.get("sender") == sender and content.get(TXN_KEY) == txn_id:
+                log.info("line already in %s as %s; not sent again", room_id,
+                         event.get("event_id"))
+                return str(event.get("event_id"))
+        return None
+
+    def _route(self, line: QueuedLine) -> tuple[str | None, QueuedLine]:
+        """The room of a row; a private conversation's room is looked up, or made.
+
+        In a private room the other side is one virtual user whatever the case of the nick
+        IRC used this time, so the row is sent as that user.
+        """
+        if not line.room_id.startswith(PM_PREFIX):
+            return line.room_id, line
+        owner, _, nick = line.room_id[len(PM_PREFIX):].rpartition(":")
+        pm = self.store.pm_room(line.network, owner, nick)
+        if pm is not None:
+            if line.sender != pm.ghost and self.fold_nick(line.network, line.nick) == nick:
+                ghost_nick = self.names[line.network].nick_for_user_id(pm.ghost) or line.nick
+                line = dataclasses.replace(line, sender=pm.ghost, nick=ghost_nick)
+            return pm.room_id, line
+        if line.sender == self.config.bot_user_id:
+            return None, line
+        ghost = self._prepare_ghost(line.network, line.nick, line.sender)
+        room_id = ghost.create_room(
+            alias_localpart=None, name=None, topic=None, preset="trusted_private_chat",
+            invite=[owner], extra_body={"is_direct": True},
+        )
+        self.store.set_pm_room(line.network, owner, nick, line.sender, room_id)
+        log.info("opened a private room %s for %s and %s", room_id, owner, line.nick)
+        return room_id, line
+
+    def _deliver_state(self, line: QueuedLine, room_id: str) -> str:
+        """Membership, topic and power changes said on IRC, as their virtual users."""
+        details = json.loads(line.body or "{}")
+        handler = {
+            "x.join": self._state_join,
+            "x.leave": self._state_leave,
+            "x.kick": self._state_leave,
+            "x.topic": self._state_topic,
+            "x.power": self._state_power,
+            "x.joinrule": self._state_join_rule,
+            "x.sync": self._state_sync,
+            "x.private": self._state_private,
+            "x.invite": self._state_invite,
+        }.get(line.msgtype)
+        return handler(line, room_id, details) if handler else ""
+
+    def _state_join(self, line: QueuedLine, room_id: str, details: dict[str, Any]) -> str:
+        self._join_ghost(self._prepare_ghost(line.network, line.nick, line.sender), room_id)
+        return ""
+
+    def _join_ghost(self, intent: Intent, room_id: str) -> None:
+        """Join a virtual user; in an invite-only room (+i/+k on IRC) the bot invites it."""
+        try:
+            intent.ensure_joined(room_id)
+        except Forbidden:
+            if self.link_for_room(room_id) is None:
+                raise
+            self.bot.invite(room_id, intent.user_id)
+            intent.ensure_joined(room_id)
+        self.members.set_membership(room_id, intent.user_id, "join")
+
+    def _state_leave(self, line: QueuedLine, room_id: str, details: dict[str, Any]) -> str:
+        # The homeserver says who is in the room: ghosts joined before a restart leave too.
+        joined = self.members.is_joined(room_id, line.sender)
+        if joined is None:
+            joined = self.cache.is_joined(room_id, line.sender)
+        if not joined:
+            return ""
+        reason = str(details.get("reason") or "")
+        ghost = Intent(self.client, line.sender, cache=self.cache)
+        if line.msgtype == "x.kick" and details.get("by"):
+            reason = f"kicked by {details['by']}" + (f": {reason}" if reason else "")
+            try:
+                self.bot.kick(room_id, line.sender, reason)
+            except Forbidden:
+                ghost.leave(room_id)
+        else:
+            ghost.leave(room_id)
+        self.cache.forget_joined(room_id, line.sender)
+        self.members.set_membership(room_id, line.sender, "leave")
+        return ""
+
+    def _state_sync(self, line: QueuedLine, room_id: str, details: dict[str, Any]) -> str:
+        """The channel's names as the bot found them: stale ghosts of this network leave."""
+        names = self.names[line.network]
+        present = {self.fold_nick(line.network, str(n)) for n in details.get("nicks") or ()}
+        for user_id in sorted(self.members.joined(room_id)):
+            nick = names.nick_for_user_id(user_id)
+            if nick is None or self.fold_nick(line.network, nick) in present:
+                continue
+            log.info("%s is no longer on IRC: its virtual user leaves %s", nick, room_id)
+            try:
+                Intent(self.client, user_id, cache=self.cache).leave(room_id)
+            except Forbidden as e:
+                log.info("%s could not leave %s: %s", user_id, room_id, e)
+            self.members.set_membership(room_id, user_id, "leave")
+        return ""
+
+    def _state_topic(self, line: QueuedLine, room_id: str, details: dict[str, Any]) -> str:
+        content = {"topic": details.get("topic", "")}
+        intent = self._prepare_ghost(line.network, line.nick, line.sender)
+        self._join_ghost(intent, room_id)
+        try:
+            return intent.set_state(room_id, "m.room.topic", "", content, ts=line.ts)
+        except Forbidden:
+            return self.bot.set_state(room_id, "m.room.topic", "", content, ts=line.ts)

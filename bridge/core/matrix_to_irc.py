@@ -1,0 +1,284 @@
+"""Matrix -> IRC: what the bridge does with each event the homeserver pushed.
+
+A mixin of `core.Bridge`, run on the inbox thread: messages become IRC lines said by the
+sender's own IRC connection, membership and topics become IRC commands, an invite to a
+virtual user opens a private conversation. IRC work is handed to the IRC thread.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from ..config.ini import Config, NetworkConfig
+from ..irc.connection import REFUSED
+from ..irc.receipt import Receipt
+from ..matrix import HomeserverClient, Intent, IntentCache, MatrixError
+from ..ops import metrics
+from ..pipeline.fanout import Outcome, Shares
+from ..pipeline.inbox import Completion
+from ..rules import formatting, translate
+from ..rules.names import NetworkNames, puppet_nick
+from ..store.models import Link, Store
+from . import access
+
+if TYPE_CHECKING:
+    from ..irc import IrcSide
+    from ..pipeline.outbox import Recorder
+
+log = logging.getLogger(__name__)
+
+
+class MatrixToIrc:
+    """Matrix events -> IRC (inbox thread)."""
+
+    if TYPE_CHECKING:  # provided by core.Bridge
+        config: Config
+        store: Store
+        client: HomeserverClient
+        cache: IntentCache
+        bot: Intent
+        irc: IrcSide
+        names: dict[str, NetworkNames]
+        recorder: Recorder | None
+        admin: Any
+        media: Any
+        access: access.Access
+
+        def is_ours(self, user_id: str) -> bool: ...
+        def fold_nick(self, network: str, nick: str) -> str: ...
+        def is_foreign(self, user_id: str) -> bool: ...
+        def link_for_room(self, room_id: str) -> Link | None: ...
+        def links_for_room(self, room_id: str) -> list[Link]: ...
+        def _prepare_ghost(self, network: str, nick: str, user_id: str) -> Intent: ...
+        def _sender_for_nick(self, network: str, nick: str) -> str: ...
+        def irc_failure(self, network: str, owner: str, target: str, reason: str) -> None: ...
+
+    # ------------------------------------------------------------ Matrix -> IRC (inbox thread)
+    def on_matrix_event(self, event: dict[str, Any], completion: Completion) -> None:
+        done = completion.finished
+        sender = event.get("sender")
+        room_id = event.get("room_id")
+        content = event.get("content")
+        if not isinstance(sender, str) or not isinstance(room_id, str) or self.is_ours(sender) \
+                or not isinstance(content, dict) or self.is_foreign(sender):
+            done(True)
+            return
+        if self.media is not None and self.media.revocations is not None:
+            self.media.revocations.observe(event)  # before any refusal: a redaction counts
+        if access.refused(self, event):  # type: ignore[arg-type]
+            done(True)
+            return
+        if self.admin is not None and self.admin.handle_event(event):
+            done(True)
+            return
+        if event.get("type") == "m.room.member" and self._invite_to_ghost(event, content):
+            done(True)
+            return
+        links = self.links_for_room(room_id)
+        if len(links) == 1:
+            self._channel_event(event, content, links[0], completion)
+            return
+        if links:  # linked on several networks: said on each, done when all are
+            shares = Shares(completion, len(links))
+            for link in links:
+                self._channel_event(event, content, link, shares.part())
+            return
+        pm = self.store.pm_for_room(room_id)
+        if pm is not None and pm.owner == sender:
+            self._private_event(event, content, pm, completion)
+            return
+        done(True)
+
+    def _channel_event(self, event: dict[str, Any], content: dict[str, Any], link: Link,
+                       completion: Outcome) -> None:
+        done = completion.finished
+        net = self.irc.network(link.network)
+        etype = event.get("type")
+        sender = str(event["sender"])
+        if net is None:
+            done(True)
+            return
+        if etype == "m.room.member":
+            self._membership_to_irc(event, content, link)
+            done(True)
+            return
+        if etype == "m.room.topic" and event.get("state_key") == "":
+            topic = formatting.sanitize_line(str(content.get("topic") or "")).strip()
+            self.irc.call(net.command, sender, f"TOPIC {link.channel_name} :{topic}",
+                          link.channel_name)
+            done(True)
+            return
+        if etype != "m.room.message":
+            done(True)
+            return
+        lines, kind = translate.to_irc(content, self._translate_context(
+            net.config, link.channel_name, link.room_id, sender))
+        if not lines:
+            done(True)
+            return
+
+        def sent(ok: bool, error: str | None) -> None:
+            if ok:
+                metrics.relayed(self, "matrix_to_irc", content.get("msgtype"))
+            elif completion.stopping:
+                pass  # closed by the stop: sent after the restart, nothing to tell
+            else:
+                log.warning("message %s not sent to IRC: %s", event.get("event_id"), error)
+                if error and not error.startswith(REFUSED):  # refusals are told by the server
+                    self.irc_failure(link.network, sender, link.channel_name, error)
+            done(ok)
+
+        self.irc.call(net.say, sender, None, link.channel_name, lines, kind,
+                      Receipt(sent, completion.started))
+
+    def _private_event(self, event: dict[str, Any], content: dict[str, Any], pm: Any,
+                       completion: Completion) -> None:
+        done = completion.finished
+        if event.get("type") == "m.room.member" and event.get("state_key") == pm.owner \
+                and content.get("membership") in ("leave", "ban"):
+            self._end_private_room(pm)
+            done(True)
+            return
+        net = self.irc.network(pm.network)
+        if net is None or event.get("type") != "m.room.message":
+            done(True)
+            return
+        nick = self.names[pm.network].nick_for_user_id(pm.ghost) or pm.nick
+        lines, kind = translate.to_irc(content, self._translate_context(
+            net.config, nick, pm.room_id, str(event["sender"])))
+
+        def sent(ok: bool, error: str | None) -> None:
+            if ok:
+                metrics.relayed(self, "matrix_to_irc", content.get("msgtype"))
+            elif error and not error.startswith(REFUSED) and not completion.stopping:
+                self.irc_failure(pm.network, str(event["sender"]), nick, error)
+            done(ok)
+
+        self.irc.call(net.say_private, str(event["sender"]), nick, lines, kind,
+                      Receipt(sent, completion.started))
+
+    def _end_private_room(self, pm: Any) -> None:
+        """The Matrix user left their private room: it ends; the virtual user leaves too."""
+        self.store.end_pm_room(pm.room_id)
+        log.info("%s left the private room %s with %s; the next message opens a new one",
+                 pm.owner, pm.room_id, pm.nick)
+        try:
+            Intent(self.client, pm.ghost, cache=self.cache).leave(pm.room_id)
+        except MatrixError as e:
+            log.info("%s could not leave %s: %s", pm.ghost, pm.room_id, e)
+
+    def _translate_context(self, network: NetworkConfig, target: str, room_id: str,
+                           sender: str = "") -> translate.Context:
+        def find(event_id: str) -> translate.Origin | None:
+            # Only this room's events: never another room's text (PMs, admin rooms).
+            found = self.store.find_message(event_id, room_id)
+            return translate.Origin(*found) if found else None
+
+        return translate.Context(
+            budget=formatting.payload_budget("PRIVMSG", target),
+            max_lines=network.max_lines,
+            find_message=find,
+            nick_for_user=lambda user_id: self.nick_of(network.name, user_id),
+            media=self.media,
+            paste=self._wants_paste(network.name, sender),
+        )
+
+    def _wants_paste(self, network: str, user_id: str) -> bool:
+        """A user may choose (!longmessages lines) to send long messages as every line."""
+        if self.admin is None or not user_id:
+            return True
+        return self.admin.puppet_settings(network, user_id).get("long_messages") != "lines"
+
+    def nick_of(self, network: str, user_id: str) -> str:
+        """The IRC nick that stands for a Matrix user id: a ghost's nick, or a puppet's."""
+        names = self.names.get(network)
+        if names is not None:
+            nick = names.nick_for_user_id(user_id)
+            if nick is not None:
+                return nick
+        net = self.irc.network(network)
+        conn = net.puppets.get(user_id) if net is not None else None
+        if conn is not None:
+            return conn.nick
+        config = self.config.network(network)
+        template = config.puppet_nick_template if config else "{localpart}[m]"
+        return puppet_nick(template, user_id, None, net.nick_max if net else 30)
+
+    def _membership_to_irc(self, event: dict[str, Any], content: dict[str, Any],
+                           link: Link) -> None:
+        sender = str(event["sender"])
+        target = event.get("state_key")
+        membership = content.get("membership")
+        if not isinstance(target, str):
+            return
+        net = self.irc.network(link.network)
+        if net is None:
+            return
+        channel = link.channel_name
+        if target == sender:
+            previous = (event.get("unsigned") or {}).get("prev_content") or {}
+            if membership == "join" and previous.get("membership") == "join":
+                self._displayname_changed(link, sender, content.get("displayname"))
+            elif membership == "join":
+                self.irc.call(self._puppet_join, link, sender, content.get("displayname"))
+            elif membership == "leave":
+                self.irc.call(self._puppet_part, link, sender)
+            return
+        nick = self.names[link.network].nick_for_user_id(target)
+        reason = formatting.sanitize_line(str(content.get("reason") or ""))[:200]
+        if nick is not None and membership in ("leave", "ban"):
+            # A Matrix user removed an IRC user: their puppet does it on IRC (if it may).
+            if membership == "ban":
+                self.irc.call(net.command, sender, f"MODE {channel} +b {nick}!*@*", channel)
+            self.irc.call(net.command, sender, f"KICK {channel} {nick} :{reason or 'kicked'}",
+                          channel)
+        elif nick is None and membership in ("leave", "ban") and not self.is_ours(target):
+            self.irc.call(self._puppet_part, link, target)
+
+    def _displayname_changed(self, link: Link, user_id: str, name: object) -> None:
+        """With `{displayname}` in puppet_nick_template, a new display name is a new nick."""
+        config = self.config.network(link.network)
+        net = self.irc.network(link.network)
+        if config is None or net is None or "{displayname}" not in config.puppet_nick_template:
+            return
+        nick = puppet_nick(config.puppet_nick_template, user_id,
+                           name if isinstance(name, str) else None, net.nick_max)
+        self.irc.call(net.command, user_id, f"NICK {nick}")
+
+    def _invite_to_ghost(self, event: dict[str, Any], content: dict[str, Any]) -> bool:
+        """A Matrix user invites a virtual user: a private conversation with that nick."""
+        target = event.get("state_key")
+        if content.get("membership") != "invite" or not isinstance(target, str):
+            return False
+        for network, names in self.names.items():
+            nick = names.nick_for_user_id(target)
+            if nick is None:
+                continue
+            room_id = str(event["room_id"])
+            if self.link_for_room(room_id) is not None:
+                return True  # invited into a bridged room: IRC decides who is there
+            intent = self._prepare_ghost(network, nick, target)
+            try:
+                intent.join(room_id)
+            except MatrixError as e:
+                log.warning("%s could not join %s: %s", target, room_id, e)
+                return True
+            self.store.set_pm_room(network, str(event["sender"]), self.fold_nick(network, nick),
+                                   target, room_id)
+            net = self.irc.network(network)
+            if net is not None:
+                self.irc.call(net.puppet, str(event["sender"]))
+            return True
+        return False
+
+    def _puppet_join(self, link: Link, user_id: str, displayname: str | None) -> None:
+        net = self.irc.network(link.network)
+        if net is not None:
+            net.puppet(user_id, displayname).join(link.channel_name)
+
+    def _puppet_part(self, link: Link, user_id: str) -> None:
+        net = self.irc.network(link.network)
+        if net is not None and user_id in net.puppets:
+            net.puppets[user_id].part(link.channel_name)
+

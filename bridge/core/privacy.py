@@ -1,0 +1,315 @@
+"""Private stays private: what a channel's modes mean for its Matrix room.
+
+A mixin of `core.Bridge`. A channel that is keyed, invite-only, secret or private (+k/+i/+s/
++p), or that our bot cannot join, never gets a room others can join: no portal through its
+alias (the query answers 404), only an invite-only, unlisted room with history visible from
+joining on, made for a Matrix user whose puppet is in the channel; its members are invited
+as their puppets join; its scrollback is never kept nor replayed. A portal whose channel
+turns private is made so, with a notice. This is what matrix-appservice-irc does for
+private channels (invite-only rooms, members synced by invites).
+
+Linked rooms (provisioning, `ircbridge link`, static `rooms =`) belong to their Matrix
+admins: IRC modes change them only when the link says `mirror_modes`, and even then never
+to `public`, never lowering a level the bridge did not set, never above 50.
+
+Threads: `irc_channel_state` and `irc_power` run on the IRC thread and only queue lines; the
+`_state_*` handlers run on the homeserver senders; `query_room`'s checks on request threads.
+The per-room options live in their own table (`room_option`), made when missing at start;
+its rows carry the bridge's registration id, as every row of one bridge (store_migrations).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from typing import TYPE_CHECKING, Any
+
+import peewee as pw
+
+from ..irc.modes import MAX_LEVEL, ChannelState
+from ..matrix import MatrixError
+from ..store import migrations as store_migrations
+
+if TYPE_CHECKING:
+    from ..config.ini import Config
+    from ..irc import IrcSide
+    from ..matrix import HomeserverClient, Intent
+    from ..store.models import Link, QueuedLine, Store
+
+log = logging.getLogger(__name__)
+
+# Which users' levels the bridge set itself, kept inside m.room.power_levels so it survives
+# restarts and stays with the room: the bridge only ever changes those.
+SET_BY_BRIDGE = "org.ircbridge.levels"
+PRIVATE_NOTICE = ("This channel became private on IRC ({why}): this room is now invite-only "
+                  "and unlisted, and new members see only what is said after they join.")
+
+
+REFUSED_NOTICE = ("The bridge cannot join {channel} on IRC ({why}): nothing said there is "
+                  "relayed into this room until it can.")
+
+
+class RoomOption(pw.Model):
+    """Per-room choices: `mirror_modes` for linked rooms; `private` once a room is private."""
+
+    id = pw.BigAutoField()
+    bridge_id = pw.CharField(max_length=64, default=store_migrations.UNCLAIMED)
+    room_id = pw.CharField(max_length=255)
+    mirror_modes = pw.BooleanField(default=False)
+    private = pw.BooleanField(default=False)
+
+    class Meta:
+        table_name = "room_option"
+        database = None  # bound to the store's database at start
+        indexes = ((("bridge_id", "room_id"), True),)
+
+
+class RoomOptions:
+    """The options table, cached in memory (any thread)."""
+
+    def __init__(self, db: pw.Database, bridge_id: str = "ircbridge"):
+        self.db = db
+        self.bridge_id = bridge_id
+        RoomOption.bind(db, bind_refs=False, bind_backrefs=False)
+        self._lock = threading.Lock()
+        self._rows: dict[str, tuple[bool, bool]] | None = None
+
+    def load(self) -> None:
+        sqlite = isinstance(self.db, pw.SqliteDatabase)
+        with self.db.atomic("IMMEDIATE") if sqlite else self.db.atomic():
+            if store_migrations.needs_bridge_id(self.db, RoomOption):
+                store_migrations.add_bridge_id(self.db, RoomOption, self.bridge_id, ())
+            self.db.create_tables([RoomOption], safe=True)
+        rows = {r.room_id: (r.mirror_modes, r.private)
+                for r in RoomOption.select().where(RoomOption.bridge_id == self.bridge_id)}
+        with self._lock:
+            self._rows = rows
+
+    def _get(self, room_id: str) -> tuple[bool, bool]:
+        with self._lock:
+            return (self._rows or {}).get(room_id, (False, False))
+
+    def mirror_modes(self, room_id: str) -> bool:
+        return self._get(room_id)[0]
+
+    def private(self, room_id: str) -> bool:
+        return self._get(room_id)[1]
+
+    def set(self, room_id: str, *, mirror_modes: bool | None = None,
+            private: bool | None = None) -> None:
+        mirror, priv = self._get(room_id)
+        mirror = mirror if mirror_modes is None else mirror_modes
+        priv = priv if private is None else private
+        RoomOption.insert(bridge_id=self.bridge_id, room_id=room_id, mirror_modes=mirror,
+                          private=priv).on_conflict(
+            conflict_target=[RoomOption.bridge_id, RoomOption.room_id],
+            update={RoomOption.mirror_modes: mirror, RoomOption.private: priv},
+        ).execute()
+        with self._lock:
+            if self._rows is None:
+                self._rows = {}
+            self._rows[room_id] = (mirror, priv)
+
+
+class ChannelPrivacy:
+    """Channel modes -> the room's join rule, listing, history and members (see module)."""
+
+    if TYPE_CHECKING:  # provided by core.Bridge
+        config: Config
+        store: Store
+        client: HomeserverClient
+        bot: Intent
+        irc: IrcSide
+        admin: Any
+        room_options: RoomOptions
+        _channel_states: dict[tuple[str, str], ChannelState]
+
+        def _record(self, network: str, channel: str, nick: str, sender: str, msgtype: str,
+                    body: str, html: str | None, ts: int | None = None) -> None: ...
+        def _link_for_channel(self, network: str, channel: str) -> Link | None: ...
+        def _sender_for_nick(self, network: str, nick: str) -> str: ...
+        def link_for_room(self, room_id: str) -> Link | None: ...
+        def _prepare_ghost(self, network: str, nick: str, user_id: str) -> Intent: ...
+
+    # ------------------------------------------------------------ questions (any thread)
+    def channel_state(self, network: str, channel: str) -> ChannelState:
+        return self._channel_states.get((network, channel), ChannelState())
+
+    def channel_is_private(self, network: str, channel: str) -> bool:
+        """Private by its modes now, or its room was made private (and not since public)."""
+        if self.channel_state(network, channel).private:
+            return True
+        link = self._link_for_channel(network, channel)
+        return link is not None and self.room_options.private(link.room_id)
+
+    def room_is_private(self, room_id: str) -> bool:
+        return self.room_options.private(room_id)
+
+    def may_relay(self, network: str, channel: str) -> bool:
+        """May what our connections read in a channel go to Matrix? Not a private channel's
+        lines without a room (they would be replayed later); not, into a linked room that
+        does not follow the channel's modes, what only a puppet can read because the bot is
+        kept out: that room may be one anybody can join."""
+        link = self._link_for_channel(network, channel)
+        if link is None:
+            return not self.channel_is_private(network, channel)
+        if link.kind == "portal" or self.room_options.mirror_modes(link.room_id):
+            return True  # made invite-only when the channel turned private
+        return self.channel_state(network, channel).bot_refused is None
+
+    def mirrors_modes(self, link: Link) -> bool:
+        """Portals follow the channel's modes; linked rooms only when the link says so."""
+        return link.kind == "portal" or self.room_options.mirror_modes(link.room_id)
+
+    # ------------------------------------------------------------ IRC listener (IRC thread)
+    def irc_channel_state(self, network: str, channel: str, state: ChannelState) -> None:
+        before = self._channel_states.get((network, channel), ChannelState())
+        self._channel_states[(network, channel)] = state
+        link = self._link_for_channel(network, channel)
+        if link is None or not state.known and state.bot_refused is None:
+            return
+        if state.bot_refused and not before.bot_refused and not self.mirrors_modes(link):
+            self._record(network, channel, "", self.config.bot_user_id, "m.notice",
+                         REFUSED_NOTICE.format(channel=link.channel_name,
+                                               why=state.bot_refused), None)
+        was_private = before.private or self.room_options.private(link.room_id)
+        if state.private == was_private:
+            return  # the join rule follows the whole mode set, not each change
+        if link.kind == "portal" and state.private:
+            self._record(network, channel, "", self.config.bot_user_id, "x.private",
+                         json.dumps({"why": state.describe()}), None)
+        elif link.kind == "portal" or state.private and self.mirrors_modes(link):
+            self._record(network, channel, "", self.config.bot_user_id, "x.joinrule",
+                         json.dumps({"invite": state.private}), None)
+
+    def irc_power(self, network: str, channel: str, nick: str, level: int,
+                  user_id: str | None) -> None:
+        link = self._link_for_channel(network, channel)
+        if link is None or not self.mirrors_modes(link):
+            return
+        self._record(network, channel, nick, user_id or self._sender_for_nick(network, nick),
+                     "x.power", json.dumps({"level": level, "matrix_user": bool(user_id)}),
+                     None)
+
+    def puppet_joined(self, network: str, user_id: str, channel: str) -> None:
+        """A puppet is in a private channel: its user is invited to the room (IRC thread)."""
+        link = self._link_for_channel(network, channel)
+        if link is not None and self.channel_is_private(network, channel):
+            self._record(network, channel, "", user_id, "x.invite", "{}", None)
+
+    # ------------------------------------------------------------ portal rooms (request thread)
+    def portal_room_body(self, private: bool) -> dict[str, Any]:
+        """The createRoom fields that differ between a public portal and a private one."""
+        if private:
+            return {
+                "preset": "private_chat",
+                "initial_state": [
+                    {"type": "m.room.history_visibility", "state_key": "",
+                     "content": {"history_visibility": "joined"}},
+                    {"type": "m.room.guest_access", "state_key": "",
+                     "content": {"guest_access": "forbidden"}},
+                ],
+            }
+        return {
+            "preset": "public_chat",
+            "initial_state": [
+                {"type": "m.room.history_visibility", "state_key": "",
+                 "content": {"history_visibility": "shared"}},
+            ],
+        }
+
+    def puppet_in(self, network: str, user_id: str, channel: str) -> bool:
+        """Is the user's own IRC connection in the channel? (asks the IRC thread)"""
+        net = self.irc.network(network)
+        if net is None or not self.irc.started:
+            return False
+
+        def inside() -> bool:
+            conn = net.puppets.get(user_id)
+            return conn is not None and channel in conn.channels
+
+        try:
+            return bool(self.irc.call_sync(inside, timeout=5.0))
+        except TimeoutError:
+            return False
+
+    # ------------------------------------------------------------ delivery (senders)
+    def _state_private(self, line: QueuedLine, room_id: str, details: dict[str, Any]) -> str:
+        """The channel turned private: invite-only, history from joining, unlisted, told."""
+        self.room_options.set(room_id, private=True)
+        event_id = self.bot.set_state(room_id, "m.room.join_rules", "", {"join_rule": "invite"})
+        self.bot.set_state(room_id, "m.room.history_visibility", "",
+                           {"history_visibility": "joined"})
+        try:
+            self.client.publish_appservice_room(line.network, room_id,
+                                                self.config.appservice.id, visible=False)
+        except MatrixError as e:
+            log.warning("cannot unlist %s: %s", room_id, e)
+        if self.admin is not None and hasattr(self.admin, "room_unlisted"):
+            self.admin.room_unlisted(room_id)
+        link = self.link_for_room(room_id)
+        if link is not None and link.alias:
+            try:  # the predictable alias now answers 404, as for any private channel
+                self.client.request("DELETE", "/_matrix/client/v3/directory/room/"
+                                    + _quote(link.alias))
+            except MatrixError as e:
+                log.info("cannot remove alias %s: %s", link.alias, e)
+        self.bot.send_message(room_id, {
+            "msgtype": "m.notice",
+            "body": PRIVATE_NOTICE.format(why=details.get("why") or "private modes"),
+        })
+        return event_id
+
+    def _state_join_rule(self, line: QueuedLine, room_id: str, details: dict[str, Any]) -> str:
+        link = self.link_for_room(room_id)
+        if not details.get("invite"):
+            if link is None or link.kind != "portal":
+                return ""  # a linked room is never opened to the public by IRC
+            self.room_options.set(room_id, private=False)  # its history stays "joined"
+        rule = "invite" if details.get("invite") else "public"
+        return self.bot.set_state(room_id, "m.room.join_rules", "", {"join_rule": rule})
+
+    def _state_power(self, line: QueuedLine, room_id: str, details: dict[str, Any]) -> str:
+        """A member's highest IRC prefix as their power: only levels the bridge set itself
+        are ever lowered, and it never grants more than 50."""
+        if not details.get("matrix_user"):
+            self._prepare_ghost(line.network, line.nick, line.sender)
+        power: dict[str, Any] = self.bot.get_state(room_id, "m.room.power_levels") or {}
+        users = dict(power.get("users") or {})
+        ours = dict(power.get(SET_BY_BRIDGE) or {})
+        default = int(power.get("users_default", 0) or 0)
+        level = min(MAX_LEVEL, int(details.get("level", 0)))
+        current = int(users.get(line.sender, default))
+        if line.sender == self.config.bot_user_id or current == level:
+            return ""
+        link = self.link_for_room(room_id)
+        legacy = link is not None and link.kind == "portal" and not ours \
+            and current <= MAX_LEVEL  # a portal from before the bridge kept its marks
+        if level < current and ours.get(line.sender) != current and not legacy:
+            return ""  # set on the Matrix side: not the bridge's to lower
+        if level != default:
+            users[line.sender] = level
+            ours[line.sender] = level
+        else:
+            users.pop(line.sender, None)
+            ours.pop(line.sender, None)
+        return self.bot.set_state(room_id, "m.room.power_levels", "",
+                                  {**power, "users": users, SET_BY_BRIDGE: ours})
+
+    def _state_invite(self, line: QueuedLine, room_id: str, details: dict[str, Any]) -> str:
+        """Invite a Matrix user whose puppet joined the private channel of this room."""
+        try:
+            member = self.bot.get_state(room_id, "m.room.member", line.sender) or {}
+        except MatrixError:
+            member = {}
+        if member.get("membership") in ("join", "invite", "ban"):
+            return ""
+        self.bot.invite(room_id, line.sender)
+        return ""
+
+
+def _quote(text: str) -> str:
+    from urllib.parse import quote
+
+    return quote(text, safe="")

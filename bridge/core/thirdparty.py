@@ -1,0 +1,73 @@
+"""Third-party network lookups (the AS API's /thirdparty endpoints; spec checklist F).
+
+A mixin of `core.Bridge`: lets clients such as Element list the IRC networks, find the
+alias of a channel and the virtual user of a nick.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ..rules.names import NetworkNames, valid_channel, valid_nick
+
+if TYPE_CHECKING:
+    from ..config.ini import Config
+
+
+class ThirdPartyLookups:
+    if TYPE_CHECKING:  # provided by core.Bridge
+        config: Config
+        names: dict[str, NetworkNames]
+
+        def casemapping(self, network: str) -> str: ...
+
+        def parse_alias(self, alias: str) -> tuple[str, str] | None: ...
+
+    # ------------------------------------------------------------ third-party lookups
+    def thirdparty_protocol(self) -> dict[str, Any]:
+        """The `irc` protocol for clients' network pickers (spec checklist F44)."""
+        return {
+            "user_fields": ["network", "nickname"],
+            "location_fields": ["network", "channel"],
+            "icon": "mxc://matrix.org/irc",
+            "field_types": {
+                "network": {"regexp": "[a-zA-Z0-9_.-]+", "placeholder": "network"},
+                "channel": {"regexp": "[#&+!][^\\s,:]+", "placeholder": "#channel"},
+                "nickname": {"regexp": "[^\\s#&+!][^\\s]*", "placeholder": "nick"},
+            },
+            "instances": [
+                {"network_id": n.name, "desc": n.display_name, "fields": {"network": n.name},
+                 "icon": "mxc://matrix.org/irc"}
+                for n in self.config.networks
+            ],
+        }
+
+    def thirdparty_location(self, network: str | None, channel: str | None) -> list[dict[str, Any]]:
+        if not network or not channel or network not in self.names or not valid_channel(channel):
+            return []
+        alias = self.names[network].alias_for_channel(channel, self.casemapping(network))
+        return [{"alias": alias, "protocol": "irc",
+                 "fields": {"network": network, "channel": channel}}]
+
+    def thirdparty_user(self, network: str | None, nick: str | None) -> list[dict[str, Any]]:
+        if not network or not nick or network not in self.names or not valid_nick(nick):
+            return []
+        return [{"userid": self.names[network].user_id_for_nick(nick), "protocol": "irc",
+                 "fields": {"network": network, "nickname": nick}}]
+
+    def thirdparty_location_by_alias(self, alias: str | None) -> list[dict[str, Any]]:
+        parsed = self.parse_alias(alias or "")
+        if parsed is None:
+            return []
+        network, channel = parsed
+        return [{"alias": alias, "protocol": "irc",
+                 "fields": {"network": network, "channel": channel}}]
+
+    def thirdparty_user_by_id(self, user_id: str | None) -> list[dict[str, Any]]:
+        for network, names in self.names.items():
+            nick = names.nick_for_user_id(user_id or "")
+            if nick is not None:
+                return [{"userid": user_id, "protocol": "irc",
+                         "fields": {"network": network, "nickname": nick}}]
+        return []
+

@@ -1,0 +1,910 @@
+"""What the bridge must remember, in SQLite or PostgreSQL, through peewee.
+
+Holds the room <-> channel links, virtual users, Matrix users' IRC settings, the two durable
+queues (the inbox of homeserver events, written before a transaction is answered, and the
+outbox of IRC lines, written before they are sent to the homeserver), scrollback, the schema
+version and the single-instance locks. peewee keeps one connection per thread, so every
+thread that calls a Store method gets its own connection.
+
+Several bridges (one per network or group of networks, each with its own registration) may
+share one PostgreSQL: every row that belongs to one bridge carries its registration id
+(`bridge_id`, the `[appservice] id`) and every query of a `Store` filters on its own, so no
+bridge takes another's queues, links, rooms or users. Only `meta` is shared.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import secrets
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import peewee as pw
+from playhouse.shortcuts import ReconnectMixin
+
+from . import migrations as store_migrations
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 2  # 2: bridge_id on every row of one bridge
+DEFAULT_BRIDGE_ID = "ircbridge"  # the default [appservice] id
+PENDING, DONE, FAILED = 0, 1, 2
+PM_PREFIX = "pm:"  # outbox routing key of a private conversation: pm:<owner>:<folded nick>
+
+
+class SchemaOutdated(Exception):
+    """The database was made by an older bridge; `ircbridge migrate` brings it up to date."""
+
+
+class LockHeld(Exception):
+    """Another bridge process already serves this network on this database."""
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class BaseModel(pw.Model):
+    class Meta:
+        database = None  # bound by Store
+
+
+class Meta(BaseModel):
+    key = pw.CharField(primary_key=True, max_length=64)
+    value = pw.TextField()
+
+    class Meta:
+        table_name = "meta"
+
+
+class BridgeOwned(BaseModel):
+    """A row that belongs to one bridge: its registration id (`[appservice] id`)."""
+
+    bridge_id = pw.CharField(max_length=64, default=store_migrations.UNCLAIMED)
+
+
+class RoomLink(BridgeOwned):
+    """A Matrix room bridged to an IRC channel (a portal made by an alias query, or plumbed).
+
+    A room is linked to one channel per network: a bridge serving two networks may link it
+    to a channel of each, and other bridges to theirs."""
+
+    network = pw.CharField(max_length=64)
+    channel = pw.CharField(max_length=200)  # case-folded, the key
+    channel_name = pw.CharField(max_length=200)  # as first seen
+    room_id = pw.CharField(max_length=255)
+    alias = pw.CharField(max_length=255, null=True)
+    kind = pw.CharField(max_length=16, default="portal")
+    created_at = pw.BigIntegerField(default=now_ms)
+
+    class Meta:
+        table_name = "room_link"
+        indexes = ((("bridge_id", "network", "channel"), True),
+                   (("bridge_id", "room_id", "network"), True))
+
+
+class VirtualUser(BridgeOwned):
+    """A Matrix user the bridge registered to stand for an IRC nick."""
+
+    id = pw.BigAutoField()
+    user_id = pw.CharField(max_length=255)
+    network = pw.CharField(max_length=64)
+    nick = pw.CharField(max_length=100)
+    displayname = pw.CharField(max_length=256, null=True)
+    created_at = pw.BigIntegerField(default=now_ms)
+
+    class Meta:
+        table_name = "virtual_user"
+        indexes = ((("bridge_id", "user_id"), True),)
+
+
+class IrcIdentity(BridgeOwned):
+    """A Matrix user's settings on one IRC network (their puppet connection)."""
+
+    user_id = pw.CharField(max_length=255)
+    network = pw.CharField(max_length=64)
+    nick = pw.CharField(max_length=100, null=True)
+    settings = pw.TextField(default="{}")
+
+    class Meta:
+        table_name = "irc_identity"
+        indexes = ((("bridge_id", "user_id", "network"), True),)
+
+
+class HsTransaction(BridgeOwned):
+    """A transaction the homeserver pushed; its events are in InboxEvent.
+
+    txnIds are per application service: two bridges see the same ones."""
+
+    id = pw.BigAutoField()
+    txn_id = pw.CharField(max_length=255)
+    digest = pw.CharField(max_length=64)
+    received_at = pw.BigIntegerField(default=now_ms, index=True)
+
+    class Meta:
+        table_name = "hs_transaction"
+        indexes = ((("bridge_id", "txn_id"), True),)
+
+
+class InboxEvent(BridgeOwned):
+    """Durable queue homeserver -> bridge: stored before the transaction is answered 200.
+
+    An event pushed to two application services is queued (and handled) by each."""
+
+    id = pw.BigAutoField()
+    event_id = pw.CharField(max_length=255)
+    room_id = pw.CharField(max_length=255, null=True)
+    txn_id = pw.CharField(max_length=255)
+    payload = pw.TextField()
+    state = pw.SmallIntegerField(default=PENDING)
+    created_at = pw.BigIntegerField(default=now_ms, index=True)
+
+    class Meta:
+        table_name = "inbox_event"
+        indexes = ((("bridge_id", "event_id"), True),
+                   (("bridge_id", "state", "id"), False))
+
+
+class OutboxMessage(BridgeOwned):
+    """Durable queue IRC -> homeserver: stored before it is sent; its id makes the txnId."""
+
+    id = pw.BigAutoField()
+    room_id = pw.CharField(max_length=255, index=True)
+    network = pw.CharField(max_length=64)
+    sender = pw.CharField(max_length=255)  # virtual user id
+    nick = pw.CharField(max_length=100)
+    msgtype = pw.CharField(max_length=32, default="m.text")
+    body = pw.TextField()
+    html = pw.TextField(null=True)
+    ts = pw.BigIntegerField()
+    state = pw.SmallIntegerField(default=PENDING)
+    attempts = pw.IntegerField(default=0)
+    event_id = pw.CharField(max_length=255, null=True)
+    error = pw.TextField(null=True)
+    created_at = pw.BigIntegerField(default=now_ms, index=True)
+
+    class Meta:
+        table_name = "outbox_message"
+        # event_id: every reply and edit looks its original up (find_message).
+        indexes = ((("bridge_id", "state", "id"), False),
+                   (("bridge_id", "event_id"), False))
+
+
+class Scrollback(BridgeOwned):
+    """Lines said in a channel before any room existed for it, replayed when one is made."""
+
+    id = pw.BigAutoField()
+    network = pw.CharField(max_length=64)
+    channel = pw.CharField(max_length=200)
+    nick = pw.CharField(max_length=100)
+    msgtype = pw.CharField(max_length=32, default="m.text")
+    body = pw.TextField()
+    html = pw.TextField(null=True)
+    ts = pw.BigIntegerField()
+
+    class Meta:
+        table_name = "scrollback"
+        indexes = ((("bridge_id", "network", "channel", "id"), False),)
+
+
+class PmRoom(BridgeOwned):
+    """A private conversation: a Matrix user's puppet and one IRC nick share this room."""
+
+    network = pw.CharField(max_length=64)
+    owner = pw.CharField(max_length=255)  # the Matrix user
+    nick = pw.CharField(max_length=100)  # case-folded
+    ghost = pw.CharField(max_length=255)  # the virtual user in the room
+    room_id = pw.CharField(max_length=255)
+    created_at = pw.BigIntegerField(default=now_ms)
+
+    class Meta:
+        table_name = "pm_room"
+        indexes = ((("bridge_id", "network", "owner", "nick"), True),
+                   (("bridge_id", "room_id"), True))
+
+
+class BridgeRegistration(BaseModel):
+    """What each bridge on this database answers for: its bot and user namespaces.
+
+    Written by every bridge at start, read by the others, so that no bridge makes IRC
+    puppets for another bridge's bot or virtual users (see bridge/core/foreign.py)."""
+
+    bridge_id = pw.CharField(max_length=64, primary_key=True)
+    bot_user_id = pw.CharField(max_length=255)
+    user_regexes = pw.TextField(default="[]")  # JSON list of the registration's user regexes
+    updated_at = pw.BigIntegerField(default=now_ms)
+
+    class Meta:
+        table_name = "bridge_registration"
+
+
+# The tables whose rows belong to one bridge (upgraded by store_migrations).
+OWNED_MODELS: tuple[type[BridgeOwned], ...] = (
+    RoomLink,
+    VirtualUser,
+    IrcIdentity,
+    HsTransaction,
+    InboxEvent,
+    OutboxMessage,
+    Scrollback,
+    PmRoom,
+)
+MODELS: tuple[type[BaseModel], ...] = (Meta, *OWNED_MODELS, BridgeRegistration)
+
+
+class ReconnectingPostgres(ReconnectMixin, pw.PostgresqlDatabase):
+    """Reconnects after the server restarted instead of failing every later query.
+
+    ReconnectMixin only knows MySQL's messages by default; these are psycopg2's.
+    """
+
+    reconnect_errors = ReconnectMixin.reconnect_errors + (
+        (pw.OperationalError, "server closed the connection"),
+        (pw.OperationalError, "terminating connection"),
+        (pw.OperationalError, "connection to server"),
+        (pw.InterfaceError, "connection already closed"),
+    )
+
+
+def open_database(url: str, sqlite_synchronous: str = "full") -> pw.Database:
+    """A peewee database from `sqlite:///path` or `postgresql://user:pass@host:port/db`.
+
+    SQLite runs in WAL mode with `synchronous` = FULL by default: the WAL is synced at every
+    commit, so an inbox transaction answered 200 survives a power loss, not only a crash of
+    the process (NORMAL syncs only at checkpoints). `[database] sqlite_synchronous = normal`
+    trades that for faster commits; docs/operations.md has the figures."""
+    if url.startswith("sqlite:///"):
+        path = url[len("sqlite:///") :]
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        return pw.SqliteDatabase(
+            path,
+            pragmas={
+                "journal_mode": "wal",
+                "synchronous": "full" if sqlite_synchronous == "full" else "normal",
+                "foreign_keys": 1,
+                "busy_timeout": 15000,
+            },
+            timeout=15,
+        )
+    parts = urlsplit(url)
+    if parts.scheme in ("postgresql", "postgres"):
+        return ReconnectingPostgres(
+            unquote(parts.path.lstrip("/")) or "postgres",
+            user=unquote(parts.username) if parts.username else None,
+            password=unquote(parts.password) if parts.password else None,
+            host=parts.hostname,
+            port=parts.port or 5432,
+            connect_timeout=10,
+        )
+    raise ValueError(f"unsupported database url scheme: {parts.scheme!r}")
+
+
+@dataclass(frozen=True)
+class Link:
+    network: str
+    channel: str
+    channel_name: str
+    room_id: str
+    alias: str | None
+    kind: str
+
+
+@dataclass(frozen=True)
+class QueuedLine:
+    """One outbox row, as the homeserver senders see it."""
+
+    id: int
+    room_id: str
+    network: str
+    sender: str
+    nick: str
+    msgtype: str
+    body: str
+    html: str | None
+    ts: int
+    attempts: int = 0
+
+
+@dataclass(frozen=True)
+class IrcLine:
+    """A line said on IRC, before it is known whether it goes to a room or to scrollback."""
+
+    network: str
+    channel: str  # case-folded
+    channel_name: str
+    nick: str
+    sender: str
+    msgtype: str
+    body: str
+    html: str | None
+    ts: int
+
+
+class Store:
+    """Repository over one bridge's rows (`bridge_id`); safe to call from any thread."""
+
+    def __init__(self, url: str, bridge_id: str = DEFAULT_BRIDGE_ID, *,
+                 sqlite_synchronous: str = "full", database: pw.Database | None = None):
+        """`database`: share another Store's connections (peewee binds the models to one
+        database object per process; tests use it to play two bridges in one process)."""
+        self.url = url
+        self.bridge_id = bridge_id
+        self.db = database or open_database(url, sqlite_synchronous)
+        self.db.bind(MODELS, bind_refs=False, bind_backrefs=False)
+        self._locks: list[Any] = []
+        self._lock_guard = threading.Lock()
+
+    def writing(self) -> Any:
+        """A write transaction. On SQLite it takes the write lock up front (BEGIN IMMEDIATE):
+        a deferred transaction that read first cannot wait for the lock and fails with
+        'database is locked' when another thread wrote meanwhile."""
+        if self.is_sqlite:
+            return self.db.atomic("IMMEDIATE")
+        return self.db.atomic()
+
+    @property
+    def is_sqlite(self) -> bool:
+        return isinstance(self.db, pw.SqliteDatabase)
+
+    # ---------------------------------------------------------------- schema
+    def schema_version(self) -> int | None:
+        """The stored schema version; None for an empty database."""
+        with self.db.connection_context():
+            if not self.db.table_exists(Meta._meta.table_name):  # type: ignore[attr-defined]
+                return None
+            row = Meta.get_or_none(Meta.key == "schema_version")
+            return int(row.value) if row else 0
+
+    def migrate(self, networks: Iterable[str] = ()) -> tuple[int | None, int]:
+        """Create or upgrade the schema; returns (version before, version after).
+
+        `networks` are the networks this bridge serves: old rows of those networks become
+        this bridge's (see store_migrations); run it with each bridge's config."""
+        before = self.schema_version()
+        networks = list(networks)
+        with self.db.connection_context(), self.writing():
+            for model in OWNED_MODELS:
+                if store_migrations.needs_bridge_id(self.db, model):
+                    store_migrations.add_bridge_id(self.db, model, self.bridge_id, networks)
+            self.db.create_tables(MODELS, safe=True)
+            for model in OWNED_MODELS:
+                store_migrations.claim(self.db, model, self.bridge_id, networks)
+            Meta.insert(key="schema_version", value=str(SCHEMA_VERSION)).on_conflict(
+                conflict_target=[Meta.key], update={Meta.value: str(SCHEMA_VERSION)}
+            ).execute()
+            Meta.insert(key="txn_prefix", value=secrets.token_hex(6)).on_conflict_ignore().execute()
+        return before, SCHEMA_VERSION
+
+    def open(self, config_name: str = "config.ini", networks: Iterable[str] = ()) -> None:
+        """Check the schema before serving: create it when empty, refuse when old (or when
+        rows of this bridge's networks were left unclaimed by another bridge's migration)."""
+        networks = list(networks)
+        version = self.schema_version()
+        if version is None:
+            log.info("empty database: creating the schema (version %d)", SCHEMA_VERSION)
+            self.migrate(networks)
+        elif version < SCHEMA_VERSION:
+            raise SchemaOutdated(
+                f"the database schema is at version {version} and this bridge needs "
+                f"{SCHEMA_VERSION}: run `ircbridge -c {config_name} migrate` first"
+            )
+        elif version > SCHEMA_VERSION:
+            raise SchemaOutdated(
+                f"the database schema is at version {version}, newer than this bridge "
+                f"({SCHEMA_VERSION}): upgrade ircbridge"
+            )
+        elif networks:
+            with self.db.connection_context():
+                left = sum(store_migrations.unclaimed(m, networks) for m in OWNED_MODELS)
+            if left:
+                raise SchemaOutdated(
+                    f"{left} rows of network(s) {', '.join(networks)} were kept for their "
+                    f"bridge by another bridge's migration: run `ircbridge -c {config_name} "
+                    "migrate` first"
+                )
+
+    def close(self) -> None:
+        if not self.db.is_closed():
+            self.db.close()
+        self.release_locks()
+
+    def meta(self, key: str) -> str | None:
+        row = Meta.get_or_none(Meta.key == key)
+        return row.value if row else None
+
+    def txn_prefix(self) -> str:
+        """A random prefix made once per database, so outbox txnIds never repeat."""
+        value = self.meta("txn_prefix")
+        if value is None:
+            value = secrets.token_hex(6)
+            Meta.insert(key="txn_prefix", value=value).on_conflict_ignore().execute()
+            value = self.meta("txn_prefix") or value
+        return value
+
+    # ---------------------------------------------------------------- locks
+    def acquire_network_lock(self, network: str) -> None:
+        """Take the exclusive per-network lock, or raise LockHeld naming the holder."""
+        with self._lock_guard:
+            if self.is_sqlite:
+                path = f"{self.db.database}.{network}.lock"
+                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    holder = os.read(fd, 64).decode(errors="replace").strip() or "?"
+                    os.close(fd)
+                    raise LockHeld(
+                        f"another bridge (pid {holder}) already serves network {network!r} "
+                        f"with this database (lock file {path}); stop it first"
+                    ) from None
+                os.ftruncate(fd, 0)
+                os.write(fd, str(os.getpid()).encode())
+                self._locks.append(("file", fd))
+            else:
+                key = _advisory_key(network)
+                conn = self._dedicated_pg_connection()
+                with conn.cursor() as cur:
+                    cur.execute("SELECT pg_try_advisory_lock(%s)", (key,))
+                    (ok,) = cur.fetchone()
+                if not ok:
+                    conn.close()
+                    raise LockHeld(
+                        f"another bridge already serves network {network!r} on this "
+                        "PostgreSQL database (advisory lock held); stop it first"
+                    )
+                self._locks.append(("pg", (conn, network)))
+
+    def _dedicated_pg_connection(self) -> Any:
+        import psycopg2  # only with the postgres extra
+
+        params = dict(self.db.connect_params)
+        conn = psycopg2.connect(dbname=self.db.database, **params)
+        conn.autocommit = True
+        return conn
+
+    def check_locks(self) -> None:
+        """PostgreSQL: an advisory lock dies with its session (e.g. the server restarted).
+        Take it again on a new session, or raise LockHeld if another bridge took it."""
+        with self._lock_guard:
+            locks = list(self._locks)
+        for i, (kind, handle) in enumerate(locks):
+            if kind != "pg":
+                continue
+            conn, network = handle
+            try:
+                with conn.cursor() as cur:
+                    cur.execute("SELECT 1")
+                continue
+            except Exception:  # noqa: BLE001 - the session is gone
+                log.warning("the lock of network %r was lost with its database session; "
+                            "taking it again", network)
+            try:
+                conn.close()
+            except Exception:  # noqa: BLE001
+                pass
+            fresh = self._dedicated_pg_connection()
+            with fresh.cursor() as cur:
+                cur.execute("SELECT pg_try_advisory_lock(%s)", (_advisory_key(network),))
+                (ok,) = cur.fetchone()
+            if not ok:
+                fresh.close()
+                raise LockHeld(f"another bridge took network {network!r} while the database "
+                               "was restarting")
+            with self._lock_guard:
+                self._locks[self._locks.index(locks[i])] = ("pg", (fresh, network))
+
+    def release_locks(self) -> None:
+        with self._lock_guard:
+            for kind, handle in self._locks:
+                try:
+                    if kind == "file":
+                        os.close(handle)
+                    else:
+                        handle[0].close()
+                except Exception:  # noqa: BLE001 - best effort on shutdown
+                    log.debug("releasing a lock failed", exc_info=True)
+            self._locks.clear()
+
+    # ---------------------------------------------------------------- links
+    # ---------------------------------------------------------------- bridges on this database
+    def register_bridge(self, bot_user_id: str, user_regexes: list[str]) -> None:
+        """Tell the other bridges on this database which users this one answers for."""
+        regexes = json.dumps(user_regexes)
+        BridgeRegistration.insert(
+            bridge_id=self.bridge_id, bot_user_id=bot_user_id, user_regexes=regexes,
+        ).on_conflict(
+            conflict_target=[BridgeRegistration.bridge_id],
+            update={BridgeRegistration.bot_user_id: bot_user_id,
+                    BridgeRegistration.user_regexes: regexes,
+                    BridgeRegistration.updated_at: now_ms()},
+        ).execute()
+
+    def other_bridges(self) -> list[tuple[str, str, list[str]]]:
+        """(bridge id, bot user id, user regexes) of every other bridge on this database."""
+        rows = BridgeRegistration.select().where(BridgeRegistration.bridge_id != self.bridge_id)
+        out = []
+        for r in rows.order_by(BridgeRegistration.bridge_id):
+            try:
+                regexes = [str(x) for x in json.loads(r.user_regexes or "[]")]
+            except ValueError:
+                regexes = []
+            out.append((r.bridge_id, r.bot_user_id, regexes))
+        return out
+
+    # ---------------------------------------------------------------- links
+    def all_links(self) -> list[Link]:
+        rows = RoomLink.select().where(RoomLink.bridge_id == self.bridge_id)
+        return [_link(r) for r in rows.order_by(RoomLink.id)]
+
+    def link_for_channel(self, network: str, channel: str) -> Link | None:
+        row = RoomLink.get_or_none((RoomLink.bridge_id == self.bridge_id)
+                                   & (RoomLink.network == network) & (RoomLink.channel == channel))
+        return _link(row) if row else None
+
+    def link_for_room(self, room_id: str) -> Link | None:
+        """The room's first link (see links_for_room)."""
+        links = self.links_for_room(room_id)
+        return links[0] if links else None
+
+    def links_for_room(self, room_id: str) -> list[Link]:
+        rows = RoomLink.select().where((RoomLink.bridge_id == self.bridge_id)
+                                       & (RoomLink.room_id == room_id))
+        return [_link(r) for r in rows.order_by(RoomLink.id)]
+
+    def add_link(
+        self, network: str, channel: str, channel_name: str, room_id: str, alias: str | None,
+        kind: str = "portal",
+    ) -> Link:
+        with self.writing():
+            RoomLink.insert(
+                bridge_id=self.bridge_id, network=network, channel=channel,
+                channel_name=channel_name, room_id=room_id, alias=alias, kind=kind,
+            ).on_conflict_ignore().execute()
+        link = self.link_for_channel(network, channel)
+        if link is None:  # the room is linked to another channel of this network
+            taken = [lk for lk in self.links_for_room(room_id) if lk.network == network]
+            raise ValueError(f"{room_id} is already linked to "
+                             f"{taken[0].channel_name if taken else '?'} on {network}")
+        return link
+
+    def rekey_link(self, network: str, old: str, new: str) -> None:
+        """Store a link under the key its network's CASEMAPPING gives (see Bridge)."""
+        with self.writing():
+            RoomLink.update(channel=new).where(
+                (RoomLink.bridge_id == self.bridge_id) & (RoomLink.network == network)
+                & (RoomLink.channel == old)).execute()
+
+    def remove_link(self, room_id: str, network: str | None = None) -> bool:
+        """Unlink the room from every network, or from `network` only."""
+        where = (RoomLink.bridge_id == self.bridge_id) & (RoomLink.room_id == room_id)
+        if network is not None:
+            where = where & (RoomLink.network == network)
+        return RoomLink.delete().where(where).execute() > 0
+
+    # ---------------------------------------------------------------- users
+    def remember_virtual_user(
+        self, user_id: str, network: str, nick: str, displayname: str
+    ) -> None:
+        VirtualUser.insert(
+            bridge_id=self.bridge_id, user_id=user_id, network=network, nick=nick,
+            displayname=displayname,
+        ).on_conflict(
+            conflict_target=[VirtualUser.bridge_id, VirtualUser.user_id],
+            update={VirtualUser.nick: nick, VirtualUser.displayname: displayname},
+        ).execute()
+
+    def virtual_user(self, user_id: str) -> VirtualUser | None:
+        return VirtualUser.get_or_none((VirtualUser.bridge_id == self.bridge_id)
+                                       & (VirtualUser.user_id == user_id))
+
+    def identity(self, user_id: str, network: str) -> dict[str, Any]:
+        row = IrcIdentity.get_or_none(
+            (IrcIdentity.bridge_id == self.bridge_id) & (IrcIdentity.user_id == user_id)
+            & (IrcIdentity.network == network)
+        )
+        if row is None:
+            return {}
+        data = json.loads(row.settings or "{}")
+        if row.nick:
+            data["nick"] = row.nick
+        return data
+
+    def set_identity(self, user_id: str, network: str, **settings: Any) -> None:
+        current = self.identity(user_id, network)
+        current.update(settings)
+        nick = current.pop("nick", None)
+        IrcIdentity.insert(
+            bridge_id=self.bridge_id, user_id=user_id, network=network, nick=nick,
+            settings=json.dumps(current),
+        ).on_conflict(
+            conflict_target=[IrcIdentity.bridge_id, IrcIdentity.user_id, IrcIdentity.network],
+            update={IrcIdentity.nick: nick, IrcIdentity.settings: json.dumps(current)},
+        ).execute()
+
+    def identities(self, network: str) -> list[tuple[str, dict[str, Any]]]:
+        rows = IrcIdentity.select().where((IrcIdentity.bridge_id == self.bridge_id)
+                                          & (IrcIdentity.network == network))
+        return [(r.user_id, self.identity(r.user_id, network)) for r in rows]
+
+    # ---------------------------------------------------------------- private rooms
+    def pm_room(self, network: str, owner: str, nick: str) -> PmRoom | None:
+        return PmRoom.get_or_none(
+            (PmRoom.bridge_id == self.bridge_id) & (PmRoom.network == network)
+            & (PmRoom.owner == owner) & (PmRoom.nick == nick)
+        )
+
+    def pm_for_room(self, room_id: str) -> PmRoom | None:
+        return PmRoom.get_or_none((PmRoom.bridge_id == self.bridge_id)
+                                  & (PmRoom.room_id == room_id))
+
+    def end_pm_room(self, room_id: str) -> None:
+        """The private room was left: the next private message opens a new one."""
+        with self.writing():
+            PmRoom.delete().where((PmRoom.bridge_id == self.bridge_id)
+                                  & (PmRoom.room_id == room_id)).execute()
+
+    def set_pm_room(self, network: str, owner: str, nick: str, ghost: str, room_id: str) -> None:
+        with self.writing():
+            PmRoom.delete().where(
+                (PmRoom.bridge_id == self.bridge_id) & (PmRoom.network == network)
+                & (PmRoom.owner == owner) & (PmRoom.nick == nick)
+            ).execute()
+            PmRoom.insert(bridge_id=self.bridge_id, network=network, owner=owner, nick=nick,
+                          ghost=ghost, room_id=room_id).on_conflict(
+                conflict_target=[PmRoom.bridge_id, PmRoom.room_id],
+                update={PmRoom.network: network, PmRoom.owner: owner, PmRoom.nick: nick,
+                        PmRoom.ghost: ghost},
+            ).execute()
+
+    # ---------------------------------------------------------------- message history
+    def find_message(self, event_id: str, room_id: str) -> tuple[str, str, str, int] | None:
+        """What a Matrix event of `room_id` said, for replies and edits: (origin, who, body, ts).
+
+        origin is "irc" (who = the nick) or "matrix" (who = the sender's user id). Only the
+        given room is searched: a reply or edit naming another room's event (a private
+        conversation, an admin room) finds nothing.
+        """
+        row = OutboxMessage.get_or_none((OutboxMessage.bridge_id == self.bridge_id)
+                                        & (OutboxMessage.event_id == event_id)
+                                        & (OutboxMessage.room_id == room_id))
+        if row is not None:
+            return "irc", row.nick, row.body, row.ts
+        inbox = InboxEvent.get_or_none((InboxEvent.bridge_id == self.bridge_id)
+                                       & (InboxEvent.event_id == event_id)
+                                       & (InboxEvent.room_id == room_id))
+        if inbox is not None:
+            event = json.loads(inbox.payload)
+            content = event.get("content") if isinstance(event.get("content"), dict) else {}
+            new = content.get("m.new_content")
+            body = (new if isinstance(new, dict) else content).get("body")
+            return ("matrix", str(event.get("sender")), body if isinstance(body, str) else "",
+                    int(event.get("origin_server_ts") or 0))
+        return None
+
+    # ---------------------------------------------------------------- inbox
+    def record_transaction(self, txn_id: str, events: list[dict[str, Any]]) -> tuple[bool, int]:
+        """Store a pushed transaction's events before answering; dedupe by txnId and event_id.
+
+        Returns (seen_before, number of new events queued). A txnId seen before with the same
+        events is a retry and a no-op; with other events (Synapse on SQLite restarts its
+        counter at 1) the events are still checked one by one.
+        """
+        ids = [str(e.get("event_id")) for e in events]
+        digest = hashlib.sha256("\n".join(ids).encode()).hexdigest()
+        with self.writing():
+            previous = HsTransaction.get_or_none((HsTransaction.bridge_id == self.bridge_id)
+                                                 & (HsTransaction.txn_id == txn_id))
+            if previous is not None and previous.digest == digest:
+                return True, 0
+            rows = [
+                {
+                    "bridge_id": self.bridge_id,
+                    "event_id": event_id,
+                    "room_id": e.get("room_id") if isinstance(e.get("room_id"), str) else None,
+                    "txn_id": txn_id,
+                    "payload": json.dumps(e, ensure_ascii=False),
+                }
+                for event_id, e in zip(ids, events, strict=True)
+            ]
+            new = 0
+            for batch in _chunks(rows, 100):
+                existing = {
+                    r.event_id
+                    for r in InboxEvent.select(InboxEvent.event_id).where(
+                        (InboxEvent.bridge_id == self.bridge_id)
+                        & InboxEvent.event_id.in_([b["event_id"] for b in batch])
+                    )
+                }
+                fresh = [b for b in batch if b["event_id"] not in existing]
+                fresh = list({b["event_id"]: b for b in fresh}.values())
+                if fresh:
+                    InboxEvent.insert_many(fresh).on_conflict_ignore().execute()
+                    new += len(fresh)
+            HsTransaction.insert(bridge_id=self.bridge_id, txn_id=txn_id,
+                                 digest=digest).on_conflict(
+                conflict_target=[HsTransaction.bridge_id, HsTransaction.txn_id],
+                update={HsTransaction.digest: digest, HsTransaction.received_at: now_ms()},
+            ).execute()
+        return previous is not None, new
+
+    def pending_inbox(
+        self, after_id: int = 0, limit: int = 200
+    ) -> list[tuple[int, dict[str, Any]]]:
+        rows = (
+            InboxEvent.select(InboxEvent.id, InboxEvent.payload)
+            .where((InboxEvent.bridge_id == self.bridge_id) & (InboxEvent.state == PENDING)
+                   & (InboxEvent.id > after_id))
+            .order_by(InboxEvent.id)
+            .limit(limit)
+        )
+        return [(r.id, json.loads(r.payload)) for r in rows]
+
+    def mark_inbox(self, ids: Iterable[int], state: int = DONE) -> None:
+        ids = list(ids)
+        for batch in _chunks(ids, 500):
+            InboxEvent.update(state=state).where(
+                (InboxEvent.bridge_id == self.bridge_id) & InboxEvent.id.in_(batch)).execute()
+
+    def inbox_events(self, ids: list[int]) -> list[dict[str, Any]]:
+        rows = InboxEvent.select(InboxEvent.payload).where(
+            (InboxEvent.bridge_id == self.bridge_id) & InboxEvent.id.in_(ids))
+        return [json.loads(r.payload) for r in rows.order_by(InboxEvent.id)]
+
+    def inbox_depth(self) -> int:
+        return InboxEvent.select().where((InboxEvent.bridge_id == self.bridge_id)
+                                         & (InboxEvent.state == PENDING)).count()
+
+    def prune(self, max_age_ms: int = 7 * 86400 * 1000) -> int:
+        """Forget handled transactions and events older than the window (dedupe stays
+        bounded); pending rows stay. Called by bridge.store.retention's timer. Returns rows gone."""
+        cutoff = now_ms() - max_age_ms
+        with self.writing():
+            gone = HsTransaction.delete().where((HsTransaction.bridge_id == self.bridge_id)
+                                                & (HsTransaction.received_at < cutoff)).execute()
+            gone += InboxEvent.delete().where(
+                (InboxEvent.bridge_id == self.bridge_id) & (InboxEvent.state != PENDING)
+                & (InboxEvent.created_at < cutoff)
+            ).execute()
+            gone += OutboxMessage.delete().where(
+                (OutboxMessage.bridge_id == self.bridge_id) & (OutboxMessage.state != PENDING)
+                & (OutboxMessage.created_at < cutoff)
+            ).execute()
+        if gone:
+            log.info("pruned %d handled rows older than %.1f days", gone, max_age_ms / 86400e3)
+        return int(gone)
+
+    def close_connection(self) -> None:
+        """Close the calling thread's connection (a thread that ends)."""
+        if not self.db.is_closed():
+            self.db.close()
+
+    # ---------------------------------------------------------------- outbox / scrollback
+    def queue_lines(self, lines: list[IrcLine], rooms: dict[tuple[str, str], str],
+                    scrollback_limits: dict[str, int]) -> list[QueuedLine]:
+        """Persist IRC lines in one transaction: to the outbox if their channel has a room
+        (per `rooms`), else to scrollback (pruned to the network's limit)."""
+        queued: list[QueuedLine] = []
+        trimmed: set[tuple[str, str]] = set()
+        with self.writing():
+            for line in lines:
+                room_id = rooms.get((line.network, line.channel))
+                if room_id is None and line.channel.startswith(PM_PREFIX):
+                    room_id = line.channel  # resolved (or made) by the sender
+                if room_id is None:
+                    if line.msgtype.startswith("x.") or line.sender.startswith("@") and \
+                            line.nick == "":
+                        continue  # membership and bridge notices are never scrollback
+                    if scrollback_limits.get(line.network, 0) <= 0:
+                        continue
+                    Scrollback.create(
+                        bridge_id=self.bridge_id, network=line.network, channel=line.channel,
+                        nick=line.nick,
+                        msgtype=line.msgtype, body=line.body, html=line.html, ts=line.ts,
+                    )
+                    trimmed.add((line.network, line.channel))
+                    continue
+                row = OutboxMessage.create(
+                    bridge_id=self.bridge_id, room_id=room_id, network=line.network,
+                    sender=line.sender, nick=line.nick,
+                    msgtype=line.msgtype, body=line.body, html=line.html, ts=line.ts,
+                )
+                queued.append(_queued(row))
+            for network, channel in trimmed:
+                self._trim_scrollback(network, channel, scrollback_limits.get(network, 0))
+        return queued
+
+    def _trim_scrollback(self, network: str, channel: str, keep: int) -> None:
+        where = ((Scrollback.bridge_id == self.bridge_id) & (Scrollback.network == network)
+                 & (Scrollback.channel == channel))
+        cutoff = (
+            Scrollback.select(Scrollback.id).where(where).order_by(Scrollback.id.desc())
+            .offset(keep).limit(1).scalar()
+        )
+        if cutoff is not None:
+            Scrollback.delete().where(where & (Scrollback.id <= cutoff)).execute()
+
+    def replay_scrollback(self, network: str, channel: str, room_id: str,
+                          sender_for: Any) -> list[QueuedLine]:
+        """Move a channel's scrollback into the outbox of its new room, oldest first."""
+        queued: list[QueuedLine] = []
+        with self.writing():
+            where = ((Scrollback.bridge_id == self.bridge_id) & (Scrollback.network == network)
+                     & (Scrollback.channel == channel))
+            for sb in Scrollback.select().where(where).order_by(Scrollback.id):
+                row = OutboxMessage.create(
+                    bridge_id=self.bridge_id, room_id=room_id, network=network,
+                    sender=sender_for(sb.nick), nick=sb.nick,
+                    msgtype=sb.msgtype, body=sb.body, html=sb.html, ts=sb.ts,
+                )
+                queued.append(_queued(row))
+            Scrollback.delete().where(where).execute()
+        return queued
+
+    def drop_scrollback(self, network: str, channel: str) -> None:
+        """Forget a channel's scrollback (a private channel's room never shows it)."""
+        Scrollback.delete().where(
+            (Scrollback.network == network) & (Scrollback.channel == channel)).execute()
+
+    def scrollback(self, network: str, channel: str) -> list[Scrollback]:
+        where = ((Scrollback.bridge_id == self.bridge_id) & (Scrollback.network == network)
+                 & (Scrollback.channel == channel))
+        return list(Scrollback.select().where(where).order_by(Scrollback.id))
+
+    def pending_outbox(self) -> list[QueuedLine]:
+        rows = OutboxMessage.select().where(
+            (OutboxMessage.bridge_id == self.bridge_id) & (OutboxMessage.state == PENDING)
+        ).order_by(OutboxMessage.id)
+        return [_queued(r) for r in rows]
+
+    def outbox_done(self, ids_and_events: list[tuple[int, str]]) -> None:
+        with self.writing():
+            for row_id, event_id in ids_and_events:
+                OutboxMessage.update(state=DONE, event_id=event_id).where(
+                    OutboxMessage.id == row_id
+                ).execute()
+
+    def outbox_failed(self, row_id: int, error: str) -> None:
+        OutboxMessage.update(state=FAILED, error=error[:1000]).where(
+            OutboxMessage.id == row_id
+        ).execute()
+
+    def outbox_depth(self) -> int:
+        return OutboxMessage.select().where((OutboxMessage.bridge_id == self.bridge_id)
+                                            & (OutboxMessage.state == PENDING)).count()
+
+    @contextmanager
+    def connection(self) -> Iterator[None]:
+        """Open this thread's connection if needed; keeps it for the thread's next call."""
+        self.db.connect(reuse_if_open=True)
+        yield
+
+
+def _link(row: RoomLink) -> Link:
+    return Link(row.network, row.channel, row.channel_name, row.room_id, row.alias, row.kind)
+
+
+def _queued(row: OutboxMessage) -> QueuedLine:
+    return QueuedLine(
+        id=row.id, room_id=row.room_id, network=row.network, sender=row.sender, nick=row.nick,
+        msgtype=row.msgtype, body=row.body, html=row.html, ts=row.ts, attempts=row.attempts,
+    )
+
+
+def _advisory_key(network: str) -> int:
+    digest = hashlib.blake2b(f"ircbridge:{network}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
