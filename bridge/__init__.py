@@ -12,7 +12,9 @@ import logging
 import os
 from typing import Any
 
-__version__ = "0.1.0"
+from .version import __version__
+
+__all__ = ["__version__", "create_app"]
 
 log = logging.getLogger(__name__)
 

@@ -11,12 +11,12 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .. import __version__
 from ..core.access import PortalLimited
 from ..irc.queries import JOIN_TIMEOUT, NICK_TIMEOUT, WHOIS_TIMEOUT, IrcUnavailable
 from ..matrix import MatrixError
 from ..rules.permissions import role_of
 from ..store.models import Link
+from ..version import __version__
 from .grammar import (
     MAX_AUTOCMDS,
     SPECS,

@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .. import __version__
 from ..config import ini as config_module
+from ..version import __version__
 
 log = logging.getLogger(__name__)
 

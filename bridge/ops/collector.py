@@ -14,8 +14,8 @@ from typing import Any
 from prometheus_client import ProcessCollector, start_http_server
 from prometheus_client.core import GaugeMetricFamily, Metric
 
-from .. import __version__
 from ..irc import State
+from ..version import __version__
 from . import queries as ops_queries
 from .metrics import Metrics
 

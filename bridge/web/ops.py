@@ -21,8 +21,8 @@ from typing import Any
 from flask import Blueprint, Response, current_app, jsonify, render_template, request
 from prometheus_client.exposition import choose_encoder
 
-from .. import __version__
 from ..ops import queries as ops_queries
+from ..version import __version__
 from .errors import matrix_error
 
 bp = Blueprint("ops", __name__)
