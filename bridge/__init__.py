@@ -3,6 +3,9 @@
 `create_app()` is the WSGI entry point (gunicorn 'bridge:create_app()'); it wires config,
 store, homeserver client, IRC side and core together and keeps the one `Bridge` in
 `app.extensions["bridge"]`.
+
+Thread: `create_app` runs once, on the thread that builds the app (the gunicorn worker's main
+thread, or a test's); the parts it starts run on their own threads.
 """
 
 from __future__ import annotations

@@ -1,4 +1,7 @@
-"""`python -m bridge` is the `ircbridge` command."""
+"""`python -m bridge` is the `ircbridge` command.
+
+Thread: the main thread of the CLI.
+"""
 
 from .cli.main import main
 

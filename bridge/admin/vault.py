@@ -5,6 +5,10 @@ password stored with `!storepass` must not be readable in it. Secrets are sealed
 (AES-128-CBC + HMAC-SHA256, from `cryptography`) under a key that lives in its own file
 (`[provisioning] key_file`, made by `ircbridge generate-key`), never in the database or in
 config.ini. Losing the key file only loses the stored secrets: users store them again.
+
+Thread: any thread (the key is read once, Fernet keeps no state): the admin lanes seal, the
+admin startup thread opens what it loads, and `ircbridge generate-key` runs on the CLI's main
+thread.
 """
 
 from __future__ import annotations

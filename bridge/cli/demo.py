@@ -4,6 +4,8 @@ Starts an IRC daemon (ngircd when installed, else miniircd), a Synapse homeserve
 `demo` extra) and the bridge in a temporary folder with SQLite, then plays the five steps with
 a scripted Matrix user (alice) and a scripted IRC user (Bob), printing what each side sees.
 Exits 0 only when every step was observed; every process it started is stopped.
+
+Thread: the main thread of the CLI; the daemons it starts are child processes.
 """
 
 from __future__ import annotations

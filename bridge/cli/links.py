@@ -5,6 +5,8 @@ is set and the bridge answers on its bind address, these commands go through its
 provisioning API (the change is live at once). Otherwise they work on the database and the
 homeserver directly (the bot joins or leaves the room) and the running bridge picks the
 change up at its next start.
+
+Thread: the main thread of the CLI.
 """
 
 from __future__ import annotations

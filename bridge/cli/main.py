@@ -1,4 +1,7 @@
-"""The `ircbridge` command (also `python -m bridge`)."""
+"""The `ircbridge` command (also `python -m bridge`).
+
+Thread: the main thread of the CLI (argparse, then the chosen command).
+"""
 
 from __future__ import annotations
 

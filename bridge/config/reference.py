@@ -8,6 +8,9 @@ and a test checks that the committed file equals this output.
 A key's description is the comment block right above it in config.ini; keys that follow it
 without a blank line or another comment share it (as_token and hs_token). Keys the shipped
 file does not explain yet take their text from `FALLBACK`.
+
+Thread: the main thread of the CLI (or of the test that compares the committed file); pure
+apart from reading the shipped config.ini.
 """
 
 from __future__ import annotations

@@ -1,4 +1,8 @@
-"""Build the registration YAML the homeserver loads (`app_service_config_files`)."""
+"""Build the registration YAML the homeserver loads (`app_service_config_files`).
+
+Thread: the main thread of the CLI (`generate-registration`); `announce` runs on the thread
+that starts the bridge.
+"""
 
 from __future__ import annotations
 

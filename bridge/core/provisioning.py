@@ -15,6 +15,9 @@ to change `m.room.power_levels` there (50 when unset). Room creators of room ver
 creators outrank power levels (v12 and later) always may. No user id skips that check, the
 bot's included: only a request made as the bridge's admin (`admin=True`: the command line,
 which proves it with `admin_token`, derived from the as_token of config.ini) does.
+
+Thread: request threads (the provisioning blueprint); the CLI's main thread only uses
+`admin_token`.
 """
 
 from __future__ import annotations

@@ -2,6 +2,8 @@
 
 A mixin of `core.Bridge`: lets clients such as Element list the IRC networks, find the
 alias of a channel and the virtual user of a nick.
+
+Thread: request threads (the /thirdparty handlers of the AS API).
 """
 
 from __future__ import annotations

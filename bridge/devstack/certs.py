@@ -2,6 +2,8 @@
 
 Kept apart from the daemons so that each of them (ngircd in :mod:`bridge.devstack.ircd`,
 InspIRCd in :mod:`bridge.devstack.services`) can use it without importing the other.
+
+Thread: the test's or the demo's main thread.
 """
 
 from __future__ import annotations

@@ -4,6 +4,8 @@ Tests need to act as a plain IRC user and as a plain Matrix user against the
 real daemons the devstack starts, and to wait (with deadlines) for what the
 bridge delivers. These clients are deliberately minimal and independent of the
 bridge's own code, so that they check the bridge from the outside.
+
+Thread: the test's or the demo's thread (a lock guards each client's buffer).
 """
 
 from __future__ import annotations

@@ -4,6 +4,8 @@ The devstack starts real daemons (Synapse, an IRC server) for tests and for
 ``ircbridge demo``. Everything here exists so that those daemons get a free port
 on 127.0.0.1, so that every "wait until it is ready" is a poll with a deadline
 (never a fixed sleep), and so that no child process outlives the interpreter.
+
+Thread: any thread of a test or the demo (a lock guards the children list).
 """
 
 from __future__ import annotations

@@ -7,6 +7,8 @@ self-signed TLS port, and links Debian's ``atheme-services`` (7.2, protocol modu
 ``inspircd``) to it over loopback. Both are configured entirely from files in ``workdir``
 (no system config, no system service) and run in the foreground, so they die with their
 process group. Install both with ``apt-get install -y inspircd atheme-services``.
+
+Thread: the test's or the demo's main thread; the daemons are child processes.
 """
 
 from __future__ import annotations

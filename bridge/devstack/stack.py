@@ -3,6 +3,8 @@
 Used by `ircbridge demo` and by the end-to-end tests, so the demo shows exactly what the tests
 check. The bridge runs as its own process through `ircbridge run` (gunicorn), as an admin
 would run it.
+
+Thread: the test's or the demo's main thread; the daemons are child processes.
 """
 
 from __future__ import annotations

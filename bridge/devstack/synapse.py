@@ -6,6 +6,8 @@ talk to in production. :class:`SynapseServer` writes a minimal homeserver.yaml
 rate limit lifted, the given appservice registrations loaded), runs
 ``python -m synapse.app.homeserver`` as a child process and waits until the
 client API answers.
+
+Thread: the test's or the demo's main thread; Synapse is a child process.
 """
 
 from __future__ import annotations

@@ -4,6 +4,9 @@
 `intent.Intent` acts as one user with the register/join preconditions handled;
 `errors` holds the typed `MatrixError` tree; `retry` the `RetryPolicy` a call is made
 with. Nothing here imports core or web.
+
+Thread: request threads, the inbox thread, the homeserver senders and the admin lanes call the
+homeserver; never the IRC thread.
 """
 
 from __future__ import annotations

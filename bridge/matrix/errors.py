@@ -6,6 +6,8 @@ are rate limited, the homeserver is down), so every non-2xx answer becomes a sub
 never carries the application-service token: tokens only ever travel in the
 Authorization header, and `error_from_response` scrubs any secret it is given from the
 server-supplied text as a second line of defence.
+
+Thread: any thread: pure (exception classes and their mapping from an answer).
 """
 
 from __future__ import annotations

@@ -9,6 +9,9 @@ running bridge logs for the same failure (docs/operations.md lists them with the
 The AS ping needs something answering at [appservice] url: when the bridge is not running,
 `ping_responder` listens on [appservice] bind for the time of the check and answers the ping
 only with the right hs_token, so the check proves the hs_token too.
+
+Thread: the main thread of the CLI (`ircbridge check-config --online`); `ping_responder`
+answers on a thread of its own for the time of the check.
 """
 
 from __future__ import annotations

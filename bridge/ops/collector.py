@@ -3,6 +3,9 @@
 Counters live in `bridge.ops.metrics` (incremented where things happen); gauges that describe the
 present (connection states, queue depths, rooms) are read when Prometheus asks, by a custom
 collector, so they are never stale and cost nothing between scrapes.
+
+Thread: request threads (the one serving a /metrics scrape); IRC state is asked of the IRC
+thread through `IrcSide.call`.
 """
 
 from __future__ import annotations

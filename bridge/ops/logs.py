@@ -4,6 +4,9 @@ Why the redaction filter: tokens and secrets must never reach a log file, whoeve
 line (our code, a library's exception text, a traceback). `protect()` registers the secrets
 of the running config; every record that reaches our handler is checked and scrubbed, and
 the scrubbing itself is visible (`[redacted]`) so that tests can tell a leak was attempted.
+
+Thread: set up once on the main thread at start; the redaction filter runs on any thread that
+logs.
 """
 
 from __future__ import annotations

@@ -8,6 +8,9 @@ no matching `Metrics` (a CLI command, a unit test) does nothing, cheaply.
 
 This module imports nothing of the project, so every layer may call it. What is computed at
 scrape time (connections, queue depths) lives in `bridge.ops.collector`.
+
+Thread: any thread: the hooks are called from request threads, the IRC thread, the inbox
+thread, the recorder and the homeserver senders (prometheus_client's counters are thread-safe).
 """
 
 from __future__ import annotations

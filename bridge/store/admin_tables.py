@@ -8,6 +8,9 @@ Every row carries the bridge's registration id (`bridge_id`), so bridges sharing
 never load each other's admin rooms (a `!storepass` for one network never reaches another
 bridge). Tables of schema version 1 are upgraded when the admin part starts, or by
 `ircbridge migrate` (see store_migrations).
+
+Thread: the admin startup thread (tables, loading) and the admin lanes (writes), each with its
+own connection; `ircbridge migrate` on the main thread of the CLI.
 """
 
 from __future__ import annotations

@@ -3,6 +3,9 @@
 `register` also gives the app its own metrics (a per-app Prometheus registry, see
 `bridge.ops.metrics`) and tells the log filter which secrets of this config must never be
 written; `shutdown` undoes what `register` started besides the bridge itself.
+
+Thread: `register` and `shutdown` run on the thread that builds or ends the app; the handlers
+run on request threads.
 """
 
 from __future__ import annotations

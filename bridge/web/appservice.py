@@ -3,6 +3,9 @@
 Checks the hs_token (header or legacy `access_token`), answers every error as Matrix JSON,
 stores pushed transactions durably before answering 200, and hands queries to the core.
 The founding document's unprefixed paths answer the same as the /_matrix/app/v1 ones.
+
+Thread: request threads (gunicorn's gthread workers); they may wait on the homeserver, never on
+IRC.
 """
 
 from __future__ import annotations

@@ -1,4 +1,7 @@
-"""Matrix-style JSON errors for every HTTP answer that is not a success."""
+"""Matrix-style JSON errors for every HTTP answer that is not a success.
+
+Thread: request threads (the Flask error handlers).
+"""
 
 from __future__ import annotations
 
