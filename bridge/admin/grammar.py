@@ -9,6 +9,8 @@ Grammar: `!name [network] args...`. The network is optional when one network is 
 with several, commands that act on one connection need it. A leading word is taken as the
 network only when it names a configured network and the command still gets its required
 arguments without it (so `!whois local` asks about the nick "local").
+
+Thread: any thread: pure (the admin lanes call `parse` before running a command).
 """
 
 from __future__ import annotations

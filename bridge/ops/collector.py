@@ -4,8 +4,8 @@ Counters live in `bridge.ops.metrics` (incremented where things happen); gauges 
 present (connection states, queue depths, rooms) are read when Prometheus asks, by a custom
 collector, so they are never stale and cost nothing between scrapes.
 
-Thread: request threads (the one serving a /metrics scrape); IRC state is asked of the IRC
-thread through `IrcSide.call`.
+Thread: the one serving a /metrics scrape (a request thread, or a thread of the separate
+metrics port); IRC state is asked of the IRC thread through `IrcSide.call`.
 """
 
 from __future__ import annotations

@@ -5,6 +5,9 @@ only the ops views need. They are built from the peewee models but executed on t
 database explicitly (`db.execute(query)`), so they never depend on which Store bound the
 models last. A connection this module opens on a thread that had none is closed again (the
 separate metrics port serves each scrape on a new thread).
+
+Thread: request threads (the ops endpoints) and the thread serving a /metrics scrape (a
+request thread, or a thread of the separate metrics port).
 """
 
 from __future__ import annotations

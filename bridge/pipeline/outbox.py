@@ -10,6 +10,9 @@ is part of the Matrix txnId, so a retry after a crash cannot post it twice.
 A clean stop loses nothing: the recorder stores what it holds, or keeps it in a spill file
 when the database does not take it in time; the senders end between two rows, and what
 they had not sent is still pending in the outbox for the next start.
+
+Threads: the IRC thread calls `put`; the recorder (`irc-recorder`) writes; the homeserver
+senders (`hs-sender-N`) deliver.
 """
 
 from __future__ import annotations

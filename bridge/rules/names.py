@@ -4,6 +4,8 @@ Nick -> localpart follows the Matrix spec's suggested mapping for bridges (appen
 "Mapping from other character sets"): upper case becomes `_` + lower case, `_` becomes `__`,
 any other byte outside `a-z 0-9 . -` becomes `=xx`. The result is always a valid
 lower-case localpart, and the mapping is reversible, so a user id always names one nick.
+
+Thread: any thread: pure (request threads, the inbox thread and the IRC thread all call it).
 """
 
 from __future__ import annotations

@@ -4,6 +4,9 @@ The text rules themselves are pure (bridge.rules.formatting); this module adds w
 bridge's memory: the original of an edited or replied-to message, the IRC nick of a Matrix
 user, a media link or a paste of a long message. Those come in as callables, so the
 translation stays testable without a homeserver.
+
+Thread: any thread: pure given its callables; the Matrix -> IRC path calls it on the inbox
+thread.
 """
 
 from __future__ import annotations
