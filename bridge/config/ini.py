@@ -4,6 +4,9 @@ Every problem is collected before anything is reported, so an admin fixes the wh
 one pass: each message names the section, the key, the value found and what was expected.
 This module is pure: it imports nothing of the project but `secretfile` (to write tokens
 into config.ini with mode 0600).
+
+Thread: the thread that loads the config, once (the CLI's main thread, or the one running
+`create_app`); the frozen result may be read on any thread.
 """
 
 from __future__ import annotations
