@@ -223,7 +223,7 @@ class AdminRooms:
         room_id = event["room_id"]
         sender = event["sender"]
         etype = event.get("type")
-        content = event.get("content") if isinstance(event.get("content"), dict) else {}
+        content = content_ if isinstance(content_ := event.get("content"), dict) else {}
         bot = self.config.bot_user_id
         if etype == "m.room.member" and event.get("state_key") == bot:
             membership = content.get("membership")

@@ -109,7 +109,7 @@ class CommandRunner:
 
     def _snapshot(self, user_id: str) -> dict[str, Any] | None:
         try:
-            return self._ask(self.admin.irc.snapshot, user_id, timeout=5.0)  # type: ignore[no-any-return]
+            return self._ask(self.admin.irc.snapshot, user_id, timeout=5.0)
         except IrcUnavailable:
             return None
 

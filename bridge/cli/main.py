@@ -117,7 +117,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 2
     config_path = str(Path(args.config).resolve())
 
-    class Application(BaseApplication):  # type: ignore[misc]
+    class Application(BaseApplication):
         def load_config(self) -> None:
             for key, value in gunicorn_settings(config).items():
                 self.cfg.set(key, value)

@@ -505,7 +505,7 @@ def parse(text: str, *, path: Path, environ: dict[str, str] | None = None) -> Co
     try:
         parser.read_string(text, source=str(path))
     except configparser.Error as e:
-        raise ConfigError([f"{path}: {e.message.strip()}"]) from e  # type: ignore[attr-defined]
+        raise ConfigError([f"{path}: {e.message.strip()}"]) from e
 
     _check_sections(parser, problems, warnings)
 

@@ -121,7 +121,7 @@ def refused(bridge: Bridge, event: dict[str, Any]) -> bool:
     sender = str(event.get("sender"))
     if bridge.access.allowed(sender):
         return False
-    content = event.get("content") if isinstance(event.get("content"), dict) else {}
+    content = content_ if isinstance(content_ := event.get("content"), dict) else {}
     target = event.get("state_key")
     etype = event.get("type")
     if etype == "m.room.member" and content.get("membership") in ("leave", "ban") \

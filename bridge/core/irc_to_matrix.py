@@ -100,7 +100,7 @@ class IrcToMatrix:
             return (network, channel) in self._links_by_channel
 
     def irc_message(self, network: str, channel: str, nick: str, text: str, kind: str,
-                    ts: int, mentions: dict[str, str] | None = None) -> None:
+                    ts: int, mentions: dict[str, str]) -> None:
         body, html = formatting.irc_to_matrix(text, mentions)  # pills made per text run
         if not body.strip():
             return

@@ -72,7 +72,7 @@ def files_of(content: Any) -> list[tuple[str, str]]:
     """(server, media_id) of every unencrypted file a message content names."""
     if not isinstance(content, dict):
         return []
-    info = content.get("info") if isinstance(content.get("info"), dict) else {}
+    info = info_ if isinstance(info_ := content.get("info"), dict) else {}
     found = []
     for mxc in (content.get("url"), info.get("thumbnail_url")):
         if isinstance(mxc, str):
@@ -85,7 +85,7 @@ def files_of(content: Any) -> list[tuple[str, str]]:
 
 def redacted_id(event: dict[str, Any]) -> str | None:
     """The event a redaction removes (top-level `redacts`, or in content from room v11)."""
-    content = event.get("content") if isinstance(event.get("content"), dict) else {}
+    content = content_ if isinstance(content_ := event.get("content"), dict) else {}
     target = event.get("redacts") or content.get("redacts")
     return target if isinstance(target, str) else None
 

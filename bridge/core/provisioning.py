@@ -87,7 +87,7 @@ def _flag(body: Any, name: str) -> bool:
 def power_check(power_levels: dict[str, Any] | None, create: dict[str, Any],
                 user_id: str) -> tuple[int, int]:
     """(the user's level, the level needed) in a room; INFINITE for v12+ creators."""
-    content = create.get("content") if isinstance(create.get("content"), dict) else {}
+    content = content_ if isinstance(content_ := create.get("content"), dict) else {}
     version = str(content.get("room_version", "1"))
     creators = {create.get("sender")} | set(content.get("additional_creators") or [])
     if version.isdigit() and int(version) >= 12 and user_id in creators:
@@ -101,8 +101,8 @@ def power_check(power_levels: dict[str, Any] | None, create: dict[str, Any],
         except (TypeError, ValueError):
             return default
 
-    users = power_levels.get("users") if isinstance(power_levels.get("users"), dict) else {}
-    events = power_levels.get("events") if isinstance(power_levels.get("events"), dict) else {}
+    users = users_ if isinstance(users_ := power_levels.get("users"), dict) else {}
+    events = events_ if isinstance(events_ := power_levels.get("events"), dict) else {}
     level = number(users.get(user_id), number(power_levels.get("users_default"), 0))
     needed = number(events.get("m.room.power_levels"),
                     number(power_levels.get("state_default"), DEFAULT_NEEDED))

@@ -199,7 +199,7 @@ class IrcConnection:
         self.on_change = on_change
         self.nick_max = nick_max
         self.state = State.IDLE
-        self.conn: BridgeServerConnection = thread.reactor.server()  # type: ignore[assignment]
+        self.conn: BridgeServerConnection = thread.reactor.server()
         self.conn.out.limit = network.send_buffer_limit
         self.channels: set[str] = set()  # case-folded channels we are in
         self.wanted_channels: dict[str, str] = {}  # folded -> as written (with key if any)

@@ -39,8 +39,10 @@ class IrcListener(Protocol):
     """What the IRC side tells the core. Called on the IRC thread: queue, never block."""
 
     def irc_message(
-        self, network: str, channel: str, nick: str, text: str, kind: str, ts: int
-    ) -> None: ...
+        self, network: str, channel: str, nick: str, text: str, kind: str, ts: int,
+        mentions: dict[str, str],
+    ) -> None:
+        """A channel line; `mentions` maps our puppets' nicks named in it to their user ids."""
 
     def irc_private(
         self, network: str, owner: str, nick: str, text: str, kind: str, ts: int

@@ -615,7 +615,7 @@ class _IrcRenderer(HTMLParser):
 
     # -- parser callbacks --------------------------------------------------------------
 
-    def parse_marked_section(self, i: int, report: int = 1) -> int:
+    def parse_marked_section(self, i: int, report: bool = True) -> int:
         """html.parser raises on "<![" + junk; keep such text instead of failing."""
         try:
             return super().parse_marked_section(i, report)

@@ -90,7 +90,7 @@ def to_irc(content: dict[str, Any], ctx: Context) -> tuple[list[str], str]:
         return [], "m.text"
     kind = msgtype if msgtype in TEXT_TYPES else "m.text"
     budget = ctx.budget - (len("\x01ACTION \x01") if kind == "m.emote" else 0)
-    relates = content.get("m.relates_to") if isinstance(content.get("m.relates_to"), dict) else {}
+    relates = relates_ if isinstance(relates_ := content.get("m.relates_to"), dict) else {}
     if relates.get("rel_type") == "m.replace":
         return _edit(content, relates, ctx, budget), kind
     if msgtype in MEDIA_TYPES:

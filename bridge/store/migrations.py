@@ -33,14 +33,14 @@ def _columns(db: pw.Database, table: str) -> list[str]:
 
 def needs_bridge_id(db: pw.Database, model: type[pw.Model]) -> bool:
     """True for a table made by schema version 1 (it exists and has no bridge_id)."""
-    table = model._meta.table_name  # type: ignore[attr-defined]
+    table = model._meta.table_name
     return db.table_exists(table) and "bridge_id" not in _columns(db, table)
 
 
 def add_bridge_id(db: pw.Database, model: type[pw.Model], bridge_id: str,
                   networks: Iterable[str]) -> int:
     """Rebuild a version-1 table as `model` (which has bridge_id); returns the rows copied."""
-    table = model._meta.table_name  # type: ignore[attr-defined]
+    table = model._meta.table_name
     old = f"{table}__v1"
     q = _quote
     db.execute_sql(f"DROP TABLE IF EXISTS {q(old)}")
@@ -48,7 +48,7 @@ def add_bridge_id(db: pw.Database, model: type[pw.Model], bridge_id: str,
     db.execute_sql(f"DROP TABLE {q(table)}")
     db.create_tables([model])
     old_columns = _columns(db, old)
-    new_columns = {f.column_name for f in model._meta.sorted_fields}  # type: ignore[attr-defined]
+    new_columns = {f.column_name for f in model._meta.sorted_fields}
     copied = [c for c in old_columns if c in new_columns and c != "bridge_id"]
     names = ", ".join(q(c) for c in copied)
     nets = sorted(set(networks))
@@ -81,9 +81,9 @@ def claim(db: pw.Database, model: type[pw.Model], bridge_id: str,
           networks: Iterable[str]) -> int:
     """Give this bridge the unclaimed rows of its networks (left by another's migration)."""
     nets = sorted(set(networks))
-    if not nets or "network" not in model._meta.fields:  # type: ignore[attr-defined]
+    if not nets or "network" not in model._meta.fields:
         return 0
-    field = model._meta.fields  # type: ignore[attr-defined]
+    field = model._meta.fields
     return int(model.update({field["bridge_id"]: bridge_id}).where(
         (field["bridge_id"] == UNCLAIMED) & (field["network"].in_(nets))).execute())
 
@@ -91,9 +91,9 @@ def claim(db: pw.Database, model: type[pw.Model], bridge_id: str,
 def unclaimed(model: type[pw.Model], networks: Iterable[str]) -> int:
     """How many rows of these networks no bridge has claimed yet."""
     nets = sorted(set(networks))
-    if not nets or "network" not in model._meta.fields:  # type: ignore[attr-defined]
+    if not nets or "network" not in model._meta.fields:
         return 0
-    field = model._meta.fields  # type: ignore[attr-defined]
+    field = model._meta.fields
     return int(model.select().where(
         (field["bridge_id"] == UNCLAIMED) & (field["network"].in_(nets))).count())
 

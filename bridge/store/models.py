@@ -79,11 +79,14 @@ class RoomLink(BridgeOwned):
     A room is linked to one channel per network: a bridge serving two networks may link it
     to a channel of each, and other bridges to theirs."""
 
+    id: pw.AutoField  # the implicit primary key, declared for the type checker only
     network = pw.CharField(max_length=64)
     channel = pw.CharField(max_length=200)  # case-folded, the key
     channel_name = pw.CharField(max_length=200)  # as first seen
     room_id = pw.CharField(max_length=255)
-    alias = pw.CharField(max_length=255, null=True)
+    # The column shadows Model.alias() (never used on this model), which the stubs type as a
+    # classmethod.
+    alias = pw.CharField(max_length=255, null=True)  # type: ignore[assignment]
     kind = pw.CharField(max_length=16, default="portal")
     created_at = pw.BigIntegerField(default=now_ms)
 
@@ -360,7 +363,7 @@ class Store:
     def schema_version(self) -> int | None:
         """The stored schema version; None for an empty database."""
         with self.db.connection_context():
-            if not self.db.table_exists(Meta._meta.table_name):  # type: ignore[attr-defined]
+            if not self.db.table_exists(Meta._meta.table_name):
                 return None
             row = Meta.get_or_none(Meta.key == "schema_version")
             return int(row.value) if row else 0
@@ -684,7 +687,7 @@ class Store:
                                        & (InboxEvent.room_id == room_id))
         if inbox is not None:
             event = json.loads(inbox.payload)
-            content = event.get("content") if isinstance(event.get("content"), dict) else {}
+            content = content_ if isinstance(content_ := event.get("content"), dict) else {}
             new = content.get("m.new_content")
             body = (new if isinstance(new, dict) else content).get("body")
             return ("matrix", str(event.get("sender")), body if isinstance(body, str) else "",
