@@ -14,7 +14,7 @@ from bridge.config import ini as config_module
 from bridge.rules.permissions import role_of
 from tests.conftest import write_config
 
-SHIPPED = Path(__file__).resolve().parent.parent / "config.ini"
+SHIPPED = Path(__file__).resolve().parents[2] / "config.ini"
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:

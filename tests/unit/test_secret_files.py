@@ -18,7 +18,7 @@ from bridge.admin.vault import Vault, VaultError, generate_key_file
 from bridge.cli.main import main
 from bridge.config import registration
 
-SHIPPED = Path(__file__).resolve().parent.parent / "config.ini"
+SHIPPED = Path(__file__).resolve().parents[2] / "config.ini"
 
 
 def mode(path: Path) -> int:

@@ -37,7 +37,7 @@ from bridge.ops import metrics
 from bridge.store.models import IrcLine
 from tests.conftest import write_config
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 HS = "hs-token-for-tests-9876543210"
 AUTH = {"Authorization": f"Bearer {HS}"}
 SECRET = "status-" + secrets.token_hex(12)

@@ -27,7 +27,7 @@ from bridge.ops import logs
 from bridge.ops.checks import check_network
 from tests.conftest import write_config
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CONTRIB = ROOT / "contrib"
 
 
