@@ -33,8 +33,8 @@ from bridge.matrix import (
 from bridge.pipeline.outbox import Senders
 from bridge.store.models import QueuedLine, Store
 from tests.conftest import write_config
-from tests.unit.test_matrix_client import GHOST, SERVER, TOKEN, FakeHomeserver, Recorded, err
 from tests.unit.queues import queue_rows
+from tests.unit.test_matrix_client import GHOST, SERVER, TOKEN, FakeHomeserver, Recorded, err
 
 ROOM = "!room:localhost"  # the senders' tests (the bridge's server is localhost)
 
