@@ -1,7 +1,9 @@
-"""Shared fixtures: a config.ini in a temp folder, and the test database.
+"""Shared fixtures: a config.ini in a temp folder, the test database, and the Flask app.
 
 The database is a temp-file SQLite by default; with IRCBRIDGE_TEST_DATABASE_URL set (CI sets
 it to the local PostgreSQL) every test runs against that server instead, on clean tables.
+`app` and `client` are the Flask tutorial's fixtures: the real app from `create_app` on that
+database, without background threads, and its test client (runs on the test's own thread).
 """
 
 from __future__ import annotations
@@ -11,7 +13,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from flask import Flask
+from flask.testing import FlaskClient
 
+from bridge import create_app
 from bridge.config import ini as config_module
 from bridge.store.models import MODELS, Store
 
@@ -123,6 +128,26 @@ def config_path(tmp_path: Path, db_url: str) -> Path:
 @pytest.fixture
 def config(config_path: Path) -> config_module.Config:
     return config_module.load(config_path)
+
+
+def close_app(app: Flask) -> None:
+    """Close what `create_app` opened: its metrics port and its database connections."""
+    metrics = app.extensions.get("ircbridge_metrics")
+    if metrics is not None:
+        metrics.close()
+    app.extensions["bridge"].store.close()
+
+
+@pytest.fixture
+def app(config: config_module.Config) -> Iterator[Flask]:
+    app = create_app(config=config, start_background=False, setup_logging=False)
+    yield app
+    close_app(app)
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

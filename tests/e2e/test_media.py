@@ -23,7 +23,6 @@ import yaml
 from flask import Flask
 from requests.structures import CaseInsensitiveDict
 
-from bridge import create_app
 from bridge.config.ini import ConfigError, MediaConfig, load
 from bridge.core.media import MediaLinks, clean_filename, load_secret, parse_mxc
 from bridge.devstack.clients import MatrixClient
@@ -247,14 +246,6 @@ def test_media_config_problems_name_the_key(tmp_path: Path) -> None:
 
 
 # --- the proxy, against a fake homeserver ------------------------------------------------
-
-
-@pytest.fixture
-def app(tmp_path: Path, db_url: str) -> Iterator[Flask]:
-    path = write_config(tmp_path, db_url=db_url)
-    app = create_app(config=load(path), start_background=False, setup_logging=False)
-    yield app
-    app.extensions["bridge"].store.close()
 
 
 @pytest.fixture

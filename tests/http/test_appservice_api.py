@@ -7,32 +7,13 @@ the end-to-end suite.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from bridge import create_app
-from bridge.config.ini import load
-from tests.conftest import write_config
-
 HS = "hs-token-for-tests-9876543210"
 AUTH = {"Authorization": f"Bearer {HS}"}
-
-
-@pytest.fixture
-def app(tmp_path: Path, db_url: str) -> Iterator[Flask]:
-    path = write_config(tmp_path, db_url=db_url)
-    app = create_app(config=load(path), start_background=False, setup_logging=False)
-    yield app
-    app.extensions["bridge"].store.close()
-
-
-@pytest.fixture
-def client(app: Flask) -> FlaskClient:
-    return app.test_client()
 
 
 def txn(events: list[dict]) -> str:
