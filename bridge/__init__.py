@@ -64,9 +64,12 @@ def create_app(config_path: str | None = None, *, config: Any = None,
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = config.appservice.max_body_bytes
     app.config["IRCBRIDGE_HS_TOKEN"] = config.appservice.hs_token
+    # Flask's documented switch; its stubs type app.json as the base JSONProvider, which
+    # lacks the attribute the default provider has.
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["bridge"] = bridge
     web.register(app)
+    # Wrapping wsgi_app is Flask's documented way to add middleware; the stubs see a method.
     app.wsgi_app = _NoDelay(app.wsgi_app)  # type: ignore[method-assign]
     if start_background:
         bridge.admin.start()  # first: its IRC hooks are queued before any connection

@@ -268,9 +268,16 @@ CHANNEL_RE = re.compile(r"^[#&+!][^\s,:\x07\x00]{1,199}$")
 NETWORK_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
+class _KeysAsWritten(configparser.ConfigParser):
+    """A ConfigParser that keeps keys as written (the default lower-cases them)."""
+
+    def optionxform(self, optionstr: str) -> str:
+        return optionstr
+
+
 def new_parser() -> configparser.ConfigParser:
     """The parser config.ini is read with: `;` inline comments, `=` only, keys kept as written."""
-    parser = configparser.ConfigParser(
+    parser = _KeysAsWritten(
         delimiters=("=",),
         comment_prefixes=(";", "#"),
         inline_comment_prefixes=(";",),
@@ -278,7 +285,6 @@ def new_parser() -> configparser.ConfigParser:
         strict=True,
         empty_lines_in_values=False,
     )
-    parser.optionxform = str  # type: ignore[assignment,method-assign]
     return parser
 
 

@@ -612,10 +612,11 @@ class ConnectSlots:
 
     def _pump(self) -> None:
         while self.waiting and self.active < self.limit:
-            wait = self.bucket.take() if self.call_later is not None else 0.0
-            if wait > 0:
+            call_later = self.call_later
+            wait = self.bucket.take() if call_later is not None else 0.0
+            if wait > 0 and call_later is not None:
                 if self._timer is None:
-                    self._timer = self.call_later(wait, self._tick)  # type: ignore[misc]
+                    self._timer = call_later(wait, self._tick)
                 return
             self.active += 1
             self.waiting.popleft()()

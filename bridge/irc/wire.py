@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import sys
 import unicodedata
+from types import FrameType
 
 REDACTED = "[redacted]"
 _FORBIDDEN = ("\r", "\n", "\0")
@@ -48,7 +49,7 @@ def problem(line: str) -> str | None:
 def caller() -> str:
     """`module:function:line` of the code that tried to send: the first frame outside the
     irc library, this package's funnels and the IRC thread's loop (which ran it)."""
-    frame = sys._getframe(1)
+    frame: FrameType | None = sys._getframe(1)
     innermost = "?"
     while frame is not None:
         module = frame.f_globals.get("__name__", "")
@@ -62,7 +63,7 @@ def caller() -> str:
             if not funnel:
                 return where
             innermost = where
-        frame = frame.f_back  # type: ignore[assignment]
+        frame = frame.f_back
     return innermost
 
 

@@ -37,8 +37,10 @@ class JsonFormatter(logging.Formatter):
             "thread": record.threadName,
             "msg": record.getMessage(),
         }
-        if record.exc_info or record.exc_text:
-            data["exc"] = record.exc_text or self.formatException(record.exc_info)  # type: ignore[arg-type]
+        if record.exc_text:
+            data["exc"] = record.exc_text
+        elif record.exc_info:
+            data["exc"] = self.formatException(record.exc_info)
         return json.dumps(data, ensure_ascii=False)
 
 
@@ -107,14 +109,17 @@ def make_handler(config: LoggingConfig) -> logging.Handler:
     return handler
 
 
+_HANDLER_NAME = "ircbridge"  # marks the root handler setup() installed, to replace it
+
+
 def setup(config: LoggingConfig) -> None:
     handler = make_handler(config)
     root = logging.getLogger()
     for existing in list(root.handlers):
-        if getattr(existing, "_ircbridge", False):
+        if existing.get_name() == _HANDLER_NAME:
             root.removeHandler(existing)
             existing.close()
-    handler._ircbridge = True  # type: ignore[attr-defined]
+    handler.set_name(_HANDLER_NAME)
     root.addHandler(handler)
     root.setLevel(config.level)
     # Library chatter that would otherwise log every IRC line or HTTP connection.

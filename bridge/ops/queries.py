@@ -22,7 +22,8 @@ import peewee as pw
 
 from ..store.models import FAILED, PENDING, InboxEvent, OutboxMessage, RoomLink, now_ms
 
-QUEUES: dict[str, type[pw.Model]] = {"inbox": InboxEvent, "outbox": OutboxMessage}
+QUEUES: dict[str, type[InboxEvent] | type[OutboxMessage]] = {
+    "inbox": InboxEvent, "outbox": OutboxMessage}
 
 
 @dataclass(frozen=True)
@@ -72,11 +73,11 @@ def queue_stats(db: pw.Database, bridge_id: str | None = None) -> dict[str, Queu
     with connection(db):
         for name, model in QUEUES.items():
             query = model.select(
-                pw.fn.COUNT(model.id), pw.fn.MIN(model.created_at)  # type: ignore[attr-defined]
-            ).where(_mine(model, bridge_id) & (model.state == PENDING))  # type: ignore[attr-defined]
+                pw.fn.COUNT(model.id), pw.fn.MIN(model.created_at)
+            ).where(_mine(model, bridge_id) & (model.state == PENDING))
             count, oldest = db.execute(query).fetchone()
-            failed_query = model.select(pw.fn.COUNT(model.id)).where(  # type: ignore[attr-defined]
-                _mine(model, bridge_id) & (model.state == FAILED)  # type: ignore[attr-defined]
+            failed_query = model.select(pw.fn.COUNT(model.id)).where(
+                _mine(model, bridge_id) & (model.state == FAILED)
             )
             (failed,) = db.execute(failed_query).fetchone()
             age = max(0.0, (now - int(oldest)) / 1000.0) if count and oldest is not None else 0.0
