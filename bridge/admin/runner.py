@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from ..core.access import PortalLimited
-from ..irc.queries import JOIN_TIMEOUT, NICK_TIMEOUT, WHOIS_TIMEOUT, IrcUnavailable
+from ..irc.queries import JOIN_TIMEOUT, NICK_TIMEOUT, WHOIS_TIMEOUT, IrcQueries, IrcUnavailable
 from ..matrix import MatrixError
 from ..rules.permissions import role_of
+from ..store.admin_tables import AdminStore
 from ..store.models import Link
 from ..version import __version__
 from .grammar import (
@@ -30,9 +31,6 @@ from .grammar import (
     parse,
 )
 from .vault import VaultError, fingerprints, make_client_certificate
-
-if TYPE_CHECKING:
-    from .rooms import AdminRooms
 
 log = logging.getLogger(__name__)
 
@@ -61,10 +59,31 @@ class Ctx:
     room_id: str
 
 
-class CommandRunner:
-    """Runs parsed commands for `AdminRooms` (lane threads)."""
+class RoomsForCommands(Protocol):
+    """What the commands need of the admin rooms (`rooms.AdminRooms` is one): the bridge and
+    its config, the IRC queries, the secret store and each user's puppet settings. A Protocol,
+    so the runner does not import the rooms that make it (no cycle)."""
 
-    def __init__(self, admin: AdminRooms):
+    @property
+    def bridge(self) -> Any: ...
+    @property
+    def config(self) -> Any: ...
+    @property
+    def irc(self) -> IrcQueries: ...
+    @property
+    def store(self) -> AdminStore: ...
+
+    def puppet_settings(self, network: str, user_id: str) -> dict[str, Any]: ...
+    def autocmds_for(self, network: str, user_id: str) -> list[str]: ...
+    def set_identity(self, network: str, user_id: str, **values: Any) -> None: ...
+    def set_secret(self, network: str, user_id: str, kind: str, value: Any) -> None: ...
+    def expect_connection(self, network: str, user_id: str) -> None: ...
+
+
+class CommandRunner:
+    """Runs parsed commands for the admin rooms (lane threads), given them as a Protocol."""
+
+    def __init__(self, admin: RoomsForCommands):
         self.admin = admin
         self.bridge = admin.bridge
         self.config = admin.config

@@ -22,14 +22,12 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from ..config.ini import Config
-from ..matrix import Intent, MatrixError
+from ..matrix import HomeserverClient, Intent, IntentCache, MatrixError
 from ..rules.permissions import role_of
-
-if TYPE_CHECKING:
-    from .bridge import Bridge
+from ..store.models import Link
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +107,34 @@ class Access:
         return stamps
 
 
-def refused(bridge: Bridge, event: dict[str, Any]) -> bool:
+class AdminOwners(Protocol):
+    """What `refused` asks of the admin rooms: whose admin room a room is."""
+
+    def owner_of(self, room_id: str) -> str | None: ...
+
+
+class Gatekeeping(Protocol):
+    """What `refused` needs of the bridge (the core's `Bridge` is one); a Protocol, so this
+    module does not import the Bridge that imports it."""
+
+    @property
+    def config(self) -> Config: ...
+    @property
+    def access(self) -> Access: ...
+    @property
+    def bot(self) -> Intent: ...
+    @property
+    def client(self) -> HomeserverClient: ...
+    @property
+    def cache(self) -> IntentCache: ...
+    @property
+    def admin(self) -> AdminOwners | None: ...
+
+    def is_ours(self, user_id: str) -> bool: ...
+    def link_for_room(self, room_id: str) -> Link | None: ...
+
+
+def refused(bridge: Gatekeeping, event: dict[str, Any]) -> bool:
     """True when the event's sender may not make the bridge act (the event is dropped).
 
     Runs first on the inbox thread for every event of a real user, before anything is joined,
@@ -144,7 +169,7 @@ def refused(bridge: Bridge, event: dict[str, Any]) -> bool:
     return True
 
 
-def _decline(bridge: Bridge, room_id: str, invitee: str, reason: str) -> None:
+def _decline(bridge: Gatekeeping, room_id: str, invitee: str, reason: str) -> None:
     """The invited bot or virtual user declines, saying why (it never joins)."""
     intent = bridge.bot if invitee == bridge.config.bot_user_id else \
         Intent(bridge.client, invitee, cache=bridge.cache)

@@ -38,7 +38,7 @@ from urllib.parse import quote
 
 import requests
 
-from ..ops import metrics
+from . import hooks
 from .errors import (
     HomeserverUnavailable,
     LimitExceeded,
@@ -208,13 +208,13 @@ class HomeserverClient:
                     0, "M_UNKNOWN", scrub(f"{type(exc).__name__}: {exc}", [self._as_token])
                 )
                 log.debug("%s %s -> %s", method, path, type(exc).__name__)
-                metrics.observe_hs_request(method, time.monotonic() - started, 0,
-                                           type(exc).__name__, client=self)
+                hooks.request_done(method, time.monotonic() - started, 0,
+                                   type(exc).__name__, client=self)
             else:
                 elapsed_ms = (time.monotonic() - started) * 1000
                 log.debug("%s %s -> %d (%.0f ms)", method, path, response.status_code, elapsed_ms)
-                metrics.observe_hs_request(method, elapsed_ms / 1000, response.status_code,
-                                           client=self, response=response)
+                hooks.request_done(method, elapsed_ms / 1000, response.status_code,
+                                   client=self, response=response)
                 if response.status_code < 300:
                     return response
                 error = self._error(response)

@@ -6,8 +6,10 @@ and the inbox worker hold no handle on the app, so they pass themselves (`owner`
 hook finds the live `Metrics` whose bridge owns that object (one in production). A hook with
 no matching `Metrics` (a CLI command, a unit test) does nothing, cheaply.
 
-This module imports nothing of the project, so every layer may call it. What is computed at
-scrape time (connections, queue depths) lives in `bridge.ops.collector`.
+Of the project this module imports only `bridge.matrix.hooks`, where it adds its observer of
+homeserver requests (the client imports no ops, so ops and matrix form no cycle); every layer
+but matrix may call it. What is computed at scrape time (connections, queue depths) lives in
+`bridge.ops.collector`.
 
 Thread: any thread: the hooks are called from request threads, the IRC thread, the inbox
 thread, the recorder and the homeserver senders (prometheus_client's counters are thread-safe).
@@ -22,6 +24,8 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from ..matrix import hooks
 
 log = logging.getLogger(__name__)
 
@@ -217,3 +221,7 @@ def _bounded_errcode(errcode: str | None, status: int) -> str:
     if errcode and len(errcode) <= 64 and errcode.replace("_", "").replace(".", "").isalnum():
         return errcode
     return f"HTTP_{status // 100}XX" if status else "CONNECTION_ERROR"
+
+
+# The homeserver client reports each attempt through bridge.matrix.hooks (it imports no ops).
+hooks.add_request_observer(observe_hs_request)
