@@ -209,6 +209,25 @@ def test_homeserver_request_hook_feeds_the_owning_app_only(app: Flask, tmp_path:
     assert value(text, "ircbridge_hs_request_errors_total", errcode="ConnectionError") == 1
 
 
+def test_homeserver_client_reports_its_attempts_to_the_metrics() -> None:
+    """The client calls no ops module: each attempt reaches the metrics through
+    bridge.matrix.hooks (here a refused connection to a closed port, a real one)."""
+    from bridge.matrix import HomeserverClient, HomeserverUnavailable
+    from bridge.matrix.retry import RetryPolicy
+
+    client = HomeserverClient(f"http://127.0.0.1:{free_port()}", "as-token",
+                              server_name="localhost")
+    owned = metrics.Metrics(lambda: (client,))
+    try:
+        with pytest.raises(HomeserverUnavailable):
+            client.versions(policy=RetryPolicy(attempts=1, backoff_cap=0, timeout=2))
+        sample = owned.registry.get_sample_value
+        assert sample("ircbridge_hs_request_seconds_count", {"method": "GET"}) == 1
+        assert sample("ircbridge_hs_request_errors_total", {"errcode": "ConnectionError"}) == 1
+    finally:
+        owned.close()
+
+
 def test_metrics_on_their_own_port(tmp_path: Path) -> None:
     port = free_port()
     app = make_app(tmp_path, extra=f"[metrics]\nbind = 127.0.0.1:{port}\n")
