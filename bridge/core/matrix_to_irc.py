@@ -66,8 +66,7 @@ class MatrixToIrc:
             return
         if self.media is not None and self.media.revocations is not None:
             self.media.revocations.observe(event)  # before any refusal: a redaction counts
-        # This mixin is only ever part of Bridge, which access.refused takes.
-        if access.refused(self, event):  # type: ignore[arg-type]
+        if access.refused(self, event):
             done(True)
             return
         if self.admin is not None and self.admin.handle_event(event):
