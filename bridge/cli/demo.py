@@ -17,7 +17,10 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..devstack.clients import RawIrcClient
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +66,7 @@ def run_demo(*, keep: bool = False, verbose: bool = False,
     try:
         def step1() -> str:
             def bob_first(s: Stack) -> None:
-                state["bob"] = stack._demo_bob = s.irc_user("Bob")  # type: ignore[attr-defined]
+                state["bob"] = s.irc_user("Bob")
                 state["bob"].join(CHANNEL)
                 state["bob"].send(f"TOPIC {CHANNEL} :The founding story")
 
@@ -75,7 +78,7 @@ def run_demo(*, keep: bool = False, verbose: bool = False,
 
         if not steps.run("1. Registration: the homeserver loads the bridge's registration file",
                          step1):
-            return _finish(stack, steps, workdir, keep, out)
+            return _finish(stack, steps, workdir, keep, out, state.get("bob"))
 
         def step2() -> str:
             bob = state["bob"]
@@ -135,18 +138,17 @@ def run_demo(*, keep: bool = False, verbose: bool = False,
                     f"{event['origin_server_ts']} (Bob spoke at {said})")
 
         steps.run('5. Bob says "what\'s up?": it appears in the room as Bob', step5)
-        return _finish(stack, steps, workdir, keep, out)
+        return _finish(stack, steps, workdir, keep, out, state.get("bob"))
     except KeyboardInterrupt:
         out("interrupted")
-        _finish(stack, steps, workdir, keep, out)
+        _finish(stack, steps, workdir, keep, out, state.get("bob"))
         return 130
 
 
 def _finish(stack: Any, steps: Step, workdir: Path, keep: bool,
-            out: Callable[[str], None]) -> int:
+            out: Callable[[str], None], bob: RawIrcClient | None) -> int:
     if steps.failed:
         out("\nthe bridge's log ends with:\n" + stack.bridge.log(40))
-    bob = getattr(stack, "_demo_bob", None)
     if bob is not None:
         bob.close()
     stack.stop()
