@@ -196,7 +196,7 @@ def test_replies_and_edits_never_reveal_another_rooms_message(world: World) -> N
         msg = world.bob.wait_for_privmsg(lambda t: "guess what" in t, timeout=20)
         assert msg.text == "guess what"
         # Synapse refuses an m.replace across rooms ("Relations must be in the same room");
-        # edits naming another room's event are covered in tests/test_store.py.
+        # edits naming another room's event are covered in tests/unit/test_store.py.
     finally:
         carol.close()
 

@@ -230,7 +230,7 @@ def test_autocmds_run_after_connect_and_identify_without_sasl(services: Services
     # Atheme 7.2 takes SASL PLAIN parts of up to 255 bytes and account names of up to 32:
     # 22+1+22+1+255 = 301 bytes, 404 of base64, chunks of 400 and 4. (The exactly-400 case,
     # closed by `AUTHENTICATE +`, is refused by Atheme 7.2.12 itself although InspIRCd
-    # relays it as the spec says; tests/test_irc_wire.py checks that case.)
+    # relays it as the spec says; tests/unit/test_irc_wire.py checks that case.)
     ("twochunksofbase64chars", 255),
 ])
 def test_sasl_plain_longer_than_one_authenticate_line_logs_in(
