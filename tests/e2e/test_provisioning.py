@@ -1,5 +1,6 @@
 """The provisioning API (/_ircbridge/provisioning/v1/) and `ircbridge link/unlink/links`,
-against the real Synapse and IRC daemon of one devstack; its off switch on a bare app."""
+against the real Synapse and IRC daemon of one devstack. Its off switch is in
+tests/http/test_provisioning_off.py, the power check in tests/unit/test_power_check.py."""
 
 from __future__ import annotations
 
@@ -14,9 +15,6 @@ from typing import Any
 import pytest
 import requests
 
-from bridge import create_app
-from bridge.config.ini import load
-from bridge.core.provisioning import DEFAULT_NEEDED, INFINITE, power_check
 from bridge.devstack.clients import MatrixClient, RawIrcClient
 from bridge.devstack.ports import wait_until
 from bridge.devstack.stack import Stack
@@ -88,44 +86,6 @@ def test_the_api_needs_its_secret(stack: Stack) -> None:
     assert answer.status_code == 200
     assert [n["name"] for n in answer.json()["networks"]] == ["local"]
     assert "password" not in answer.text
-
-
-def test_an_empty_secret_turns_the_api_off(tmp_path: Path) -> None:
-    # SQLite even in the PostgreSQL run: the `db_url` fixture would wipe the stack's tables.
-    db_url = f"sqlite:///{tmp_path / 'bridge.db'}"
-    app = create_app(config=load(write_config(tmp_path, db_url=db_url)),
-                     start_background=False, setup_logging=False)
-    try:
-        answer = app.test_client().get(PREFIX + "/networks",
-                                       headers={"Authorization": "Bearer anything"})
-        assert answer.status_code == 403
-        assert answer.json["errcode"] == "M_FORBIDDEN"
-        assert "[provisioning] secret" in answer.json["error"]
-    finally:
-        app.extensions["bridge"].store.close()
-
-
-@pytest.mark.parametrize(("levels", "create", "user_id", "expected"), [
-    # v12+: creators outrank power levels, even when listed lower
-    ({"users": {"@c:x": 0}}, {"sender": "@c:x", "content": {"room_version": "12"}}, "@c:x",
-     (INFINITE, DEFAULT_NEEDED)),
-    (None, {"sender": "@c:x", "content": {"room_version": "12",
-                                          "additional_creators": ["@d:x"]}}, "@d:x",
-     (INFINITE, DEFAULT_NEEDED)),
-    # older rooms: the power levels decide, creators included
-    ({"users": {"@c:x": 100}, "events": {"m.room.power_levels": 100}},
-     {"sender": "@c:x", "content": {"room_version": "10"}}, "@c:x", (100, 100)),
-    ({"users": {"@c:x": 100}, "users_default": 10, "state_default": 60},
-     {"sender": "@c:x", "content": {"room_version": "10"}}, "@u:x", (10, 60)),
-    ({"users": {"@u:x": "75"}, "events": {"m.room.power_levels": "70"}},
-     {"sender": "@c:x", "content": {}}, "@u:x", (75, 70)),
-    # no power levels at all: the creator has 100, the others 0
-    (None, {"sender": "@c:x", "content": {"room_version": "6"}}, "@c:x", (100, 50)),
-    (None, {"sender": "@c:x", "content": {"room_version": "6"}}, "@u:x", (0, 50)),
-])
-def test_power_check(levels: dict[str, Any] | None, create: dict[str, Any], user_id: str,
-                     expected: tuple[int, int]) -> None:
-    assert power_check(levels, create, user_id) == expected
 
 
 # ------------------------------------------------------------------ link
