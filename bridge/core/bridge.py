@@ -51,6 +51,7 @@ from ..store.retention import Pruner
 from .access import Access, PortalLimited
 from .foreign import ForeignUsers
 from .irc_to_matrix import IrcToMatrix
+from .links import LinkRegistry
 from .matrix_to_irc import MatrixToIrc
 from .privacy import ChannelPrivacy, RoomOptions
 from .thirdparty import ThirdPartyLookups
@@ -99,17 +100,11 @@ class Bridge(ChannelPrivacy, MatrixToIrc, IrcToMatrix, ThirdPartyLookups):
         # Other application services' users (bridge/core/foreign.py): never puppeted.
         self.foreign = ForeignUsers(self.store, config.appservice.exclude_users)
         self.pruner = Pruner(self.store, config.database.keep_days)
-        self._links_lock = threading.Lock()
-        # A room may be linked to one channel per network (a room bridged to two networks).
-        self._links_by_room: dict[str, list[Link]] = {}
-        self._links_by_channel: dict[tuple[str, str], Link] = {}
-        self._alias_locks: dict[tuple[str, str], threading.Lock] = {}
-        self._alias_locks_guard = threading.Lock()
-        self._topics: dict[tuple[str, str], str] = {}
+        # Links, alias locks, channel waiters and topics: one owner, its own lock.
+        self.registry = LinkRegistry()
         # (network, folded channel) -> its modes, as the IRC thread last published them.
         self._channel_states: dict[tuple[str, str], ChannelState] = {}
         self.room_options = RoomOptions(self.store.db, self.store.bridge_id)
-        self._channel_waiters: dict[tuple[str, str], list[threading.Event]] = {}
         self.txn_prefix = ""
         self.recorder: Recorder | None = None
         self.senders: Senders | None = None
@@ -252,9 +247,7 @@ class Bridge(ChannelPrivacy, MatrixToIrc, IrcToMatrix, ThirdPartyLookups):
                 log.exception("stopping %s failed; stopping the rest", what)
 
     def _load_links(self) -> None:
-        with self._links_lock:
-            for link in self.store.all_links():
-                self._add_link_locked(link)
+        self.registry.add_all(self.store.all_links())
 
     def _startup_checks(self) -> None:
         """Check the homeserver once it answers; one clear log line per failure mode."""
@@ -371,14 +364,11 @@ class Bridge(ChannelPrivacy, MatrixToIrc, IrcToMatrix, ThirdPartyLookups):
 
     def link_for_room(self, room_id: str) -> Link | None:
         """The room's link (its first, when it is linked on several networks)."""
-        with self._links_lock:
-            links = self._links_by_room.get(room_id)
-            return links[0] if links else None
+        return self.registry.link_for_room(room_id)
 
     def links_for_room(self, room_id: str) -> list[Link]:
         """Every channel the room is linked to, one per network, oldest first."""
-        with self._links_lock:
-            return list(self._links_by_room.get(room_id, ()))
+        return self.registry.links_for_room(room_id)
 
     def fold_nick(self, network: str, nick: str) -> str:
         """Nicks compare as the network's ISUPPORT CASEMAPPING says (the IRC thread's
@@ -401,24 +391,20 @@ class Bridge(ChannelPrivacy, MatrixToIrc, IrcToMatrix, ThirdPartyLookups):
                          name="casemap-rekey", daemon=True).start()
 
     def _rekey_links(self, network: str, casemapping: str) -> None:
-        with self._links_lock:
-            stale = [lk for lk in self._links_by_channel.values() if lk.network == network
-                     and fold_channel(casemapping, lk.channel_name) != lk.channel]
+        stale = [lk for lk in self.registry.links_on(network)
+                 if fold_channel(casemapping, lk.channel_name) != lk.channel]
         for old in stale:
             new = dataclasses.replace(old, channel=fold_channel(casemapping, old.channel_name))
-            with self._links_lock:
-                if (network, new.channel) in self._links_by_channel:
-                    log.warning("%s on %s: another link holds key %s; left as %s",
-                                old.channel_name, network, new.channel, old.channel)
-                    continue
+            if self.registry.has_channel(network, new.channel):
+                log.warning("%s on %s: another link holds key %s; left as %s",
+                            old.channel_name, network, new.channel, old.channel)
+                continue
             try:
                 self.store.rekey_link(network, old.channel, new.channel)
             except Exception:  # noqa: BLE001 - the old key keeps working for the rest
                 log.exception("could not re-key %s on %s", old.channel_name, network)
                 continue
-            with self._links_lock:
-                self._links_by_channel.pop((network, old.channel), None)
-                self._add_link_locked(new)
+            self.registry.rekey(old, new)
             log.info("%s on %s re-keyed %s -> %s (CASEMAPPING=%s)", old.channel_name, network,
                      old.channel, new.channel, casemapping)
             if self.recorder is not None:
@@ -427,18 +413,7 @@ class Bridge(ChannelPrivacy, MatrixToIrc, IrcToMatrix, ThirdPartyLookups):
                                               threading.Event()))
 
     def _link_for_channel(self, network: str, channel: str) -> Link | None:
-        with self._links_lock:
-            return self._links_by_channel.get((network, channel))
-
-    def _remember_link(self, link: Link) -> None:
-        with self._links_lock:
-            self._add_link_locked(link)
-
-    def _add_link_locked(self, link: Link) -> None:
-        links = [lk for lk in self._links_by_room.get(link.room_id, [])
-                 if lk.network != link.network]
-        self._links_by_room[link.room_id] = [*links, link]
-        self._links_by_channel[(link.network, link.channel)] = link
+        return self.registry.link_for_channel(network, channel)
 
     # ------------------------------------------------------------ AS API (request threads)
     def handle_transaction(self, txn_id: str, events: list[dict[str, Any]]) -> tuple[bool, int]:
@@ -494,12 +469,8 @@ class Bridge(ChannelPrivacy, MatrixToIrc, IrcToMatrix, ThirdPartyLookups):
             return False
         network, channel = parsed
         folded = self.fold_channel(network, channel)
-        key = (network, folded)
-        with self._alias_locks_guard:
-            lock = self._alias_locks.setdefault(key, threading.Lock())
-        with lock:
-            with self._links_lock:
-                link = self._links_by_channel.get(key)
+        with self.registry.alias_lock(network, folded):
+            link = self.registry.link_for_channel(network, folded)
             if link is not None:
                 if self.channel_is_private(network, folded):
                     return False  # its room is found by invitation only
@@ -528,7 +499,7 @@ class Bridge(ChannelPrivacy, MatrixToIrc, IrcToMatrix, ThirdPartyLookups):
                 self.room_options.set(room_id, private=True)
             link = self.store.add_link(network, folded, channel, room_id,
                                        None if private else alias)
-            self._remember_link(link)
+            self.registry.add(link)
         self._after_room_created(network, channel, folded, room_id, replay=not private)
         if self.admin is not None and not private:
             self.admin.room_created(network, room_id)  # lists it in the directory; only queues
@@ -544,9 +515,7 @@ class Bridge(ChannelPrivacy, MatrixToIrc, IrcToMatrix, ThirdPartyLookups):
         net = self.irc.network(network)
         if net is None or not self.irc.started:
             return
-        ready = threading.Event()
-        with self._links_lock:
-            self._channel_waiters.setdefault((network, folded), []).append(ready)
+        ready = self.registry.add_waiter(network, folded)
         try:
             if self.irc.call_sync(net.bot_in, channel, timeout=timeout):
                 return
@@ -557,15 +526,12 @@ class Bridge(ChannelPrivacy, MatrixToIrc, IrcToMatrix, ThirdPartyLookups):
         except TimeoutError:
             log.warning("the IRC thread did not answer; creating the room for %s anyway", channel)
         finally:
-            with self._links_lock:
-                waiters = self._channel_waiters.get((network, folded), [])
-                if ready in waiters:
-                    waiters.remove(ready)
+            self.registry.remove_waiter(network, folded, ready)
 
     def _create_portal(self, network: str, channel: str, alias: str, *,
                        private: bool = False) -> str:
         localpart = alias[1:].rsplit(":", 1)[0]
-        topic = self._topics.get((network, self.fold_channel(network, channel)), "")
+        topic = self.registry.topic(network, self.fold_channel(network, channel))
         body: dict[str, Any] = {
             "name": channel,
             "visibility": "private",
@@ -628,10 +594,7 @@ class Bridge(ChannelPrivacy, MatrixToIrc, IrcToMatrix, ThirdPartyLookups):
         if not valid_channel(channel):
             raise ValueError(f"not a valid IRC channel: {channel!r}")
         folded = self.fold_channel(network, channel)
-        with self._links_lock:
-            existing = self._links_by_channel.get((network, folded))
-            by_room = next((lk for lk in self._links_by_room.get(room_id, [])
-                            if lk.network == network), None)
+        existing, by_room = self.registry.claims(network, folded, room_id)
         if existing is not None and existing.room_id != room_id:
             raise ValueError(f"{channel} on {network} is already linked to {existing.room_id}")
         if by_room is not None and (by_room.network, by_room.channel) != (network, folded):
@@ -643,7 +606,7 @@ class Bridge(ChannelPrivacy, MatrixToIrc, IrcToMatrix, ThirdPartyLookups):
         self.bot.join(room_id)
         self.room_options.set(room_id, mirror_modes=mirror_modes)
         link = self.store.add_link(network, folded, channel, room_id, None, kind=kind)
-        self._remember_link(link)
+        self.registry.add(link)
         self._after_room_created(network, channel, folded, room_id)
         return link
 
@@ -654,14 +617,7 @@ class Bridge(ChannelPrivacy, MatrixToIrc, IrcToMatrix, ThirdPartyLookups):
         if not gone:
             return None
         self.store.remove_link(room_id, network)
-        with self._links_lock:
-            left = [lk for lk in self._links_by_room.get(room_id, []) if lk not in gone]
-            if left:
-                self._links_by_room[room_id] = left
-            else:
-                self._links_by_room.pop(room_id, None)
-            for link in gone:
-                self._links_by_channel.pop((link.network, link.channel), None)
+        self.registry.remove(room_id, gone)
         for link in gone:
             if self.recorder is not None:
                 self.recorder.forget(link.network, link.channel)
@@ -671,8 +627,7 @@ class Bridge(ChannelPrivacy, MatrixToIrc, IrcToMatrix, ThirdPartyLookups):
         return gone[0]
 
     def links(self, room_id: str | None = None) -> list[Link]:
-        with self._links_lock:
-            links = [lk for room in self._links_by_room.values() for lk in room]
+        links = self.registry.links()
         return [lk for lk in links if room_id is None or lk.room_id == room_id]
 
     # ------------------------------------------------------------ status
@@ -681,7 +636,7 @@ class Bridge(ChannelPrivacy, MatrixToIrc, IrcToMatrix, ThirdPartyLookups):
             "homeserver": self.health.get("homeserver"),
             "ping": self.health.get("ping"),
             "networks": self.irc.status() if self.irc.started else {},
-            "rooms": len(self._links_by_room),
+            "rooms": self.registry.room_count(),
             "inbox_in_flight": self.inbox.in_flight if self.inbox else 0,
             "outbox_depth": self.senders.depth if self.senders else 0,
         }

@@ -34,6 +34,7 @@ from ..store.models import PM_PREFIX, IrcLine, Link, QueuedLine, Store
 if TYPE_CHECKING:
     from ..irc import IrcSide
     from ..pipeline.outbox import Recorder
+    from .links import LinkRegistry
 
 log = logging.getLogger(__name__)
 
@@ -62,10 +63,7 @@ class IrcToMatrix:
         def link_for_room(self, room_id: str) -> Link | None: ...
         def _prepare_ghost(self, network: str, nick: str, user_id: str) -> Intent: ...
         def _sender_for_nick(self, network: str, nick: str) -> str: ...
-        _topics: dict[tuple[str, str], str]
-        _channel_waiters: dict[tuple[str, str], list[Any]]
-        _links_lock: Any
-        _links_by_channel: dict[tuple[str, str], Link]
+        registry: LinkRegistry
         txn_prefix: str
 
         def nick_of(self, network: str, user_id: str) -> str: ...
@@ -96,8 +94,7 @@ class IrcToMatrix:
         ))
 
     def _has_room(self, network: str, channel: str) -> bool:
-        with self._links_lock:
-            return (network, channel) in self._links_by_channel
+        return self.registry.has_channel(network, channel)
 
     def irc_message(self, network: str, channel: str, nick: str, text: str, kind: str,
                     ts: int, mentions: dict[str, str]) -> None:
@@ -119,7 +116,7 @@ class IrcToMatrix:
                      html, ts)
 
     def irc_topic(self, network: str, channel: str, topic: str, nick: str | None) -> None:
-        self._topics[(network, channel)] = topic
+        self.registry.set_topic(network, channel, topic)
         if nick is not None and self._has_room(network, channel) \
                 and self.may_relay(network, channel):
             self._record(network, channel, nick, self._sender_for_nick(network, nick),
@@ -181,9 +178,7 @@ class IrcToMatrix:
 
     def _bot_channel_event(self, network: str, what: str, details: dict[str, Any]) -> None:
         if what != "channel_ready":  # the modes (or a refusal) decide what room it gets
-            with self._links_lock:
-                for event in self._channel_waiters.get((network, details["channel"]), []):
-                    event.set()
+            self.registry.wake(network, details["channel"])
         if "nicks" in details and self._has_room(network, details["channel"]):
             # Who is on IRC now: ghosts of users who left while we were away leave.
             self._record(network, details["channel"], "", self.config.bot_user_id,
