@@ -209,3 +209,28 @@ def test_bridge_keeps_no_link_state_of_its_own(bridge: Bridge) -> None:
     for attr in ("_links_by_room", "_links_by_channel", "_alias_locks", "_alias_locks_guard",
                  "_channel_waiters", "_topics", "_links_lock"):
         assert not hasattr(bridge, attr), attr
+
+
+def test_casemapping_rekeys_links_in_the_registry_and_the_store(bridge: Bridge) -> None:
+    """A network announcing CASEMAPPING=ascii: a link stored under the rfc1459 folding moves
+    to its new key, in the store and in the registry; a taken key is left alone."""
+    bridge.store.open()
+    try:
+        moved = bridge.store.add_link("local", "#foo{1}", "#Foo[1]", "!a:localhost", None)
+        bridge.store.add_link("local", "#bar{2}", "#Bar[2]", "!b:localhost", None)
+        bridge.store.add_link("local", "#bar[2]", "#bar[2]", "!c:localhost", None)
+        bridge._load_links()
+        _, misses = guard(bridge.registry)
+        bridge._rekey_links("local", "ascii")
+        assert misses == []
+        assert bridge.registry.link_for_channel("local", "#foo{1}") is None
+        new = bridge.registry.link_for_channel("local", "#foo[1]")
+        assert new is not None and new.room_id == moved.room_id
+        assert bridge.link_for_room("!a:localhost") == new
+        kept = bridge.registry.link_for_channel("local", "#bar{2}")  # #bar[2] is taken
+        assert kept is not None and kept.room_id == "!b:localhost"
+        assert {(lk.channel, lk.room_id) for lk in bridge.store.all_links()} == {
+            ("#foo[1]", "!a:localhost"), ("#bar{2}", "!b:localhost"),
+            ("#bar[2]", "!c:localhost")}
+    finally:
+        bridge.store.close()
