@@ -564,9 +564,7 @@ class Bridge(ChannelPrivacy, MatrixToIrc, IrcToMatrix, ThirdPartyLookups):
         if net is None or not self.irc.started:
             return []
         try:
-            return list(self.irc.call_sync(
-                lambda: sorted(u for u, c in net.puppets.items() if channel in c.channels),
-                timeout=5.0))
+            return list(self.irc.call_sync(net.puppets_in, channel, timeout=5.0))
         except TimeoutError:
             return []
 

@@ -197,13 +197,13 @@ class MatrixToIrc:
             nick = names.nick_for_user_id(user_id)
             if nick is not None:
                 return nick
-        net = self.irc.network(network)
-        conn = net.puppets.get(user_id) if net is not None else None
-        if conn is not None:
-            return conn.nick
+        snapshot = self.irc.snapshot(network)  # the IRC thread's published view
+        nick = snapshot.nicks.get(user_id) if snapshot is not None else None
+        if nick is not None:
+            return nick
         config = self.config.network(network)
         template = config.puppet_nick_template if config else "{localpart}[m]"
-        return puppet_nick(template, user_id, None, net.nick_max if net else 30)
+        return puppet_nick(template, user_id, None, snapshot.nick_max if snapshot else 30)
 
     def _membership_to_irc(self, event: dict[str, Any], content: dict[str, Any],
                            link: Link) -> None:
@@ -240,10 +240,12 @@ class MatrixToIrc:
         """With `{displayname}` in puppet_nick_template, a new display name is a new nick."""
         config = self.config.network(link.network)
         net = self.irc.network(link.network)
-        if config is None or net is None or "{displayname}" not in config.puppet_nick_template:
+        snapshot = self.irc.snapshot(link.network)
+        if config is None or net is None or snapshot is None \
+                or "{displayname}" not in config.puppet_nick_template:
             return
         nick = puppet_nick(config.puppet_nick_template, user_id,
-                           name if isinstance(name, str) else None, net.nick_max)
+                           name if isinstance(name, str) else None, snapshot.nick_max)
         self.irc.call(net.command, user_id, f"NICK {nick}")
 
     def _invite_to_ghost(self, event: dict[str, Any], content: dict[str, Any]) -> bool:
@@ -279,6 +281,6 @@ class MatrixToIrc:
 
     def _puppet_part(self, link: Link, user_id: str) -> None:
         net = self.irc.network(link.network)
-        if net is not None and user_id in net.puppets:
-            net.puppets[user_id].part(link.channel_name)
+        if net is not None:
+            net.puppet_part(user_id, link.channel_name)
 

@@ -224,13 +224,8 @@ class ChannelPrivacy:
         net = self.irc.network(network)
         if net is None or not self.irc.started:
             return False
-
-        def inside() -> bool:
-            conn = net.puppets.get(user_id)
-            return conn is not None and channel in conn.channels
-
         try:
-            return bool(self.irc.call_sync(inside, timeout=5.0))
+            return bool(self.irc.call_sync(net.puppet_in, user_id, channel, timeout=5.0))
         except TimeoutError:
             return False
 

@@ -18,13 +18,14 @@ from ..rules.names import irc_lower
 from .connection import IrcConnection, State
 from .network import IrcListener, Network
 from .reactor import IrcThread
+from .snapshot import NetworkSnapshot
 
 if TYPE_CHECKING:
     from ..config.ini import NetworkConfig
 
 log = logging.getLogger(__name__)
 
-__all__ = ["IrcSide", "IrcListener", "Network", "IrcConnection", "State"]
+__all__ = ["IrcSide", "IrcListener", "Network", "IrcConnection", "NetworkSnapshot", "State"]
 
 EVENTS = (
     "welcome", "featurelist", "nicknameinuse", "erroneusnickname", "disconnect", "error",
@@ -47,9 +48,10 @@ class IrcSide:
         self.connector = ThreadPoolExecutor(max_workers=8, thread_name_prefix="irc-connect")
         self._by_conn: dict[irc.client.ServerConnection, tuple[Network, IrcConnection]] = {}
         self.networks: dict[str, Network] = {}
-        # Network -> its ISUPPORT CASEMAPPING: an immutable mapping the IRC thread replaces
-        # whole, so any thread may read it (names.fold_channel takes the value).
-        self._casemappings: MappingProxyType[str, str] = MappingProxyType({})
+        # Network -> its NetworkSnapshot (nicks, NICKLEN, CASEMAPPING): an immutable mapping
+        # of immutable values the IRC thread replaces whole, so any thread may read it.
+        self._snapshots: MappingProxyType[str, NetworkSnapshot] = MappingProxyType(
+            {config.name: NetworkSnapshot(config.name) for config in networks})
         self._listener = listener
         for config in networks:
             self.networks[config.name] = Network(
@@ -57,6 +59,7 @@ class IrcSide:
                 register=self._make_register(config.name), unregister=self._unregister,
             )
             self.networks[config.name].publish_casemapping = self._publish_casemapping
+            self.networks[config.name].publish_snapshot = self._publish_snapshot
         for event in EVENTS:
             self.thread.reactor.add_global_handler(event, self._dispatch, 0)
         self.started = False
@@ -99,13 +102,22 @@ class IrcSide:
         return self.networks.get(name)
 
     def _publish_casemapping(self, network: str, casemapping: str) -> None:
-        """IRC thread: a network announced its CASEMAPPING; the core re-keys its channels."""
-        self._casemappings = MappingProxyType({**self._casemappings, network: casemapping})
+        """IRC thread: a network announced its CASEMAPPING (already in its snapshot); the
+        core re-keys its channels."""
         self._listener.irc_casemapping(network, casemapping)
+
+    def _publish_snapshot(self, snapshot: NetworkSnapshot) -> None:
+        """IRC thread: a network's nicks, NICKLEN or CASEMAPPING changed."""
+        self._snapshots = MappingProxyType({**self._snapshots, snapshot.network: snapshot})
+
+    def snapshot(self, network: str) -> NetworkSnapshot | None:
+        """Any thread: what the IRC thread last published of a network (None: unknown)."""
+        return self._snapshots.get(network)
 
     def casemapping(self, network: str) -> str:
         """Any thread: the CASEMAPPING a network announced (rfc1459 until its 005)."""
-        return self._casemappings.get(network, "rfc1459")
+        snapshot = self._snapshots.get(network)
+        return snapshot.casemapping if snapshot is not None else "rfc1459"
 
     def fold_for(self, server_conn: irc.client.ServerConnection) -> Callable[[str], str]:
         """The nick folding (ISUPPORT CASEMAPPING) of the network a connection is on."""

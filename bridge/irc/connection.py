@@ -26,6 +26,7 @@ from ..rules.names import collision_nick, irc_lower
 from . import backoff
 from .cap import CapList, authenticate_chunks
 from .targets import TargetQueues
+from .threadcheck import irc_thread_only
 from .wire import clean_field
 
 if TYPE_CHECKING:
@@ -236,6 +237,7 @@ class IrcConnection:
         return f"<IrcConnection {self.network.name} {who} {self.state.value}>"
 
     # ------------------------------------------------------------ lifecycle
+    @irc_thread_only
     def start(self) -> None:
         if self.state in (State.IDLE, State.BACKOFF):
             self.state = State.WAITING
@@ -329,6 +331,7 @@ class IrcConnection:
         elif silent > PING_AFTER:
             self.send_now(f"PING :ircbridge-{int(now)}")
 
+    @irc_thread_only
     def registered(self) -> None:
         """001 arrived: the connection is usable; rejoin channels and flush the queue.
 
@@ -395,6 +398,7 @@ class IrcConnection:
             log.warning("%s: SASL login failed: %s", self, reason)
             self.on_change(self, "sasl_failed", {"reason": reason})
 
+    @irc_thread_only
     def nick_in_use(self) -> None:
         """433 while registering: try the next predictable alternative."""
         if self.state is not State.REGISTERING:
@@ -405,6 +409,7 @@ class IrcConnection:
         self.on_change(self, "nick_collision", {"wanted": self.wanted_nick, "using": alternative})
         self.conn.nick(alternative)
 
+    @irc_thread_only
     def disconnected(self, reason: str) -> None:
         """The socket closed (by us, the server, or an error)."""
         if self.state is State.CLOSED:
@@ -472,6 +477,7 @@ class IrcConnection:
         self.channels = {fold(written.get(c, c)) for c in self.channels}
         self._join_queued = {fold(written.get(c, c)) for c in self._join_queued}
 
+    @irc_thread_only
     def join(self, channel: str, key: str | None = None) -> None:
         folded = self.fold(channel)
         self.wanted_channels[folded] = f"{channel} {key}" if key else channel
@@ -490,6 +496,7 @@ class IrcConnection:
     def _enqueue(self, item: Outgoing) -> None:
         self.queue.append(item)
 
+    @irc_thread_only
     def part(self, channel: str, reason: str = "") -> None:
         folded = self.fold(channel)
         self.wanted_channels.pop(folded, None)
@@ -518,6 +525,7 @@ class IrcConnection:
         self.drain()
 
     # ------------------------------------------------------------ output
+    @irc_thread_only
     def send(self, line: str, *, channel: str | None = None,
              done: Callable[[bool, str | None], None] | None = None,
              before: Callable[[], None] | None = None) -> None:

@@ -26,7 +26,9 @@ from .echoes import FormerNicks
 from .kicks import Rejoins
 from .modes import ChannelModes, ChannelState, ModeSyntax, parse_modes
 from .receipt import Receipt
+from .snapshot import NetworkSnapshot
 from .splits import Splits, is_netsplit
+from .threadcheck import irc_thread_only
 
 if TYPE_CHECKING:
     from ..config.ini import NetworkConfig
@@ -138,9 +140,15 @@ class Network:
         self.nick_max = 30
         self.casemapping = "rfc1459"
         # Nick and channel comparisons follow the server's CASEMAPPING (names.fold_channel);
-        # the core reads it from the snapshot `publish_casemapping` hands to IrcSide.
+        # other threads read it from the published snapshot; `publish_casemapping` tells
+        # the listener (which re-keys its channels) after the snapshot has it.
         self.fold: Callable[[str], str] = irc_lower
         self.publish_casemapping: Callable[[str, str], None] = lambda network, name: None
+        # The immutable view other threads read (bridge.irc.snapshot), rebuilt and handed to
+        # `publish_snapshot` whenever a nick, NICKLEN or the casemapping changes.
+        self._casemapping_name = "rfc1459"
+        self.snapshot = NetworkSnapshot(self.name)
+        self.publish_snapshot: Callable[[NetworkSnapshot], None] = lambda snapshot: None
         self.syntax = ModeSyntax()
         # Folded channel -> its modes and members' prefixes, as our forwarder sees them.
         self.channel_modes: dict[str, ChannelModes] = {}
@@ -179,6 +187,7 @@ class Network:
     def _tick_every(self) -> float:
         return min(LIVENESS_EVERY, max(0.2, self.config.give_up_after / 4))
 
+    @irc_thread_only
     def start(self) -> None:
         """Connect the bot and join the configured channels."""
         self._liveness_timer = self.thread.call_later(self._tick_every, self._liveness_tick)
@@ -203,10 +212,12 @@ class Network:
                 self._unregister(conn.conn)
         self.puppets.clear()
 
+    @irc_thread_only
     def join_bot(self, channel: str) -> None:
         if self.bot is not None:
             self.bot.join(channel)
 
+    @irc_thread_only
     def part_bot(self, channel: str) -> None:
         if self.bot is not None and self.fold(channel) not in {
             self.fold(c) for c in self.config.channels
@@ -214,6 +225,7 @@ class Network:
             self.rejoins.bot_unwanted(self.fold(channel))
             self.bot.part(channel)
 
+    @irc_thread_only
     def puppet(self, user_id: str, displayname: str | None = None,
                nick: str | None = None) -> IrcConnection:
         """The Matrix user's own connection, made (and started) on first use."""
@@ -241,6 +253,25 @@ class Network:
                 del self.puppet_nicks[folded]
         self.puppet_nicks[self.fold(conn.nick)] = conn.owner
 
+    @irc_thread_only
+    def puppet_part(self, user_id: str, channel: str) -> None:
+        """The user's own connection, if there is one, leaves the channel."""
+        conn = self.puppets.get(user_id)
+        if conn is not None:
+            conn.part(channel)
+
+    @irc_thread_only
+    def puppet_in(self, user_id: str, folded_channel: str) -> bool:
+        """Is the user's own connection in the (folded) channel?"""
+        conn = self.puppets.get(user_id)
+        return conn is not None and folded_channel in conn.channels
+
+    @irc_thread_only
+    def puppets_in(self, folded_channel: str) -> list[str]:
+        """The Matrix users whose own connections are in the (folded) channel, sorted."""
+        return sorted(u for u, c in self.puppets.items() if folded_channel in c.channels)
+
+    @irc_thread_only
     def drop_puppet(self, user_id: str, message: str = "") -> None:
         conn = self.puppets.pop(user_id, None)
         if conn is not None:
@@ -256,15 +287,30 @@ class Network:
     def all_connections(self) -> list[IrcConnection]:
         return [c for c in [self.bot, *self.puppets.values()] if c is not None]
 
+    @irc_thread_only
     def our_nicks(self) -> set[str]:
         """Folded nicks of all our connections; cached, since every channel line asks."""
         if self._our_nicks is None:
             self._our_nicks = {self.fold(c.nick) for c in self.all_connections()}
         return self._our_nicks
 
+    @irc_thread_only
     def nicks_changed(self) -> None:
         self._our_nicks = None
+        self._republish()
 
+    def _republish(self) -> None:
+        """Publish a new snapshot if a nick, NICKLEN or the casemapping changed."""
+        nicks = {owner: conn.nick for owner, conn in self.puppets.items()}
+        old = self.snapshot
+        if (old.nick_max == self.nick_max and old.casemapping == self._casemapping_name
+                and dict(old.nicks) == nicks):
+            return
+        self.snapshot = NetworkSnapshot.of(self.name, nicks, self.nick_max,
+                                           self._casemapping_name)
+        self.publish_snapshot(self.snapshot)
+
+    @irc_thread_only
     def forwarder(self, channel: str) -> IrcConnection | None:
         """The one connection of ours that relays what others say in `channel`.
 
@@ -286,9 +332,11 @@ class Network:
         if what == "connected" and conn.is_bot:
             isupport = conn.conn.features
             self.nick_max = int(getattr(isupport, "nicklen", None) or self.nick_max)
+            self._republish()
         self.listener.irc_connection(self.name, conn.owner, what, details)
 
     # ------------------------------------------------------------ events (dispatched per conn)
+    @irc_thread_only
     def on_event(self, conn: IrcConnection, event: irc.client.Event) -> None:
         handler = getattr(self, "_on_" + event.type, None)
         if handler is None:
@@ -333,6 +381,7 @@ class Network:
                 self.nick_max = int(nicklen)
             self.casemapping = str(getattr(conn.conn.features, "casemapping", self.casemapping))
         self._learn_isupport(conn)
+        self._republish()
 
     def _on_nicknameinuse(self, conn: IrcConnection, event: irc.client.Event) -> None:
         conn.nick_in_use()
@@ -495,8 +544,9 @@ class Network:
             self.fold = fold
             for other in self.all_connections():
                 other.refold(fold)
-            self.publish_casemapping(self.name, casemapping)
+            self._casemapping_name = casemapping
             self.nicks_changed()
+            self.publish_casemapping(self.name, casemapping)
             self.puppet_nicks = {self.fold(c.nick): c.owner for c in self.puppets.values()
                                  if c.state is State.CONNECTED}
 

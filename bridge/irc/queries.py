@@ -255,6 +255,7 @@ class IrcQueries:
         if conn is None or not self._connected(conn):
             if conn is not None:
                 conn.wanted_nick = new
+                net.nicks_changed()
             _resolve(future, "offline")
             return
         if conn.nick == new:
