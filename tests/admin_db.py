@@ -15,10 +15,9 @@ def clean(url: str | None) -> None:
     if not url:
         return
     clean_database(url)
-    from bridge.core.media_revocations import MODELS as MEDIA_MODELS
-    from bridge.core.privacy import RoomOption
     from bridge.store.admin_tables import MODELS
-    from bridge.store.models import open_database
+    from bridge.store.models import MEDIA_MODELS, open_database
+    from bridge.store.room_options import RoomOption
 
     db = open_database(url)
     models = (*MODELS, RoomOption, *MEDIA_MODELS)

@@ -152,7 +152,7 @@ def cmd_link(args: argparse.Namespace, load: Loader) -> int:
             return 1
         store.add_link(args.network, folded, args.channel, args.room, None, kind="plumbed")
         if args.mirror_modes:
-            from ..core.privacy import RoomOptions
+            from ..store.room_options import RoomOptions
 
             options = RoomOptions(store.db, store.bridge_id)
             options.load()

@@ -75,15 +75,13 @@ def cmd_generate_registration(args: argparse.Namespace) -> int:
 
 def cmd_migrate(args: argparse.Namespace) -> int:
     from ..config import registration
-    from ..store.admin_tables import AdminStore
     from ..store.models import Store
 
     config = _load(args.config)
     store = Store(config.database.url, config.appservice.id)
     networks = [n.name for n in config.networks]
     try:
-        before, after = store.migrate(networks)
-        AdminStore(store.db, store.bridge_id).create_tables(networks)
+        before, after = store.migrate(networks)  # every table, the admin ones included
         registration.announce(store, config)
     except Exception as e:  # noqa: BLE001 - one clear line for the admin
         print(f"cannot migrate {_safe_url(config.database.url)}: {e}", file=sys.stderr)

@@ -48,12 +48,13 @@ from ..rules.names import (
 from ..rules.permissions import role_of
 from ..store.models import Link, LockHeld, Store
 from ..store.retention import Pruner
+from ..store.room_options import RoomOptions
 from .access import Access, PortalLimited
 from .foreign import ForeignUsers
 from .irc_to_matrix import IrcToMatrix
 from .links import LinkRegistry
 from .matrix_to_irc import MatrixToIrc
-from .privacy import ChannelPrivacy, RoomOptions
+from .privacy import ChannelPrivacy
 from .thirdparty import ThirdPartyLookups
 
 log = logging.getLogger(__name__)

@@ -5,8 +5,8 @@ A media link (bridge.media) is signed for a file, not for a message, and stays v
 (`media_event`), and when such a message is redacted it marks its files revoked
 (`media_revoked`); the media proxy (bridge/web/media.py) answers 410 for them from then on.
 
-Why apart from `store`: its schema belongs to other parts. The two tables are bound to the same
-database and created (if missing) at start, like the admin tables. They carry no bridge id on
+The two tables are part of the store's schema (bridge/store/models.py, created and upgraded
+by `Store.migrate` like every table of the bridge). They carry no bridge id on
 purpose: the signing secret is shared by every bridge on the database (meta `media_secret`),
 so a file revoked by one bridge must stop being served by all. Rows older than the link
 lifetime are pruned (a link made before them has expired by then).
@@ -24,48 +24,13 @@ from typing import Any
 
 import peewee as pw
 
-from ..store.models import now_ms
+from ..store.models import MEDIA_MODELS as MODELS
+from ..store.models import MediaEvent, MediaRevoked, now_ms
 from .media import parse_mxc
 
 log = logging.getLogger(__name__)
 
 PRUNE_EVERY = 3600.0
-
-
-class _Model(pw.Model):
-    class Meta:
-        database = None  # bound by MediaRevocations
-
-
-class MediaEvent(_Model):
-    """A file a relayed message carried (its url or its thumbnail)."""
-
-    id = pw.BigAutoField()
-    event_id = pw.CharField(max_length=255)
-    room_id = pw.CharField(max_length=255)
-    server = pw.CharField(max_length=255)
-    media_id = pw.CharField(max_length=255)
-    created_at = pw.BigIntegerField(default=now_ms, index=True)
-
-    class Meta:
-        table_name = "media_event"
-        indexes = ((("event_id", "server", "media_id"), True),)
-
-
-class MediaRevoked(_Model):
-    """A file whose message was redacted: its links answer 410."""
-
-    id = pw.BigAutoField()
-    server = pw.CharField(max_length=255)
-    media_id = pw.CharField(max_length=255)
-    revoked_at = pw.BigIntegerField(default=now_ms, index=True)
-
-    class Meta:
-        table_name = "media_revoked"
-        indexes = ((("server", "media_id"), True),)
-
-
-MODELS: tuple[type[_Model], ...] = (MediaEvent, MediaRevoked)
 
 
 def files_of(content: Any) -> list[tuple[str, str]]:

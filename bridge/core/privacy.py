@@ -14,22 +14,18 @@ to `public`, never lowering a level the bridge did not set, never above 50.
 
 Threads: `irc_channel_state` and `irc_power` run on the IRC thread and only queue lines; the
 `_state_*` handlers run on the homeserver senders; `query_room`'s checks on request threads.
-The per-room options live in their own table (`room_option`), made when missing at start;
-its rows carry the bridge's registration id, as every row of one bridge (store_migrations).
+The per-room options live in the store's `room_option` table (bridge/store/room_options.py).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import threading
 from typing import TYPE_CHECKING, Any
-
-import peewee as pw
 
 from ..irc.modes import MAX_LEVEL, ChannelState
 from ..matrix import MatrixError
-from ..store import migrations as store_migrations
+from ..store.room_options import RoomOptions
 
 if TYPE_CHECKING:
     from ..config.ini import Config
@@ -48,68 +44,6 @@ PRIVATE_NOTICE = ("This channel became private on IRC ({why}): this room is now 
 
 REFUSED_NOTICE = ("The bridge cannot join {channel} on IRC ({why}): nothing said there is "
                   "relayed into this room until it can.")
-
-
-class RoomOption(pw.Model):
-    """Per-room choices: `mirror_modes` for linked rooms; `private` once a room is private."""
-
-    id = pw.BigAutoField()
-    bridge_id = pw.CharField(max_length=64, default=store_migrations.UNCLAIMED)
-    room_id = pw.CharField(max_length=255)
-    mirror_modes = pw.BooleanField(default=False)
-    private = pw.BooleanField(default=False)
-
-    class Meta:
-        table_name = "room_option"
-        database = None  # bound to the store's database at start
-        indexes = ((("bridge_id", "room_id"), True),)
-
-
-class RoomOptions:
-    """The options table, cached in memory (any thread)."""
-
-    def __init__(self, db: pw.Database, bridge_id: str = "ircbridge"):
-        self.db = db
-        self.bridge_id = bridge_id
-        RoomOption.bind(db, bind_refs=False, bind_backrefs=False)
-        self._lock = threading.Lock()
-        self._rows: dict[str, tuple[bool, bool]] | None = None
-
-    def load(self) -> None:
-        sqlite = isinstance(self.db, pw.SqliteDatabase)
-        with self.db.atomic("IMMEDIATE") if sqlite else self.db.atomic():
-            if store_migrations.needs_bridge_id(self.db, RoomOption):
-                store_migrations.add_bridge_id(self.db, RoomOption, self.bridge_id, ())
-            self.db.create_tables([RoomOption], safe=True)
-        rows = {r.room_id: (r.mirror_modes, r.private)
-                for r in RoomOption.select().where(RoomOption.bridge_id == self.bridge_id)}
-        with self._lock:
-            self._rows = rows
-
-    def _get(self, room_id: str) -> tuple[bool, bool]:
-        with self._lock:
-            return (self._rows or {}).get(room_id, (False, False))
-
-    def mirror_modes(self, room_id: str) -> bool:
-        return self._get(room_id)[0]
-
-    def private(self, room_id: str) -> bool:
-        return self._get(room_id)[1]
-
-    def set(self, room_id: str, *, mirror_modes: bool | None = None,
-            private: bool | None = None) -> None:
-        mirror, priv = self._get(room_id)
-        mirror = mirror if mirror_modes is None else mirror_modes
-        priv = priv if private is None else private
-        RoomOption.insert(bridge_id=self.bridge_id, room_id=room_id, mirror_modes=mirror,
-                          private=priv).on_conflict(
-            conflict_target=[RoomOption.bridge_id, RoomOption.room_id],
-            update={RoomOption.mirror_modes: mirror, RoomOption.private: priv},
-        ).execute()
-        with self._lock:
-            if self._rows is None:
-                self._rows = {}
-            self._rows[room_id] = (mirror, priv)
 
 
 class ChannelPrivacy:

@@ -1,7 +1,8 @@
-"""Tables of the admin rooms: which room is whose, sealed user secrets, published rooms.
+"""The admin rooms' repository: which room is whose, sealed user secrets, published rooms.
 
-Kept apart from `store` (whose schema other parts own) and bound to the same database with
-`db.bind`; the tables are created (if missing) when the admin part starts. Secret values are
+The tables themselves are in the store's one schema (bridge/store/models.py: `AdminRoom`,
+`UserSecret`, `PublishedRoom`), created and upgraded by `Store.migrate` with every other table;
+`create_tables` here stays safe to call at the admin part's start. Secret values are
 written only as `Vault.seal` output: this module never sees a password in the clear.
 
 Every row carries the bridge's registration id (`bridge_id`), so bridges sharing one database
@@ -21,56 +22,9 @@ from typing import Any
 import peewee as pw
 
 from . import migrations as store_migrations
-from .models import DEFAULT_BRIDGE_ID, InboxEvent, now_ms
+from .models import DEFAULT_BRIDGE_ID, AdminRoom, InboxEvent, PublishedRoom, UserSecret, now_ms
 
 log = logging.getLogger(__name__)
-
-
-class _Model(pw.Model):
-    bridge_id = pw.CharField(max_length=64, default=store_migrations.UNCLAIMED)
-
-    class Meta:
-        database = None  # bound by AdminStore
-
-
-class AdminRoom(_Model):
-    """A private room between one Matrix user (its owner) and the bridge bot."""
-
-    id = pw.BigAutoField()
-    room_id = pw.CharField(max_length=255)
-    user_id = pw.CharField(max_length=255, index=True)
-    created_at = pw.BigIntegerField(default=now_ms)
-
-    class Meta:
-        table_name = "admin_room"
-        indexes = ((("bridge_id", "room_id"), True),)
-
-
-class UserSecret(_Model):
-    """One sealed value per (user, network, kind): password, certificate, autocmds."""
-
-    user_id = pw.CharField(max_length=255)
-    network = pw.CharField(max_length=64)
-    kind = pw.CharField(max_length=32)
-    value = pw.TextField()
-    updated_at = pw.BigIntegerField(default=now_ms)
-
-    class Meta:
-        table_name = "user_secret"
-        indexes = ((("bridge_id", "user_id", "network", "kind"), True),)
-
-
-class PublishedRoom(_Model):
-    """A portal room listed in the homeserver's room directory for its network."""
-
-    id = pw.BigAutoField()
-    room_id = pw.CharField(max_length=255)
-    network = pw.CharField(max_length=64)
-    published_at = pw.BigIntegerField(default=now_ms)
-
-    class Meta:
-        table_name = "published_room"
-        indexes = ((("bridge_id", "room_id"), True),)
 
 
 MODELS = (AdminRoom, UserSecret, PublishedRoom)

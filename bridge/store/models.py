@@ -231,6 +231,93 @@ class BridgeRegistration(BaseModel):
         table_name = "bridge_registration"
 
 
+# ------------------------------------------------------------ tables of other parts
+# The admin rooms (bridge/store/admin_tables.py), the per-room options
+# (bridge/store/room_options.py) and the media links (bridge/core/media_revocations.py)
+# keep their rows here too: one schema, one version, one migration history.
+
+
+class AdminRoom(BridgeOwned):
+    """A private room between one Matrix user (its owner) and the bridge bot."""
+
+    id = pw.BigAutoField()
+    room_id = pw.CharField(max_length=255)
+    user_id = pw.CharField(max_length=255, index=True)
+    created_at = pw.BigIntegerField(default=now_ms)
+
+    class Meta:
+        table_name = "admin_room"
+        indexes = ((("bridge_id", "room_id"), True),)
+
+
+class UserSecret(BridgeOwned):
+    """One sealed value per (user, network, kind): password, certificate, autocmds."""
+
+    user_id = pw.CharField(max_length=255)
+    network = pw.CharField(max_length=64)
+    kind = pw.CharField(max_length=32)
+    value = pw.TextField()
+    updated_at = pw.BigIntegerField(default=now_ms)
+
+    class Meta:
+        table_name = "user_secret"
+        indexes = ((("bridge_id", "user_id", "network", "kind"), True),)
+
+
+class PublishedRoom(BridgeOwned):
+    """A portal room listed in the homeserver's room directory for its network."""
+
+    id = pw.BigAutoField()
+    room_id = pw.CharField(max_length=255)
+    network = pw.CharField(max_length=64)
+    published_at = pw.BigIntegerField(default=now_ms)
+
+    class Meta:
+        table_name = "published_room"
+        indexes = ((("bridge_id", "room_id"), True),)
+
+
+class RoomOption(BridgeOwned):
+    """Per-room choices: `mirror_modes` for linked rooms; `private` once a room is private."""
+
+    id = pw.BigAutoField()
+    room_id = pw.CharField(max_length=255)
+    mirror_modes = pw.BooleanField(default=False)
+    private = pw.BooleanField(default=False)
+
+    class Meta:
+        table_name = "room_option"
+        indexes = ((("bridge_id", "room_id"), True),)
+
+
+class MediaEvent(BaseModel):
+    """A file a relayed message carried (its url or its thumbnail)."""
+
+    id = pw.BigAutoField()
+    event_id = pw.CharField(max_length=255)
+    room_id = pw.CharField(max_length=255)
+    server = pw.CharField(max_length=255)
+    media_id = pw.CharField(max_length=255)
+    created_at = pw.BigIntegerField(default=now_ms, index=True)
+
+    class Meta:
+        table_name = "media_event"
+        indexes = ((("event_id", "server", "media_id"), True),)
+
+
+class MediaRevoked(BaseModel):
+    """A file whose message was redacted: its links answer 410."""
+
+    id = pw.BigAutoField()
+    server = pw.CharField(max_length=255)
+    media_id = pw.CharField(max_length=255)
+    revoked_at = pw.BigIntegerField(default=now_ms, index=True)
+
+    class Meta:
+        table_name = "media_revoked"
+        indexes = ((("server", "media_id"), True),)
+
+
 # The tables whose rows belong to one bridge (upgraded by store_migrations).
 OWNED_MODELS: tuple[type[BridgeOwned], ...] = (
     RoomLink,
@@ -241,8 +328,14 @@ OWNED_MODELS: tuple[type[BridgeOwned], ...] = (
     OutboxMessage,
     Scrollback,
     PmRoom,
+    AdminRoom,
+    UserSecret,
+    PublishedRoom,
+    RoomOption,
 )
-MODELS: tuple[type[BaseModel], ...] = (Meta, *OWNED_MODELS, BridgeRegistration)
+# Files of relayed messages: no bridge id on purpose (bridge/core/media_revocations.py).
+MEDIA_MODELS: tuple[type[BaseModel], ...] = (MediaEvent, MediaRevoked)
+MODELS: tuple[type[BaseModel], ...] = (Meta, *OWNED_MODELS, BridgeRegistration, *MEDIA_MODELS)
 
 
 class ReconnectingPostgres(ReconnectMixin, pw.PostgresqlDatabase):

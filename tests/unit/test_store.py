@@ -436,9 +436,10 @@ def test_lookups_by_event_id_and_state_use_indexes(store: Store) -> None:
 
 
 def test_room_options_belong_to_one_bridge_and_old_rows_are_kept(store: Store) -> None:
-    from bridge.core.privacy import RoomOptions
+    from bridge.store.room_options import RoomOptions
 
     # The table as it was first made (no bridge id), with one row.
+    store.db.execute_sql("DROP TABLE room_option")
     store.db.execute_sql("CREATE TABLE room_option (room_id VARCHAR(255) NOT NULL PRIMARY KEY, "
                          "mirror_modes BOOLEAN NOT NULL, private BOOLEAN NOT NULL)")
     store.db.execute_sql("INSERT INTO room_option VALUES ('!old', TRUE, FALSE)")
@@ -480,3 +481,20 @@ def test_exclude_users_from_config_are_never_puppeted(config_path) -> None:
     config_path.write_text(text.replace("[appservice]\n", "[appservice]\nexclude_users = ([\n"))
     with pytest.raises(config_module.ConfigError, match="exclude_users"):
         config_module.load(config_path)
+
+
+def test_migrate_creates_every_table_of_the_bridge(db_url: str, tmp_path) -> None:
+    """`ircbridge migrate` on an empty database makes the admin rooms', the room options'
+    and the media tables too, not only the queues: nothing is left for a later start."""
+    from bridge.cli.main import main
+
+    cfg = _two_bridge_config(tmp_path / "alpha", db_url, "alpha-bridge", "alpha")
+    assert main(["-c", str(cfg), "migrate"]) == 0
+    store = Store(db_url, "alpha-bridge")
+    try:
+        with store.db.connection_context():
+            tables = set(store.db.get_tables())
+    finally:
+        store.close()
+    assert {"admin_room", "user_secret", "published_room", "room_option",
+            "media_event", "media_revoked", "outbox_message", "inbox_event"} <= tables
