@@ -17,10 +17,7 @@ import logging
 import os
 import secrets
 import shutil
-import socket
-import ssl
 import subprocess
-import tempfile
 from pathlib import Path
 from types import TracebackType
 
@@ -36,6 +33,7 @@ from bridge.devstack.ports import (
     track,
     wait_until,
 )
+from bridge.irc import tls as irc_tls
 
 log = logging.getLogger(__name__)
 
@@ -97,25 +95,9 @@ class TlsRawIrcClient(RawIrcClient):
         key_pem: str | None = None,
     ) -> TlsRawIrcClient:
         """Connect with TLS (the server's certificate is not checked), register, wait for 001."""
-        context = ssl.create_default_context()
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-        if cert_pem and key_pem:
-            # ssl only loads certificates from files: a private temp file, removed at once.
-            fd, path = tempfile.mkstemp(prefix="devstack-cert-", suffix=".pem")
-            try:
-                with os.fdopen(fd, "w") as f:
-                    f.write(cert_pem.strip() + "\n" + key_pem.strip() + "\n")
-                context.load_cert_chain(path)
-            finally:
-                os.unlink(path)
-        raw = socket.create_connection((host, port), timeout=timeout)
-        try:
-            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self.sock = context.wrap_socket(raw, server_hostname=host)
-        except BaseException:
-            raw.close()
-            raise
+        pair = (cert_pem, key_pem) if cert_pem and key_pem else None
+        self.sock = irc_tls.connect(host, port, tls=True, verify=False, timeout=timeout,
+                                    client_cert=pair)
         self.host, self.port, self.nick = host, port, nick
         self.closed = False
         self.send(f"NICK {nick}")

@@ -13,7 +13,6 @@ import collections
 import enum
 import logging
 import socket
-import ssl
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -24,6 +23,7 @@ import irc.client
 
 from ..rules.names import collision_nick, irc_lower
 from . import backoff
+from . import tls as tls_setup
 from .cap import CapList, authenticate_chunks
 from .targets import TargetQueues
 from .threadcheck import irc_thread_only
@@ -118,38 +118,12 @@ def open_socket(host: str, port: int, *, tls: bool, verify: bool, timeout: float
 
     `client_cert` is (certificate PEM, key PEM) for SASL EXTERNAL / CertFP.
     """
-    sock = socket.create_connection((host, port), timeout=timeout)
-    try:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if tls:
-            context = ssl.create_default_context()
-            if not verify:
-                context.check_hostname = False
-                context.verify_mode = ssl.CERT_NONE
-            if client_cert is not None:
-                _load_client_cert(context, *client_cert)
-            sock = context.wrap_socket(sock, server_hostname=host)
-        # Non-blocking from here on: reads happen when the poller says so, writes go through
-        # the connection's write buffer (sendbuffer.py), so no peer can stall the IRC thread.
-        sock.setblocking(False)
-        return sock
-    except BaseException:
-        sock.close()
-        raise
-
-
-def _load_client_cert(context: ssl.SSLContext, cert_pem: str, key_pem: str) -> None:
-    """ssl wants files: write the pair to a private temp file just long enough to load it."""
-    import os
-    import tempfile
-
-    fd, path = tempfile.mkstemp(prefix="ircbridge-cert-", suffix=".pem")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(cert_pem.strip() + "\n" + key_pem.strip() + "\n")
-        context.load_cert_chain(path)
-    finally:
-        os.unlink(path)
+    sock = tls_setup.connect(host, port, tls=tls, verify=verify, timeout=timeout,
+                             client_cert=client_cert)
+    # Non-blocking from here on: reads happen when the poller says so, writes go through
+    # the connection's write buffer (sendbuffer.py), so no peer can stall the IRC thread.
+    sock.setblocking(False)
+    return sock
 
 
 @dataclass(frozen=True)

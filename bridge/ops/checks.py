@@ -33,6 +33,7 @@ from urllib.parse import parse_qs, urlsplit
 import requests
 
 from ..config.ini import Config, NetworkConfig
+from ..irc import tls as irc_tls
 from ..matrix import HomeserverClient, MatrixError, RetryPolicy, UnknownToken
 
 log = logging.getLogger(__name__)
@@ -194,10 +195,7 @@ def check_network(network: NetworkConfig, timeout: float | None = None) -> Check
                                         "and port, and the firewall")
     try:
         if network.tls:
-            context = ssl.create_default_context()
-            if not network.tls_verify:
-                context.check_hostname = False
-                context.verify_mode = ssl.CERT_NONE
+            context = irc_tls.client_context(verify=network.tls_verify)
             try:
                 with context.wrap_socket(sock, server_hostname=network.host) as tls:
                     version = tls.version()
