@@ -16,7 +16,6 @@ answers on a thread of its own for the time of the check.
 
 from __future__ import annotations
 
-import hmac
 import logging
 import socket
 import ssl
@@ -35,6 +34,7 @@ import requests
 from ..config.ini import Config, NetworkConfig
 from ..irc import tls as irc_tls
 from ..matrix import HomeserverClient, MatrixError, RetryPolicy, UnknownToken
+from ..rules import tokens
 
 log = logging.getLogger(__name__)
 
@@ -216,19 +216,19 @@ def ping_responder(config: Config) -> Iterator[bool]:
 
     Yields True when it listens, False when the port is taken (the bridge itself answers).
     """
-    expected = config.appservice.hs_token.encode()
+    expected = config.appservice.hs_token
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:  # noqa: N802 - http.server's naming
             parts = urlsplit(self.path)
-            header = self.headers.get("Authorization", "")
-            token = header[7:].strip() if header.lower().startswith("bearer ") else \
-                (parse_qs(parts.query).get("access_token") or [""])[0]
+            token = tokens.bearer(self.headers.get("Authorization"))
+            if token is None:
+                token = (parse_qs(parts.query).get("access_token") or [""])[0]
             length = int(self.headers.get("Content-Length") or 0)
             self.rfile.read(min(length, 65536))
             if parts.path != "/_matrix/app/v1/ping":
                 self._answer(404, b'{"errcode":"M_UNRECOGNIZED","error":"Unrecognized"}')
-            elif not hmac.compare_digest(token.encode(), expected):
+            elif not tokens.same_secret(token, expected):
                 self._answer(403, b'{"errcode":"M_FORBIDDEN","error":"bad hs_token"}')
             else:
                 self._answer(200, b"{}")

@@ -10,7 +10,6 @@ IRC.
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 from typing import Any
@@ -19,6 +18,7 @@ from flask import Blueprint, Response, current_app, jsonify, request
 
 from ..matrix.errors import HomeserverUnavailable
 from ..ops import metrics
+from . import auth
 from .errors import matrix_error
 
 log = logging.getLogger(__name__)
@@ -29,27 +29,6 @@ MAX_ID_BYTES = 255  # Matrix ids are at most 255 bytes; the tables hold no more
 
 def _bridge() -> Any:
     return current_app.extensions["bridge"]
-
-
-def _token_problem() -> Response | None:
-    """None when the request carries the right hs_token; else the 401/403 answer."""
-    expected: str = current_app.config["IRCBRIDGE_HS_TOKEN"]
-    header = request.headers.get("Authorization")
-    query = request.args.get("access_token")
-    header_token = None
-    if header is not None:
-        scheme, _, value = header.partition(" ")
-        if scheme.lower() != "bearer" or not value.strip():
-            return matrix_error(401, "M_MISSING_TOKEN", "Authorization must be 'Bearer <token>'")
-        header_token = value.strip()
-    if header_token is None and query is None:
-        return matrix_error(401, "M_MISSING_TOKEN", "No hs_token was supplied")
-    for token in (header_token, query):
-        if token is not None and not hmac.compare_digest(
-            token.encode("utf-8", "surrogatepass"), expected.encode()
-        ):
-            return matrix_error(403, "M_FORBIDDEN", "The hs_token is not recognised")
-    return None
 
 
 def _json_body() -> tuple[Any, Response | None]:
@@ -64,7 +43,7 @@ def _json_body() -> tuple[Any, Response | None]:
 
 @bp.before_request
 def _authenticate() -> Response | None:
-    return _token_problem()
+    return auth.hs_token_problem(current_app.config["IRCBRIDGE_HS_TOKEN"])
 
 
 @bp.route("/_matrix/app/v1/transactions/<path:txn_id>", methods=["PUT"])

@@ -13,8 +13,6 @@ Request threads run all of this.
 
 from __future__ import annotations
 
-import base64
-import hmac
 import time
 from typing import Any
 
@@ -23,6 +21,7 @@ from prometheus_client.exposition import choose_encoder
 
 from ..ops import queries as ops_queries
 from ..version import __version__
+from . import auth
 from .errors import matrix_error
 
 bp = Blueprint("ops", __name__)
@@ -70,7 +69,7 @@ def public_health(ok: bool, report: dict[str, Any]) -> dict[str, Any]:
 def health() -> Response:
     bridge = _bridge()
     ok, report = health_report(bridge)
-    if not _secret_matches(bridge.config.status.secret):
+    if not auth.status_secret_given(bridge.config.status.secret):
         report = public_health(ok, report)
     response = jsonify(report)
     response.status_code = 200 if ok else 503
@@ -93,26 +92,6 @@ def metrics() -> Response:
 
 
 # ---------------------------------------------------------------- status page
-def _given_secret() -> str | None:
-    header = request.headers.get("Authorization", "")
-    scheme, _, value = header.partition(" ")
-    if scheme.lower() == "bearer" and value.strip():
-        return value.strip()
-    if scheme.lower() == "basic" and value.strip():
-        try:
-            decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
-        except (ValueError, UnicodeDecodeError):
-            return ""
-        return decoded.partition(":")[2]
-    return None
-
-
-def _secret_matches(secret: str) -> bool:
-    given = _given_secret()
-    return bool(secret) and given is not None and hmac.compare_digest(
-        given.encode("utf-8", "surrogatepass"), secret.encode("utf-8"))
-
-
 def _page(status: int, title: str, text: str, **headers: str) -> Response:
     html = render_template("status.html", denied={"title": title, "text": text},
                            version=__version__)
@@ -128,7 +107,7 @@ def _status_auth(secret: str) -> Response | None:
                      "Set a long random secret under [status] secret = ... in config.ini "
                      "(not the [provisioning] one) and restart the bridge; then open this "
                      "page with it (any user name, the secret as password).")
-    if not _secret_matches(secret):
+    if not auth.status_secret_given(secret):
         return _page(401, "Authentication needed",
                      "Give [status] secret as the password (any user name) or as "
                      "'Authorization: Bearer <secret>'. A secret in the query string "

@@ -12,7 +12,6 @@ hint). Errors are JSON `{errcode, error}` with a 4xx status; the checks live in
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 from typing import Any
@@ -21,6 +20,7 @@ from flask import Blueprint, Response, current_app, g, jsonify, request
 
 from ..core.provisioning import Provisioner, ProvisioningError, admin_token
 from ..matrix import MatrixError
+from . import auth
 from .errors import matrix_error
 
 log = logging.getLogger(__name__)
@@ -36,22 +36,10 @@ def _bridge() -> Any:
 @bp.before_request
 def _authenticate() -> Response | None:
     secret: str = _bridge().config.provisioning.secret
-    if not secret:
-        return matrix_error(403, "M_FORBIDDEN", "The provisioning API is off: set a long random "
-                            "[provisioning] secret in the bridge's config.ini and restart it")
-    header = request.headers.get("Authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        return matrix_error(401, "M_MISSING_TOKEN",
-                            "Send Authorization: Bearer <[provisioning] secret> (a secret in "
-                            "the query string is not accepted)")
-    given = token.strip().encode("utf-8", "surrogatepass")
     as_token: str = _bridge().config.appservice.as_token
-    g.ircbridge_admin = bool(as_token) and hmac.compare_digest(
-        given, admin_token(as_token).encode("utf-8"))
-    if not g.ircbridge_admin and not hmac.compare_digest(given, secret.encode("utf-8")):
-        return matrix_error(403, "M_FORBIDDEN", "The provisioning secret is not recognised")
-    return None
+    problem, g.ircbridge_admin = auth.provisioning_problem(
+        secret, admin_token(as_token) if as_token else "")
+    return problem
 
 
 def _admin() -> bool:
