@@ -17,6 +17,7 @@ import logging
 import threading
 from typing import Any
 
+from ..irc.events import IrcConnectionEvent
 from ..irc.queries import IrcQueries
 from ..matrix import MatrixError
 from ..matrix.client import q
@@ -340,17 +341,15 @@ class AdminRooms:
             self.lanes.submit(room_id, self.notice, room_id, text)
 
     # ------------------------------------------------------------------ connection events
-    def connection_event(self, network: str, owner: str, what: str,
-                         details: dict[str, Any]) -> None:
+    def connection_event(self, event: IrcConnectionEvent) -> None:
         """The core's hook (IRC thread): only queues. Safe to call twice for one event."""
-        self.irc.connection_event(network, owner, what, details)
+        self.irc.connection_event(event)
 
     def expect_connection(self, network: str, user_id: str) -> None:
         with self._lock:
             self._expect.add((network, user_id))
 
-    def queue_connection_event(self, network: str, owner: str, what: str,
-                               details: dict[str, Any]) -> None:
+    def queue_connection_event(self, event: IrcConnectionEvent) -> None:
         """Decide (memory only, IRC thread) whether the owner hears of it; queue the notice.
 
         Quiet by design: "connected" is told only after a "lost" or when the user asked for
@@ -358,6 +357,7 @@ class AdminRooms:
         password, SASL) once per connection attempt series, so reconnects with backoff do
         not flood the room.
         """
+        network, owner, what = event.network, event.owner, event.change
         if not owner:
             return
         key = (network, owner)
@@ -379,7 +379,7 @@ class AdminRooms:
                 if (network, owner, what) in self._told:
                     return
                 self._told.add((network, owner, what))
-        text = connection_text(network, what, details)
+        text = connection_text(event)
         if text:
             self.notify(owner, text)
 
@@ -461,14 +461,15 @@ def _holds_secret(content: dict[str, Any]) -> bool:
 ONCE_PER_CONNECTION = ("banned", "password_refused", "sasl_failed", "nick_collision")
 
 
-def connection_text(network: str, what: str, details: dict[str, Any]) -> str | None:
+def connection_text(event: IrcConnectionEvent) -> str | None:
     """The notice for one connection event of a user's own connection (None: say nothing)."""
+    network, what = event.network, event.change
     if what == "connected":
-        return f"Connected to {network} as {details.get('nick')}."
+        return f"Connected to {network} as {event.nick}."
     if what == "lost":
-        retry = details.get("retry_in")
+        retry = event.retry_in
         when = f"; reconnecting in {retry:.0f} s" if isinstance(retry, float) else ""
-        return f"Lost the connection to {network} ({details.get('reason')}){when}."
+        return f"Lost the connection to {network} ({event.reason}){when}."
     templates = {
         "nick_collision": "The nick {wanted} is taken on {network}; you are {using} (say !nick "
                           "to choose another).",
@@ -482,8 +483,9 @@ def connection_text(network: str, what: str, details: dict[str, Any]) -> str | N
     template = templates.get(what)
     if template is None:
         return None
-    values = {k: details.get(k) for k in ("wanted", "using", "channel", "reason", "old", "new")}
-    return template.format(network=network, **values)
+    return template.format(network=network, wanted=event.wanted, using=event.using,
+                           channel=event.channel, reason=event.reason, old=event.old,
+                           new=event.new)
 
 
 def _protect(secrets: list[str]) -> None:

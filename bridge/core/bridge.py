@@ -22,6 +22,7 @@ from typing import Any
 from ..config.ini import Config, NetworkConfig
 from ..config.registration import announce
 from ..irc import IrcSide
+from ..irc.events import IrcCasemapping
 from ..irc.modes import ChannelState
 from ..matrix import (
     ONCE,
@@ -198,12 +199,12 @@ class Bridge(ChannelPrivacy, MatrixToIrc, IrcToMatrix, ThirdPartyLookups):
         reason = "the bridge stopped while sending it; it may not have arrived"
         link = self.link_for_room(room_id)
         if link is not None:
-            self.irc_failure(link.network, sender, link.channel_name, reason)
+            self.tell_failure(link.network, sender, link.channel_name, reason)
             return
         pm = self.store.pm_for_room(room_id)
         if pm is not None and pm.owner == sender:
             nick = self.names[pm.network].nick_for_user_id(pm.ghost) or pm.nick
-            self.irc_failure(pm.network, sender, nick, reason)
+            self.tell_failure(pm.network, sender, nick, reason)
 
     def _local_path(self, kind: str) -> Path:
         """A small file of this bridge's own (the sent journal, the lines a stop could not
@@ -384,11 +385,11 @@ class Bridge(ChannelPrivacy, MatrixToIrc, IrcToMatrix, ThirdPartyLookups):
         """A channel's key and comparison form on `network` (see names.fold_channel)."""
         return fold_channel(self.irc.casemapping(network), channel)
 
-    def irc_casemapping(self, network: str, casemapping: str) -> None:
+    def irc_casemapping(self, event: IrcCasemapping) -> None:
         """IRC thread: the network announced a CASEMAPPING other than rfc1459. Links stored
         under another folding (rows of an older version, or made before the 005) are re-keyed
         from the channel name as written, on a thread of their own: it writes the store."""
-        threading.Thread(target=self._rekey_links, args=(network, casemapping),
+        threading.Thread(target=self._rekey_links, args=(event.network, event.casemapping),
                          name="casemap-rekey", daemon=True).start()
 
     def _rekey_links(self, network: str, casemapping: str) -> None:

@@ -15,6 +15,16 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from ..config.ini import Config
+from ..irc.events import (
+    IrcConnectionEvent,
+    IrcFailure,
+    IrcKind,
+    IrcMembership,
+    IrcMessage,
+    IrcPrivate,
+    IrcTopic,
+    MembershipChange,
+)
 from ..matrix import (
     ONCE,
     Forbidden,
@@ -37,6 +47,25 @@ if TYPE_CHECKING:
     from .links import LinkRegistry
 
 log = logging.getLogger(__name__)
+
+
+# What each IRC kind of line becomes in the room.
+MSGTYPES: dict[IrcKind, str] = {
+    IrcKind.PRIVMSG: "m.text",
+    IrcKind.NOTICE: "m.notice",
+    IrcKind.ACTION: "m.emote",
+}
+
+
+def _membership_details(event: IrcMembership) -> dict[str, object]:
+    """The body of a membership line in the outbox (what `_state_leave` reads)."""
+    if event.change is MembershipChange.JOIN:
+        return {"ts": event.ts}
+    if event.change is MembershipChange.KICK:
+        return {"by": event.by, "reason": event.reason}
+    if event.netsplit:
+        return {"reason": event.reason, "netsplit": True}
+    return {"reason": event.reason}
 
 
 # Each bridged message carries the txnId it was sent with, so a retry can find it.
@@ -96,50 +125,55 @@ class IrcToMatrix:
     def _has_room(self, network: str, channel: str) -> bool:
         return self.registry.has_channel(network, channel)
 
-    def irc_message(self, network: str, channel: str, nick: str, text: str, kind: str,
-                    ts: int, mentions: dict[str, str]) -> None:
-        body, html = formatting.irc_to_matrix(text, mentions)  # pills made per text run
+    def irc_message(self, event: IrcMessage) -> None:
+        network, channel, nick = event.network, event.channel, event.nick
+        body, html = formatting.irc_to_matrix(event.text, event.mentions)  # pills per text run
         if not body.strip():
             return
         if not self.may_relay(network, channel):
             return  # private: see bridge.core.privacy
-        self._record(network, channel, nick, self._sender_for_nick(network, nick), kind, body,
-                     html, ts)
+        self._record(network, channel, nick, self._sender_for_nick(network, nick),
+                     MSGTYPES[event.kind], body, html, event.ts)
 
-    def irc_private(self, network: str, owner: str, nick: str, text: str, kind: str,
-                    ts: int) -> None:
-        body, html = formatting.irc_to_matrix(text)
+    def irc_private(self, event: IrcPrivate) -> None:
+        network, nick = event.network, event.nick
+        body, html = formatting.irc_to_matrix(event.text)
         if not body.strip():
             return
-        key = f"{PM_PREFIX}{owner}:{self.fold_nick(network, nick)}"
-        self._record(network, key, nick, self._sender_for_nick(network, nick), kind, body,
-                     html, ts)
+        key = f"{PM_PREFIX}{event.owner}:{self.fold_nick(network, nick)}"
+        self._record(network, key, nick, self._sender_for_nick(network, nick),
+                     MSGTYPES[event.kind], body, html, event.ts)
 
-    def irc_topic(self, network: str, channel: str, topic: str, nick: str | None) -> None:
+    def irc_topic(self, event: IrcTopic) -> None:
+        network, channel, topic, nick = event.network, event.channel, event.topic, event.nick
         self.registry.set_topic(network, channel, topic)
         if nick is not None and self._has_room(network, channel) \
                 and self.may_relay(network, channel):
             self._record(network, channel, nick, self._sender_for_nick(network, nick),
                          "x.topic", json.dumps({"topic": topic}), None)
 
-    def irc_membership(self, network: str, channel: str, nick: str, what: str,
-                       details: dict[str, Any]) -> None:
+    def irc_membership(self, event: IrcMembership) -> None:
+        network, channel, nick, what = event.network, event.channel, event.nick, event.change
         if not self._has_room(network, channel) or not self.may_relay(network, channel):
             return
         sender = self._sender_for_nick(network, nick)
         if what == "nick":
-            new = str(details.get("new"))
+            new = event.new_nick
             self._record(network, channel, nick, sender, "x.leave",
                          json.dumps({"reason": f"changed nick to {new}"}), None)
             self._record(network, channel, new, self._sender_for_nick(network, new), "x.join",
                          "{}", None)
             return
         kind = {"join": "x.join", "part": "x.leave", "quit": "x.leave", "kick": "x.kick"}[what]
-        self._record(network, channel, nick, sender, kind, json.dumps(details), None,
-                     details.get("ts"))
+        self._record(network, channel, nick, sender, kind,
+                     json.dumps(_membership_details(event)), None, event.ts)
 
-    def irc_failure(self, network: str, owner: str, target: str, reason: str) -> None:
+    def irc_failure(self, event: IrcFailure) -> None:
         """A line of a Matrix user was refused by IRC: tell them, never drop it silently."""
+        self.tell_failure(event.network, event.owner, event.target, event.reason)
+
+    def tell_failure(self, network: str, owner: str, target: str, reason: str) -> None:
+        """A line of `owner`'s was not delivered to `target` on IRC: the room hears why."""
         folded = (self.fold_channel(network, target) if is_channel(target)
                   else self.fold_nick(network, target))
         who = self.nick_of(network, owner)
@@ -153,57 +187,60 @@ class IrcToMatrix:
         self._record(network, f"{PM_PREFIX}{owner}:{folded}", target,
                      self._sender_for_nick(network, target), "m.notice", text, None)
 
-    def irc_connection(self, network: str, owner: str, what: str, details: dict[str, Any]) -> None:
+    def irc_connection(self, event: IrcConnectionEvent) -> None:
+        network, owner, what = event.network, event.owner, event.change
         who = owner or "bot"
         if what == "lost":
             metrics.irc_reconnect(self, network)
         if what == "joined" and owner:
-            self.puppet_joined(network, owner, str(details.get("channel")))
+            self.puppet_joined(network, owner, str(event.channel))
             return
         if what in ("channel_ready", "channel_modes", "channel_refused"):
-            self._bot_channel_event(network, what, details)
+            self._bot_channel_event(event)
             return
         if what in ("kicked", "rejoined"):
-            self._kick_notice(network, owner, what, details)
+            self._kick_notice(event)
         if self.admin is not None and hasattr(self.admin, "connection_event"):
             try:
-                self.admin.connection_event(network, owner, what, details)
+                self.admin.connection_event(event)
             except Exception:  # noqa: BLE001 - reporting must never break the IRC thread
                 log.exception("admin room report failed")
         if what == "connected":
-            log.info("%s connected to %s as %s", who, network, details.get("nick"))
+            log.info("%s connected to %s as %s", who, network, event.nick)
         elif what == "nick_collision":
-            log.info("%s on %s: nick %s taken, using %s", who, network, details.get("wanted"),
-                     details.get("using"))
+            log.info("%s on %s: nick %s taken, using %s", who, network, event.wanted,
+                     event.using)
 
-    def _bot_channel_event(self, network: str, what: str, details: dict[str, Any]) -> None:
-        if what != "channel_ready":  # the modes (or a refusal) decide what room it gets
-            self.registry.wake(network, details["channel"])
-        if "nicks" in details and self._has_room(network, details["channel"]):
+    def _bot_channel_event(self, event: IrcConnectionEvent) -> None:
+        network, channel = event.network, event.channel or ""
+        if event.change != "channel_ready":  # the modes (or a refusal) decide what room it gets
+            self.registry.wake(network, channel)
+        if event.nicks is not None and self._has_room(network, channel):
             # Who is on IRC now: ghosts of users who left while we were away leave.
-            self._record(network, details["channel"], "", self.config.bot_user_id,
-                         "x.sync", json.dumps({"nicks": details["nicks"]}), None)
+            self._record(network, channel, "", self.config.bot_user_id,
+                         "x.sync", json.dumps({"nicks": list(event.nicks)}), None)
 
-    def _kick_notice(self, network: str, owner: str, what: str, details: dict[str, Any]) -> None:
+    def _kick_notice(self, event: IrcConnectionEvent) -> None:
         """Our bot or a puppet was kicked (or is back): the room hears it from the bot."""
-        channel = str(details.get("channel") or "")
+        network, owner, what = event.network, event.owner, event.change
+        channel = str(event.channel or "")
         if not self._has_room(network, channel):
             return
         if what == "rejoined":
             text = f"The bridge bot is back in {channel}."
         else:
-            by = details.get("by") or "the server"
-            reason = f": {details['reason']}" if details.get("reason") else ""
-            rejoin_in = details.get("rejoin_in")
+            by = event.by or "the server"
+            reason = f": {event.reason}" if event.reason else ""
+            rejoin_in = event.rejoin_in
             if not owner:
                 text = (f"The bridge bot was kicked from {channel} by {by}{reason}. It tries to "
                         f"rejoin in {rejoin_in:.0f} s; until it is back, lines from IRC may not "
                         "reach this room.")
             elif rejoin_in is not None:
-                text = (f"{owner}: your IRC connection {details.get('nick')} was kicked from "
+                text = (f"{owner}: your IRC connection {event.nick} was kicked from "
                         f"{channel} by {by}{reason}. It rejoins in {rejoin_in:.0f} s.")
             else:
-                text = (f"{owner}: your IRC connection {details.get('nick')} was kicked from "
+                text = (f"{owner}: your IRC connection {event.nick} was kicked from "
                         f"{channel} by {by} again{reason}. It will not rejoin by itself; send a "
                         "message here to rejoin.")
         self._record(network, channel, "", self.config.bot_user_id, "m.notice", text, None)

@@ -52,7 +52,7 @@ class MatrixToIrc:
         def links_for_room(self, room_id: str) -> list[Link]: ...
         def _prepare_ghost(self, network: str, nick: str, user_id: str) -> Intent: ...
         def _sender_for_nick(self, network: str, nick: str) -> str: ...
-        def irc_failure(self, network: str, owner: str, target: str, reason: str) -> None: ...
+        def tell_failure(self, network: str, owner: str, target: str, reason: str) -> None: ...
 
     # ------------------------------------------------------------ Matrix -> IRC (inbox thread)
     def on_matrix_event(self, event: dict[str, Any], completion: Completion) -> None:
@@ -126,7 +126,7 @@ class MatrixToIrc:
             else:
                 log.warning("message %s not sent to IRC: %s", event.get("event_id"), error)
                 if error and not error.startswith(REFUSED):  # refusals are told by the server
-                    self.irc_failure(link.network, sender, link.channel_name, error)
+                    self.tell_failure(link.network, sender, link.channel_name, error)
             done(ok)
 
         self.irc.call(net.say, sender, None, link.channel_name, lines, kind,
@@ -152,7 +152,7 @@ class MatrixToIrc:
             if ok:
                 metrics.relayed(self, "matrix_to_irc", content.get("msgtype"))
             elif error and not error.startswith(REFUSED) and not completion.stopping:
-                self.irc_failure(pm.network, str(event["sender"]), nick, error)
+                self.tell_failure(pm.network, str(event["sender"]), nick, error)
             done(ok)
 
         self.irc.call(net.say_private, str(event["sender"]), nick, lines, kind,

@@ -23,6 +23,7 @@ import json
 import logging
 from typing import TYPE_CHECKING, Any
 
+from ..irc.events import IrcChannelState, IrcPower
 from ..irc.modes import MAX_LEVEL, ChannelState
 from ..matrix import MatrixError
 from ..store.room_options import RoomOptions
@@ -97,7 +98,8 @@ class ChannelPrivacy:
         return link.kind == "portal" or self.room_options.mirror_modes(link.room_id)
 
     # ------------------------------------------------------------ IRC listener (IRC thread)
-    def irc_channel_state(self, network: str, channel: str, state: ChannelState) -> None:
+    def irc_channel_state(self, event: IrcChannelState) -> None:
+        network, channel, state = event.network, event.channel, event.state
         before = self._channel_states.get((network, channel), ChannelState())
         self._channel_states[(network, channel)] = state
         link = self._link_for_channel(network, channel)
@@ -117,8 +119,9 @@ class ChannelPrivacy:
             self._record(network, channel, "", self.config.bot_user_id, "x.joinrule",
                          json.dumps({"invite": state.private}), None)
 
-    def irc_power(self, network: str, channel: str, nick: str, level: int,
-                  user_id: str | None) -> None:
+    def irc_power(self, event: IrcPower) -> None:
+        network, channel, nick, user_id = event.network, event.channel, event.nick, event.user_id
+        level = event.level
         link = self._link_for_channel(network, channel)
         if link is None or not self.mirrors_modes(link):
             return

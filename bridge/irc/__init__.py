@@ -16,6 +16,7 @@ import irc.client
 
 from ..rules.names import irc_lower
 from .connection import IrcConnection, State
+from .events import IrcCasemapping
 from .network import IrcListener, Network
 from .reactor import IrcThread
 from .snapshot import NetworkSnapshot
@@ -104,7 +105,7 @@ class IrcSide:
     def _publish_casemapping(self, network: str, casemapping: str) -> None:
         """IRC thread: a network announced its CASEMAPPING (already in its snapshot); the
         core re-keys its channels."""
-        self._listener.irc_casemapping(network, casemapping)
+        self._listener.irc_casemapping(IrcCasemapping(network, casemapping))
 
     def _publish_snapshot(self, snapshot: NetworkSnapshot) -> None:
         """IRC thread: a network's nicks, NICKLEN or CASEMAPPING changed."""

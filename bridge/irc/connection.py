@@ -17,14 +17,17 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import irc.client
 
+from ..rules.ids import UserId
 from ..rules.names import collision_nick, irc_lower
 from . import backoff
 from . import tls as tls_setup
 from .cap import CapList, authenticate_chunks
+from .events import ConnectionChange as Change
+from .events import IrcConnectionEvent
 from .targets import TargetQueues
 from .threadcheck import irc_thread_only
 from .wire import clean_field
@@ -156,7 +159,7 @@ class IrcConnection:
         realname: str,
         password: str | None = None,
         slots: ConnectSlots,
-        on_change: Callable[[IrcConnection, str, dict[str, Any]], None],
+        on_change: Callable[[IrcConnection, IrcConnectionEvent], None],
         nick_max: int = 30,
         fold: Callable[[str], str] = irc_lower,
     ):
@@ -322,7 +325,7 @@ class IrcConnection:
             self._enqueue(Outgoing(line, per_link=True))
         for folded in self.wanted_channels:
             self._queue_join(folded)
-        self.on_change(self, "connected", {"nick": self.conn.get_nickname()})
+        self.on_change(self, self._event(Change.CONNECTED, nick=self.conn.get_nickname()))
         self.drain()
 
     def stable(self) -> bool:
@@ -370,18 +373,26 @@ class IrcConnection:
         self.send_now("CAP END")
         if not ok:
             log.warning("%s: SASL login failed: %s", self, reason)
-            self.on_change(self, "sasl_failed", {"reason": reason})
+            self.on_change(self, self._event(Change.SASL_FAILED, reason=reason))
 
     @irc_thread_only
     def nick_in_use(self) -> None:
         """433 while registering: try the next predictable alternative."""
         if self.state is not State.REGISTERING:
-            self.on_change(self, "nick_refused", {"nick": self.wanted_nick})
+            self.on_change(self, self._event(Change.NICK_REFUSED, nick=self.wanted_nick))
             return
         self.nick_attempt += 1
         alternative = collision_nick(self.wanted_nick, self.nick_attempt, self.nick_max)
-        self.on_change(self, "nick_collision", {"wanted": self.wanted_nick, "using": alternative})
+        self.on_change(self, self._event(Change.NICK_COLLISION, wanted=self.wanted_nick,
+                                         using=alternative))
         self.conn.nick(alternative)
+
+    def _event(self, change: Change, *, nick: str | None = None, reason: str | None = None,
+               retry_in: float | None = None, wanted: str | None = None,
+               using: str | None = None) -> IrcConnectionEvent:
+        """What `on_change` hears of this connection."""
+        return IrcConnectionEvent(self.network.name, UserId(self.owner), change, nick=nick,
+                                  reason=reason, retry_in=retry_in, wanted=wanted, using=using)
 
     @irc_thread_only
     def disconnected(self, reason: str) -> None:
@@ -411,10 +422,10 @@ class IrcConnection:
         if banned:
             delay = max(delay, self.network.banned_retry_after)
             log.error("%s: the server bans us (%s); trying again in %.0f s", self, banned, delay)
-            self.on_change(self, "banned", {"reason": banned, "retry_in": delay})
+            self.on_change(self, self._event(Change.BANNED, reason=banned, retry_in=delay))
         else:
             log.warning("%s lost: %s; reconnecting in %.1f s", self, reason, delay)
-        self.on_change(self, "lost", {"reason": reason, "retry_in": delay})
+        self.on_change(self, self._event(Change.LOST, reason=reason, retry_in=delay))
         if self._retry_timer:
             self._retry_timer.cancel()
         self._retry_timer = self.thread.call_later(delay, self.start)

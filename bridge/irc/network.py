@@ -18,11 +18,26 @@ from typing import TYPE_CHECKING, Any, Protocol
 import irc.client
 import irc.modes
 
+from ..rules.ids import UserId
 from ..rules.names import casefolder, irc_lower, is_channel, puppet_nick
 from .backoff import is_ban
 from .botlogin import apply_bot_login
 from .connection import ConnectSlots, IrcConnection, Sasl, State
 from .echoes import FormerNicks
+from .events import (
+    ConnectionChange,
+    IrcCasemapping,
+    IrcChannelState,
+    IrcConnectionEvent,
+    IrcFailure,
+    IrcKind,
+    IrcMembership,
+    IrcMessage,
+    IrcPower,
+    IrcPrivate,
+    IrcTopic,
+    MembershipChange,
+)
 from .kicks import Rejoins
 from .modes import ChannelModes, ChannelState, ModeSyntax, parse_modes
 from .receipt import Receipt
@@ -36,37 +51,32 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+BOT = UserId("")  # the `owner` of the bot's own connection events
+
 
 class IrcListener(Protocol):
-    """What the IRC side tells the core. Called on the IRC thread: queue, never block."""
+    """What the IRC side tells the core, one typed event (bridge.irc.events) per call.
+    Called on the IRC thread: queue, never block."""
 
-    def irc_message(
-        self, network: str, channel: str, nick: str, text: str, kind: str, ts: int,
-        mentions: dict[str, str],
-    ) -> None:
-        """A channel line; `mentions` maps our puppets' nicks named in it to their user ids."""
+    def irc_message(self, event: IrcMessage) -> None:
+        """A channel line; `event.mentions` maps our puppets' nicks named in it to their
+        user ids."""
 
-    def irc_private(
-        self, network: str, owner: str, nick: str, text: str, kind: str, ts: int
-    ) -> None: ...
+    def irc_private(self, event: IrcPrivate) -> None: ...
 
-    def irc_topic(self, network: str, channel: str, topic: str, nick: str | None) -> None: ...
+    def irc_topic(self, event: IrcTopic) -> None: ...
 
-    def irc_connection(
-        self, network: str, owner: str, what: str, details: dict[str, Any]
-    ) -> None: ...
+    def irc_connection(self, event: IrcConnectionEvent) -> None: ...
 
-    def irc_membership(self, network: str, channel: str, nick: str, what: str,
-                       details: dict[str, Any]) -> None: ...
+    def irc_membership(self, event: IrcMembership) -> None: ...
 
-    def irc_power(self, network: str, channel: str, nick: str, level: int,
-                  user_id: str | None) -> None: ...
+    def irc_power(self, event: IrcPower) -> None: ...
 
-    def irc_channel_state(self, network: str, channel: str, state: ChannelState) -> None: ...
+    def irc_channel_state(self, event: IrcChannelState) -> None: ...
 
-    def irc_casemapping(self, network: str, casemapping: str) -> None: ...
+    def irc_casemapping(self, event: IrcCasemapping) -> None: ...
 
-    def irc_failure(self, network: str, owner: str, target: str, reason: str) -> None: ...
+    def irc_failure(self, event: IrcFailure) -> None: ...
 
 
 LIVENESS_EVERY = 30.0
@@ -325,15 +335,16 @@ class Network:
                 return self.puppets[user_id]
         return None
 
-    def _connection_changed(self, conn: IrcConnection, what: str, details: dict[str, Any]) -> None:
+    def _connection_changed(self, conn: IrcConnection, event: IrcConnectionEvent) -> None:
         self.nicks_changed()
-        if what == "connected" and not conn.is_bot:
+        connected = event.change is ConnectionChange.CONNECTED
+        if connected and not conn.is_bot:
             self._remember_puppet_nick(conn)
-        if what == "connected" and conn.is_bot:
+        if connected and conn.is_bot:
             isupport = conn.conn.features
             self.nick_max = int(getattr(isupport, "nicklen", None) or self.nick_max)
             self._republish()
-        self.listener.irc_connection(self.name, conn.owner, what, details)
+        self.listener.irc_connection(event)
 
     # ------------------------------------------------------------ events (dispatched per conn)
     @irc_thread_only
@@ -371,8 +382,9 @@ class Network:
         conn.banned_reason = event.arguments[-1] if event.arguments else "banned (465)"
 
     def _on_passwdmismatch(self, conn: IrcConnection, event: irc.client.Event) -> None:
-        self.listener.irc_connection(self.name, conn.owner, "password_refused",
-                                     {"reason": event.arguments[-1] if event.arguments else ""})
+        self.listener.irc_connection(IrcConnectionEvent(
+            self.name, UserId(conn.owner), ConnectionChange.PASSWORD_REFUSED,
+            reason=event.arguments[-1] if event.arguments else ""))
 
     def _on_featurelist(self, conn: IrcConnection, event: irc.client.Event) -> None:
         if conn.is_bot:
@@ -401,8 +413,8 @@ class Network:
         if is_ban(text):
             conn.banned_reason = text
         if any(word in text.lower() for word in ("password", "access denied")):
-            self.listener.irc_connection(self.name, conn.owner, "password_refused",
-                                         {"reason": text})
+            self.listener.irc_connection(IrcConnectionEvent(
+                self.name, UserId(conn.owner), ConnectionChange.PASSWORD_REFUSED, reason=text))
 
     def _mine(self, conn: IrcConnection, nick: str | None) -> bool:
         return bool(nick) and self.fold(nick or "") == self.fold(conn.conn.get_nickname())
@@ -424,16 +436,18 @@ class Network:
             conn.joined(event.target)
             conn.send_now(f"MODE {event.target}")  # 324 tells the modes (+k, +i, +s, +p)
             if conn.is_bot and self.rejoins.bot_joined(channel) is not None:
-                self.listener.irc_connection(self.name, "", "rejoined", {"channel": channel})
+                self.listener.irc_connection(IrcConnectionEvent(
+                    self.name, BOT, ConnectionChange.REJOINED, channel=channel))
             if not conn.is_bot:
-                self.listener.irc_connection(self.name, conn.owner, "joined",
-                                             {"channel": channel})
+                self.listener.irc_connection(IrcConnectionEvent(
+                    self.name, UserId(conn.owner), ConnectionChange.JOINED, channel=channel))
             return
         if self._ours(nick) or self.forwarder(channel) is not conn:
             return
         self.members.setdefault(channel, set()).add(self.fold(nick))
         self.splits.back(self.fold(nick), channel)
-        self.listener.irc_membership(self.name, channel, nick, "join", {"ts": event_time_ms(event)})
+        self.listener.irc_membership(IrcMembership(self.name, channel, nick,
+                                                   MembershipChange.JOIN, ts=event_time_ms(event)))
 
     def _on_part(self, conn: IrcConnection, event: irc.client.Event) -> None:
         nick = event.source.nick if event.source else ""
@@ -446,7 +460,8 @@ class Network:
         self.members.get(channel, set()).discard(self.fold(nick))
         self._modes(channel).forget(self.fold(nick))
         reason = event.arguments[0] if event.arguments else ""
-        self.listener.irc_membership(self.name, channel, nick, "part", {"reason": reason})
+        self.listener.irc_membership(IrcMembership(self.name, channel, nick,
+                                                   MembershipChange.PART, reason=reason))
 
     def _on_kick(self, conn: IrcConnection, event: irc.client.Event) -> None:
         kicked = event.arguments[0] if event.arguments else ""
@@ -461,18 +476,16 @@ class Network:
                 rejoin_in: float | None = self.rejoins.bot_kicked(channel, written, by, reason)
             else:
                 rejoin_in = self.rejoins.puppet_kicked(conn, channel, written)
-            self.listener.irc_connection(
-                self.name, conn.owner, "kicked",
-                {"channel": channel, "by": by, "reason": reason, "nick": kicked,
-                 "rejoin_in": rejoin_in},
-            )
+            self.listener.irc_connection(IrcConnectionEvent(
+                self.name, UserId(conn.owner), ConnectionChange.KICKED, channel=channel, by=by,
+                reason=reason, nick=kicked, rejoin_in=rejoin_in))
             return
         if self._ours(kicked) or self.forwarder(channel) is not conn:
             return
         self.members.get(channel, set()).discard(self.fold(kicked))
         self._modes(channel).forget(self.fold(kicked))
-        self.listener.irc_membership(self.name, channel, kicked, "kick",
-                                     {"by": by, "reason": reason})
+        self.listener.irc_membership(IrcMembership(self.name, channel, kicked,
+                                                   MembershipChange.KICK, reason=reason, by=by))
 
     def _on_quit(self, conn: IrcConnection, event: irc.client.Event) -> None:
         nick = event.source.nick if event.source else ""
@@ -489,14 +502,14 @@ class Network:
                 if split:
                     waiting.add(channel)  # they are likely back when it heals
                 else:
-                    self.listener.irc_membership(self.name, channel, nick, "quit",
-                                                 {"reason": reason})
+                    self.listener.irc_membership(IrcMembership(
+                        self.name, channel, nick, MembershipChange.QUIT, reason=reason))
         self.splits.quit(folded, nick, reason, waiting)
 
     def _split_leave(self, channel: str, nick: str, reason: str) -> None:
         """A user lost in a netsplit did not come back in time: their ghost leaves."""
-        self.listener.irc_membership(self.name, channel, nick, "quit",
-                                     {"reason": reason, "netsplit": True})
+        self.listener.irc_membership(IrcMembership(
+            self.name, channel, nick, MembershipChange.QUIT, reason=reason, netsplit=True))
 
     def _on_nick(self, conn: IrcConnection, event: irc.client.Event) -> None:
         old = event.source.nick if event.source else ""
@@ -509,8 +522,8 @@ class Network:
         if conn.owner and self.fold(new) == self.fold(conn.conn.get_nickname()):
             conn.wanted_nick = new  # a reconnect keeps the new nick
             self._remember_puppet_nick(conn)
-            self.listener.irc_connection(self.name, conn.owner, "nick_changed",
-                                         {"old": old, "new": new})
+            self.listener.irc_connection(IrcConnectionEvent(
+                self.name, UserId(conn.owner), ConnectionChange.NICK_CHANGED, old=old, new=new))
             return
         if not old or self._ours(old) or self._ours(new):
             return
@@ -519,7 +532,8 @@ class Network:
                 members.discard(self.fold(old))
                 members.add(self.fold(new))
                 self._modes(channel).rename(self.fold(old), self.fold(new))
-                self.listener.irc_membership(self.name, channel, old, "nick", {"new": new})
+                self.listener.irc_membership(IrcMembership(
+                    self.name, channel, old, MembershipChange.NICK, new_nick=new))
 
     def _on_namreply(self, conn: IrcConnection, event: irc.client.Event) -> None:
         if len(event.arguments) < 3:
@@ -556,7 +570,7 @@ class Network:
     def _publish_modes(self, channel: str, before: ChannelState | None) -> None:
         state = self._modes(channel).snapshot()
         if state != before:
-            self.listener.irc_channel_state(self.name, self.fold(channel), state)
+            self.listener.irc_channel_state(IrcChannelState(self.name, self.fold(channel), state))
 
     def channel_state(self, channel: str) -> ChannelState:
         """The channel's modes as far as we know them (IRC thread)."""
@@ -575,8 +589,8 @@ class Network:
         state.reset(self.syntax, parse_modes(self.syntax, event.arguments[1:]))
         self._publish_modes(channel, before)
         if conn.is_bot:  # what an alias query waits for before it makes a room
-            self.listener.irc_connection(self.name, "", "channel_modes",
-                                         {"channel": self.fold(channel)})
+            self.listener.irc_connection(IrcConnectionEvent(
+                self.name, BOT, ConnectionChange.CHANNEL_MODES, channel=self.fold(channel)))
 
     def _on_mode(self, conn: IrcConnection, event: irc.client.Event) -> None:
         channel = self.fold(event.target)
@@ -603,13 +617,14 @@ class Network:
             user_id = self.puppet_nicks.get(nick)
             if user_id is None:
                 return  # the bot
-        self.listener.irc_power(self.name, channel, written, state.level(nick), user_id)
+        self.listener.irc_power(IrcPower(self.name, channel, written, state.level(nick),
+                                         None if user_id is None else UserId(user_id)))
 
     def _failure(self, conn: IrcConnection, event: irc.client.Event) -> None:
         target = event.arguments[0] if event.arguments else ""
         reason = event.arguments[-1] if event.arguments else event.type
         if not conn.is_bot:
-            self.listener.irc_failure(self.name, conn.owner, target, reason)
+            self.listener.irc_failure(IrcFailure(self.name, UserId(conn.owner), target, reason))
         # That target's waiting lines fail; every other target's go on.
         join = event.type in _JOIN_REFUSALS
         conn.refused(target, reason, join=join)
@@ -622,8 +637,9 @@ class Network:
         before = state.snapshot()
         state.bot_refused = reason or "refused"
         self._publish_modes(channel, before)
-        self.listener.irc_connection(self.name, "", "channel_refused",
-                                     {"channel": self.fold(channel), "reason": reason})
+        self.listener.irc_connection(IrcConnectionEvent(
+            self.name, BOT, ConnectionChange.CHANNEL_REFUSED, channel=self.fold(channel),
+            reason=reason))
 
     _on_cannotsendtochan = _on_nosuchnick = _on_nosuchchannel = _failure
     _on_channelisfull = _on_inviteonlychan = _on_bannedfromchan = _failure
@@ -640,9 +656,9 @@ class Network:
             state.recheck.clear()
         if conn.is_bot and event.arguments:
             channel = self.fold(event.arguments[0])
-            self.listener.irc_connection(self.name, "", "channel_ready", {
-                "channel": channel, "nicks": sorted(self.members.get(channel, ())),
-            })
+            self.listener.irc_connection(IrcConnectionEvent(
+                self.name, BOT, ConnectionChange.CHANNEL_READY, channel=channel,
+                nicks=tuple(sorted(self.members.get(channel, ())))))
 
     def bot_in(self, channel: str) -> bool:
         return self.bot is not None and self.fold(channel) in self.bot.channels
@@ -665,59 +681,60 @@ class Network:
         if self.topics.get(folded) == topic and nick is None:
             return
         self.topics[folded] = topic
-        self.listener.irc_topic(self.name, folded, topic, nick)
+        self.listener.irc_topic(IrcTopic(self.name, folded, topic, nick))
 
     def _relay_channel(self, conn: IrcConnection, event: irc.client.Event, text: str,
-                       kind: str) -> None:
+                       kind: IrcKind) -> None:
         channel = event.target
         nick = event.source.nick if event.source else ""
         if not nick or self._ours(nick):
             return  # our own puppets' lines, echoed back by the server
         if self.forwarder(channel) is not conn:
             return
-        self.listener.irc_message(self.name, self.fold(channel), nick, text, kind,
-                                  event_time_ms(event), self.mentions(text))
+        self.listener.irc_message(IrcMessage(self.name, self.fold(channel), nick, text, kind,
+                                             event_time_ms(event), self.mentions(text)))
 
-    def mentions(self, text: str) -> dict[str, str]:
+    def mentions(self, text: str) -> dict[str, UserId]:
         """Nicks of our puppets named in `text` -> their Matrix user ids (for pills)."""
         if not self.puppet_nicks:
             return {}
-        found: dict[str, str] = {}
+        found: dict[str, UserId] = {}
         for word in _WORD.findall(text):
             owner = self.puppet_nicks.get(self.fold(word))
             if owner is not None:
-                found[word] = owner
+                found[word] = UserId(owner)
         return found
 
     def _on_pubmsg(self, conn: IrcConnection, event: irc.client.Event) -> None:
-        self._relay_channel(conn, event, event.arguments[0], "m.text")
+        self._relay_channel(conn, event, event.arguments[0], IrcKind.PRIVMSG)
 
     def _on_pubnotice(self, conn: IrcConnection, event: irc.client.Event) -> None:
-        self._relay_channel(conn, event, event.arguments[0], "m.notice")
+        self._relay_channel(conn, event, event.arguments[0], IrcKind.NOTICE)
 
     def _on_action(self, conn: IrcConnection, event: irc.client.Event) -> None:
         text = event.arguments[0] if event.arguments else ""
         if is_channel(event.target):
-            self._relay_channel(conn, event, text, "m.emote")
+            self._relay_channel(conn, event, text, IrcKind.ACTION)
         else:
-            self._relay_private(conn, event, text, "m.emote")
+            self._relay_private(conn, event, text, IrcKind.ACTION)
 
     def _on_privmsg(self, conn: IrcConnection, event: irc.client.Event) -> None:
-        self._relay_private(conn, event, event.arguments[0], "m.text")
+        self._relay_private(conn, event, event.arguments[0], IrcKind.PRIVMSG)
 
     def _on_privnotice(self, conn: IrcConnection, event: irc.client.Event) -> None:
         if event.source and "!" not in str(event.source):
             return  # server notices
-        self._relay_private(conn, event, event.arguments[0], "m.notice")
+        self._relay_private(conn, event, event.arguments[0], IrcKind.NOTICE)
 
     def _relay_private(self, conn: IrcConnection, event: irc.client.Event, text: str,
-                       kind: str) -> None:
+                       kind: IrcKind) -> None:
         nick = event.source.nick if event.source else ""
         if not nick or self._ours(nick):
             return
         if not conn.owner:
             return  # the bot's PMs are not bridged
-        self.listener.irc_private(self.name, conn.owner, nick, text, kind, event_time_ms(event))
+        self.listener.irc_private(IrcPrivate(self.name, UserId(conn.owner), nick, text, kind,
+                                             event_time_ms(event)))
 
     # ------------------------------------------------------------ Matrix -> IRC
     def command(self, user_id: str, line: str, channel: str | None = None) -> None:

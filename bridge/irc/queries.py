@@ -23,7 +23,9 @@ from typing import TYPE_CHECKING, Any
 
 import irc.client
 
+from ..rules.ids import UserId
 from . import State
+from .events import ConnectionChange, IrcConnectionEvent
 
 if TYPE_CHECKING:
     from . import IrcConnection, Network
@@ -125,7 +127,7 @@ class IrcQueries:
         self._nicks: dict[Any, _PendingNick] = {}
         self._nick_owners: set[tuple[str, str]] = set()
         self._joins: dict[tuple[Any, str], list[tuple[IrcConnection, Future[str | None]]]] = {}
-        self._recent_events: deque[dict[str, Any]] = deque(maxlen=64)
+        self._recent_events: deque[IrcConnectionEvent] = deque(maxlen=64)
         self.installed = False
 
     # ------------------------------------------------------------------ any thread
@@ -175,16 +177,15 @@ class IrcQueries:
         if getattr(net, "settings_for", None) is None:
             net.settings_for = self.admin.puppet_settings
 
-    def connection_event(self, network: str, owner: str, what: str,
-                         details: dict[str, Any]) -> None:
+    def connection_event(self, event: IrcConnectionEvent) -> None:
         """A connection event from the core (IRC thread); handled once per event even when
         it is handed in twice."""
-        if any(d is details for d in self._recent_events):
+        if any(e is event for e in self._recent_events):
             return
-        self._recent_events.append(details)
-        if what == "nick_changed" and (network, owner) in self._nick_owners:
+        self._recent_events.append(event)
+        if event.change == "nick_changed" and (event.network, event.owner) in self._nick_owners:
             return  # the !nick in flight answers for itself
-        self.admin.queue_connection_event(network, owner, what, dict(details))
+        self.admin.queue_connection_event(event)
 
     # ------------------------------------------------------------------ IRC thread: lookups
     def _network(self, name: str) -> Network:
@@ -397,21 +398,22 @@ class IrcQueries:
             conn.autocmds = list(self.admin.autocmds_for(network, user_id))
 
     # ------------------------------------------------------------------ refusals
-    def _report(self, server_conn: Any, what: str, details: dict[str, Any]) -> None:
+    def _report(self, server_conn: Any, change: ConnectionChange, reason: str) -> None:
         found = self._find(server_conn)
         if found is not None and found[1].owner:
-            self.admin.queue_connection_event(found[0].name, found[1].owner, what, details)
+            self.admin.queue_connection_event(IrcConnectionEvent(
+                found[0].name, UserId(found[1].owner), change, reason=reason))
 
     def _on_banned(self, server_conn: Any, event: irc.client.Event) -> None:
         reason = event.arguments[-1] if event.arguments else "banned"
-        self._report(server_conn, "banned", {"reason": reason})
+        self._report(server_conn, ConnectionChange.BANNED, reason)
 
     def _on_error(self, server_conn: Any, event: irc.client.Event) -> None:
         text = str(event.target or "")
         if any(word in text.lower() for word in BANNED_WORDS):
-            self._report(server_conn, "banned", {"reason": text})
+            self._report(server_conn, ConnectionChange.BANNED, text)
         elif "password" in text.lower():
-            self._report(server_conn, "password_refused", {"reason": text})
+            self._report(server_conn, ConnectionChange.PASSWORD_REFUSED, text)
 
 
 def _never_raises(handler: Callable[[Any, irc.client.Event], None]

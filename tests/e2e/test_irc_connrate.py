@@ -22,6 +22,7 @@ from bridge.devstack.ircd import IrcDaemon, ngircd_path
 from bridge.devstack.ports import wait_until
 from bridge.irc import IrcSide
 from bridge.irc.connection import ConnectSlots, State
+from tests.irc_listener import RecordingListener
 
 
 # ------------------------------------------------------------------ the bucket, fake clock
@@ -165,11 +166,7 @@ class AcceptingRelay:
                 pass
 
 
-class Listener:
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("irc_"):
-            return lambda *args: None
-        raise AttributeError(name)
+Listener = RecordingListener
 
 
 def network(port: int, **overrides: Any) -> NetworkConfig:

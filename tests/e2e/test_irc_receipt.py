@@ -15,15 +15,12 @@ from bridge.devstack.ircd import IrcDaemon
 from bridge.devstack.ports import wait_until
 from bridge.irc import IrcSide
 from bridge.irc.receipt import Receipt
+from tests.irc_listener import RecordingListener
 
 ALICE = "@alice:localhost"
 
 
-class Listener:
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("irc_"):
-            return lambda *args: None
-        raise AttributeError(name)
+Listener = RecordingListener
 
 
 def network(port: int, **overrides: Any) -> NetworkConfig:

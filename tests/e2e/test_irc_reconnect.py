@@ -23,20 +23,10 @@ from bridge.irc import IrcSide
 from bridge.irc import connection as connection_module
 from bridge.irc.connection import IrcConnection, State
 from tests.conftest import write_config
+from tests.irc_listener import RecordingListener
 from tests.scripted_irc import ScriptedIrcServer
 
-
-class Listener:
-    def __init__(self) -> None:
-        self.events: list[tuple[str, Any]] = []
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("irc_"):
-            return lambda *args: self.events.append((name, args))
-        raise AttributeError(name)
-
-    def connection_events(self, what: str) -> list[dict[str, Any]]:
-        return [a[3] for e, a in list(self.events) if e == "irc_connection" and a[2] == what]
+Listener = RecordingListener
 
 
 def network(port: int, **overrides: Any) -> NetworkConfig:
@@ -75,7 +65,7 @@ def test_backoff_keeps_growing_when_the_server_closes_right_after_001() -> None:
             assert len(listener.connection_events("connected")) >= 3  # each got its 001
             # 2**n seconds with jitter in [0.5, 1]: the third wait is at least 4 s. Before,
             # 001 reset the count and every wait was 1-2 s, forever.
-            assert lost[2]["retry_in"] >= 4.0, lost
+            assert lost[2].retry_in >= 4.0, lost
         finally:
             side.stop()
 
@@ -100,7 +90,7 @@ def test_backoff_starts_over_once_the_link_stayed_up(monkeypatch: pytest.MonkeyP
             client.sock.shutdown(socket.SHUT_RDWR)
             lost = wait_until(lambda: len(listener.connection_events("lost")) >= 3
                               and listener.connection_events("lost"), 10, what="the drop")
-            assert lost[2]["retry_in"] <= 2.0, lost
+            assert lost[2].retry_in <= 2.0, lost
         finally:
             side.stop()
 
@@ -157,7 +147,7 @@ def test_several_servers_are_tried_in_turn(tmp_path: Path) -> None:
         try:
             wait_until(lambda: server.client("ircbot"), 15, what="the second server")
             lost = listener.connection_events("lost")
-            assert lost and f"127.0.0.1:{closed}" in lost[0]["reason"]
+            assert lost and f"127.0.0.1:{closed}" in lost[0].reason
         finally:
             side.stop()
 
@@ -184,10 +174,10 @@ def test_a_k_line_backs_off_for_long_and_is_reported(ngircd: IrcDaemon) -> None:
         oper.send("KLINE tbot!*@* 3600 :no bridges here")
         banned = wait_until(lambda: listener.connection_events("banned"), 10,
                             what="the K-line to be reported")
-        assert "no bridges here" in banned[0]["reason"]
+        assert "no bridges here" in banned[0].reason
         lost = listener.connection_events("lost")
         # Not the 1-2 s of a first failure: a ban is not lifted by asking again soon.
-        assert lost[-1]["retry_in"] >= 600, lost
+        assert lost[-1].retry_in >= 600, lost
         oper.close()
     finally:
         side.stop()
@@ -204,7 +194,7 @@ def test_a_server_that_never_says_001_gives_the_connect_slot_back(
         try:
             lost = wait_until(lambda: listener.connection_events("lost"), 15,
                               what="the registration to time out")
-            assert "Registration timed out" in lost[0]["reason"]
+            assert "Registration timed out" in lost[0].reason
             bot = the_bot(side)
             net = side.network("t")
             assert net is not None

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -17,7 +16,9 @@ from bridge.config.ini import NetworkConfig
 from bridge.devstack.ircd import IrcDaemon, ngircd_path
 from bridge.devstack.ports import wait_until
 from bridge.irc import IrcSide
+from bridge.irc.events import IrcFailure
 from bridge.irc.receipt import Receipt
+from tests.irc_listener import RecordingListener
 from tests.scripted_irc import ScriptedIrcServer
 
 if not ngircd_path():
@@ -25,14 +26,7 @@ if not ngircd_path():
                 allow_module_level=True)
 
 
-class Listener:
-    def __init__(self) -> None:
-        self.events: list[tuple[str, Any]] = []
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("irc_"):
-            return lambda *args: self.events.append((name, args))
-        raise AttributeError(name)
+Listener = RecordingListener
 
 
 def network(port: int) -> NetworkConfig:
@@ -78,8 +72,9 @@ def check_results(results: dict[str, tuple[bool, str | None]], listener: Listene
     assert results["pm"] == (True, None) and results["open"] == (True, None)
     ok, error = results["shut"]
     assert not ok and error and "refused" in error, results
-    failures = [a for e, a in listener.events if e == "irc_failure"]
-    assert [(f[1], f[2].lower()) for f in failures] == [("@alice:localhost", channel)], failures
+    failures = [e for e in listener.of("irc_failure") if isinstance(e, IrcFailure)]
+    assert [(f.owner, f.target.lower()) for f in failures] == [("@alice:localhost", channel)], \
+        failures
 
 
 def test_a_join_refused_with_403_holds_up_no_other_line(ircd: IrcDaemon) -> None:

@@ -14,18 +14,9 @@ from bridge.devstack.ports import wait_until
 from bridge.irc import IrcSide
 from bridge.irc import connection as connection_module
 from bridge.irc.connection import State
+from tests.irc_listener import RecordingListener
 
-
-class Listener:
-    """Records what the IRC side tells the core."""
-
-    def __init__(self) -> None:
-        self.events: list[tuple[str, Any]] = []
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("irc_"):
-            return lambda *args: self.events.append((name, args))
-        raise AttributeError(name)
+Listener = RecordingListener
 
 
 def network(port: int, **overrides: Any) -> NetworkConfig:
@@ -62,8 +53,7 @@ def test_a_silent_server_is_pinged_then_dropped_and_reconnected(
         bot = net.bot
         monkeypatch.setattr(connection_module, "DEAD_AFTER", -1.0)  # everything looks dead
         side.call(bot.check_alive, 10**9)
-        wait_until(lambda: any(e == "irc_connection" and a[2] == "lost"
-                               for e, a in listener.events), 10, what="the drop")
+        wait_until(lambda: listener.connection_events("lost"), 10, what="the drop")
         monkeypatch.setattr(connection_module, "DEAD_AFTER", 240.0)
         wait_until(lambda: bot.state is State.CONNECTED and "#unit" in bot.channels, 20,
                    what="the reconnect and rejoin")
@@ -116,10 +106,9 @@ def test_tls_is_verified_by_default_and_self_signed_needs_an_opt_out(tls_ircd: I
                    lambda n: n.bot_nick)
     side.start()
     try:
-        lost = wait_until(lambda: [a for e, a in strict.events
-                                   if e == "irc_connection" and a[2] == "lost"], 10,
+        lost = wait_until(lambda: strict.connection_events("lost"), 10,
                           what="the refused certificate")
-        assert "CERTIFICATE_VERIFY_FAILED" in lost[0][3]["reason"]
+        assert "CERTIFICATE_VERIFY_FAILED" in (lost[0].reason or "")
     finally:
         side.stop()
     relaxed = Listener()

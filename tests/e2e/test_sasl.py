@@ -23,6 +23,7 @@ from bridge.devstack.ports import wait_until
 from bridge.devstack.services import SaslIrcd, missing_binaries
 from bridge.irc import IrcSide
 from bridge.irc.connection import IrcConnection, State
+from tests.irc_listener import RecordingListener
 
 log = logging.getLogger(__name__)
 
@@ -38,21 +39,7 @@ PASSWORD = "correct-horse-7"
 SERVER_PASSWORD = "let-me-in-42"
 
 
-class Listener:
-    """Records what the IRC side tells the core (called on the IRC thread)."""
-
-    def __init__(self) -> None:
-        self.events: list[tuple[str, tuple[Any, ...]]] = []
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("irc_"):
-            return lambda *args: self.events.append((name, args))
-        raise AttributeError(name)
-
-    def connection_events(self, what: str) -> list[dict[str, Any]]:
-        """The details of every ``irc_connection(..., what, details)`` so far."""
-        return [args[3] for name, args in list(self.events)
-                if name == "irc_connection" and args[2] == what]
+Listener = RecordingListener
 
 
 @dataclass
@@ -146,7 +133,7 @@ def test_sasl_plain_with_a_wrong_password_reports_and_still_connects(
         nick = wait_connected(side, conn, listener)
         failed = listener.connection_events("sasl_failed")
         assert len(failed) == 1, listener.events
-        assert "fail" in failed[0]["reason"].lower(), failed
+        assert "fail" in failed[0].reason.lower(), failed
         assert services.server.logged_in_account(nick) is None
 
 
@@ -204,7 +191,7 @@ def test_a_wrong_server_password_is_refused(services: Services) -> None:
         assert listener.connection_events("connected") == []
         refused = (listener.connection_events("password_refused")
                    or listener.connection_events("lost"))
-        assert refused[0].get("reason"), listener.events
+        assert refused[0].reason, listener.events
 
 
 def test_a_wrong_server_password_is_reported_with_the_servers_reason(
@@ -213,7 +200,7 @@ def test_a_wrong_server_password_is_reported_with_the_servers_reason(
     with wrong_server_password(services) as (side, conn, listener):
         refused = (listener.connection_events("password_refused")
                    or listener.connection_events("lost"))
-        assert "access denied" in refused[0]["reason"].lower(), listener.events
+        assert "access denied" in refused[0].reason.lower(), listener.events
 
 
 def test_autocmds_run_after_connect_and_identify_without_sasl(services: Services) -> None:

@@ -18,22 +18,10 @@ from bridge.config.ini import LoggingConfig, NetworkConfig
 from bridge.devstack.ports import wait_until
 from bridge.irc import IrcSide
 from bridge.irc.connection import IrcConnection, State
+from tests.irc_listener import RecordingListener
 from tests.scripted_irc import Client, ScriptedIrcServer
 
-
-class Listener:
-    """Records what the IRC side tells the core."""
-
-    def __init__(self) -> None:
-        self.events: list[tuple[str, Any]] = []
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("irc_"):
-            return lambda *args: self.events.append((name, args))
-        raise AttributeError(name)
-
-    def connection_events(self, what: str) -> list[dict[str, Any]]:
-        return [a[3] for e, a in list(self.events) if e == "irc_connection" and a[2] == what]
+Listener = RecordingListener
 
 
 def network(port: int, **overrides: Any) -> NetworkConfig:
@@ -115,7 +103,7 @@ def test_a_connection_that_does_not_drain_is_dropped_and_reconnected() -> None:
         first.reading.clear()
         side.call(lambda: [bot.send_now(LINE.format(i)) for i in range(12000)])
         lost = wait_until(lambda: listener.connection_events("lost"), 10, what="the drop")
-        assert "stopped reading" in lost[0]["reason"]
+        assert "stopped reading" in lost[0].reason
         first.reading.set()
         wait_until(first.closed.is_set, 10, what="the stuck socket to be closed")
         wait_until(lambda: server.client("tbot") not in (None, first), 15,
@@ -272,5 +260,5 @@ def test_a_connection_whose_output_makes_no_progress_is_dropped(
             side.call(lambda: [bot.send_now(LINE.format(i)) for i in range(12000)])
             lost = wait_until(lambda: listener.connection_events("lost"), 15,
                               what="the drop of the stalled connection")
-            assert "stopped reading" in lost[0]["reason"]
+            assert "stopped reading" in lost[0].reason
             stuck.reading.set()

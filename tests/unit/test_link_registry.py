@@ -17,6 +17,7 @@ import pytest
 from bridge.config import ini as config_module
 from bridge.core.bridge import Bridge
 from bridge.core.links import LinkRegistry
+from bridge.irc.events import IrcTopic
 from bridge.store.models import Link
 
 K = TypeVar("K")
@@ -191,7 +192,7 @@ def test_bridge_topics_go_through_the_registry_lock(bridge: Bridge) -> None:
 
     def irc_thread() -> None:
         for i in range(500):
-            bridge.irc_topic("local", "#matrix", f"topic {i}", None)
+            bridge.irc_topic(IrcTopic("local", "#matrix", f"topic {i}", None))
 
     def request() -> None:
         topics.add(bridge.registry.topic("local", bridge.fold_channel("local", "#matrix")))

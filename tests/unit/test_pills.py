@@ -12,6 +12,7 @@ from html.parser import HTMLParser
 import pytest
 
 from bridge.core.irc_to_matrix import IrcToMatrix
+from bridge.irc.events import IrcKind, IrcMessage
 from bridge.store.models import IrcLine
 
 
@@ -67,7 +68,7 @@ class _Reader(HTMLParser):
 
 def relay(text: str, mentions: dict[str, str]) -> IrcLine:
     probe = _Probe()
-    probe.irc_message("local", "#chan", "bob", text, "m.text", 1, mentions)
+    probe.irc_message(IrcMessage("local", "#chan", "bob", text, IrcKind.PRIVMSG, 1, mentions))
     (line,) = probe.recorder.lines  # type: ignore[attr-defined]
     return line
 
