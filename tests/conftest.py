@@ -4,13 +4,17 @@ The database is a temp-file SQLite by default; with IRCBRIDGE_TEST_DATABASE_URL 
 it to the local PostgreSQL) every test runs against that server instead, on clean tables.
 `app` and `client` are the Flask tutorial's fixtures: the real app from `create_app` on that
 database, without background threads, and its test client (runs on the test's own thread).
+A test that needs another part (a fake homeserver client, its own media links) gives it to
+`create_app` through `built_app(config, client=..., media=...)` instead of patching the app.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from flask import Flask
@@ -19,6 +23,7 @@ from flask.testing import FlaskClient
 from bridge import create_app
 from bridge.config import ini as config_module
 from bridge.store.models import MODELS, Store
+from bridge.web.context import bridge_of, metrics_of
 
 TEST_DB_ENV = "IRCBRIDGE_TEST_DATABASE_URL"
 
@@ -132,17 +137,27 @@ def config(config_path: Path) -> config_module.Config:
 
 def close_app(app: Flask) -> None:
     """Close what `create_app` opened: its metrics port and its database connections."""
-    metrics = app.extensions.get("ircbridge_metrics")
+    metrics = metrics_of(app)
     if metrics is not None:
         metrics.close()
-    app.extensions["bridge"].store.close()
+    bridge_of(app).store.close()
+
+
+@contextmanager
+def built_app(config: config_module.Config, **parts: Any) -> Iterator[Flask]:
+    """`create_app(config=config, **parts)` without background threads, closed at the end
+    (parts: `store`, `client`, `media`, `admin`; a test's fakes stand in for them)."""
+    app = create_app(config=config, start_background=False, setup_logging=False, **parts)
+    try:
+        yield app
+    finally:
+        close_app(app)
 
 
 @pytest.fixture
 def app(config: config_module.Config) -> Iterator[Flask]:
-    app = create_app(config=config, start_background=False, setup_logging=False)
-    yield app
-    close_app(app)
+    with built_app(config) as app:
+        yield app
 
 
 @pytest.fixture

@@ -1,10 +1,11 @@
 """Flask blueprints and the JSON error handlers; the only package that imports Flask.
 
-`register` also gives the app its own metrics (a per-app Prometheus registry, see
-`bridge.ops.metrics`) and tells the log filter which secrets of this config must never be
-written; `shutdown` undoes what `register` started besides the bridge itself.
+`install` keeps the bridge and its media links where `bridge.web.context` reads them back
+typed, gives the app its own metrics (a per-app Prometheus registry, see `bridge.ops.metrics`)
+and tells the log filter which secrets of this config must never be written; `shutdown`
+undoes what `install` started besides the bridge itself.
 
-Thread: `register` and `shutdown` run on the thread that builds or ends the app; the handlers
+Thread: `install` and `shutdown` run on the thread that builds or ends the app; the handlers
 run on request threads.
 """
 
@@ -12,14 +13,17 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
 from urllib.parse import urlsplit
 
 from flask import Flask, Response
 from werkzeug.exceptions import HTTPException
 
+from ..config.ini import Config
+from ..core.bridge import Bridge
+from ..core.media import MediaLinks
 from ..ops import collector as ops_metrics
 from ..ops import logs
+from . import context
 from .appservice import bp as appservice_bp
 from .errors import matrix_error
 from .media import bp as media_bp
@@ -29,11 +33,13 @@ from .provisioning import bp as provisioning_bp
 log = logging.getLogger(__name__)
 
 
-def register(app: Flask) -> None:
-    bridge: Any = app.extensions["bridge"]
+def install(app: Flask, bridge: Bridge, media: MediaLinks) -> None:
+    """Serve `bridge` (and `media`'s links) from `app`: its parts, blueprints, error pages."""
+    app.extensions[context.BRIDGE] = bridge
+    app.extensions[context.MEDIA] = media
     logs.protect(_secrets(bridge.config))
-    app.extensions["ircbridge_started_at"] = time.time()
-    app.extensions["ircbridge_metrics"] = ops_metrics.setup(bridge)
+    app.extensions[context.STARTED_AT] = time.time()
+    app.extensions[context.METRICS] = ops_metrics.setup(bridge)
     app.register_blueprint(appservice_bp)
     app.register_blueprint(ops_bp)
     app.register_blueprint(media_bp)
@@ -63,15 +69,15 @@ def register(app: Flask) -> None:
 
 def shutdown(app: Flask) -> None:
     """Stop the bridge and this app's own metrics port (for gunicorn's worker_exit)."""
-    bridge = app.extensions.get("bridge")
-    if bridge is not None:
+    bridge = app.extensions.get(context.BRIDGE)
+    if isinstance(bridge, Bridge):
         bridge.stop()
-    metrics = app.extensions.get("ircbridge_metrics")
+    metrics = context.metrics_of(app)
     if metrics is not None:
         metrics.close()
 
 
-def _secrets(config: Any) -> list[str]:
+def _secrets(config: Config) -> list[str]:
     found = [config.appservice.as_token, config.appservice.hs_token,
              config.provisioning.secret, config.status.secret]
     password = urlsplit(config.database.url).password

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
 from ..matrix.errors import HomeserverUnavailable
+from ..matrix.wire import JsonObject
 from ..ops import metrics
 from . import auth
+from .context import current_bridge
 from .errors import matrix_error
 
 log = logging.getLogger(__name__)
@@ -27,11 +28,7 @@ bp = Blueprint("appservice", __name__)
 MAX_ID_BYTES = 255  # Matrix ids are at most 255 bytes; the tables hold no more
 
 
-def _bridge() -> Any:
-    return current_app.extensions["bridge"]
-
-
-def _json_body() -> tuple[Any, Response | None]:
+def _json_body() -> tuple[object, Response | None]:
     raw = request.get_data(cache=True)
     if not raw:
         return None, matrix_error(400, "M_NOT_JSON", "The request body is empty")
@@ -59,19 +56,21 @@ def put_transaction(txn_id: str) -> Response:
         return matrix_error(400, "M_BAD_JSON", "'events' must be a list")
     if len(txn_id.encode("utf-8", "surrogatepass")) > MAX_ID_BYTES:
         return matrix_error(400, "M_INVALID_PARAM", "The transaction id is too long")
-    good: list[dict[str, Any]] = []
+    good: list[JsonObject] = []
     for event in events:
         if not isinstance(event, dict) or not isinstance(event.get("event_id"), str):
             log.warning("transaction %s: skipping an event without an event_id", txn_id)
             continue
-        if any(isinstance(event.get(k), str) and len(event[k].encode("utf-8", "replace"))
-               > MAX_ID_BYTES for k in ("event_id", "room_id")):
+        if any(isinstance(value := event.get(k), str)
+               and len(value.encode("utf-8", "replace")) > MAX_ID_BYTES
+               for k in ("event_id", "room_id")):
             log.warning("transaction %s: skipping an event with an id over %d bytes", txn_id,
                         MAX_ID_BYTES)
             continue
         good.append(event)
-    seen, new = _bridge().handle_transaction(txn_id, good)
-    metrics.transaction(_bridge(), seen, new)
+    bridge = current_bridge()
+    seen, new = bridge.handle_transaction(txn_id, good)
+    metrics.transaction(bridge, seen, new)
     if seen and not new:
         log.debug("transaction %s already handled", txn_id)
     return jsonify({})
@@ -81,7 +80,7 @@ def put_transaction(txn_id: str) -> Response:
 @bp.route("/users/<path:user_id>", methods=["GET"])
 def query_user(user_id: str) -> Response:
     try:
-        found = _bridge().query_user(user_id)
+        found = current_bridge().query_user(user_id)
     except HomeserverUnavailable:
         return _homeserver_down()
     if found:
@@ -93,7 +92,7 @@ def _homeserver_down() -> Response:
     """The homeserver asked, but the bridge cannot reach it back (e.g. a wrong [homeserver]
     url): a clear 502 instead of an internal error."""
     log.error("a query could not be answered: the homeserver at %s cannot be reached",
-              _bridge().config.homeserver.url)
+              current_bridge().config.homeserver.url)
     return matrix_error(502, "M_UNKNOWN", "The bridge cannot reach the homeserver")
 
 
@@ -101,7 +100,7 @@ def _homeserver_down() -> Response:
 @bp.route("/rooms/<path:alias>", methods=["GET"])
 def query_room(alias: str) -> Response:
     try:
-        found = _bridge().query_room(alias)
+        found = current_bridge().query_room(alias)
     except HomeserverUnavailable:
         return _homeserver_down()
     if found:
@@ -124,7 +123,7 @@ def ping() -> Response:
 def thirdparty_protocol(protocol: str) -> Response:
     if protocol != "irc":
         return matrix_error(404, "M_NOT_FOUND", "Unknown protocol")
-    return jsonify(_bridge().thirdparty_protocol())
+    return jsonify(current_bridge().thirdparty_protocol())
 
 
 @bp.route("/_matrix/app/v1/thirdparty/location/<protocol>", methods=["GET"])
@@ -132,7 +131,8 @@ def thirdparty_protocol(protocol: str) -> Response:
 def thirdparty_location(protocol: str) -> Response:
     if protocol != "irc":
         return matrix_error(404, "M_NOT_FOUND", "Unknown protocol")
-    found = _bridge().thirdparty_location(request.args.get("network"), request.args.get("channel"))
+    found = current_bridge().thirdparty_location(request.args.get("network"),
+                                                 request.args.get("channel"))
     if not found:
         return matrix_error(404, "M_NOT_FOUND", "No such channel")
     return jsonify(found)
@@ -143,7 +143,8 @@ def thirdparty_location(protocol: str) -> Response:
 def thirdparty_user(protocol: str) -> Response:
     if protocol != "irc":
         return matrix_error(404, "M_NOT_FOUND", "Unknown protocol")
-    found = _bridge().thirdparty_user(request.args.get("network"), request.args.get("nickname"))
+    found = current_bridge().thirdparty_user(request.args.get("network"),
+                                             request.args.get("nickname"))
     if not found:
         return matrix_error(404, "M_NOT_FOUND", "No such user")
     return jsonify(found)
@@ -152,7 +153,7 @@ def thirdparty_user(protocol: str) -> Response:
 @bp.route("/_matrix/app/v1/thirdparty/location", methods=["GET"])
 @bp.route("/_matrix/app/unstable/thirdparty/location", methods=["GET"])
 def thirdparty_location_reverse() -> Response:
-    found = _bridge().thirdparty_location_by_alias(request.args.get("alias"))
+    found = current_bridge().thirdparty_location_by_alias(request.args.get("alias"))
     if not found:
         return matrix_error(404, "M_NOT_FOUND", "Not a bridged alias")
     return jsonify(found)
@@ -161,7 +162,7 @@ def thirdparty_location_reverse() -> Response:
 @bp.route("/_matrix/app/v1/thirdparty/user", methods=["GET"])
 @bp.route("/_matrix/app/unstable/thirdparty/user", methods=["GET"])
 def thirdparty_user_reverse() -> Response:
-    found = _bridge().thirdparty_user_by_id(request.args.get("userid"))
+    found = current_bridge().thirdparty_user_by_id(request.args.get("userid"))
     if not found:
         return matrix_error(404, "M_NOT_FOUND", "Not a bridged user")
     return jsonify(found)

@@ -19,13 +19,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
-from typing import Any
 from urllib.parse import quote
 
 import requests
-from flask import Blueprint, Response, current_app, request
+from flask import Blueprint, Response, request
 
+from ..core.media import MediaLinks
 from ..matrix import HomeserverUnavailable, MatrixError, NotFound
+from .context import current_media
 from .errors import matrix_error
 
 log = logging.getLogger(__name__)
@@ -45,13 +46,6 @@ CSP = ("sandbox; default-src 'none'; script-src 'none'; plugin-types application
        "style-src 'unsafe-inline'; media-src 'self'; object-src 'self';")
 
 
-def _media() -> Any:
-    media = getattr(current_app.extensions["bridge"], "media", None)
-    if media is None:
-        raise RuntimeError("bridge.media is not set up")
-    return media
-
-
 def _error(status: int, errcode: str, text: str) -> Response:
     response = matrix_error(status, errcode, text)
     response.headers["X-Content-Type-Options"] = "nosniff"
@@ -61,7 +55,7 @@ def _error(status: int, errcode: str, text: str) -> Response:
 
 @bp.route("/_ircbridge/media/<server>/<media_id>/<path:filename>", methods=["GET"])
 def download(server: str, media_id: str, filename: str) -> Response:
-    media = _media()
+    media = current_media()
     if not media.verify(server, media_id, filename, request.args.get("exp"),
                         request.args.get("sig")):
         log.info("media %s/%s: missing, bad or expired signature", server, media_id)
@@ -107,7 +101,7 @@ def _limit_slow_readers(response: Response, seconds: float) -> None:
     response.call_on_close(restore)
 
 
-def _fetch(media: Any, server: str, media_id: str, filename: str) -> Response:
+def _fetch(media: MediaLinks, server: str, media_id: str, filename: str) -> Response:
     deadline = time.monotonic() + media.fetch_timeout
     try:
         upstream = media.client.download(server, media_id, deadline=deadline)

@@ -14,14 +14,16 @@ Request threads run all of this.
 from __future__ import annotations
 
 import time
-from typing import Any
 
-from flask import Blueprint, Response, current_app, jsonify, render_template, request
+from flask import Blueprint, Response, jsonify, render_template, request
 from prometheus_client.exposition import choose_encoder
 
+from ..core.bridge import Bridge
+from ..matrix.wire import JsonObject
 from ..ops import queries as ops_queries
 from ..version import __version__
 from . import auth
+from .context import current_bridge, current_metrics, started_at
 from .errors import matrix_error
 
 bp = Blueprint("ops", __name__)
@@ -29,14 +31,16 @@ bp = Blueprint("ops", __name__)
 PING_ACCEPTED = ("ok", "M_UNRECOGNIZED")  # an older homeserver without the ping endpoint
 
 
-def _bridge() -> Any:
-    return current_app.extensions["bridge"]
+def _object(value: object) -> JsonObject:
+    """`value` when it is a JSON object, else an empty one (status dicts are loose JSON)."""
+    return value if isinstance(value, dict) else {}
 
 
-def health_report(bridge: Any) -> tuple[bool, dict[str, Any]]:
+def health_report(bridge: Bridge) -> tuple[bool, JsonObject]:
     """(ready, report): the report keeps bridge.status()'s keys and adds the checks."""
     failing: dict[str, str] = {}
-    status, irc_error = ops_queries.safe(bridge.status)
+    found, irc_error = ops_queries.safe(bridge.status)
+    status: JsonObject = _object(found)
     if irc_error is not None:
         status = {"homeserver": bridge.health.get("homeserver"),
                   "ping": bridge.health.get("ping"), "networks": {}}
@@ -51,23 +55,24 @@ def health_report(bridge: Any) -> tuple[bool, dict[str, Any]]:
         failing["database"] = db_error
     if bridge.health.get("lock") == "lost":
         failing["lock"] = "another bridge serves these networks now; this one stopped its IRC"
-    networks = status.get("networks") or {}
+    networks = _object(status.get("networks"))
     for net in bridge.config.networks:
-        state = (networks.get(net.name) or {}).get("bot", "not started")
+        state = _object(networks.get(net.name)).get("bot", "not started")
         if state != "connected":
             failing[f"irc:{net.name}"] = str(state)
-    report = {"ok": not failing, **status, "database": db_error or "ok", "failing": failing}
+    report: JsonObject = {"ok": not failing, **status, "database": db_error or "ok",
+                          "failing": failing}
     return not failing, report
 
 
-def public_health(ok: bool, report: dict[str, Any]) -> dict[str, Any]:
+def public_health(ok: bool, report: JsonObject) -> JsonObject:
     """What /health tells anyone: ready or not, and the names of the failing parts."""
-    return {"ok": ok, "failing": sorted(report["failing"])}
+    return {"ok": ok, "failing": sorted(_object(report.get("failing")))}
 
 
 @bp.route("/health", methods=["GET"])
 def health() -> Response:
-    bridge = _bridge()
+    bridge = current_bridge()
     ok, report = health_report(bridge)
     if not auth.status_secret_given(bridge.config.status.secret):
         report = public_health(ok, report)
@@ -79,12 +84,15 @@ def health() -> Response:
 
 @bp.route("/metrics", methods=["GET"])
 def metrics() -> Response:
-    bridge = _bridge()
+    bridge = current_bridge()
     if bridge.config.metrics.bind:
         return matrix_error(404, "M_NOT_FOUND",
                             f"metrics are served on {bridge.config.metrics.bind} "
                             "([metrics] bind)")
-    registry = current_app.extensions["ircbridge_metrics"].registry
+    own = current_metrics()
+    if own is None:
+        return matrix_error(404, "M_NOT_FOUND", "this app has no metrics")
+    registry = own.registry
     encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
     response = Response(encoder(registry), content_type=content_type)
     response.headers["Cache-Control"] = "no-store"
@@ -116,21 +124,23 @@ def _status_auth(secret: str) -> Response | None:
     return None
 
 
-def status_snapshot(bridge: Any, started_at: float) -> dict[str, Any]:
+def status_snapshot(bridge: Bridge, started_at: float) -> JsonObject:
     """Everything the status page shows, read now."""
     ok, report = health_report(bridge)
     db = bridge.store.db
     mine = bridge.store.bridge_id
     queues, _ = ops_queries.safe(ops_queries.queue_stats, db, mine, default={})
     rooms, _ = ops_queries.safe(ops_queries.rooms, db, 500, mine, default=[])
-    per_network, _ = ops_queries.safe(ops_queries.rooms_by_network, db, mine, default={})
-    networks = []
+    found, _ = ops_queries.safe(ops_queries.rooms_by_network, db, mine, default={})
+    per_network: dict[str, int] = found
+    live_networks = _object(report.get("networks"))
+    networks: list[JsonObject] = []
     for net in bridge.config.networks:
-        live = (report.get("networks") or {}).get(net.name) or {}
-        puppets: dict[str, str] = live.get("puppets") or {}
+        live = _object(live_networks.get(net.name))
+        puppets = _object(live.get("puppets"))
         states: dict[str, int] = {}
         for state in puppets.values():
-            states[state] = states.get(state, 0) + 1
+            states[str(state)] = states.get(str(state), 0) + 1
         networks.append({
             "name": net.name, "display_name": net.display_name,
             "address": f"{net.host}:{net.port}" + (" (TLS)" if net.tls else ""),
@@ -167,12 +177,13 @@ def _duration(seconds: float) -> str:
 
 @bp.route("/", methods=["GET"])
 def status_page() -> Response:
-    bridge = _bridge()
+    bridge = current_bridge()
     denied = _status_auth(bridge.config.status.secret)
     if denied is not None:
         return denied
+    since = started_at()
     html = render_template("status.html", denied=None, **status_snapshot(
-        bridge, current_app.extensions.get("ircbridge_started_at", time.time())))
+        bridge, time.time() if since is None else since))
     return Response(html, content_type="text/html; charset=utf-8")
 
 

@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any
+from collections.abc import Callable
 
-from flask import Blueprint, Response, current_app, g, jsonify, request
+from flask import Blueprint, Response, g, jsonify, request
 
 from ..core.provisioning import Provisioner, ProvisioningError, admin_token
 from ..matrix import MatrixError
+from ..matrix.wire import JsonObject
 from . import auth
+from .context import current_bridge
 from .errors import matrix_error
 
 log = logging.getLogger(__name__)
@@ -29,14 +31,11 @@ PREFIX = "/_ircbridge/provisioning/v1"
 bp = Blueprint("provisioning", __name__, url_prefix=PREFIX)
 
 
-def _bridge() -> Any:
-    return current_app.extensions["bridge"]
-
-
 @bp.before_request
 def _authenticate() -> Response | None:
-    secret: str = _bridge().config.provisioning.secret
-    as_token: str = _bridge().config.appservice.as_token
+    config = current_bridge().config
+    secret = config.provisioning.secret
+    as_token = config.appservice.as_token
     problem, g.ircbridge_admin = auth.provisioning_problem(
         secret, admin_token(as_token) if as_token else "")
     return problem
@@ -46,7 +45,7 @@ def _admin() -> bool:
     return bool(g.get("ircbridge_admin"))
 
 
-def _body() -> Any:
+def _body() -> object:
     raw = request.get_data(cache=True)
     if not raw:
         raise ProvisioningError(400, "M_NOT_JSON", "The request body is empty")
@@ -56,9 +55,9 @@ def _body() -> Any:
         raise ProvisioningError(400, "M_NOT_JSON", "The request body is not valid JSON") from None
 
 
-def _answer(fn: Any, *args: Any) -> Response:
+def _answer(fn: Callable[[], JsonObject]) -> Response:
     try:
-        return jsonify(fn(*args))
+        return jsonify(fn())
     except ProvisioningError as e:
         return matrix_error(e.status, e.errcode, e.error)
     except MatrixError as e:
@@ -70,20 +69,20 @@ def _answer(fn: Any, *args: Any) -> Response:
 
 @bp.route("/networks", methods=["GET"])
 def networks() -> Response:
-    return _answer(lambda: {"networks": Provisioner(_bridge()).networks()})
+    return _answer(lambda: {"networks": Provisioner(current_bridge()).networks()})
 
 
 @bp.route("/links", methods=["GET"])
 def links() -> Response:
     room_id = request.args.get("room_id") or None
-    return _answer(lambda: {"links": Provisioner(_bridge()).links(room_id)})
+    return _answer(lambda: {"links": Provisioner(current_bridge()).links(room_id)})
 
 
 @bp.route("/link", methods=["POST"])
 def link() -> Response:
-    return _answer(lambda: Provisioner(_bridge()).link(_body(), admin=_admin()))
+    return _answer(lambda: Provisioner(current_bridge()).link(_body(), admin=_admin()))
 
 
 @bp.route("/unlink", methods=["POST"])
 def unlink() -> Response:
-    return _answer(lambda: Provisioner(_bridge()).unlink(_body(), admin=_admin()))
+    return _answer(lambda: Provisioner(current_bridge()).unlink(_body(), admin=_admin()))

@@ -23,6 +23,7 @@ from bridge.admin.vault import generate_key_file
 from bridge.devstack.clients import MatrixClient, RawIrcClient
 from bridge.devstack.ports import wait_until
 from bridge.devstack.stack import Stack
+from bridge.web.context import bridge_of
 from tests.admin_db import clean
 from tests.conftest import TEST_DB_ENV
 
@@ -350,19 +351,16 @@ def test_storepass_sasl_uses_the_current_nick_as_account(stack: Stack) -> None:
 
 
 def test_without_a_key_file_secrets_are_refused(tmp_path: Path) -> None:
-    from bridge import create_app
+    from bridge.admin.rooms import AdminRooms
     from bridge.config.ini import load
-    from tests.conftest import write_config
+    from tests.conftest import built_app, write_config
 
-    app = create_app(config=load(write_config(tmp_path)), start_background=False,
-                     setup_logging=False)
-    try:
-        runner = app.extensions["bridge"].admin.runner
+    with built_app(load(write_config(tmp_path))) as app:
+        admin = bridge_of(app).admin
+        assert isinstance(admin, AdminRooms)
         for command in ("!storepass hunter2", "!certfp", "!autocmd add AWAY :gone"):
-            reply = runner.run(command, "@alice:localhost", "!room:localhost")
+            reply = admin.runner.run(command, "@alice:localhost", "!room:localhost")
             assert "ircbridge generate-key" in reply, (command, reply)
-    finally:
-        app.extensions["bridge"].store.close()
 
 
 def test_certfp(stack: Stack) -> None:

@@ -23,8 +23,9 @@ from bridge.core.access import HOUR, Access, PortalLimited
 from bridge.devstack.clients import MatrixClient, MatrixError
 from bridge.devstack.ports import wait_until
 from bridge.devstack.stack import Stack
+from bridge.web.context import bridge_of
 from tests.admin_db import clean
-from tests.conftest import TEST_DB_ENV, write_config
+from tests.conftest import TEST_DB_ENV, close_app, write_config
 
 BOT = "@ircbot:localhost"
 ALLOWED = ("alice", "carol", "dave", "erin")
@@ -73,8 +74,7 @@ def closed_app(tmp_path: Path) -> Iterator[Flask]:
                                              "[permissions]\n@alice:localhost = user"))
     app = create_app(config=load(path), start_background=False, setup_logging=False)
     yield app
-    app.extensions["ircbridge_metrics"].close()
-    app.extensions["bridge"].store.close()
+    close_app(app)
 
 
 def test_an_alias_query_names_nobody_so_without_a_star_line_it_is_404(closed_app: Flask) -> None:
@@ -82,7 +82,7 @@ def test_an_alias_query_names_nobody_so_without_a_star_line_it_is_404(closed_app
                                      headers={"Authorization": f"Bearer {HS}"})
     assert r.status_code == 404, r.data
     assert r.json["errcode"] == "M_NOT_FOUND"
-    assert closed_app.extensions["bridge"].store.all_links() == []
+    assert bridge_of(closed_app).store.all_links() == []
 
 
 # ------------------------------------------------------------------ the stack

@@ -20,10 +20,9 @@ from flask import Flask
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from bridge import create_app
 from bridge.admin.grammar import CommandError, parse, validate_raw
 from bridge.config.ini import load
-from bridge.matrix import ONCE
+from bridge.matrix import ONCE, HomeserverClient
 from bridge.rules import formatting, translate
 from bridge.rules.names import (
     NetworkNames,
@@ -34,7 +33,8 @@ from bridge.rules.names import (
     valid_channel,
     valid_nick,
 )
-from tests.conftest import write_config
+from bridge.web.context import bridge_of
+from tests.conftest import built_app, write_config
 
 UNSAFE = ("\r", "\n", "\0", "\x01")
 CODES = "\x02\x03\x04\x0f\x11\x16\x1d\x1e\x1f"
@@ -235,12 +235,12 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Flask]:
     folder: Path = tmp_path_factory.mktemp("fuzz")
     path = write_config(folder, hs_url="http://127.0.0.1:9",
                         db_url=f"sqlite:///{folder / 'bridge.db'}")
-    app = create_app(config=load(path), start_background=False, setup_logging=False)
-    bridge = app.extensions["bridge"]
-    bridge.client.sleep = lambda _s: None  # no backoff waits against the closed port
-    bridge.client.policy = ONCE
-    yield app
-    bridge.store.close()
+    config = load(path)
+    client = HomeserverClient(config.homeserver.url, config.appservice.as_token,
+                              server_name=config.homeserver.domain, policy=ONCE)
+    client.sleep = lambda _s: None  # no backoff waits against the closed port
+    with built_app(config, client=client) as app:
+        yield app
 
 
 def _assert_matrix_answer(response: Any) -> None:
@@ -314,7 +314,7 @@ def test_any_transaction_is_stored_or_refused_and_its_events_handled(
     response = client.put("/_matrix/app/v1/transactions/" + quote(txn, safe=""),
                           data=json.dumps({"events": batch}), headers=AUTH)
     _assert_matrix_answer(response)
-    bridge = app.extensions["bridge"]
+    bridge = bridge_of(app)
     for event in batch:
         outcome = _Outcome()
         bridge.on_matrix_event(json.loads(json.dumps(event)), outcome)  # type: ignore[arg-type]

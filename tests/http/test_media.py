@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import secrets
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlsplit
@@ -19,13 +20,14 @@ import requests
 from flask import Flask
 from requests.structures import CaseInsensitiveDict
 
-from bridge.config.ini import ConfigError, MediaConfig, load
+from bridge.config.ini import Config, ConfigError, MediaConfig, load
 from bridge.core.media import MediaLinks, clean_filename, load_secret, parse_mxc
 from bridge.matrix import HomeserverClient, HomeserverUnavailable, NotFound
 from bridge.matrix.errors import Forbidden
 from bridge.store.models import Store
+from bridge.web.context import bridge_of, media_of
 from bridge.web.media import content_disposition
-from tests.conftest import write_config
+from tests.conftest import built_app, write_config
 
 SECRET = b"0123456789abcdef" * 4
 PUBLIC = "https://bridge.example.org"
@@ -242,10 +244,15 @@ def test_media_config_problems_name_the_key(tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def fake(app: Flask) -> FakeClient:
-    client = FakeClient()
-    app.extensions["bridge"].media = MediaLinks(client, "http://localhost", SECRET, 3600, 4096)
-    return client
+def fake() -> FakeClient:
+    return FakeClient()
+
+
+@pytest.fixture
+def app(config: Config, fake: FakeClient) -> Iterator[Flask]:
+    """conftest's app with its media links on the fake homeserver, given to create_app."""
+    with built_app(config, media=MediaLinks(fake, "http://localhost", SECRET, 3600, 4096)) as app:
+        yield app
 
 
 def local(url: str) -> str:
@@ -253,20 +260,21 @@ def local(url: str) -> str:
     return f"{u.path}?{u.query}"
 
 
-def test_create_app_builds_media_links_from_the_database_secret(app: Flask) -> None:
-    bridge = app.extensions["bridge"]
-    media = bridge.media
-    assert media.public_url == bridge.config.appservice.url
-    assert media.client is bridge.client
-    assert media.ttl_seconds == 30 * 86400 and media.max_bytes == 50 * 1024 * 1024
-    again = MediaLinks(bridge.client, media.public_url, load_secret(bridge.store), 60, 1)
-    assert again.verify(*parts(media.link("mxc://localhost/abc", "a.png")))
+def test_create_app_builds_media_links_from_the_database_secret(config: Config) -> None:
+    with built_app(config) as app:
+        bridge, media = bridge_of(app), media_of(app)
+        assert media is bridge.media
+        assert media.public_url == bridge.config.appservice.url
+        assert media.client is bridge.client
+        assert media.ttl_seconds == 30 * 86400 and media.max_bytes == 50 * 1024 * 1024
+        again = MediaLinks(bridge.client, media.public_url, load_secret(bridge.store), 60, 1)
+        assert again.verify(*parts(media.link("mxc://localhost/abc", "a.png")))
 
 
 def test_proxy_serves_the_file_with_its_type(app: Flask, fake: FakeClient) -> None:
     fake.files[("example.org", "img")] = (PNG[:4000], {"Content-Type": "image/png",
                                                         "Content-Length": "4000"})
-    url = app.extensions["bridge"].media.link("mxc://example.org/img", "cat ü.png")
+    url = media_of(app).link("mxc://example.org/img", "cat ü.png")
     r = app.test_client().get(local(url))
     assert r.status_code == 200
     assert r.data == PNG[:4000]
@@ -286,7 +294,7 @@ def test_proxy_serves_the_file_with_its_type(app: Flask, fake: FakeClient) -> No
 def test_active_content_is_an_attachment(app: Flask, fake: FakeClient, content_type: str) -> None:
     body = b"<script>alert(1)</script>"
     fake.files[("example.org", "page")] = (body, {"Content-Type": content_type})
-    url = app.extensions["bridge"].media.link("mxc://example.org/page", "x.html")
+    url = media_of(app).link("mxc://example.org/page", "x.html")
     r = app.test_client().get(local(url))
     assert r.status_code == 200 and r.data == body
     assert r.headers["Content-Disposition"] == 'attachment; filename="x.html"'
@@ -294,7 +302,7 @@ def test_active_content_is_an_attachment(app: Flask, fake: FakeClient, content_t
 
 
 def test_bad_links_are_403_and_never_reach_the_homeserver(app: Flask, fake: FakeClient) -> None:
-    media = app.extensions["bridge"].media
+    media = media_of(app)
     fake.files[("example.org", "img")] = (b"x", {"Content-Type": "image/png"})
     url = local(media.link("mxc://example.org/img", "a.png"))
     path, query = url.split("?")
@@ -311,7 +319,7 @@ def test_bad_links_are_403_and_never_reach_the_homeserver(app: Flask, fake: Fake
 
 
 def test_homeserver_errors_map_to_404_and_502(app: Flask, fake: FakeClient) -> None:
-    media = app.extensions["bridge"].media
+    media = media_of(app)
     client = app.test_client()
     r = client.get(local(media.link("mxc://example.org/gone", "a.png")))
     assert (r.status_code, r.json["errcode"]) == (404, "M_NOT_FOUND")
@@ -324,7 +332,7 @@ def test_homeserver_errors_map_to_404_and_502(app: Flask, fake: FakeClient) -> N
 
 
 def test_files_over_max_bytes_are_413(app: Flask, fake: FakeClient) -> None:
-    media = app.extensions["bridge"].media
+    media = media_of(app)
     fake.files[("example.org", "big")] = (b"x" * 5000, {"Content-Type": "image/png",
                                                          "Content-Length": "5000"})
     r = app.test_client().get(local(media.link("mxc://example.org/big", "a.png")))
@@ -332,7 +340,7 @@ def test_files_over_max_bytes_are_413(app: Flask, fake: FakeClient) -> None:
 
 
 def test_files_without_length_are_cut_off_past_max_bytes(app: Flask, fake: FakeClient) -> None:
-    media = app.extensions["bridge"].media
+    media = media_of(app)
     fake.files[("example.org", "small")] = (b"y" * 4096, {"Content-Type": "image/png"})
     fake.files[("example.org", "big")] = (b"x" * 5000, {"Content-Type": "image/png"})
     client = app.test_client()
@@ -377,7 +385,7 @@ def test_a_redaction_revokes_only_its_own_messages_files(store: Store) -> None:
 
 
 def test_downloads_at_once_are_capped_and_slots_come_back(app: Flask, fake: FakeClient) -> None:
-    media = app.extensions["bridge"].media
+    media = media_of(app)
     fake.files[("example.org", "img")] = (b"z" * 100, {"Content-Type": "image/png"})
     url = local(media.link("mxc://example.org/img", "a.png"))
     client = app.test_client()

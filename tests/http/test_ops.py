@@ -25,7 +25,8 @@ from bridge.config.ini import load
 from bridge.devstack.ports import free_port, port_open
 from bridge.ops import metrics
 from bridge.store.models import IrcLine
-from tests.conftest import write_config
+from bridge.web.context import bridge_of
+from tests.conftest import close_app, write_config
 
 ROOT = Path(__file__).resolve().parents[2]
 HS = "hs-token-for-tests-9876543210"
@@ -76,8 +77,7 @@ def make_app(folder: Path, db_url: str | None = None, extra: str = "") -> Flask:
 def app(tmp_path: Path, db_url: str) -> Iterator[Flask]:
     app = make_app(tmp_path, db_url, f"[status]\nsecret = {SECRET}\n")
     yield app
-    app.extensions["ircbridge_metrics"].close()
-    app.extensions["bridge"].store.close()
+    close_app(app)
 
 
 # ---------------------------------------------------------------- /health (no stack)
@@ -94,7 +94,7 @@ def test_health_is_503_naming_every_failing_part(app: Flask) -> None:
 
 
 def test_health_reports_a_database_that_does_not_answer(app: Flask) -> None:
-    bridge = app.extensions["bridge"]
+    bridge = bridge_of(app)
     bridge.health.update(homeserver="ok", ping="ok")
     db_file = Path(bridge.store.db.database) if bridge.store.is_sqlite else None
     if db_file is None:
@@ -159,12 +159,11 @@ def test_each_app_has_its_own_registry(tmp_path: Path) -> None:
         assert value(text_b, "ircbridge_events_received_total") == 0
     finally:
         for app in (a, b):
-            app.extensions["ircbridge_metrics"].close()
-            app.extensions["bridge"].store.close()
+            close_app(app)
 
 
 def test_outbox_depth_and_oldest_age_come_from_the_table(app: Flask) -> None:
-    store = app.extensions["bridge"].store
+    store = bridge_of(app).store
     old = int(time.time() * 1000) - 90_000
     store.queue_lines(
         [IrcLine("local", "#matrix", "#matrix", "bob", "@irc_local_bob:localhost", "m.text",
@@ -181,7 +180,7 @@ def test_outbox_depth_and_oldest_age_come_from_the_table(app: Flask) -> None:
 
 
 def test_homeserver_request_hook_feeds_the_owning_app_only(app: Flask, tmp_path: Path) -> None:
-    client = app.extensions["bridge"].client
+    client = bridge_of(app).client
 
     class Answer:
         def json(self) -> dict[str, Any]:
@@ -229,8 +228,7 @@ def test_metrics_on_their_own_port(tmp_path: Path) -> None:
         own = app.test_client().get("/metrics")
         assert own.status_code == 404 and str(port) in own.json["error"]
     finally:
-        app.extensions["ircbridge_metrics"].close()
-        app.extensions["bridge"].store.close()
+        close_app(app)
     assert not port_open("127.0.0.1", port)
 
 
@@ -242,8 +240,7 @@ def test_status_page_is_off_without_a_secret(tmp_path: Path) -> None:
         assert r.status_code == 403
         assert "[status] secret" in r.data.decode()
     finally:
-        app.extensions["ircbridge_metrics"].close()
-        app.extensions["bridge"].store.close()
+        close_app(app)
 
 
 def test_status_page_asks_for_the_secret(app: Flask) -> None:
@@ -270,7 +267,7 @@ def _room_count(html: str) -> int:
 
 def test_status_page_shows_live_numbers(app: Flask) -> None:
     c = app.test_client()
-    store = app.extensions["bridge"].store
+    store = bridge_of(app).store
     page = c.get("/", headers=STATUS_AUTH).data.decode()
     assert _room_count(page) == 0
     assert 'data-network="local"' in page and "No room is bridged yet" in page
@@ -307,12 +304,11 @@ def split_app(tmp_path: Path, db_url: str) -> Iterator[Flask]:
     app = make_app(tmp_path, db_url, f"[status]\nsecret = {STATUS}\n\n"
                                      f"[provisioning]\nsecret = {PROVISIONING}\n")
     yield app
-    app.extensions["ircbridge_metrics"].close()
-    app.extensions["bridge"].store.close()
+    close_app(app)
 
 
 def test_health_without_the_status_secret_names_only_the_failing_parts(split_app: Flask) -> None:
-    bridge = split_app.extensions["bridge"]
+    bridge = bridge_of(split_app)
     bridge.store.add_link("local", "#staff", "#staff", "!staff:localhost", None)
     db_file = Path(bridge.store.db.database) if bridge.store.is_sqlite else None
     if db_file is not None:  # a database that does not answer: its error text stays inside
@@ -365,11 +361,10 @@ def test_the_provisioning_secret_alone_no_longer_opens_the_status_page(tmp_path:
         r = app.test_client().get("/", headers={"Authorization": f"Bearer {PROVISIONING}"})
         assert r.status_code == 403
         assert "[status] secret" in r.data.decode()
-        config = app.extensions["bridge"].config
+        config = bridge_of(app).config
         assert any("[status] secret" in w for w in config.warnings)
     finally:
-        app.extensions["ircbridge_metrics"].close()
-        app.extensions["bridge"].store.close()
+        close_app(app)
 
 
 def test_the_status_secret_must_differ_from_the_provisioning_secret(tmp_path: Path) -> None:
