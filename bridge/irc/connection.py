@@ -24,8 +24,9 @@ import irc.client
 from ..rules.ids import UserId
 from ..rules.names import collision_nick, irc_lower
 from . import backoff
+from . import cap as cap_setup
 from . import tls as tls_setup
-from .cap import CapList, authenticate_chunks
+from .cap import CapNegotiation, Step
 from .events import ConnectionChange as Change
 from .events import IrcConnectionEvent
 from .targets import TargetQueues
@@ -192,8 +193,9 @@ class IrcConnection:
         self.sasl: Sasl | None = None
         self.client_cert: tuple[str, str] | None = None
         self.autocmds: list[str] = []
-        self._sasl_step = ""
-        self._cap_ls: CapList | None = None
+        # This link's capabilities (IRC thread only; made anew for each TCP connect).
+        self.caps = CapNegotiation()
+        self._cap_timer: Timer | None = None
         self.server_error = ""
         self.banned_reason = ""  # set by an ERROR/465 that says we are banned
         self._server = 0  # index into the network's servers, tried in turn
@@ -262,12 +264,14 @@ class IrcConnection:
         self.state = State.REGISTERING
         self.registering_since = time.monotonic()
         self.nick_attempt = 0
-        self.conn.first_lines = []
-        if self.sasl is not None:
-            # CAP LS goes out before NICK/USER so the server holds registration for SASL.
-            self.conn.first_lines = ["CAP LS 302"]
-            self._sasl_step = "ls"
-            self._cap_ls = None
+        # CAP LS 302 goes out before NICK/USER so the server holds registration until
+        # CAP END: every connection negotiates, with SASL when it has a login.
+        self.caps = CapNegotiation(
+            sasl_mechanism=self.sasl.mechanism if self.sasl else None,
+            sasl_response=self.sasl.response() if self.sasl else b"")
+        self.conn.first_lines = self.caps.begin().lines
+        self._cancel_cap_timer()
+        self._cap_timer = self.thread.call_later(cap_setup.CAP_DEADLINE, self._cap_deadline)
         try:
             self.conn.connect(
                 host, port, self.wanted_nick,
@@ -318,6 +322,10 @@ class IrcConnection:
         """
         self.state = State.CONNECTED
         self._release_slot()
+        self._cancel_cap_timer()
+        self.caps.registered()
+        log.info("%s: capabilities enabled: %s", self,
+                 " ".join(sorted(self.caps.enabled)) or "none")
         self.connected_at = time.monotonic()
         self.channels.clear()
         self._join_queued.clear()
@@ -333,47 +341,40 @@ class IrcConnection:
         return self.state is State.CONNECTED and self.connected_at is not None and \
             time.monotonic() - self.connected_at >= STABLE_AFTER
 
-    # ------------------------------------------------------------ SASL (IRCv3 CAP)
+    # ------------------------------------------------------------ IRCv3 CAP and SASL
+    @irc_thread_only
     def cap(self, arguments: list[str]) -> None:
-        """CAP LS (one or several lines) / ACK / NAK during registration."""
-        if self.sasl is None or not arguments:
-            return
-        sub = arguments[0].upper()
-        if sub == "LS" and self._sasl_step == "ls":
-            if self._cap_ls is None:
-                self._cap_ls = CapList()
-            if not self._cap_ls.feed(arguments):
-                return  # more LS lines follow (CAP 302 multi-line)
-            offered, self._cap_ls = self._cap_ls, None
-            if offered.offers_sasl(self.sasl.mechanism):
-                self.send_now("CAP REQ :sasl")
-                self._sasl_step = "req"
-            else:
-                self._sasl_done(False, f"the server offers no SASL {self.sasl.mechanism}")
-            return
-        caps = arguments[-1].split() if len(arguments) > 1 else []
-        if sub == "ACK" and self._sasl_step == "req" and "sasl" in caps:
-            self.send_now(f"AUTHENTICATE {self.sasl.mechanism}")
-            self._sasl_step = "auth"
-        elif sub == "NAK" and self._sasl_step == "req":
-            self._sasl_done(False, "the server refused the sasl capability")
+        """A CAP reply: LS (one or several lines), ACK, NAK, NEW, DEL; during registration
+        and after it (cap-notify)."""
+        self._cap_step(self.caps.feed(arguments))
 
+    @irc_thread_only
     def authenticate(self, argument: str) -> None:
-        if self.sasl is not None and self._sasl_step == "auth" and argument == "+":
-            for chunk in authenticate_chunks(self.sasl.response()):
-                self.send_now(f"AUTHENTICATE {chunk}")
-            self._sasl_step = "sent"
+        self._cap_step(self.caps.challenge(argument))
 
+    @irc_thread_only
     def sasl_result(self, ok: bool, reason: str) -> None:
-        if self._sasl_step in ("auth", "sent", "req"):
-            self._sasl_done(ok, reason)
+        self._cap_step(self.caps.sasl_result(ok, reason))
 
-    def _sasl_done(self, ok: bool, reason: str) -> None:
-        self._sasl_step = ""
-        self.send_now("CAP END")
-        if not ok:
-            log.warning("%s: SASL login failed: %s", self, reason)
-            self.on_change(self, self._event(Change.SASL_FAILED, reason=reason))
+    def _cap_deadline(self) -> None:
+        """CAP_DEADLINE after the connect: CAP END now, with what the server said so far."""
+        self._cap_timer = None
+        if self.state is State.REGISTERING and not self.caps.ended:
+            log.warning("%s: capability negotiation unfinished after %.0f s; ending it",
+                        self, cap_setup.CAP_DEADLINE)
+            self._cap_step(self.caps.deadline())
+
+    def _cancel_cap_timer(self) -> None:
+        if self._cap_timer is not None:
+            self._cap_timer.cancel()
+            self._cap_timer = None
+
+    def _cap_step(self, step: Step) -> None:
+        for line in step.lines:
+            self.send_now(line)
+        if step.sasl_failed is not None:
+            log.warning("%s: SASL login failed: %s", self, step.sasl_failed)
+            self.on_change(self, self._event(Change.SASL_FAILED, reason=step.sasl_failed))
 
     @irc_thread_only
     def nick_in_use(self) -> None:
@@ -408,6 +409,7 @@ class IrcConnection:
             time.monotonic() - self.connected_at >= STABLE_AFTER
         self.connected_at = None
         self._release_slot()
+        self._cancel_cap_timer()
         self.channels.clear()
         self._join_queued.clear()
         self.queue.remove_if(lambda item: item.per_link)  # redone on the next link
@@ -438,6 +440,7 @@ class IrcConnection:
             self._retry_timer.cancel()
         if self._drain_timer:
             self._drain_timer.cancel()
+        self._cancel_cap_timer()
         self._release_slot()
         if previous in (State.REGISTERING, State.CONNECTED) and self.conn.is_connected():
             try:

@@ -9,8 +9,9 @@ ACTION): what they become on Matrix is the core's business (`bridge.core.irc_to_
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from types import MappingProxyType
 
 from ..rules.ids import UserId
@@ -18,6 +19,47 @@ from .modes import ChannelState
 
 _NO_TAGS: Mapping[str, str] = MappingProxyType({})
 _NO_MENTIONS: Mapping[str, UserId] = MappingProxyType({})
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MS = timedelta(milliseconds=1)
+
+# How far a server's `time` tag may be from our clock before we distrust it and use the
+# receive time: a server clock ahead of ours, or a line older than this said "live", is
+# more likely a broken clock than the truth. History (CHATHISTORY backfill) is old by
+# nature and is only held to the future bound.
+MAX_FUTURE_SKEW_MS = 5 * 60 * 1000
+MAX_PAST_SKEW_MS = 24 * 60 * 60 * 1000
+
+
+def tag_map(tags: Iterable[Mapping[str, str | None]] | None) -> Mapping[str, str]:
+    """jaraco's `event.tags` (a list of {"key", "value"}, or None) as key -> value ("" for a
+    tag without one), immutable."""
+    if not tags:
+        return _NO_TAGS
+    return MappingProxyType({str(t["key"]): t.get("value") or "" for t in tags if t.get("key")})
+
+
+def parse_server_time(value: str | None) -> int | None:
+    """The `time` tag (`2026-12-03T09:47:25.123Z`, server-time.md) in ms since the epoch,
+    exactly (no float rounding); None when absent or not a timestamp."""
+    if not value:
+        return None
+    try:
+        when = datetime.fromisoformat(value.strip())
+    except ValueError:
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)  # the spec says UTC; some servers drop the Z
+    return (when - _EPOCH) // _MS
+
+
+def line_ts(server_ms: int | None, received_ms: int, *, history: bool = False) -> int:
+    """The Matrix `ts` of a line: the server's time when it is within the skew bounds of
+    the receive time (`history`: any age), else the receive time."""
+    if server_ms is None or server_ms - received_ms > MAX_FUTURE_SKEW_MS:
+        return received_ms
+    if not history and received_ms - server_ms > MAX_PAST_SKEW_MS:
+        return received_ms
+    return server_ms
 
 
 class IrcKind(enum.StrEnum):
@@ -31,8 +73,9 @@ class IrcKind(enum.StrEnum):
 @dataclass(frozen=True)
 class IrcMessage:
     """A line said in a channel we relay; `mentions` maps the nicks of our puppets named
-    in it to their Matrix users. `tags` are the line's IRCv3 message tags (empty until
-    they are negotiated), `server_time` its `time` tag in seconds."""
+    in it to their Matrix users. `tags` are the line's IRCv3 message tags (empty when the
+    server sent none), `server_time` its `time` tag in seconds, as the server said it (`ts`
+    is that time unless it is beyond the skew bounds, see `line_ts`)."""
 
     network: str
     channel: str  # folded with the network's casemapping

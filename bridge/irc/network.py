@@ -10,9 +10,8 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 import irc.client
@@ -37,6 +36,9 @@ from .events import (
     IrcPrivate,
     IrcTopic,
     MembershipChange,
+    line_ts,
+    parse_server_time,
+    tag_map,
 )
 from .kicks import Rejoins
 from .modes import ChannelModes, ChannelState, ModeSyntax, parse_modes
@@ -109,15 +111,16 @@ def apply_settings(conn: IrcConnection, settings: dict[str, Any]) -> None:
 
 
 def event_time_ms(event: irc.client.Event) -> int:
-    """The IRCv3 `time` tag when the server sent one, else now."""
-    for tag in event.tags or ():
-        if tag.get("key") == "time" and tag.get("value"):
-            try:
-                value = tag["value"].replace("Z", "+00:00")
-                return int(datetime.fromisoformat(value).timestamp() * 1000)
-            except ValueError:
-                break
-    return int(time.time() * 1000)
+    """The IRCv3 `time` tag when the server sent one within the skew bounds, else now."""
+    return line_ts(parse_server_time(tag_map(event.tags).get("time")), int(time.time() * 1000))
+
+
+def _line_times(event: irc.client.Event) -> tuple[int, Mapping[str, str], float | None]:
+    """(ts in ms, tags, the `time` tag in seconds or None) of a relayed line."""
+    tags = tag_map(event.tags)
+    server_ms = parse_server_time(tags.get("time"))
+    ts = line_ts(server_ms, int(time.time() * 1000))
+    return ts, tags, None if server_ms is None else server_ms / 1000
 
 
 class Network:
@@ -541,7 +544,8 @@ class Network:
         channel = self.fold(event.arguments[1])
         if self.forwarder(channel) is not conn and not conn.is_bot:
             return
-        entries = event.arguments[2].split()
+        # userhost-in-names: `@nick!user@host`; the nick (with its prefixes) is what counts.
+        entries = [entry.split("!", 1)[0] for entry in event.arguments[2].split()]
         symbols = self.syntax.prefix_symbols
         self.members.setdefault(channel, set()).update(
             self.fold(n.lstrip(symbols)) for n in entries if n.lstrip(symbols))
@@ -691,8 +695,9 @@ class Network:
             return  # our own puppets' lines, echoed back by the server
         if self.forwarder(channel) is not conn:
             return
+        ts, tags, server_time = _line_times(event)
         self.listener.irc_message(IrcMessage(self.name, self.fold(channel), nick, text, kind,
-                                             event_time_ms(event), self.mentions(text)))
+                                             ts, self.mentions(text), tags, server_time))
 
     def mentions(self, text: str) -> dict[str, UserId]:
         """Nicks of our puppets named in `text` -> their Matrix user ids (for pills)."""
@@ -733,8 +738,9 @@ class Network:
             return
         if not conn.owner:
             return  # the bot's PMs are not bridged
+        ts, tags, server_time = _line_times(event)
         self.listener.irc_private(IrcPrivate(self.name, UserId(conn.owner), nick, text, kind,
-                                             event_time_ms(event)))
+                                             ts, tags, server_time))
 
     # ------------------------------------------------------------ Matrix -> IRC
     def command(self, user_id: str, line: str, channel: str | None = None) -> None:
