@@ -15,17 +15,19 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from typing import Any
+from collections.abc import Mapping
 
 from ..irc.events import IrcConnectionEvent
 from ..irc.queries import IrcQueries
 from ..matrix import MatrixError
 from ..matrix.client import q
+from ..matrix.wire import JsonObject
 from ..pipeline.lanes import Lanes
 from ..rules.permissions import role_of
 from ..store.admin_tables import AdminStore
 from . import grammar as commands
 from .runner import CommandRunner, secret_message
+from .seams import BridgeForAdmin, ClientCertificate, PuppetSettings, SecretValue
 from .vault import Vault, VaultError, load_vault
 
 log = logging.getLogger(__name__)
@@ -37,7 +39,7 @@ REDACTED_BODY = "<redacted by the bridge: it held a secret>"
 class AdminRooms:
     """The `bridge.admin` object: admin rooms, their commands, and their notices."""
 
-    def __init__(self, bridge: Any, *, lanes: int = LANES):
+    def __init__(self, bridge: BridgeForAdmin, *, lanes: int = LANES):
         self.bridge = bridge
         self.config = bridge.config
         self.store = AdminStore(bridge.store.db, bridge.store.bridge_id)
@@ -54,7 +56,7 @@ class AdminRooms:
         self._lock = threading.Lock()
         self._owner: dict[str, str] = {}  # admin room -> owner
         self._room_of: dict[str, str] = {}  # owner -> newest admin room
-        self._settings: dict[tuple[str, str], dict[str, Any]] = {}  # (network, user) -> ...
+        self._settings: dict[tuple[str, str], PuppetSettings] = {}  # (network, user) -> ...
         self._published: set[str] = set()
         self._publishing: set[str] = set()
         self._down: set[tuple[str, str]] = set()  # (network, user) told "lost"
@@ -108,17 +110,26 @@ class AdminRooms:
             log.exception("publishing portal rooms failed")
 
     # ------------------------------------------------------------------ settings cache
-    def _cache_identity(self, network: str, user_id: str, identity: dict[str, Any]) -> None:
+    def _cache_identity(self, network: str, user_id: str,
+                        identity: Mapping[str, object]) -> None:
+        nick, username, long_messages = (
+            str(value) if value else None
+            for value in (identity.get("nick"), identity.get("username"),
+                          identity.get("long_messages")))
         with self._lock:
-            entry = self._settings.setdefault((network, user_id), {})
-            for key in ("nick", "username", "long_messages"):
-                if identity.get(key):
-                    entry[key] = identity[key]
-                else:
-                    entry.pop(key, None)
+            entry = self._settings.setdefault((network, user_id), PuppetSettings())
+            entry.pop("nick", None)
+            entry.pop("username", None)
+            entry.pop("long_messages", None)
+            if nick:
+                entry["nick"] = nick
+            if username:
+                entry["username"] = username
+            if long_messages:
+                entry["long_messages"] = long_messages
 
     def _cache_secret(self, network: str, user_id: str, kind: str, sealed: str | None) -> None:
-        value: Any = None
+        value: object = None
         if sealed is not None:
             if self.vault is None:
                 return
@@ -128,36 +139,39 @@ class AdminRooms:
                 log.error("stored %s of %s on %s cannot be read: %s", kind, user_id, network, e)
                 return
         with self._lock:
-            entry = self._settings.setdefault((network, user_id), {})
+            entry = self._settings.setdefault((network, user_id), PuppetSettings())
             if kind == "password":
-                for key in ("password", "password_kind", "sasl_username"):
-                    entry.pop(key, None)
-                if value:
-                    entry["password"] = value.get("password", "")
-                    entry["password_kind"] = value.get("kind", "server")
+                entry.pop("password", None)
+                entry.pop("password_kind", None)
+                entry.pop("sasl_username", None)
+                if isinstance(value, dict) and value:
+                    entry["password"] = str(value.get("password", ""))
+                    entry["password_kind"] = str(value.get("kind", "server"))
                     if value.get("account"):
-                        entry["sasl_username"] = value["account"]
+                        entry["sasl_username"] = str(value["account"])
                     _protect([entry["password"]])
             elif kind == "autocmd":
-                entry["autocmds"] = list(value or [])
+                entry["autocmds"] = [str(line) for line in value] \
+                    if isinstance(value, list) else []
             elif kind == "certfp":
-                entry["certificate"] = value or None
+                entry["certificate"] = _certificate(value)
 
-    def puppet_settings(self, network: str, user_id: str) -> dict[str, Any]:
+    def puppet_settings(self, network: str, user_id: str) -> PuppetSettings:
         """What a new connection of the user needs (nick, username, password). Any thread;
         cheap (memory only), so the IRC thread may call it when it makes a connection."""
         with self._lock:
-            return dict(self._settings.get((network, user_id), {}))
+            return self._settings.get((network, user_id), PuppetSettings()).copy()
 
     def autocmds_for(self, network: str, user_id: str) -> list[str]:
         with self._lock:
-            return list(self._settings.get((network, user_id), {}).get("autocmds", []))
+            return list(self._settings.get((network, user_id), PuppetSettings())
+                        .get("autocmds", []))
 
-    def set_identity(self, network: str, user_id: str, **values: Any) -> None:
+    def set_identity(self, network: str, user_id: str, **values: str) -> None:
         self.bridge.store.set_identity(user_id, network, **values)
         self._cache_identity(network, user_id, self.bridge.store.identity(user_id, network))
 
-    def set_secret(self, network: str, user_id: str, kind: str, value: Any) -> None:
+    def set_secret(self, network: str, user_id: str, kind: str, value: SecretValue) -> None:
         """Seal and store (value None removes); raises VaultError without a key file."""
         if value is None:
             self.store.remove_secret(user_id, network, kind)
@@ -207,7 +221,7 @@ class AdminRooms:
                     self._room_of[owner] = others[-1]
 
     # ------------------------------------------------------------------ inbox thread
-    def handle_event(self, event: dict[str, Any]) -> bool:
+    def handle_event(self, event: JsonObject) -> bool:
         """Take the events that belong to admin rooms (True) and queue their work.
 
         Called by the core on the inbox thread for every event of a real user; memory
@@ -220,9 +234,10 @@ class AdminRooms:
             log.exception("admin: cannot handle event %s", event.get("event_id"))
             return isinstance(room_id, str) and self.owner_of(room_id) is not None
 
-    def _handle(self, event: dict[str, Any]) -> bool:
-        room_id = event["room_id"]
-        sender = event["sender"]
+    def _handle(self, event: JsonObject) -> bool:
+        room_id, sender = event.get("room_id"), event.get("sender")
+        if not isinstance(room_id, str) or not isinstance(sender, str):
+            return False
         etype = event.get("type")
         content = content_ if isinstance(content_ := event.get("content"), dict) else {}
         bot = self.config.bot_user_id
@@ -245,7 +260,7 @@ class AdminRooms:
                 and content.get("membership") in ("leave", "ban"):
             self.lanes.submit(room_id, self._owner_left, room_id)
         elif etype == "m.room.message" and sender == owner and isinstance(content.get("body"), str):
-            self.lanes.submit(room_id, self._on_message, room_id, owner, event)
+            self.lanes.submit(room_id, self._on_message, room_id, owner, event, content)
         return True
 
     # ------------------------------------------------------------------ lanes
@@ -282,16 +297,17 @@ class AdminRooms:
         except MatrixError as e:
             log.info("leaving admin room %s: %s", room_id, e)
 
-    def _on_message(self, room_id: str, owner: str, event: dict[str, Any]) -> None:
-        body: str = event["content"]["body"]
+    def _on_message(self, room_id: str, owner: str, event: JsonObject,
+                    content: JsonObject) -> None:
+        body = str(content.get("body"))
         notes: list[str] = []
-        if _holds_secret(event["content"]):  # an edit may bring the secret too
-            notes.extend(self._hide_secret_message(room_id, event))
+        if _holds_secret(content):  # an edit may bring the secret too
+            notes.extend(self._hide_secret_message(room_id, event, body))
         word = commands.command_word(body)
         if word is None:
             if notes:
                 self.notice(room_id, "\n".join(notes))
-            elif event["content"].get("msgtype") in ("m.text", None):
+            elif content.get("msgtype") in ("m.text", None):
                 self.notice(room_id, "Commands start with ! — say !help for the list.")
             return
         reply = self.runner.run(body, owner, room_id)
@@ -299,12 +315,12 @@ class AdminRooms:
         if text:
             self.notice(room_id, text)
 
-    def _hide_secret_message(self, room_id: str, event: dict[str, Any]) -> list[str]:
+    def _hide_secret_message(self, room_id: str, event: JsonObject, body: str) -> list[str]:
         """Scrub the stored copy of a message holding a secret, and redact it in the room."""
         event_id = event.get("event_id")
         if not isinstance(event_id, str):
             return []
-        word = commands.command_word(event["content"]["body"]) or ""
+        word = commands.command_word(body) or ""
         scrubbed = {**event, "content": {"msgtype": "m.text", "body": f"!{word} {REDACTED_BODY}"}}
         for attempt in range(5):
             try:
@@ -451,7 +467,17 @@ class AdminRooms:
                 self._publishing.discard(room_id)
 
 
-def _holds_secret(content: dict[str, Any]) -> bool:
+def _certificate(value: object) -> ClientCertificate | None:
+    """A stored certificate (PEM and key), or None when there is none (or it is damaged)."""
+    if not isinstance(value, dict):
+        return None
+    certificate, key = value.get("certificate"), value.get("key")
+    if not isinstance(certificate, str) or not isinstance(key, str):
+        return None
+    return ClientCertificate(certificate=certificate, key=key)
+
+
+def _holds_secret(content: JsonObject) -> bool:
     """A message, or the new text of an edit, that may hold a secret."""
     new = content.get("m.new_content")
     bodies = [content.get("body"), new.get("body") if isinstance(new, dict) else None]

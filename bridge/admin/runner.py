@@ -8,9 +8,12 @@ notice the user gets; nothing raises out of `CommandRunner.run`.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 
+from ..config.ini import Config
 from ..core.access import PortalLimited
 from ..irc.queries import JOIN_TIMEOUT, NICK_TIMEOUT, WHOIS_TIMEOUT, IrcQueries, IrcUnavailable
 from ..matrix import MatrixError
@@ -30,9 +33,13 @@ from .grammar import (
     holds_secret,
     parse,
 )
+from .seams import BridgeForAdmin, PuppetSettings, SecretValue
 from .vault import VaultError, fingerprints, make_client_certificate
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+P = ParamSpec("P")
 
 NOT_ALLOWED = ("Sorry, {user} is not allowed to use this bridge (see [permissions] in the "
                "bridge's config.ini); ask the bridge's admin.")
@@ -65,18 +72,18 @@ class RoomsForCommands(Protocol):
     so the runner does not import the rooms that make it (no cycle)."""
 
     @property
-    def bridge(self) -> Any: ...
+    def bridge(self) -> BridgeForAdmin: ...
     @property
-    def config(self) -> Any: ...
+    def config(self) -> Config: ...
     @property
     def irc(self) -> IrcQueries: ...
     @property
     def store(self) -> AdminStore: ...
 
-    def puppet_settings(self, network: str, user_id: str) -> dict[str, Any]: ...
+    def puppet_settings(self, network: str, user_id: str) -> PuppetSettings: ...
     def autocmds_for(self, network: str, user_id: str) -> list[str]: ...
-    def set_identity(self, network: str, user_id: str, **values: Any) -> None: ...
-    def set_secret(self, network: str, user_id: str, kind: str, value: Any) -> None: ...
+    def set_identity(self, network: str, user_id: str, **values: str) -> None: ...
+    def set_secret(self, network: str, user_id: str, kind: str, value: SecretValue) -> None: ...
     def expect_connection(self, network: str, user_id: str) -> None: ...
 
 
@@ -123,12 +130,18 @@ class CommandRunner:
             return f"Something went wrong running !{word}; the bridge's log has the details."
 
     # ------------------------------------------------------------------ helpers
-    def _ask(self, fn: Any, *args: Any, timeout: float) -> Any:
-        return self.admin.irc.ask(fn, *args, timeout=timeout)
+    def _ask(self, timeout: float, fn: Callable[Concatenate[Future[T], P], None],
+             *args: P.args, **kwargs: P.kwargs) -> T:
+        """`fn(future, *args)` run on the IRC thread; what it puts in the future."""
+        def call(future: Future[T]) -> None:
+            fn(future, *args, **kwargs)
+
+        result: T = self.admin.irc.ask(call, timeout=timeout)
+        return result
 
     def _snapshot(self, user_id: str) -> dict[str, Any] | None:
         try:
-            return self._ask(self.admin.irc.snapshot, user_id, timeout=5.0)
+            return self._ask(5.0, self.admin.irc.snapshot, user_id)
         except IrcUnavailable:
             return None
 
@@ -144,7 +157,8 @@ class CommandRunner:
             state = self.bridge.client.get_state(room_id, "m.room.member", user_id)
         except MatrixError:
             return None
-        return state.get("membership") if state else None
+        membership = state.get("membership") if state else None
+        return membership if isinstance(membership, str) else None
 
     # ------------------------------------------------------------------ general
     def do_help(self, ctx: Ctx, c: Command) -> str:
@@ -202,8 +216,7 @@ class CommandRunner:
         assert c.network is not None
         channel = c.args[0]
         key = c.args[1] if len(c.args) > 1 else None
-        refused = self._ask(self.admin.irc.join, c.network, ctx.user_id, channel, key,
-                            timeout=JOIN_TIMEOUT)
+        refused = self._ask(JOIN_TIMEOUT, self.admin.irc.join, c.network, ctx.user_id, channel, key)
         if refused:
             return f"Could not join {channel} on {c.network}: {refused}"
         link = self._link(c.network, channel)
@@ -233,7 +246,7 @@ class CommandRunner:
     def do_part(self, ctx: Ctx, c: Command) -> str:
         assert c.network is not None
         channel = c.args[0]
-        was_in = self._ask(self.admin.irc.part, c.network, ctx.user_id, channel, timeout=5.0)
+        was_in = self._ask(5.0, self.admin.irc.part, c.network, ctx.user_id, channel)
         text = f"Left {channel} on {c.network}." if was_in else \
             f"You were not in {channel} on {c.network}."
         link = self._link(c.network, channel)
@@ -248,8 +261,8 @@ class CommandRunner:
 
     # ------------------------------------------------------------------ identity
     def do_whois(self, ctx: Ctx, c: Command) -> str:
-        result = self._ask(self.admin.irc.whois, c.network, c.args[0], ctx.user_id,
-                           timeout=WHOIS_TIMEOUT)
+        assert c.network is not None
+        result = self._ask(WHOIS_TIMEOUT, self.admin.irc.whois, c.network, c.args[0], ctx.user_id)
         return str(result.text())
 
     def do_nick(self, ctx: Ctx, c: Command) -> str:
@@ -260,15 +273,13 @@ class CommandRunner:
         fold = self.bridge.fold_nick
         if current is None or fold(c.network, current) != fold(c.network, new):
             try:
-                who = self._ask(self.admin.irc.whois, c.network, new, ctx.user_id,
-                                timeout=WHOIS_TIMEOUT)
+                who = self._ask(WHOIS_TIMEOUT, self.admin.irc.whois, c.network, new, ctx.user_id)
             except IrcUnavailable as e:
                 return f"Cannot check {new} with WHOIS now ({e}); try again later."
             if who.found:
                 return (f"The nick {new} is in use on {c.network} (by {who.user}@{who.host}); "
                         "choose another.")
-        refused = self._ask(self.admin.irc.change_nick, c.network, ctx.user_id, new,
-                            timeout=NICK_TIMEOUT)
+        refused = self._ask(NICK_TIMEOUT, self.admin.irc.change_nick, c.network, ctx.user_id, new)
         if refused not in (None, "offline"):
             return f"{c.network} refused the nick {new}: {refused}"
         self.admin.set_identity(c.network, ctx.user_id, nick=new)
@@ -388,15 +399,17 @@ class CommandRunner:
     def do_reconnect(self, ctx: Ctx, c: Command) -> str:
         assert c.network is not None
         self.admin.expect_connection(c.network, ctx.user_id)
-        existed = self._ask(self.admin.irc.reconnect, c.network, ctx.user_id, timeout=5.0)
+        existed = self._ask(5.0, self.admin.irc.reconnect, c.network, ctx.user_id)
         return f"Reconnecting to {c.network}…" if existed else f"Connecting to {c.network}…"
 
     def do_quit(self, ctx: Ctx, c: Command) -> str:
-        existed = self._ask(self.admin.irc.quit, c.network, ctx.user_id, timeout=5.0)
+        assert c.network is not None
+        existed = self._ask(5.0, self.admin.irc.quit, c.network, ctx.user_id)
         return (f"Disconnected from {c.network}. A message in a bridged room connects you "
                 "again.") if existed else f"You had no connection to {c.network}."
 
     def do_cmd(self, ctx: Ctx, c: Command) -> str:
+        assert c.network is not None
         line = c.args[0]
-        self._ask(self.admin.irc.send_raw, c.network, ctx.user_id, line, timeout=5.0)
+        self._ask(5.0, self.admin.irc.send_raw, c.network, ctx.user_id, line)
         return f"Sent {line.split(' ', 1)[0]} on {c.network}."
