@@ -23,11 +23,12 @@ import secrets
 import threading
 import time
 import unicodedata
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Protocol
 from urllib.parse import quote
 
 if TYPE_CHECKING:
     from ..matrix import HomeserverClient
+    from ..matrix.wire import JsonObject
     from ..store.models import Store
 
 log = logging.getLogger(__name__)
@@ -101,13 +102,22 @@ def load_secret(store: Store) -> bytes:
     return value.encode("utf-8")
 
 
+class Revocations(Protocol):
+    """The links of redacted messages (`media_revocations.MediaRevocations` is one; a
+    Protocol, since that module imports this one)."""
+
+    def observe(self, event: JsonObject) -> None: ...
+    def is_revoked(self, server: str, media_id: str) -> bool: ...
+
+
 class MediaLinks:
     """Makes and checks signed media links; uploads long messages as text files."""
 
     def __init__(self, client: HomeserverClient, public_url: str, secret: bytes,
                  ttl_seconds: int = DEFAULT_TTL_SECONDS,
                  max_bytes: int = DEFAULT_MAX_BYTES, *, max_concurrent: int = 4,
-                 read_timeout: float = 30.0, revocations: Any = None) -> None:
+                 read_timeout: float = 30.0,
+                 revocations: Revocations | None = None) -> None:
         if not secret:
             raise ValueError("a media signing secret is required")
         if ttl_seconds <= 0:
@@ -128,7 +138,7 @@ class MediaLinks:
         # Seconds a download waits for its reader to take the next chunk before the proxy
         # gives up on it, so that slow readers cannot keep every slot.
         self.read_timeout = float(read_timeout)
-        # bridge.core.media_revocations.MediaRevocations, or None: links of redacted messages.
+        # The links of redacted messages (media_revocations.MediaRevocations), or None.
         self.revocations = revocations
 
     def is_revoked(self, server: str, media_id: str) -> bool:

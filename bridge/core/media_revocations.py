@@ -20,10 +20,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any
 
 import peewee as pw
 
+from ..matrix.wire import JsonObject
 from ..store.models import MEDIA_MODELS as MODELS
 from ..store.models import MediaEvent, MediaRevoked, now_ms
 from .media import parse_mxc
@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 PRUNE_EVERY = 3600.0
 
 
-def files_of(content: Any) -> list[tuple[str, str]]:
+def files_of(content: object) -> list[tuple[str, str]]:
     """(server, media_id) of every unencrypted file a message content names."""
     if not isinstance(content, dict):
         return []
@@ -48,7 +48,7 @@ def files_of(content: Any) -> list[tuple[str, str]]:
     return found
 
 
-def redacted_id(event: dict[str, Any]) -> str | None:
+def redacted_id(event: JsonObject) -> str | None:
     """The event a redaction removes (top-level `redacts`, or in content from room v11)."""
     content = content_ if isinstance(content_ := event.get("content"), dict) else {}
     target = event.get("redacts") or content.get("redacts")
@@ -69,14 +69,14 @@ class MediaRevocations:
         with self.db.connection_context():
             self.db.create_tables(MODELS, safe=True)
 
-    def observe(self, event: dict[str, Any]) -> None:
+    def observe(self, event: JsonObject) -> None:
         """Note a message's files, or revoke a redacted message's; never raises."""
         try:
             self._observe(event)
         except Exception:  # noqa: BLE001 - never break the inbox thread
             log.exception("media revocations: cannot handle %s", event.get("event_id"))
 
-    def _observe(self, event: dict[str, Any]) -> None:
+    def _observe(self, event: JsonObject) -> None:
         etype = event.get("type")
         room_id, event_id = event.get("room_id"), event.get("event_id")
         if not isinstance(room_id, str) or not isinstance(event_id, str):

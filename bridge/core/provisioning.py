@@ -26,11 +26,13 @@ import hashlib
 import hmac
 import logging
 import re
-from typing import Any
+from typing import Protocol
 
-from ..matrix import Forbidden, MatrixError, NotFound
+from ..config.ini import Config
+from ..matrix import Forbidden, HomeserverClient, Intent, IntentCache, MatrixError, NotFound
 from ..matrix.client import q
 from ..matrix.openid import OpenIdRefused, user_of
+from ..matrix.wire import JsonObject
 from ..rules.names import valid_channel
 from ..store.models import Link
 
@@ -57,12 +59,33 @@ def admin_token(as_token: str) -> str:
                     hashlib.sha256).hexdigest()
 
 
-def link_json(link: Link) -> dict[str, Any]:
+class ProvisioningBridge(Protocol):
+    """What the provisioning operations use of the bridge (the core's `Bridge` is one)."""
+
+    @property
+    def config(self) -> Config: ...
+    @property
+    def client(self) -> HomeserverClient: ...
+    @property
+    def bot(self) -> Intent: ...
+    @property
+    def cache(self) -> IntentCache: ...
+
+    def links(self, room_id: str | None = None) -> list[Link]: ...
+    def links_for_room(self, room_id: str) -> list[Link]: ...
+    def link_for_room(self, room_id: str) -> Link | None: ...
+    def link_room(self, network: str, channel: str, room_id: str, *, kind: str = "plumbed",
+                  mirror_modes: bool = False) -> Link: ...
+    def unlink_room(self, room_id: str, network: str | None = None) -> Link | None: ...
+    def fold_channel(self, network: str, channel: str) -> str: ...
+
+
+def link_json(link: Link) -> JsonObject:
     return {"room_id": link.room_id, "network": link.network, "channel": link.channel_name,
             "kind": link.kind, "alias": link.alias}
 
 
-def _field(body: Any, name: str, pattern: re.Pattern[str] | None = None,
+def _field(body: object, name: str, pattern: re.Pattern[str] | None = None,
            what: str = "") -> str:
     if not isinstance(body, dict):
         raise ProvisioningError(400, "M_BAD_JSON", "The body must be a JSON object")
@@ -76,7 +99,7 @@ def _field(body: Any, name: str, pattern: re.Pattern[str] | None = None,
     return value
 
 
-def _flag(body: Any, name: str) -> bool:
+def _flag(body: object, name: str) -> bool:
     """An optional true/false field (absent: false)."""
     value = body.get(name, False) if isinstance(body, dict) else False
     if not isinstance(value, bool):
@@ -84,7 +107,7 @@ def _flag(body: Any, name: str) -> bool:
     return value
 
 
-def power_check(power_levels: dict[str, Any] | None, create: dict[str, Any],
+def power_check(power_levels: JsonObject | None, create: JsonObject,
                 user_id: str) -> tuple[int, int]:
     """(the user's level, the level needed) in a room; INFINITE for v12+ creators."""
     content = content_ if isinstance(content_ := create.get("content"), dict) else {}
@@ -95,10 +118,12 @@ def power_check(power_levels: dict[str, Any] | None, create: dict[str, Any],
     if not power_levels:
         return (100 if user_id == create.get("sender") else 0), DEFAULT_NEEDED
 
-    def number(value: Any, default: int) -> int:
+    def number(value: object, default: int) -> int:
+        if not isinstance(value, (int, float, str)):
+            return default
         try:
             return int(value)
-        except (TypeError, ValueError):
+        except (ValueError, OverflowError):
             return default
 
     users = users_ if isinstance(users_ := power_levels.get("users"), dict) else {}
@@ -112,22 +137,22 @@ def power_check(power_levels: dict[str, Any] | None, create: dict[str, Any],
 class Provisioner:
     """The provisioning operations on a running bridge (request threads)."""
 
-    def __init__(self, bridge: Any):
+    def __init__(self, bridge: ProvisioningBridge):
         self.bridge = bridge
         self.config = bridge.config
 
     # ------------------------------------------------------------------ reads
-    def networks(self) -> list[dict[str, Any]]:
+    def networks(self) -> list[JsonObject]:
         return [{"name": n.name, "display_name": n.display_name, "host": n.host,
                  "port": n.port, "tls": n.tls} for n in self.config.networks]
 
-    def links(self, room_id: str | None = None) -> list[dict[str, Any]]:
+    def links(self, room_id: str | None = None) -> list[JsonObject]:
         if room_id is not None and not ROOM_ID_RE.match(room_id):
             raise ProvisioningError(400, "M_INVALID_PARAM", f"Not a room id: {room_id[:100]!r}")
         return [link_json(lk) for lk in self.bridge.links(room_id)]
 
     # ------------------------------------------------------------------ who acts
-    def acting_user(self, body: Any) -> str:
+    def acting_user(self, body: object) -> str:
         """The homeserver's word where an OpenID token came, else the body's `user_id`."""
         if not isinstance(body, dict) or body.get("openid_token") is None:
             return _field(body, "user_id", USER_ID_RE, "a Matrix user id (@user:server)")
@@ -144,7 +169,7 @@ class Provisioner:
         return vouched
 
     # ------------------------------------------------------------------ link / unlink
-    def link(self, body: Any, *, admin: bool = False) -> dict[str, Any]:
+    def link(self, body: object, *, admin: bool = False) -> JsonObject:
         room_id = _field(body, "room_id", ROOM_ID_RE, "a room id (!...)")
         network = _field(body, "network")
         channel = _field(body, "channel")
@@ -174,7 +199,7 @@ class Provisioner:
         self._announce(room_id, f"This room is now bridged to {channel} on {network}.")
         return link_json(link)
 
-    def unlink(self, body: Any, *, admin: bool = False) -> dict[str, Any]:
+    def unlink(self, body: object, *, admin: bool = False) -> JsonObject:
         room_id = _field(body, "room_id", ROOM_ID_RE, "a room id (!...)")
         user_id = self.acting_user(body)
         # A room linked on several networks: `network` unlinks one; without it, all.
@@ -259,7 +284,7 @@ class Provisioner:
                 403, "M_FORBIDDEN", f"{user_id} has power level {level} in {room_id}; "
                 f"linking needs {needed} (the level to change the room's power levels)")
 
-    def _create_event(self, room_id: str) -> dict[str, Any]:
+    def _create_event(self, room_id: str) -> JsonObject:
         """The room's m.room.create event with its sender (the creator)."""
         client = self.bridge.client
         path = f"/_matrix/client/v3/rooms/{q(room_id)}/state/m.room.create/"
@@ -269,7 +294,8 @@ class Provisioner:
         # An older homeserver answers with the content only: the room's first event is it.
         first = client.request("GET", f"/_matrix/client/v3/rooms/{q(room_id)}/messages",
                                params={"dir": "f", "limit": "1"})
-        for event in first.get("chunk") or []:
+        chunk = first.get("chunk")
+        for event in chunk if isinstance(chunk, list) else []:
             if isinstance(event, dict) and event.get("type") == "m.room.create":
                 return event
         return {"content": answer}
