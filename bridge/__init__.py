@@ -77,8 +77,7 @@ def create_app(config_path: str | None = None, *, config: Config | None = None,
         admin = AdminRooms(bridge)  # admin rooms, static mappings, room directory
     if media is None:
         media = media_links(config, store, bridge.client)
-    bridge.admin = admin
-    bridge.media = media
+    bridge.attach(admin=admin, media=media)
 
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = config.appservice.max_body_bytes

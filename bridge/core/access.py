@@ -27,7 +27,7 @@ from typing import Any, Protocol
 from ..config.ini import Config
 from ..matrix import HomeserverClient, Intent, IntentCache, MatrixError
 from ..rules.permissions import role_of
-from ..store.models import Link
+from .directory import Directory
 
 log = logging.getLogger(__name__)
 
@@ -130,8 +130,8 @@ class Gatekeeping(Protocol):
     @property
     def admin(self) -> AdminOwners | None: ...
 
-    def is_ours(self, user_id: str) -> bool: ...
-    def link_for_room(self, room_id: str) -> Link | None: ...
+    @property
+    def directory(self) -> Directory: ...
 
 
 def refused(bridge: Gatekeeping, event: dict[str, Any]) -> bool:
@@ -150,15 +150,16 @@ def refused(bridge: Gatekeeping, event: dict[str, Any]) -> bool:
     target = event.get("state_key")
     etype = event.get("type")
     if etype == "m.room.member" and content.get("membership") in ("leave", "ban") \
-            and isinstance(target, str) and (target == sender or not bridge.is_ours(target)):
+            and isinstance(target, str) \
+            and (target == sender or not bridge.directory.is_ours(target)):
         return False
     room_id = str(event.get("room_id"))
     log.info("ignoring %s of %s in %s: not allowed by [permissions]", etype, sender, room_id)
     if etype == "m.room.member" and content.get("membership") == "invite" \
-            and isinstance(target, str) and bridge.is_ours(target):
+            and isinstance(target, str) and bridge.directory.is_ours(target):
         if bridge.access.tell_once(sender):
             _decline(bridge, room_id, target, REFUSED.format(user=sender))
-    elif etype == "m.room.message" and (bridge.link_for_room(room_id) is not None or (
+    elif etype == "m.room.message" and (bridge.directory.link_for_room(room_id) is not None or (
             bridge.admin is not None and bridge.admin.owner_of(room_id) is not None)):
         if bridge.access.tell_once(sender):
             try:

@@ -1,8 +1,13 @@
-"""The bridge's policy: what happens when the homeserver asks or pushes, and when IRC speaks.
+"""The bridge: one object that owns the parts and wires them together.
 
-`Bridge` decides and delegates the I/O: homeserver calls through `matrix`, IRC work through
-`IrcSide.call` (the IRC thread), persistence through `store`, and the two durable queues
-through `inbox` and `outbox`. It imports no Flask: the web layer calls into it.
+`Bridge` builds the parts with their collaborators and starts and stops their threads; the
+policy lives in the parts: `MatrixToIrc` (what a pushed event does on IRC), `IrcToMatrix`
+(what IRC says, as durable lines, then homeserver calls), `ChannelPrivacy` (what channel
+modes mean for a room), `Portals` (alias queries and links), `Startup` (the homeserver
+checks, the puppets' return), `ThirdPartyLookups`, and the shared `Directory` (names,
+links, virtual users) and `LineQueue` (the entry of IRC->Matrix lines). Its public methods
+are thin delegations, the seam the web layer, the admin rooms and the CLI call. It imports
+no Flask.
 
 Threads: request threads call `handle_transaction`, `query_user`, `query_room`; the inbox
 thread calls `on_matrix_event`; the IRC thread calls the `irc_*` listener methods (which only
@@ -11,10 +16,8 @@ queue); the senders call `deliver`.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,40 +25,37 @@ from typing import Any
 from ..config.ini import Config, NetworkConfig
 from ..config.registration import announce
 from ..irc import IrcSide
-from ..irc.events import IrcCasemapping
-from ..irc.modes import ChannelState
-from ..matrix import (
-    ONCE,
-    QUERY,
-    HomeserverClient,
-    HomeserverUnavailable,
-    Intent,
-    IntentCache,
-    MatrixError,
-    RetryPolicy,
-    RoomInUse,
-    UnknownToken,
+from ..irc.events import (
+    IrcCasemapping,
+    IrcChannelState,
+    IrcConnectionEvent,
+    IrcFailure,
+    IrcMembership,
+    IrcMessage,
+    IrcPower,
+    IrcPrivate,
+    IrcTopic,
 )
+from ..matrix import QUERY, HomeserverClient, Intent, IntentCache
 from ..matrix.state import MemberStore
-from ..pipeline.inbox import InboxWorker
-from ..pipeline.outbox import Recorder, RoomCreated, Senders
-from ..rules.names import (
-    NetworkNames,
-    casefolder,
-    displayname_for_nick,
-    fold_channel,
-    sanitize_nick,
-)
-from ..rules.permissions import role_of
-from ..store.models import Link, LockHeld, Store
+from ..pipeline.inbox import Completion, InboxWorker
+from ..pipeline.outbox import Recorder, Senders
+from ..rules.names import NetworkNames, sanitize_nick
+from ..store.models import Link, LockHeld, QueuedLine, Store
 from ..store.retention import Pruner
 from ..store.room_options import RoomOptions
-from .access import Access, PortalLimited
+from .access import Access
+from .directory import Directory
 from .foreign import ForeignUsers
 from .irc_to_matrix import IrcToMatrix
+from .lines import LineQueue
 from .links import LinkRegistry
 from .matrix_to_irc import MatrixToIrc
+from .media import MediaLinks
+from .portals import Portals
+from .ports import AdminPort
 from .privacy import ChannelPrivacy
+from .startup import Startup
 from .thirdparty import ThirdPartyLookups
 
 log = logging.getLogger(__name__)
@@ -77,8 +77,8 @@ def _raise_open_files_limit() -> None:
             log.debug("cannot raise the open files limit from %s", soft)
 
 
-class Bridge(ChannelPrivacy, MatrixToIrc, IrcToMatrix, ThirdPartyLookups):
-    """One per process (in `app.extensions["bridge"]`); wires every part together."""
+class Bridge:
+    """One per process (in `app.extensions["bridge"]`); owns and wires the parts."""
 
     def __init__(self, config: Config, store: Store | None = None,
                  client: HomeserverClient | None = None):
@@ -104,22 +104,73 @@ class Bridge(ChannelPrivacy, MatrixToIrc, IrcToMatrix, ThirdPartyLookups):
         self.pruner = Pruner(self.store, config.database.keep_days)
         # Links, alias locks, channel waiters and topics: one owner, its own lock.
         self.registry = LinkRegistry()
-        # (network, folded channel) -> its modes, as the IRC thread last published them.
-        self._channel_states: dict[tuple[str, str], ChannelState] = {}
         self.room_options = RoomOptions(self.store.db, self.store.bridge_id)
-        self.txn_prefix = ""
-        self.recorder: Recorder | None = None
-        self.senders: Senders | None = None
-        self.inbox: InboxWorker | None = None
-        self.hs_ready = threading.Event()
-        # Admin rooms and their commands (bridge.admin); None until that part is wired in.
-        self.admin: Any = None
-        # Signed media links and pastes of long messages (bridge.media); None = plain mxc.
-        self.media: Any = None
-        self.health: dict[str, Any] = {"homeserver": "unknown", "ping": "unknown"}
+        self.health: dict[str, str] = {"homeserver": "unknown", "ping": "unknown"}
         self._stopping = threading.Event()
         self._started = False
         self._start_lock = threading.Lock()
+
+        # The parts, each given what it works with.
+        self.directory = Directory(config, self.names, self.irc, self.registry, self.foreign,
+                                   self.client, self.cache, self.store)
+        self.lines = LineQueue(config, self.directory)
+        self.privacy = ChannelPrivacy(config, self.client, self.bot, self.irc,
+                                      self.room_options, self.directory, self.lines)
+        self.irc_to_matrix = IrcToMatrix(config, self.store, self.client, self.cache,
+                                         self.members, self.bot, self.names, self.registry,
+                                         self.directory, self.lines, self.privacy)
+        self.matrix_to_irc = MatrixToIrc(config, self.store, self.client, self.cache, self.bot,
+                                         self.irc, self.names, self.access, self.directory,
+                                         self.lines)
+        self.portals = Portals(config, self.store, self.client, self.cache, self.bot, self.irc,
+                               self.names, self.access, self.registry, self.room_options,
+                               self.directory, self.lines, self.privacy)
+        self.startup = Startup(config, self.client, self.bot, self.irc, self.directory,
+                               self.links, self.matrix_to_irc.puppet_join, self._stopping,
+                               self.health)
+        self.thirdparty = ThirdPartyLookups(config, self.names, self.directory)
+        self.hs_ready = self.startup.hs_ready
+
+        # The durable pipeline, made at start (its files and threads belong to a running
+        # bridge).
+        self.recorder: Recorder | None = None
+        self.senders: Senders | None = None
+        self.inbox: InboxWorker | None = None
+        # Wired in after construction by `attach` (they are made with the bridge).
+        self._admin: AdminPort | None = None
+        self._media: MediaLinks | None = None
+
+    def attach(self, *, admin: AdminPort | None = None, media: MediaLinks | None = None) -> None:
+        """Wire in the admin rooms and the media links, to every part that uses them."""
+        if admin is not None:
+            self._admin = admin
+            for part in (self.privacy, self.irc_to_matrix, self.matrix_to_irc, self.portals):
+                part.admin = admin
+        if media is not None:
+            self._media = media
+            self.matrix_to_irc.media = media
+
+    @property
+    def admin(self) -> AdminPort | None:
+        """The admin rooms (bridge.admin), once attached."""
+        return self._admin
+
+    @admin.setter
+    def admin(self, admin: AdminPort) -> None:
+        self.attach(admin=admin)
+
+    @property
+    def media(self) -> MediaLinks | None:
+        """Signed media links and pastes of long messages; None: plain mxc links."""
+        return self._media
+
+    @media.setter
+    def media(self, media: MediaLinks) -> None:
+        self.attach(media=media)
+
+    @property
+    def txn_prefix(self) -> str:
+        return self.irc_to_matrix.txn_prefix
 
     # ------------------------------------------------------------ lifecycle
     def _bot_nick(self, network: NetworkConfig) -> str:
@@ -140,20 +191,21 @@ class Bridge(ChannelPrivacy, MatrixToIrc, IrcToMatrix, ThirdPartyLookups):
             self.store.release_locks()
             self._started = False
             raise
-        self.txn_prefix = self.store.txn_prefix()
+        self.irc_to_matrix.begin(self.store.txn_prefix())
         announce(self.store, self.config)
         self.foreign.reload()
         self.room_options.load()
-        self._load_links()
+        self.load_links()
         self.senders = Senders(self.store, self.deliver, count=self.config.appservice.senders)
         self.recorder = Recorder(
             self.store,
             {(lk.network, lk.channel): lk.room_id for lk in self.links()},
             {n.name: n.scrollback_lines for n in self.config.networks},
-            self._sender_for_nick,
+            self.directory.sender_for_nick,
             self.senders.dispatch,
             spill=self._local_path("unstored"),
         )
+        self.lines.attach(self.recorder)
         self.inbox = InboxWorker(self.store, self.on_matrix_event,
                                  journal=self._local_path("sent"))
         self.inbox.on_uncertain = self._maybe_not_delivered
@@ -163,7 +215,7 @@ class Bridge(ChannelPrivacy, MatrixToIrc, IrcToMatrix, ThirdPartyLookups):
         self.inbox.start()
         self.pruner.start()
         if check_homeserver:
-            threading.Thread(target=self._startup_checks, name="startup-checks",
+            threading.Thread(target=self.startup.run, name="startup-checks",
                              daemon=True).start()
         else:
             self.hs_ready.set()
@@ -197,14 +249,14 @@ class Bridge(ChannelPrivacy, MatrixToIrc, IrcToMatrix, ThirdPartyLookups):
         if not isinstance(sender, str):
             return
         reason = "the bridge stopped while sending it; it may not have arrived"
-        link = self.link_for_room(room_id)
+        link = self.directory.link_for_room(room_id)
         if link is not None:
-            self.tell_failure(link.network, sender, link.channel_name, reason)
+            self.lines.tell_failure(link.network, sender, link.channel_name, reason)
             return
         pm = self.store.pm_for_room(room_id)
         if pm is not None and pm.owner == sender:
             nick = self.names[pm.network].nick_for_user_id(pm.ghost) or pm.nick
-            self.tell_failure(pm.network, sender, nick, reason)
+            self.lines.tell_failure(pm.network, sender, nick, reason)
 
     def _local_path(self, kind: str) -> Path:
         """A small file of this bridge's own (the sent journal, the lines a stop could not
@@ -248,174 +300,9 @@ class Bridge(ChannelPrivacy, MatrixToIrc, IrcToMatrix, ThirdPartyLookups):
             except Exception:  # noqa: BLE001 - the rest must stop too
                 log.exception("stopping %s failed; stopping the rest", what)
 
-    def _load_links(self) -> None:
+    def load_links(self) -> None:
+        """The links of the store into the registry (at start)."""
         self.registry.add_all(self.store.all_links())
-
-    def _startup_checks(self) -> None:
-        """Check the homeserver once it answers; one clear log line per failure mode."""
-        pause = 1.0
-        while not self._stopping.is_set():
-            try:
-                self.client.versions(policy=ONCE)
-                whoami = self.client.whoami()
-                if whoami.get("user_id") != self.config.bot_user_id:
-                    log.error("the homeserver says the as_token belongs to %s, expected %s",
-                              whoami.get("user_id"), self.config.bot_user_id)
-                self.bot.ensure_registered()
-                self.health["homeserver"] = "ok"
-                self.hs_ready.set()
-                break
-            except UnknownToken:
-                self.health["homeserver"] = "as_token refused"
-                log.error(
-                    "the homeserver refused the as_token: is %s listed in its "
-                    "app_service_config_files, and was it restarted after that?",
-                    self.config.appservice.registration,
-                )
-            except HomeserverUnavailable as e:
-                self.health["homeserver"] = "unreachable"
-                log.error("homeserver %s unreachable (%s); retrying in %.0f s",
-                          self.config.homeserver.url, e, pause)
-            except MatrixError as e:
-                self.health["homeserver"] = f"error {e.errcode}"
-                log.error("homeserver check failed: %s", e)
-            except Exception as e:  # noqa: BLE001 - e.g. connection refused with retry off
-                self.health["homeserver"] = "unreachable"
-                log.error("homeserver %s unreachable (%s); retrying in %.0f s",
-                          self.config.homeserver.url, type(e).__name__, pause)
-            self._stopping.wait(pause)
-            pause = min(30.0, pause * 2)
-        self._check_ping()
-        self._restore_puppets()
-
-    def _restore_puppets(self) -> None:
-        """After a restart, the Matrix users of every bridged room are back on IRC.
-
-        Their connections are opened through the per-network connect limit, so a restart
-        with many users is paced, never a reconnect storm.
-        """
-        if not self.irc.started:
-            return
-        wanted: list[tuple[Link, str, str | None]] = []
-        for link in self.links():
-            try:
-                members = self.client.joined_members(link.room_id)
-            except MatrixError as e:
-                log.warning("cannot list the members of %s: %s", link.room_id, e)
-                continue
-            for user_id, info in members.items():
-                if self.is_ours(user_id) or self.is_foreign(user_id) \
-                        or role_of(self.config, user_id) is None:
-                    continue
-                name = info.get("display_name") if isinstance(info, dict) else None
-                wanted.append((link, user_id, name))
-        if not wanted:
-            return
-        log.info("restoring %d IRC connections of Matrix users in %d rooms",
-                 len({u for _, u, _ in wanted}), len(self.links()))
-        for link, user_id, name in wanted:
-            self.irc.call(self._puppet_join, link, user_id, name)
-
-    def _check_ping(self) -> None:
-        """Ask the homeserver to ping us back (spec checklist item 43)."""
-        attempts = 0
-        while not self._stopping.is_set() and attempts < 10:
-            attempts += 1
-            try:
-                result = self.client.ping(self.config.appservice.id, f"startup-{time.time():.0f}")
-                self.health["ping"] = "ok"
-                log.info("homeserver reached the bridge at %s (AS ping %s ms)",
-                         self.config.appservice.url, result.get("duration_ms"))
-                return
-            except MatrixError as e:
-                self.health["ping"] = e.errcode or str(e.status)
-                if e.errcode == "M_BAD_STATUS":
-                    log.error("the homeserver reached the bridge but got HTTP %s (%s): "
-                              "check hs_token in config.ini and the registration file",
-                              e.body.get("status"), str(e.body.get("body"))[:200])
-                elif e.errcode in ("M_CONNECTION_FAILED", "M_CONNECTION_TIMEOUT"):
-                    log.error("the homeserver cannot reach the bridge at %s (%s): check "
-                              "[appservice] url and bind", self.config.appservice.url, e.errcode)
-                elif e.errcode == "M_FORBIDDEN":
-                    log.error("the homeserver refused the ping: wrong as_token or "
-                              "[appservice] id %r", self.config.appservice.id)
-                    return
-                elif e.errcode == "M_URL_NOT_SET":
-                    log.error("the registration file has no url: the homeserver will not "
-                              "push events; set [appservice] url and regenerate it")
-                    return
-                else:
-                    log.error("AS ping failed: %s", e)
-            except Exception as e:  # noqa: BLE001
-                log.error("AS ping failed: %s", type(e).__name__)
-            self._stopping.wait(min(30.0, 2.0 * attempts))
-
-    # ------------------------------------------------------------ naming helpers
-    def _sender_for_nick(self, network: str, nick: str) -> str:
-        return self.names[network].user_id_for_nick(nick)
-
-    def is_ours(self, user_id: str) -> bool:
-        """The bot or any virtual user: their events are echoes and are never relayed."""
-        if user_id == self.config.bot_user_id:
-            return True
-        return any(n.nick_for_user_id(user_id) is not None for n in self.names.values())
-
-    def is_foreign(self, user_id: str) -> bool:
-        """Another application service's user (bot or virtual user): never puppeted."""
-        return self.foreign.is_foreign(user_id)
-
-    def link_for_room(self, room_id: str) -> Link | None:
-        """The room's link (its first, when it is linked on several networks)."""
-        return self.registry.link_for_room(room_id)
-
-    def links_for_room(self, room_id: str) -> list[Link]:
-        """Every channel the room is linked to, one per network, oldest first."""
-        return self.registry.links_for_room(room_id)
-
-    def fold_nick(self, network: str, nick: str) -> str:
-        """Nicks compare as the network's ISUPPORT CASEMAPPING says (the IRC thread's
-        published snapshot, bridge.irc.IrcSide.casemapping)."""
-        return casefolder(self.irc.casemapping(network))(nick)
-
-    def casemapping(self, network: str) -> str:
-        """The CASEMAPPING `network` announced (rfc1459 before its 005), any thread."""
-        return self.irc.casemapping(network)
-
-    def fold_channel(self, network: str, channel: str) -> str:
-        """A channel's key and comparison form on `network` (see names.fold_channel)."""
-        return fold_channel(self.irc.casemapping(network), channel)
-
-    def irc_casemapping(self, event: IrcCasemapping) -> None:
-        """IRC thread: the network announced a CASEMAPPING other than rfc1459. Links stored
-        under another folding (rows of an older version, or made before the 005) are re-keyed
-        from the channel name as written, on a thread of their own: it writes the store."""
-        threading.Thread(target=self._rekey_links, args=(event.network, event.casemapping),
-                         name="casemap-rekey", daemon=True).start()
-
-    def _rekey_links(self, network: str, casemapping: str) -> None:
-        stale = [lk for lk in self.registry.links_on(network)
-                 if fold_channel(casemapping, lk.channel_name) != lk.channel]
-        for old in stale:
-            new = dataclasses.replace(old, channel=fold_channel(casemapping, old.channel_name))
-            if self.registry.has_channel(network, new.channel):
-                log.warning("%s on %s: another link holds key %s; left as %s",
-                            old.channel_name, network, new.channel, old.channel)
-                continue
-            try:
-                self.store.rekey_link(network, old.channel, new.channel)
-            except Exception:  # noqa: BLE001 - the old key keeps working for the rest
-                log.exception("could not re-key %s on %s", old.channel_name, network)
-                continue
-            self.registry.rekey(old, new)
-            log.info("%s on %s re-keyed %s -> %s (CASEMAPPING=%s)", old.channel_name, network,
-                     old.channel, new.channel, casemapping)
-            if self.recorder is not None:
-                self.recorder.forget(network, old.channel)
-                self.recorder.put(RoomCreated(network, new.channel, new.room_id,
-                                              threading.Event()))
-
-    def _link_for_channel(self, network: str, channel: str) -> Link | None:
-        return self.registry.link_for_channel(network, channel)
 
     # ------------------------------------------------------------ AS API (request threads)
     def handle_transaction(self, txn_id: str, events: list[dict[str, Any]]) -> tuple[bool, int]:
@@ -435,200 +322,106 @@ class Bridge(ChannelPrivacy, MatrixToIrc, IrcToMatrix, ThirdPartyLookups):
                 continue
             # The homeserver waits at most 60 s for the answer: a short budget (QUERY), so a
             # homeserver that cannot be reached back gives a clear error in time.
-            self._prepare_ghost(network, nick, user_id, policy=QUERY)
+            self.directory.prepare_ghost(network, nick, user_id, policy=QUERY)
             return True
         return False
 
-    def _prepare_ghost(self, network: str, nick: str, user_id: str,
-                       policy: RetryPolicy | None = None) -> Intent:
-        intent = Intent(self.client, user_id, cache=self.cache, policy=policy)
-        intent.ensure_registered()
-        name = displayname_for_nick(nick)
-        if self.cache.displayname(user_id) != name:
-            intent.set_displayname(name)
-            self.store.remember_virtual_user(user_id, network, nick, name)
-        return intent
-
-    def parse_alias(self, alias: str) -> tuple[str, str] | None:
-        for network, names in self.names.items():
-            channel = names.channel_for_alias(alias)
-            if channel is not None:
-                return network, channel
-        return None
-
     def query_room(self, alias: str, for_user: str | None = None) -> bool:
-        """Create the portal room for a channel alias, blocking; False means 404.
-
-        Two queries for the same alias at once make one room: the second waits on a
-        per-channel lock and then finds the link. Scrollback is replayed after the answer.
-        A private channel (see bridge.core.privacy) answers 404, unless `for_user` (a `!join`)
-        is in it through their puppet: then its room is invite-only and has no alias.
-        `for_user` None is the homeserver's query, which names nobody: `bridge.access`
-        decides and limits (raises PortalLimited for a named user past a limit).
-        """
-        parsed = self.parse_alias(alias)
-        if parsed is None or not self.access.may_query(for_user):
-            return False
-        network, channel = parsed
-        folded = self.fold_channel(network, channel)
-        with self.registry.alias_lock(network, folded):
-            link = self.registry.link_for_channel(network, folded)
-            if link is not None:
-                if self.channel_is_private(network, folded):
-                    return False  # its room is found by invitation only
-                # The room exists but the homeserver did not know this alias (another case,
-                # or it was deleted): point it at the room.
-                try:
-                    self.client.put_alias(alias, link.room_id, policy=QUERY)
-                except MatrixError as e:
-                    log.info("alias %s for existing room: %s", alias, e)
-                return True
-            try:
-                self.access.take_portal(network, for_user)
-            except PortalLimited as e:
-                if for_user is not None:
-                    raise
-                log.warning("no room for %s: %s", alias, e)
-                return False
-            self._bot_into_channel(network, channel, folded)
-            private = self.channel_is_private(network, folded)
-            if private and (for_user is None or not self.puppet_in(network, for_user, folded)):
-                log.info("no portal for %s on %s: the channel is private (%s)", channel,
-                         network, self.channel_state(network, folded).describe() or "room")
-                return False
-            room_id = self._create_portal(network, channel, alias, private=private)
-            if private:
-                self.room_options.set(room_id, private=True)
-            link = self.store.add_link(network, folded, channel, room_id,
-                                       None if private else alias)
-            self.registry.add(link)
-        self._after_room_created(network, channel, folded, room_id, replay=not private)
-        if self.admin is not None and not private:
-            self.admin.room_created(network, room_id)  # lists it in the directory; only queues
-        return True
-
-    def _bot_into_channel(self, network: str, channel: str, folded: str,
-                          timeout: float = 5.0) -> None:
-        """Have the bot join before the room is made, so its name and topic are known.
-
-        Bounded: Synapse gives the whole alias query 60 s, and a channel that cannot be
-        joined still gets a room (the bot keeps trying to join in the background).
-        """
-        net = self.irc.network(network)
-        if net is None or not self.irc.started:
-            return
-        ready = self.registry.add_waiter(network, folded)
-        try:
-            if self.irc.call_sync(net.bot_in, channel, timeout=timeout):
-                return
-            self.irc.call(net.join_bot, channel)  # answered by its modes (324) or a refusal
-            if not ready.wait(timeout):
-                log.warning("the bot could not join %s on %s within %.0f s; creating the "
-                            "room anyway", channel, network, timeout)
-        except TimeoutError:
-            log.warning("the IRC thread did not answer; creating the room for %s anyway", channel)
-        finally:
-            self.registry.remove_waiter(network, folded, ready)
-
-    def _create_portal(self, network: str, channel: str, alias: str, *,
-                       private: bool = False) -> str:
-        localpart = alias[1:].rsplit(":", 1)[0]
-        topic = self.registry.topic(network, self.fold_channel(network, channel))
-        body: dict[str, Any] = {
-            "name": channel,
-            "visibility": "private",
-            "creation_content": {"m.federate": True},
-            **self.portal_room_body(private),
-        }
-        if private:
-            body["invite"] = self._puppets_in(network, self.fold_channel(network, channel))
-        else:
-            body["room_alias_name"] = localpart
-        if topic:
-            body["topic"] = topic
-        Intent(self.client, self.config.bot_user_id, is_bot=True, cache=self.cache,
-               policy=QUERY).ensure_registered()
-        try:
-            room_id = self.client.create_room(body, policy=QUERY)
-            log.info("created %sroom %s for %s on %s", "an invite-only " if private else "",
-                     room_id, channel, network)
-        except RoomInUse:
-            found = self.client.resolve_alias(alias, policy=QUERY)
-            if not found:
-                raise
-            room_id = found
-        self.cache.mark_joined(room_id, self.config.bot_user_id)
-        return room_id
-
-    def _puppets_in(self, network: str, channel: str) -> list[str]:
-        """The Matrix users whose puppets are in a channel (asks the IRC thread)."""
-        net = self.irc.network(network)
-        if net is None or not self.irc.started:
-            return []
-        try:
-            return list(self.irc.call_sync(net.puppets_in, channel, timeout=5.0))
-        except TimeoutError:
-            return []
-
-    def _after_room_created(self, network: str, channel: str, folded: str, room_id: str,
-                            replay: bool = True) -> None:
-        assert self.recorder is not None
-        self.recorder.put(RoomCreated(network, folded, room_id, threading.Event(), replay))
-        net = self.irc.network(network)
-        if net is not None:
-            self.irc.call(net.join_bot, channel)
+        """Create the portal room for a channel alias, blocking (see Portals.query_room)."""
+        return self.portals.query_room(alias, for_user)
 
     def link_room(self, network: str, channel: str, room_id: str, *, kind: str = "plumbed",
                   mirror_modes: bool = False) -> Link:
-        """Bridge an existing Matrix room to a channel (provisioning, static mappings).
-
-        The bot joins the room (it must be public or the bot invited) and the channel.
-        IRC modes change the room only with `mirror_modes` (see bridge.core.privacy).
-        Raises ValueError for an unknown network, an invalid channel, or a channel or room
-        that is already linked elsewhere.
-        """
-        from ..rules.names import valid_channel
-
-        if network not in self.names:
-            raise ValueError(f"unknown network {network!r}")
-        if not valid_channel(channel):
-            raise ValueError(f"not a valid IRC channel: {channel!r}")
-        folded = self.fold_channel(network, channel)
-        existing, by_room = self.registry.claims(network, folded, room_id)
-        if existing is not None and existing.room_id != room_id:
-            raise ValueError(f"{channel} on {network} is already linked to {existing.room_id}")
-        if by_room is not None and (by_room.network, by_room.channel) != (network, folded):
-            raise ValueError(f"{room_id} is already linked to {by_room.channel_name} on "
-                             f"{by_room.network}")
-        if existing is not None:
-            return existing
-        self.bot.ensure_registered()
-        self.bot.join(room_id)
-        self.room_options.set(room_id, mirror_modes=mirror_modes)
-        link = self.store.add_link(network, folded, channel, room_id, None, kind=kind)
-        self.registry.add(link)
-        self._after_room_created(network, channel, folded, room_id)
-        return link
+        """Bridge an existing room to a channel (see Portals.link_room)."""
+        return self.portals.link_room(network, channel, room_id, kind=kind,
+                                      mirror_modes=mirror_modes)
 
     def unlink_room(self, room_id: str, network: str | None = None) -> Link | None:
-        """Stop bridging a room (to every network, or to `network` only); the bot leaves
-        the channel. Returns the first link removed."""
-        gone = [lk for lk in self.links_for_room(room_id) if network in (None, lk.network)]
-        if not gone:
-            return None
-        self.store.remove_link(room_id, network)
-        self.registry.remove(room_id, gone)
-        for link in gone:
-            if self.recorder is not None:
-                self.recorder.forget(link.network, link.channel)
-            net = self.irc.network(link.network)
-            if net is not None and self.irc.started:
-                self.irc.call(net.part_bot, link.channel_name)
-        return gone[0]
+        return self.portals.unlink_room(room_id, network)
 
     def links(self, room_id: str | None = None) -> list[Link]:
-        links = self.registry.links()
-        return [lk for lk in links if room_id is None or lk.room_id == room_id]
+        return self.portals.links(room_id)
+
+    def thirdparty_protocol(self) -> dict[str, Any]:
+        return self.thirdparty.thirdparty_protocol()
+
+    def thirdparty_location(self, network: str | None, channel: str | None) -> list[dict[str, Any]]:
+        return self.thirdparty.thirdparty_location(network, channel)
+
+    def thirdparty_user(self, network: str | None, nick: str | None) -> list[dict[str, Any]]:
+        return self.thirdparty.thirdparty_user(network, nick)
+
+    def thirdparty_location_by_alias(self, alias: str | None) -> list[dict[str, Any]]:
+        return self.thirdparty.thirdparty_location_by_alias(alias)
+
+    def thirdparty_user_by_id(self, user_id: str | None) -> list[dict[str, Any]]:
+        return self.thirdparty.thirdparty_user_by_id(user_id)
+
+    # ------------------------------------------------------------ questions (any thread)
+    def is_ours(self, user_id: str) -> bool:
+        return self.directory.is_ours(user_id)
+
+    def is_foreign(self, user_id: str) -> bool:
+        return self.directory.is_foreign(user_id)
+
+    def link_for_room(self, room_id: str) -> Link | None:
+        return self.directory.link_for_room(room_id)
+
+    def links_for_room(self, room_id: str) -> list[Link]:
+        return self.directory.links_for_room(room_id)
+
+    def fold_nick(self, network: str, nick: str) -> str:
+        return self.directory.fold_nick(network, nick)
+
+    def fold_channel(self, network: str, channel: str) -> str:
+        return self.directory.fold_channel(network, channel)
+
+    def casemapping(self, network: str) -> str:
+        return self.directory.casemapping(network)
+
+    def room_is_private(self, room_id: str) -> bool:
+        return self.privacy.room_is_private(room_id)
+
+    # ------------------------------------------------------------ the inbox and the senders
+    def on_matrix_event(self, event: dict[str, Any], completion: Completion) -> None:
+        """Inbox thread: one pushed event (see MatrixToIrc)."""
+        self.matrix_to_irc.on_matrix_event(event, completion)
+
+    def deliver(self, line: QueuedLine, retrying: bool = False) -> str:
+        """A homeserver sender: one outbox row (see IrcToMatrix.deliver)."""
+        return self.irc_to_matrix.deliver(line, retrying)
+
+    # ------------------------------------------------------------ IRC listener (IRC thread)
+    def irc_message(self, event: IrcMessage) -> None:
+        self.irc_to_matrix.irc_message(event)
+
+    def irc_private(self, event: IrcPrivate) -> None:
+        self.irc_to_matrix.irc_private(event)
+
+    def irc_topic(self, event: IrcTopic) -> None:
+        self.irc_to_matrix.irc_topic(event)
+
+    def irc_membership(self, event: IrcMembership) -> None:
+        self.irc_to_matrix.irc_membership(event)
+
+    def irc_failure(self, event: IrcFailure) -> None:
+        self.irc_to_matrix.irc_failure(event)
+
+    def irc_connection(self, event: IrcConnectionEvent) -> None:
+        self.irc_to_matrix.irc_connection(event)
+
+    def irc_channel_state(self, event: IrcChannelState) -> None:
+        self.privacy.irc_channel_state(event)
+
+    def irc_power(self, event: IrcPower) -> None:
+        self.privacy.irc_power(event)
+
+    def irc_casemapping(self, event: IrcCasemapping) -> None:
+        """The network announced a CASEMAPPING other than rfc1459. Links stored under another
+        folding are re-keyed on a thread of their own: it writes the store."""
+        threading.Thread(target=self.portals.rekey_links,
+                         args=(event.network, event.casemapping),
+                         name="casemap-rekey", daemon=True).start()
 
     # ------------------------------------------------------------ status
     def status(self) -> dict[str, Any]:

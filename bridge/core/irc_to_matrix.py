@@ -10,8 +10,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 from urllib.parse import quote
 
 from ..config.ini import Config
@@ -38,13 +38,13 @@ from ..matrix.state import MemberStore
 from ..ops import metrics
 from ..pipeline.outbox import GiveUp, Retry
 from ..rules import formatting
-from ..rules.names import NetworkNames, is_channel
-from ..store.models import PM_PREFIX, IrcLine, Link, QueuedLine, Store
-
-if TYPE_CHECKING:
-    from ..irc import IrcSide
-    from ..pipeline.outbox import Recorder
-    from .links import LinkRegistry
+from ..rules.names import NetworkNames
+from ..store.models import PM_PREFIX, QueuedLine, Store
+from .directory import Directory
+from .lines import LineQueue
+from .links import LinkRegistry
+from .ports import AdminPort
+from .privacy import ChannelPrivacy
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,9 @@ def _membership_details(event: IrcMembership) -> dict[str, object]:
     return {"reason": event.reason}
 
 
+# What delivers one state row of the outbox (a join, a topic, a power level...).
+StateHandler = Callable[[QueuedLine, str, dict[str, Any]], str]
+
 # Each bridged message carries the txnId it was sent with, so a retry can find it.
 TXN_KEY = "org.ircbridge.txn"
 
@@ -75,117 +78,88 @@ TXN_KEY = "org.ircbridge.txn"
 class IrcToMatrix:
     """IRC events -> durable lines (IRC thread) -> homeserver calls (senders)."""
 
-    if TYPE_CHECKING:  # provided by core.Bridge
-        config: Config
-        store: Store
-        client: HomeserverClient
-        cache: IntentCache
-        members: MemberStore
-        bot: Intent
-        irc: IrcSide
-        names: dict[str, NetworkNames]
-        recorder: Recorder | None
-        admin: Any
-        media: Any
+    def __init__(self, config: Config, store: Store, client: HomeserverClient,
+                 cache: IntentCache, members: MemberStore, bot: Intent,
+                 names: dict[str, NetworkNames], registry: LinkRegistry, directory: Directory,
+                 lines: LineQueue, privacy: ChannelPrivacy):
+        self.config = config
+        self.store = store
+        self.client = client
+        self.cache = cache
+        self.members = members
+        self.bot = bot
+        self.names = names
+        self.registry = registry
+        self.directory = directory
+        self.lines = lines
+        self.privacy = privacy
+        self.admin: AdminPort | None = None  # set by Bridge.attach
+        # This bridge's prefix of txnIds (the store's, read at start: see `begin`).
+        self.txn_prefix = ""
+        self._handlers: dict[str, StateHandler] = {
+            "x.join": self._state_join,
+            "x.leave": self._state_leave,
+            "x.kick": self._state_leave,
+            "x.topic": self._state_topic,
+            "x.power": privacy.state_power,
+            "x.joinrule": privacy.state_join_rule,
+            "x.sync": self._state_sync,
+            "x.private": privacy.state_private,
+            "x.invite": privacy.state_invite,
+        }
 
-        def is_ours(self, user_id: str) -> bool: ...
-        def link_for_room(self, room_id: str) -> Link | None: ...
-        def _prepare_ghost(self, network: str, nick: str, user_id: str) -> Intent: ...
-        def _sender_for_nick(self, network: str, nick: str) -> str: ...
-        registry: LinkRegistry
-        txn_prefix: str
-
-        def nick_of(self, network: str, user_id: str) -> str: ...
-        def channel_is_private(self, network: str, channel: str) -> bool: ...
-        def may_relay(self, network: str, channel: str) -> bool: ...
-        def fold_nick(self, network: str, nick: str) -> str: ...
-
-        def fold_channel(self, network: str, channel: str) -> str: ...
-        def puppet_joined(self, network: str, user_id: str, channel: str) -> None: ...
-        def _state_power(self, line: QueuedLine, room_id: str,
-                         details: dict[str, Any]) -> str: ...
-        def _state_join_rule(self, line: QueuedLine, room_id: str,
-                             details: dict[str, Any]) -> str: ...
-        def _state_private(self, line: QueuedLine, room_id: str,
-                           details: dict[str, Any]) -> str: ...
-        def _state_invite(self, line: QueuedLine, room_id: str,
-                          details: dict[str, Any]) -> str: ...
+    def begin(self, txn_prefix: str) -> None:
+        """At start, before the senders run: the txnId prefix of this bridge's rows."""
+        self.txn_prefix = txn_prefix
 
     # ------------------------------------------------------------ IRC listener (IRC thread)
-    def _record(self, network: str, channel: str, nick: str, sender: str, msgtype: str,
-                body: str, html: str | None, ts: int | None = None) -> None:
-        if self.recorder is None:
-            return
-        self.recorder.put(IrcLine(
-            network=network, channel=channel, channel_name=channel, nick=nick, sender=sender,
-            msgtype=msgtype, body=body, html=html,
-            ts=ts if ts is not None else int(time.time() * 1000),
-        ))
-
-    def _has_room(self, network: str, channel: str) -> bool:
-        return self.registry.has_channel(network, channel)
-
     def irc_message(self, event: IrcMessage) -> None:
         network, channel, nick = event.network, event.channel, event.nick
         body, html = formatting.irc_to_matrix(event.text, event.mentions)  # pills per text run
         if not body.strip():
             return
-        if not self.may_relay(network, channel):
+        if not self.privacy.may_relay(network, channel):
             return  # private: see bridge.core.privacy
-        self._record(network, channel, nick, self._sender_for_nick(network, nick),
-                     MSGTYPES[event.kind], body, html, event.ts)
+        self.lines.record(network, channel, nick, self.directory.sender_for_nick(network, nick),
+                          MSGTYPES[event.kind], body, html, event.ts)
 
     def irc_private(self, event: IrcPrivate) -> None:
         network, nick = event.network, event.nick
         body, html = formatting.irc_to_matrix(event.text)
         if not body.strip():
             return
-        key = f"{PM_PREFIX}{event.owner}:{self.fold_nick(network, nick)}"
-        self._record(network, key, nick, self._sender_for_nick(network, nick),
-                     MSGTYPES[event.kind], body, html, event.ts)
+        key = self.lines.private_key(network, event.owner, nick)
+        self.lines.record(network, key, nick, self.directory.sender_for_nick(network, nick),
+                          MSGTYPES[event.kind], body, html, event.ts)
 
     def irc_topic(self, event: IrcTopic) -> None:
         network, channel, topic, nick = event.network, event.channel, event.topic, event.nick
         self.registry.set_topic(network, channel, topic)
-        if nick is not None and self._has_room(network, channel) \
-                and self.may_relay(network, channel):
-            self._record(network, channel, nick, self._sender_for_nick(network, nick),
-                         "x.topic", json.dumps({"topic": topic}), None)
+        if nick is not None and self.directory.has_room(network, channel) \
+                and self.privacy.may_relay(network, channel):
+            self.lines.record(network, channel, nick, self.directory.sender_for_nick(network, nick),
+                              "x.topic", json.dumps({"topic": topic}), None)
 
     def irc_membership(self, event: IrcMembership) -> None:
         network, channel, nick, what = event.network, event.channel, event.nick, event.change
-        if not self._has_room(network, channel) or not self.may_relay(network, channel):
+        if not self.directory.has_room(network, channel) \
+                or not self.privacy.may_relay(network, channel):
             return
-        sender = self._sender_for_nick(network, nick)
+        sender = self.directory.sender_for_nick(network, nick)
         if what == "nick":
             new = event.new_nick
-            self._record(network, channel, nick, sender, "x.leave",
-                         json.dumps({"reason": f"changed nick to {new}"}), None)
-            self._record(network, channel, new, self._sender_for_nick(network, new), "x.join",
-                         "{}", None)
+            self.lines.record(network, channel, nick, sender, "x.leave",
+                              json.dumps({"reason": f"changed nick to {new}"}), None)
+            self.lines.record(network, channel, new,
+                              self.directory.sender_for_nick(network, new), "x.join", "{}", None)
             return
         kind = {"join": "x.join", "part": "x.leave", "quit": "x.leave", "kick": "x.kick"}[what]
-        self._record(network, channel, nick, sender, kind,
-                     json.dumps(_membership_details(event)), None, event.ts)
+        self.lines.record(network, channel, nick, sender, kind,
+                          json.dumps(_membership_details(event)), None, event.ts)
 
     def irc_failure(self, event: IrcFailure) -> None:
         """A line of a Matrix user was refused by IRC: tell them, never drop it silently."""
-        self.tell_failure(event.network, event.owner, event.target, event.reason)
-
-    def tell_failure(self, network: str, owner: str, target: str, reason: str) -> None:
-        """A line of `owner`'s was not delivered to `target` on IRC: the room hears why."""
-        folded = (self.fold_channel(network, target) if is_channel(target)
-                  else self.fold_nick(network, target))
-        who = self.nick_of(network, owner)
-        text = f"{who}: not delivered to {target} on IRC: {reason}"
-        if is_channel(target):
-            if self._has_room(network, folded):
-                self._record(network, folded, "", self.config.bot_user_id, "m.notice", text,
-                             None)
-            return
-        # In a private room the bot is not a member: the other side's virtual user says it.
-        self._record(network, f"{PM_PREFIX}{owner}:{folded}", target,
-                     self._sender_for_nick(network, target), "m.notice", text, None)
+        self.lines.tell_failure(event.network, event.owner, event.target, event.reason)
 
     def irc_connection(self, event: IrcConnectionEvent) -> None:
         network, owner, what = event.network, event.owner, event.change
@@ -193,14 +167,14 @@ class IrcToMatrix:
         if what == "lost":
             metrics.irc_reconnect(self, network)
         if what == "joined" and owner:
-            self.puppet_joined(network, owner, str(event.channel))
+            self.privacy.puppet_joined(network, owner, str(event.channel))
             return
         if what in ("channel_ready", "channel_modes", "channel_refused"):
             self._bot_channel_event(event)
             return
         if what in ("kicked", "rejoined"):
             self._kick_notice(event)
-        if self.admin is not None and hasattr(self.admin, "connection_event"):
+        if self.admin is not None:
             try:
                 self.admin.connection_event(event)
             except Exception:  # noqa: BLE001 - reporting must never break the IRC thread
@@ -215,16 +189,16 @@ class IrcToMatrix:
         network, channel = event.network, event.channel or ""
         if event.change != "channel_ready":  # the modes (or a refusal) decide what room it gets
             self.registry.wake(network, channel)
-        if event.nicks is not None and self._has_room(network, channel):
+        if event.nicks is not None and self.directory.has_room(network, channel):
             # Who is on IRC now: ghosts of users who left while we were away leave.
-            self._record(network, channel, "", self.config.bot_user_id,
-                         "x.sync", json.dumps({"nicks": list(event.nicks)}), None)
+            self.lines.record(network, channel, "", self.config.bot_user_id,
+                              "x.sync", json.dumps({"nicks": list(event.nicks)}), None)
 
     def _kick_notice(self, event: IrcConnectionEvent) -> None:
         """Our bot or a puppet was kicked (or is back): the room hears it from the bot."""
         network, owner, what = event.network, event.owner, event.change
         channel = str(event.channel or "")
-        if not self._has_room(network, channel):
+        if not self.directory.has_room(network, channel):
             return
         if what == "rejoined":
             text = f"The bridge bot is back in {channel}."
@@ -243,7 +217,7 @@ class IrcToMatrix:
                 text = (f"{owner}: your IRC connection {event.nick} was kicked from "
                         f"{channel} by {by} again{reason}. It will not rejoin by itself; send a "
                         "message here to rejoin.")
-        self._record(network, channel, "", self.config.bot_user_id, "m.notice", text, None)
+        self.lines.record(network, channel, "", self.config.bot_user_id, "m.notice", text, None)
 
     # ------------------------------------------------------------ IRC -> Matrix (senders)
     def deliver(self, line: QueuedLine, retrying: bool = False) -> str:
@@ -286,7 +260,7 @@ class IrcToMatrix:
         """The bot, or the line's virtual user, registered and joined to the room."""
         if line.sender == self.config.bot_user_id:
             return self.bot
-        intent = self._prepare_ghost(line.network, line.nick, line.sender)
+        intent = self.directory.prepare_ghost(line.network, line.nick, line.sender)
         self._join_ghost(intent, room_id)
         return intent
 
@@ -354,13 +328,14 @@ class IrcToMatrix:
         owner, _, nick = line.room_id[len(PM_PREFIX):].rpartition(":")
         pm = self.store.pm_room(line.network, owner, nick)
         if pm is not None:
-            if line.sender != pm.ghost and self.fold_nick(line.network, line.nick) == nick:
+            if line.sender != pm.ghost \
+                    and self.directory.fold_nick(line.network, line.nick) == nick:
                 ghost_nick = self.names[line.network].nick_for_user_id(pm.ghost) or line.nick
                 line = dataclasses.replace(line, sender=pm.ghost, nick=ghost_nick)
             return pm.room_id, line
         if line.sender == self.config.bot_user_id:
             return None, line
-        ghost = self._prepare_ghost(line.network, line.nick, line.sender)
+        ghost = self.directory.prepare_ghost(line.network, line.nick, line.sender)
         room_id = ghost.create_room(
             alias_localpart=None, name=None, topic=None, preset="trusted_private_chat",
             invite=[owner], extra_body={"is_direct": True},
@@ -372,21 +347,12 @@ class IrcToMatrix:
     def _deliver_state(self, line: QueuedLine, room_id: str) -> str:
         """Membership, topic and power changes said on IRC, as their virtual users."""
         details = json.loads(line.body or "{}")
-        handler = {
-            "x.join": self._state_join,
-            "x.leave": self._state_leave,
-            "x.kick": self._state_leave,
-            "x.topic": self._state_topic,
-            "x.power": self._state_power,
-            "x.joinrule": self._state_join_rule,
-            "x.sync": self._state_sync,
-            "x.private": self._state_private,
-            "x.invite": self._state_invite,
-        }.get(line.msgtype)
+        handler = self._handlers.get(line.msgtype)
         return handler(line, room_id, details) if handler else ""
 
     def _state_join(self, line: QueuedLine, room_id: str, details: dict[str, Any]) -> str:
-        self._join_ghost(self._prepare_ghost(line.network, line.nick, line.sender), room_id)
+        ghost = self.directory.prepare_ghost(line.network, line.nick, line.sender)
+        self._join_ghost(ghost, room_id)
         return ""
 
     def _join_ghost(self, intent: Intent, room_id: str) -> None:
@@ -394,7 +360,7 @@ class IrcToMatrix:
         try:
             intent.ensure_joined(room_id)
         except Forbidden:
-            if self.link_for_room(room_id) is None:
+            if self.directory.link_for_room(room_id) is None:
                 raise
             self.bot.invite(room_id, intent.user_id)
             intent.ensure_joined(room_id)
@@ -424,10 +390,11 @@ class IrcToMatrix:
     def _state_sync(self, line: QueuedLine, room_id: str, details: dict[str, Any]) -> str:
         """The channel's names as the bot found them: stale ghosts of this network leave."""
         names = self.names[line.network]
-        present = {self.fold_nick(line.network, str(n)) for n in details.get("nicks") or ()}
+        fold = self.directory.fold_nick
+        present = {fold(line.network, str(n)) for n in details.get("nicks") or ()}
         for user_id in sorted(self.members.joined(room_id)):
             nick = names.nick_for_user_id(user_id)
-            if nick is None or self.fold_nick(line.network, nick) in present:
+            if nick is None or self.directory.fold_nick(line.network, nick) in present:
                 continue
             log.info("%s is no longer on IRC: its virtual user leaves %s", nick, room_id)
             try:
@@ -439,7 +406,7 @@ class IrcToMatrix:
 
     def _state_topic(self, line: QueuedLine, room_id: str, details: dict[str, Any]) -> str:
         content = {"topic": details.get("topic", "")}
-        intent = self._prepare_ghost(line.network, line.nick, line.sender)
+        intent = self.directory.prepare_ghost(line.network, line.nick, line.sender)
         self._join_ghost(intent, room_id)
         try:
             return intent.set_state(room_id, "m.room.topic", "", content, ts=line.ts)

@@ -1,6 +1,6 @@
 """Matrix -> IRC: what the bridge does with each event the homeserver pushed.
 
-A mixin of `core.Bridge`, run on the inbox thread: messages become IRC lines said by the
+A part of `core.Bridge`, run on the inbox thread: messages become IRC lines said by the
 sender's own IRC connection, membership and topics become IRC commands, an invite to a
 virtual user opens a private conversation. IRC work is handed to the IRC thread.
 """
@@ -8,9 +8,10 @@ virtual user opens a private conversation. IRC work is handed to the IRC thread.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..config.ini import Config, NetworkConfig
+from ..irc import IrcSide
 from ..irc.connection import REFUSED
 from ..irc.receipt import Receipt
 from ..matrix import HomeserverClient, Intent, IntentCache, MatrixError
@@ -19,12 +20,12 @@ from ..pipeline.fanout import Outcome, Shares
 from ..pipeline.inbox import Completion
 from ..rules import formatting, translate
 from ..rules.names import NetworkNames, puppet_nick
-from ..store.models import Link, Store
+from ..store.models import Link, PmRoom, Store
 from . import access
-
-if TYPE_CHECKING:
-    from ..irc import IrcSide
-    from ..pipeline.outbox import Recorder
+from .directory import Directory
+from .lines import LineQueue
+from .media import MediaLinks
+from .ports import AdminPort
 
 log = logging.getLogger(__name__)
 
@@ -32,27 +33,21 @@ log = logging.getLogger(__name__)
 class MatrixToIrc:
     """Matrix events -> IRC (inbox thread)."""
 
-    if TYPE_CHECKING:  # provided by core.Bridge
-        config: Config
-        store: Store
-        client: HomeserverClient
-        cache: IntentCache
-        bot: Intent
-        irc: IrcSide
-        names: dict[str, NetworkNames]
-        recorder: Recorder | None
-        admin: Any
-        media: Any
-        access: access.Access
-
-        def is_ours(self, user_id: str) -> bool: ...
-        def fold_nick(self, network: str, nick: str) -> str: ...
-        def is_foreign(self, user_id: str) -> bool: ...
-        def link_for_room(self, room_id: str) -> Link | None: ...
-        def links_for_room(self, room_id: str) -> list[Link]: ...
-        def _prepare_ghost(self, network: str, nick: str, user_id: str) -> Intent: ...
-        def _sender_for_nick(self, network: str, nick: str) -> str: ...
-        def tell_failure(self, network: str, owner: str, target: str, reason: str) -> None: ...
+    def __init__(self, config: Config, store: Store, client: HomeserverClient,
+                 cache: IntentCache, bot: Intent, irc: IrcSide, names: dict[str, NetworkNames],
+                 gate: access.Access, directory: Directory, lines: LineQueue):
+        self.config = config
+        self.store = store
+        self.client = client
+        self.cache = cache
+        self.bot = bot
+        self.irc = irc
+        self.names = names
+        self.access = gate
+        self.directory = directory
+        self.lines = lines
+        self.admin: AdminPort | None = None  # set by Bridge.attach
+        self.media: MediaLinks | None = None  # set by Bridge.attach; None: plain mxc links
 
     # ------------------------------------------------------------ Matrix -> IRC (inbox thread)
     def on_matrix_event(self, event: dict[str, Any], completion: Completion) -> None:
@@ -60,8 +55,9 @@ class MatrixToIrc:
         sender = event.get("sender")
         room_id = event.get("room_id")
         content = event.get("content")
-        if not isinstance(sender, str) or not isinstance(room_id, str) or self.is_ours(sender) \
-                or not isinstance(content, dict) or self.is_foreign(sender):
+        if not isinstance(sender, str) or not isinstance(room_id, str) \
+                or self.directory.is_ours(sender) or not isinstance(content, dict) \
+                or self.directory.is_foreign(sender):
             done(True)
             return
         if self.media is not None and self.media.revocations is not None:
@@ -75,7 +71,7 @@ class MatrixToIrc:
         if event.get("type") == "m.room.member" and self._invite_to_ghost(event, content):
             done(True)
             return
-        links = self.links_for_room(room_id)
+        links = self.directory.links_for_room(room_id)
         if len(links) == 1:
             self._channel_event(event, content, links[0], completion)
             return
@@ -126,13 +122,13 @@ class MatrixToIrc:
             else:
                 log.warning("message %s not sent to IRC: %s", event.get("event_id"), error)
                 if error and not error.startswith(REFUSED):  # refusals are told by the server
-                    self.tell_failure(link.network, sender, link.channel_name, error)
+                    self.lines.tell_failure(link.network, sender, link.channel_name, error)
             done(ok)
 
         self.irc.call(net.say, sender, None, link.channel_name, lines, kind,
                       Receipt(sent, completion.started))
 
-    def _private_event(self, event: dict[str, Any], content: dict[str, Any], pm: Any,
+    def _private_event(self, event: dict[str, Any], content: dict[str, Any], pm: PmRoom,
                        completion: Completion) -> None:
         done = completion.finished
         if event.get("type") == "m.room.member" and event.get("state_key") == pm.owner \
@@ -152,13 +148,13 @@ class MatrixToIrc:
             if ok:
                 metrics.relayed(self, "matrix_to_irc", content.get("msgtype"))
             elif error and not error.startswith(REFUSED) and not completion.stopping:
-                self.tell_failure(pm.network, str(event["sender"]), nick, error)
+                self.lines.tell_failure(pm.network, str(event["sender"]), nick, error)
             done(ok)
 
         self.irc.call(net.say_private, str(event["sender"]), nick, lines, kind,
                       Receipt(sent, completion.started))
 
-    def _end_private_room(self, pm: Any) -> None:
+    def _end_private_room(self, pm: PmRoom) -> None:
         """The Matrix user left their private room: it ends; the virtual user leaves too."""
         self.store.end_pm_room(pm.room_id)
         log.info("%s left the private room %s with %s; the next message opens a new one",
@@ -179,7 +175,7 @@ class MatrixToIrc:
             budget=formatting.payload_budget("PRIVMSG", target),
             max_lines=network.max_lines,
             find_message=find,
-            nick_for_user=lambda user_id: self.nick_of(network.name, user_id),
+            nick_for_user=lambda user_id: self.directory.nick_of(network.name, user_id),
             media=self.media,
             paste=self._wants_paste(network.name, sender),
         )
@@ -189,21 +185,6 @@ class MatrixToIrc:
         if self.admin is None or not user_id:
             return True
         return self.admin.puppet_settings(network, user_id).get("long_messages") != "lines"
-
-    def nick_of(self, network: str, user_id: str) -> str:
-        """The IRC nick that stands for a Matrix user id: a ghost's nick, or a puppet's."""
-        names = self.names.get(network)
-        if names is not None:
-            nick = names.nick_for_user_id(user_id)
-            if nick is not None:
-                return nick
-        snapshot = self.irc.snapshot(network)  # the IRC thread's published view
-        nick = snapshot.nicks.get(user_id) if snapshot is not None else None
-        if nick is not None:
-            return nick
-        config = self.config.network(network)
-        template = config.puppet_nick_template if config else "{localpart}[m]"
-        return puppet_nick(template, user_id, None, snapshot.nick_max if snapshot else 30)
 
     def _membership_to_irc(self, event: dict[str, Any], content: dict[str, Any],
                            link: Link) -> None:
@@ -221,7 +202,7 @@ class MatrixToIrc:
             if membership == "join" and previous.get("membership") == "join":
                 self._displayname_changed(link, sender, content.get("displayname"))
             elif membership == "join":
-                self.irc.call(self._puppet_join, link, sender, content.get("displayname"))
+                self.irc.call(self.puppet_join, link, sender, content.get("displayname"))
             elif membership == "leave":
                 self.irc.call(self._puppet_part, link, sender)
             return
@@ -233,7 +214,7 @@ class MatrixToIrc:
                 self.irc.call(net.command, sender, f"MODE {channel} +b {nick}!*@*", channel)
             self.irc.call(net.command, sender, f"KICK {channel} {nick} :{reason or 'kicked'}",
                           channel)
-        elif nick is None and membership in ("leave", "ban") and not self.is_ours(target):
+        elif nick is None and membership in ("leave", "ban") and not self.directory.is_ours(target):
             self.irc.call(self._puppet_part, link, target)
 
     def _displayname_changed(self, link: Link, user_id: str, name: object) -> None:
@@ -258,23 +239,23 @@ class MatrixToIrc:
             if nick is None:
                 continue
             room_id = str(event["room_id"])
-            if self.link_for_room(room_id) is not None:
+            if self.directory.link_for_room(room_id) is not None:
                 return True  # invited into a bridged room: IRC decides who is there
-            intent = self._prepare_ghost(network, nick, target)
+            intent = self.directory.prepare_ghost(network, nick, target)
             try:
                 intent.join(room_id)
             except MatrixError as e:
                 log.warning("%s could not join %s: %s", target, room_id, e)
                 return True
-            self.store.set_pm_room(network, str(event["sender"]), self.fold_nick(network, nick),
-                                   target, room_id)
+            self.store.set_pm_room(network, str(event["sender"]),
+                                   self.directory.fold_nick(network, nick), target, room_id)
             net = self.irc.network(network)
             if net is not None:
                 self.irc.call(net.puppet, str(event["sender"]))
             return True
         return False
 
-    def _puppet_join(self, link: Link, user_id: str, displayname: str | None) -> None:
+    def puppet_join(self, link: Link, user_id: str, displayname: str | None) -> None:
         net = self.irc.network(link.network)
         if net is not None:
             net.puppet(user_id, displayname).join(link.channel_name)

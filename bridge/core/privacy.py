@@ -1,12 +1,12 @@
 """Private stays private: what a channel's modes mean for its Matrix room.
 
-A mixin of `core.Bridge`. A channel that is keyed, invite-only, secret or private (+k/+i/+s/
-+p), or that our bot cannot join, never gets a room others can join: no portal through its
-alias (the query answers 404), only an invite-only, unlisted room with history visible from
-joining on, made for a Matrix user whose puppet is in the channel; its members are invited
-as their puppets join; its scrollback is never kept nor replayed. A portal whose channel
-turns private is made so, with a notice. This is what matrix-appservice-irc does for
-private channels (invite-only rooms, members synced by invites).
+A part of `core.Bridge`, given its collaborators. A channel that is keyed, invite-only,
+secret or private (+k/+i/+s/+p), or that our bot cannot join, never gets a room others can
+join: no portal through its alias (the query answers 404), only an invite-only, unlisted
+room with history visible from joining on, made for a Matrix user whose puppet is in the
+channel; its members are invited as their puppets join; its scrollback is never kept nor
+replayed. A portal whose channel turns private is made so, with a notice. This is what
+matrix-appservice-irc does for private channels (invite-only rooms, members synced by invites).
 
 Linked rooms (provisioning, `ircbridge link`, static `rooms =`) belong to their Matrix
 admins: IRC modes change them only when the link says `mirror_modes`, and even then never
@@ -21,18 +21,19 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import Any
 
+from ..config.ini import Config
+from ..irc import IrcSide
 from ..irc.events import IrcChannelState, IrcPower
 from ..irc.modes import MAX_LEVEL, ChannelState
-from ..matrix import MatrixError
+from ..matrix import HomeserverClient, Intent, MatrixError
+from ..store.models import Link, QueuedLine
 from ..store.room_options import RoomOptions
-
-if TYPE_CHECKING:
-    from ..config.ini import Config
-    from ..irc import IrcSide
-    from ..matrix import HomeserverClient, Intent
-    from ..store.models import Link, QueuedLine, Store
+from .directory import Directory
+from .lines import LineQueue
+from .ports import AdminPort
 
 log = logging.getLogger(__name__)
 
@@ -50,22 +51,20 @@ REFUSED_NOTICE = ("The bridge cannot join {channel} on IRC ({why}): nothing said
 class ChannelPrivacy:
     """Channel modes -> the room's join rule, listing, history and members (see module)."""
 
-    if TYPE_CHECKING:  # provided by core.Bridge
-        config: Config
-        store: Store
-        client: HomeserverClient
-        bot: Intent
-        irc: IrcSide
-        admin: Any
-        room_options: RoomOptions
-        _channel_states: dict[tuple[str, str], ChannelState]
-
-        def _record(self, network: str, channel: str, nick: str, sender: str, msgtype: str,
-                    body: str, html: str | None, ts: int | None = None) -> None: ...
-        def _link_for_channel(self, network: str, channel: str) -> Link | None: ...
-        def _sender_for_nick(self, network: str, nick: str) -> str: ...
-        def link_for_room(self, room_id: str) -> Link | None: ...
-        def _prepare_ghost(self, network: str, nick: str, user_id: str) -> Intent: ...
+    def __init__(self, config: Config, client: HomeserverClient, bot: Intent, irc: IrcSide,
+                 room_options: RoomOptions, directory: Directory, lines: LineQueue):
+        self.config = config
+        self.client = client
+        self.bot = bot
+        self.irc = irc
+        self.room_options = room_options
+        self.directory = directory
+        self.lines = lines
+        self.admin: AdminPort | None = None  # set by Bridge.attach
+        # (network, folded channel) -> its modes, as the IRC thread last published them.
+        # Written by the IRC thread only, and replaced whole (never changed in place), so
+        # other threads read an immutable snapshot.
+        self._channel_states: Mapping[tuple[str, str], ChannelState] = {}
 
     # ------------------------------------------------------------ questions (any thread)
     def channel_state(self, network: str, channel: str) -> ChannelState:
@@ -75,7 +74,7 @@ class ChannelPrivacy:
         """Private by its modes now, or its room was made private (and not since public)."""
         if self.channel_state(network, channel).private:
             return True
-        link = self._link_for_channel(network, channel)
+        link = self.directory.link_for_channel(network, channel)
         return link is not None and self.room_options.private(link.room_id)
 
     def room_is_private(self, room_id: str) -> bool:
@@ -86,7 +85,7 @@ class ChannelPrivacy:
         lines without a room (they would be replayed later); not, into a linked room that
         does not follow the channel's modes, what only a puppet can read because the bot is
         kept out: that room may be one anybody can join."""
-        link = self._link_for_channel(network, channel)
+        link = self.directory.link_for_channel(network, channel)
         if link is None:
             return not self.channel_is_private(network, channel)
         if link.kind == "portal" or self.room_options.mirror_modes(link.room_id):
@@ -101,39 +100,39 @@ class ChannelPrivacy:
     def irc_channel_state(self, event: IrcChannelState) -> None:
         network, channel, state = event.network, event.channel, event.state
         before = self._channel_states.get((network, channel), ChannelState())
-        self._channel_states[(network, channel)] = state
-        link = self._link_for_channel(network, channel)
+        self._channel_states = {**self._channel_states, (network, channel): state}
+        link = self.directory.link_for_channel(network, channel)
         if link is None or not state.known and state.bot_refused is None:
             return
         if state.bot_refused and not before.bot_refused and not self.mirrors_modes(link):
-            self._record(network, channel, "", self.config.bot_user_id, "m.notice",
-                         REFUSED_NOTICE.format(channel=link.channel_name,
-                                               why=state.bot_refused), None)
+            self.lines.record(network, channel, "", self.config.bot_user_id, "m.notice",
+                              REFUSED_NOTICE.format(channel=link.channel_name,
+                                                    why=state.bot_refused), None)
         was_private = before.private or self.room_options.private(link.room_id)
         if state.private == was_private:
             return  # the join rule follows the whole mode set, not each change
         if link.kind == "portal" and state.private:
-            self._record(network, channel, "", self.config.bot_user_id, "x.private",
-                         json.dumps({"why": state.describe()}), None)
+            self.lines.record(network, channel, "", self.config.bot_user_id, "x.private",
+                              json.dumps({"why": state.describe()}), None)
         elif link.kind == "portal" or state.private and self.mirrors_modes(link):
-            self._record(network, channel, "", self.config.bot_user_id, "x.joinrule",
-                         json.dumps({"invite": state.private}), None)
+            self.lines.record(network, channel, "", self.config.bot_user_id, "x.joinrule",
+                              json.dumps({"invite": state.private}), None)
 
     def irc_power(self, event: IrcPower) -> None:
         network, channel, nick, user_id = event.network, event.channel, event.nick, event.user_id
         level = event.level
-        link = self._link_for_channel(network, channel)
+        link = self.directory.link_for_channel(network, channel)
         if link is None or not self.mirrors_modes(link):
             return
-        self._record(network, channel, nick, user_id or self._sender_for_nick(network, nick),
-                     "x.power", json.dumps({"level": level, "matrix_user": bool(user_id)}),
-                     None)
+        sender = user_id or self.directory.sender_for_nick(network, nick)
+        self.lines.record(network, channel, nick, sender, "x.power",
+                          json.dumps({"level": level, "matrix_user": bool(user_id)}), None)
 
     def puppet_joined(self, network: str, user_id: str, channel: str) -> None:
         """A puppet is in a private channel: its user is invited to the room (IRC thread)."""
-        link = self._link_for_channel(network, channel)
+        link = self.directory.link_for_channel(network, channel)
         if link is not None and self.channel_is_private(network, channel):
-            self._record(network, channel, "", user_id, "x.invite", "{}", None)
+            self.lines.record(network, channel, "", user_id, "x.invite", "{}", None)
 
     # ------------------------------------------------------------ portal rooms (request thread)
     def portal_room_body(self, private: bool) -> dict[str, Any]:
@@ -167,7 +166,7 @@ class ChannelPrivacy:
             return False
 
     # ------------------------------------------------------------ delivery (senders)
-    def _state_private(self, line: QueuedLine, room_id: str, details: dict[str, Any]) -> str:
+    def state_private(self, line: QueuedLine, room_id: str, details: dict[str, Any]) -> str:
         """The channel turned private: invite-only, history from joining, unlisted, told."""
         self.room_options.set(room_id, private=True)
         event_id = self.bot.set_state(room_id, "m.room.join_rules", "", {"join_rule": "invite"})
@@ -178,9 +177,9 @@ class ChannelPrivacy:
                                                 self.config.appservice.id, visible=False)
         except MatrixError as e:
             log.warning("cannot unlist %s: %s", room_id, e)
-        if self.admin is not None and hasattr(self.admin, "room_unlisted"):
+        if self.admin is not None:
             self.admin.room_unlisted(room_id)
-        link = self.link_for_room(room_id)
+        link = self.directory.link_for_room(room_id)
         if link is not None and link.alias:
             try:  # the predictable alias now answers 404, as for any private channel
                 self.client.request("DELETE", "/_matrix/client/v3/directory/room/"
@@ -193,8 +192,8 @@ class ChannelPrivacy:
         })
         return event_id
 
-    def _state_join_rule(self, line: QueuedLine, room_id: str, details: dict[str, Any]) -> str:
-        link = self.link_for_room(room_id)
+    def state_join_rule(self, line: QueuedLine, room_id: str, details: dict[str, Any]) -> str:
+        link = self.directory.link_for_room(room_id)
         if not details.get("invite"):
             if link is None or link.kind != "portal":
                 return ""  # a linked room is never opened to the public by IRC
@@ -202,11 +201,11 @@ class ChannelPrivacy:
         rule = "invite" if details.get("invite") else "public"
         return self.bot.set_state(room_id, "m.room.join_rules", "", {"join_rule": rule})
 
-    def _state_power(self, line: QueuedLine, room_id: str, details: dict[str, Any]) -> str:
+    def state_power(self, line: QueuedLine, room_id: str, details: dict[str, Any]) -> str:
         """A member's highest IRC prefix as their power: only levels the bridge set itself
         are ever lowered, and it never grants more than 50."""
         if not details.get("matrix_user"):
-            self._prepare_ghost(line.network, line.nick, line.sender)
+            self.directory.prepare_ghost(line.network, line.nick, line.sender)
         power: dict[str, Any] = self.bot.get_state(room_id, "m.room.power_levels") or {}
         users = dict(power.get("users") or {})
         ours = dict(power.get(SET_BY_BRIDGE) or {})
@@ -215,7 +214,7 @@ class ChannelPrivacy:
         current = int(users.get(line.sender, default))
         if line.sender == self.config.bot_user_id or current == level:
             return ""
-        link = self.link_for_room(room_id)
+        link = self.directory.link_for_room(room_id)
         legacy = link is not None and link.kind == "portal" and not ours \
             and current <= MAX_LEVEL  # a portal from before the bridge kept its marks
         if level < current and ours.get(line.sender) != current and not legacy:
@@ -229,7 +228,7 @@ class ChannelPrivacy:
         return self.bot.set_state(room_id, "m.room.power_levels", "",
                                   {**power, "users": users, SET_BY_BRIDGE: ours})
 
-    def _state_invite(self, line: QueuedLine, room_id: str, details: dict[str, Any]) -> str:
+    def state_invite(self, line: QueuedLine, room_id: str, details: dict[str, Any]) -> str:
         """Invite a Matrix user whose puppet joined the private channel of this room."""
         try:
             member = self.bot.get_state(room_id, "m.room.member", line.sender) or {}

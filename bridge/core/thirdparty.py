@@ -1,6 +1,6 @@
 """Third-party network lookups (the AS API's /thirdparty endpoints; spec checklist F).
 
-A mixin of `core.Bridge`: lets clients such as Element list the IRC networks, find the
+A part of `core.Bridge`: lets clients such as Element list the IRC networks, find the
 alias of a channel and the virtual user of a nick.
 
 Thread: request threads (the /thirdparty handlers of the AS API).
@@ -8,22 +8,20 @@ Thread: request threads (the /thirdparty handlers of the AS API).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from ..config.ini import Config
 from ..rules.names import NetworkNames, valid_channel, valid_nick
-
-if TYPE_CHECKING:
-    from ..config.ini import Config
+from .directory import Directory
 
 
 class ThirdPartyLookups:
-    if TYPE_CHECKING:  # provided by core.Bridge
-        config: Config
-        names: dict[str, NetworkNames]
+    """The answers of the /thirdparty endpoints, from the configuration and the names."""
 
-        def casemapping(self, network: str) -> str: ...
-
-        def parse_alias(self, alias: str) -> tuple[str, str] | None: ...
+    def __init__(self, config: Config, names: dict[str, NetworkNames], directory: Directory):
+        self.config = config
+        self.names = names
+        self.directory = directory
 
     # ------------------------------------------------------------ third-party lookups
     def thirdparty_protocol(self) -> dict[str, Any]:
@@ -47,7 +45,7 @@ class ThirdPartyLookups:
     def thirdparty_location(self, network: str | None, channel: str | None) -> list[dict[str, Any]]:
         if not network or not channel or network not in self.names or not valid_channel(channel):
             return []
-        alias = self.names[network].alias_for_channel(channel, self.casemapping(network))
+        alias = self.names[network].alias_for_channel(channel, self.directory.casemapping(network))
         return [{"alias": alias, "protocol": "irc",
                  "fields": {"network": network, "channel": channel}}]
 
@@ -58,7 +56,7 @@ class ThirdPartyLookups:
                  "fields": {"network": network, "nickname": nick}}]
 
     def thirdparty_location_by_alias(self, alias: str | None) -> list[dict[str, Any]]:
-        parsed = self.parse_alias(alias or "")
+        parsed = self.directory.parse_alias(alias or "")
         if parsed is None:
             return []
         network, channel = parsed

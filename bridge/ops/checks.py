@@ -33,7 +33,13 @@ import requests
 
 from ..config.ini import Config, NetworkConfig
 from ..irc import tls as irc_tls
-from ..matrix import HomeserverClient, MatrixError, RetryPolicy, UnknownToken
+from ..matrix import (
+    HomeserverClient,
+    HomeserverUnavailable,
+    MatrixError,
+    RetryPolicy,
+    UnknownToken,
+)
 from ..rules import tokens
 
 log = logging.getLogger(__name__)
@@ -44,9 +50,13 @@ CHECK = RetryPolicy(attempts=1, backoff_cap=0.0, timeout=10.0)
 
 @dataclass(frozen=True)
 class CheckResult:
+    """One check's verdict. `code`: a short state for the bridge's health report (an
+    errcode, `unreachable`...), empty when the check passed."""
+
     name: str
     ok: bool
     message: str
+    code: str = ""
 
     def line(self) -> str:
         return f"{'ok  ' if self.ok else 'FAIL'} {self.name}: {self.message}"
@@ -88,23 +98,37 @@ def check_homeserver(config: Config, session: requests.Session | None = None,
                        f"{config.homeserver.url} answers (Matrix {latest})")
 
 
-def check_as_token(config: Config, client: HomeserverClient) -> CheckResult:
-    """GET /account/whoami with the as_token: the homeserver loaded our registration."""
+def check_as_token(config: Config, client: HomeserverClient,
+                   policy: RetryPolicy | None = None) -> CheckResult:
+    """GET /account/whoami with the as_token: the homeserver loaded our registration.
+
+    Also the bridge's own startup check (bridge.core.startup), with `policy` ONCE: it
+    retries by itself, with its own pauses."""
     try:
-        whoami = client.whoami()
+        whoami = client.whoami(policy=policy)
     except UnknownToken:
         return CheckResult("as_token", False,
                            "the homeserver refused the as_token: is "
                            f"{config.appservice.registration} listed in its "
-                           "app_service_config_files, and was it restarted after that?")
-    except Exception as e:  # noqa: BLE001
-        return CheckResult("as_token", False, f"whoami failed: {_reason(e)}")
+                           "app_service_config_files, and was it restarted after that?",
+                           "as_token refused")
+    except HomeserverUnavailable as e:
+        return CheckResult("as_token", False,
+                           f"homeserver {safe_url(config.homeserver.url)} unreachable "
+                           f"({_reason(e)})", "unreachable")
+    except MatrixError as e:
+        return CheckResult("as_token", False, f"whoami failed: {_reason(e)}",
+                           f"error {e.errcode}")
+    except Exception as e:  # noqa: BLE001 - e.g. connection refused with retry off
+        return CheckResult("as_token", False,
+                           f"homeserver {safe_url(config.homeserver.url)} unreachable "
+                           f"({_reason(e)})", "unreachable")
     user_id = whoami.get("user_id")
     if user_id != config.bot_user_id:
         return CheckResult("as_token", False,
                            f"the homeserver says the as_token belongs to {user_id}, expected "
                            f"{config.bot_user_id}: check sender_localpart and [homeserver] "
-                           "domain, then regenerate the registration")
+                           "domain, then regenerate the registration", "wrong user")
     return CheckResult("as_token", True, f"accepted for {user_id}")
 
 
@@ -136,9 +160,10 @@ def check_ping(config: Config, client: HomeserverClient) -> CheckResult:
             return CheckResult("ping", True, "the homeserver has no AS ping (Matrix < v1.7); "
                                              "skipped")
         fix = PING_FIXES.get(e.errcode)
-        return CheckResult("ping", False, fix(config, e) if fix else f"AS ping failed: {e}")
+        return CheckResult("ping", False, fix(config, e) if fix else f"AS ping failed: {e}",
+                           e.errcode or str(e.status))
     except Exception as e:  # noqa: BLE001
-        return CheckResult("ping", False, f"AS ping failed: {_reason(e)}")
+        return CheckResult("ping", False, f"AS ping failed: {_reason(e)}", type(e).__name__)
     return CheckResult("ping", True, f"the homeserver reached {config.appservice.url} "
                                      f"({result.get('duration_ms')} ms)")
 

@@ -220,9 +220,9 @@ def test_casemapping_rekeys_links_in_the_registry_and_the_store(bridge: Bridge) 
         moved = bridge.store.add_link("local", "#foo{1}", "#Foo[1]", "!a:localhost", None)
         bridge.store.add_link("local", "#bar{2}", "#Bar[2]", "!b:localhost", None)
         bridge.store.add_link("local", "#bar[2]", "#bar[2]", "!c:localhost", None)
-        bridge._load_links()
+        bridge.load_links()
         _, misses = guard(bridge.registry)
-        bridge._rekey_links("local", "ascii")
+        bridge.portals.rekey_links("local", "ascii")
         assert misses == []
         assert bridge.registry.link_for_channel("local", "#foo{1}") is None
         new = bridge.registry.link_for_channel("local", "#foo[1]")

@@ -8,6 +8,7 @@ the markup. The path under test is the bridge's own: `IrcToMatrix.irc_message`.
 from __future__ import annotations
 
 from html.parser import HTMLParser
+from typing import Any, cast
 
 import pytest
 
@@ -16,26 +17,39 @@ from bridge.irc.events import IrcKind, IrcMessage
 from bridge.store.models import IrcLine
 
 
-class _Recorder:
+class _Lines:
+    """The line queue the part is given: keeps what it records."""
+
     def __init__(self) -> None:
         self.lines: list[IrcLine] = []
 
-    def put(self, line: IrcLine) -> None:
-        self.lines.append(line)
+    def record(self, network: str, channel: str, nick: str, sender: str, msgtype: str,
+               body: str, html: str | None, ts: int | None = None) -> None:
+        self.lines.append(IrcLine(network, channel, channel, nick, sender, msgtype, body, html,
+                                  ts or 0))
 
 
-class _Probe(IrcToMatrix):
-    def __init__(self) -> None:
-        self.recorder = _Recorder()  # type: ignore[assignment]
-
-    def _sender_for_nick(self, network: str, nick: str) -> str:
+class _Directory:
+    def sender_for_nick(self, network: str, nick: str) -> str:
         return f"@irc_{nick}:hs"
 
-    def _has_room(self, network: str, channel: str) -> bool:
+    def has_room(self, network: str, channel: str) -> bool:
         return True  # a bridged channel: its lines are recorded
+
+
+class _Privacy:
+    # The state rows this path never delivers.
+    state_power = state_join_rule = state_private = state_invite = None
 
     def may_relay(self, network: str, channel: str) -> bool:
         return True  # a public channel
+
+
+def _part(lines: _Lines) -> IrcToMatrix:
+    """The real IrcToMatrix, given stand-ins for the collaborators this path uses."""
+    none = cast(Any, None)
+    return IrcToMatrix(none, none, none, none, none, none, {}, none, cast(Any, _Directory()),
+                       cast(Any, lines), cast(Any, _Privacy()))
 
 
 class _Reader(HTMLParser):
@@ -67,9 +81,10 @@ class _Reader(HTMLParser):
 
 
 def relay(text: str, mentions: dict[str, str]) -> IrcLine:
-    probe = _Probe()
-    probe.irc_message(IrcMessage("local", "#chan", "bob", text, IrcKind.PRIVMSG, 1, mentions))
-    (line,) = probe.recorder.lines  # type: ignore[attr-defined]
+    lines = _Lines()
+    _part(lines).irc_message(IrcMessage("local", "#chan", "bob", text, IrcKind.PRIVMSG, 1,
+                                        mentions))
+    (line,) = lines.lines
     return line
 
 
