@@ -13,14 +13,21 @@ is a moment where a crash would send it twice. `SentJournal` closes it: `started
 next start marks every finished row done before anything is handed out again. A row that
 started and never finished (a multi-line message cut by a crash) is not sent again: it is
 marked failed and its sender is told it may not have arrived (`on_uncertain`).
+
+Outcomes reach the database in batches: one transaction for every outcome of the last
+`FLUSH_EVERY` seconds (or `FLUSH_ROWS` outcomes), not a commit per event. Nothing is lost by
+the wait: the homeserver was answered when the rows were committed (`record_transaction`),
+and an outcome is in the journal before it waits for its batch, so a crash in between marks
+it at the next start exactly as if it had been written. New rows are read when the
+transaction handler says there are some (`notify`), not at every outcome.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import queue
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -124,7 +131,11 @@ Handler = Callable[[dict[str, Any], Completion], None]
 
 
 class InboxWorker:
-    """One thread; owns the in-flight set and the completion queue."""
+    """One thread; owns the in-flight set and the batch of outcomes not yet written."""
+
+    FLUSH_EVERY = 0.05  # seconds an outcome may wait for its batch's transaction
+    FLUSH_ROWS = 1000  # a batch this large is written at once
+    POLL_EVERY = 0.5  # seconds between reads of the inbox when nobody said there are rows
 
     def __init__(self, store: Store, handle: Handler, *, batch: int = 200,
                  journal: Path | None = None):
@@ -136,7 +147,12 @@ class InboxWorker:
         self.batch = batch
         self._wake = threading.Event()
         self._stop = threading.Event()
-        self._completed: queue.SimpleQueue[tuple[int, bool]] = queue.SimpleQueue()
+        # Outcomes (row id, ok) not yet in the database, and when the oldest of them came.
+        self._outcomes: list[tuple[int, bool]] = []
+        self._outcomes_since = 0.0
+        self._outcomes_lock = threading.Lock()
+        self._new_rows = True  # rows may be waiting (at start: whatever the last run left)
+        self._last_read = 0.0
         self._in_flight: set[int] = set()
         self._last_id = 0
         self._thread = threading.Thread(target=self._run, name="inbox", daemon=True)
@@ -166,6 +182,7 @@ class InboxWorker:
 
     def notify(self) -> None:
         """New rows were stored; called by the transaction handler after committing."""
+        self._new_rows = True
         self._wake.set()
 
     @property
@@ -204,38 +221,74 @@ class InboxWorker:
         return len(self._in_flight)
 
     def completed(self, row_id: int, ok: bool) -> None:
-        """Any thread: a row's work is over (see Completion)."""
+        """Any thread: a row's work is over (see Completion). Journaled at once; written to
+        the database with the next batch."""
         if not ok and self._stop.is_set():
             log.info("event row %d was not sent because the bridge is stopping; it is "
                      "handled again at the next start", row_id)
             return
         if self.journal is not None:
             self.journal.record(row_id)
-        self._completed.put((row_id, ok))
-        self._wake.set()
+        self._add_outcome(row_id, ok)
+
+    def _add_outcome(self, row_id: int, ok: bool) -> None:
+        with self._outcomes_lock:
+            first = not self._outcomes
+            if first:
+                self._outcomes_since = time.monotonic()
+            self._outcomes.append((row_id, ok))
+        if first:  # the worker learns that a batch is open; later ones join it quietly
+            self._wake.set()
 
     def _run(self) -> None:
         while not self._stop.is_set():
+            self._wake.clear()  # before looking: a wake from now on ends the wait below
             try:
-                self._flush_completed()
-                worked = self._dispatch_pending()
+                if self._flush_due():
+                    self._flush_completed()
+                worked = self._dispatch_pending() if self._read_due() else False
             except Exception:  # noqa: BLE001 - e.g. the database restarting; try again soon
                 log.exception("the inbox worker hit an error; retrying")
                 worked = False
+                self._new_rows = True
                 self._stop.wait(1.0)
             if not worked:
-                self.idle.set() if not self._in_flight else self.idle.clear()
-                self._wake.wait(0.5)
-                self._wake.clear()
+                if self._in_flight or self._outcomes:
+                    self.idle.clear()
+                else:
+                    self.idle.set()
+                self._wake.wait(self._wait_time())
         try:
             self.store.db.close()
         except Exception:  # noqa: BLE001
             pass
 
+    def _flush_due(self) -> bool:
+        with self._outcomes_lock:
+            if not self._outcomes:
+                return False
+            return (len(self._outcomes) >= self.FLUSH_ROWS
+                    or time.monotonic() - self._outcomes_since >= self.FLUSH_EVERY)
+
+    def _read_due(self) -> bool:
+        return self._new_rows or time.monotonic() - self._last_read >= self.POLL_EVERY
+
+    def _wait_time(self) -> float:
+        now = time.monotonic()
+        wait = self._last_read + self.POLL_EVERY - now
+        with self._outcomes_lock:
+            if self._outcomes:
+                wait = min(wait, self._outcomes_since + self.FLUSH_EVERY - now)
+        return max(0.0, wait)
+
     def _dispatch_pending(self) -> bool:
+        self._new_rows = False  # before the read: a notify during it is kept
+        self._last_read = time.monotonic()
         rows = self.store.pending_inbox(self._last_id, self.batch)
         if not rows:
             return False
+        if len(rows) >= self.batch:
+            self._new_rows = True  # there may be more right behind
         self.idle.clear()
         for row_id, event in rows:
             if self._stop.is_set():
@@ -248,26 +301,29 @@ class InboxWorker:
                 self.handle(event, Completion(self, row_id))
             except Exception:  # noqa: BLE001 - a bad event is logged and marked failed
                 log.exception("could not handle event %s", event.get("event_id"))
-                self._completed.put((row_id, False))
+                self._add_outcome(row_id, False)
         return True
 
     def _flush_completed(self) -> None:
-        done_ids: list[int] = []
-        failed_ids: list[int] = []
-        while True:
-            try:
-                row_id, ok = self._completed.get_nowait()
-            except queue.Empty:
-                break
-            (done_ids if ok else failed_ids).append(row_id)
-            self._in_flight.discard(row_id)
+        """Write the outcomes gathered so far, in one transaction."""
+        with self._outcomes_lock:
+            outcomes, self._outcomes = self._outcomes, []
+        if not outcomes:
+            return
+        done_ids = [row_id for row_id, ok in outcomes if ok]
+        failed_ids = [row_id for row_id, ok in outcomes if not ok]
+        try:
+            self.store.finish_inbox(done_ids, failed_ids)
+        except Exception:
+            with self._outcomes_lock:  # kept for the next try (they are journaled too)
+                self._outcomes[:0] = outcomes
+                self._outcomes_since = time.monotonic()
+            raise
+        self._in_flight.difference_update(row_id for row_id, _ok in outcomes)
         metrics.inbox_handled(self, len(done_ids), len(failed_ids))
-        if done_ids:
-            self.store.mark_inbox(done_ids, DONE)
-        if failed_ids:
-            self.store.mark_inbox(failed_ids, FAILED)
-        # Nothing in flight: every journaled id is in the database now, and no `done` can
-        # run before this thread hands out more work.
-        if self.journal is not None and not self._in_flight and self._completed.empty() \
+        # Nothing in flight: every journaled id is in the database now (a row leaves the
+        # in-flight set only once its outcome is written), and no `done` can run before
+        # this thread hands out more work.
+        if self.journal is not None and not self._in_flight \
                 and self.journal.size() > SentJournal.ROTATE_BYTES:
             self.journal.clear()

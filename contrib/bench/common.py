@@ -111,14 +111,21 @@ def git_revision() -> str | None:
     """The checked-out commit, read from .git files (no git command is run)."""
     git = ROOT / ".git"
     try:
+        common_dir = git
+        if git.is_file():  # a worktree: `.git` names its folder, refs live in the main one
+            git = Path(git.read_text().strip().removeprefix("gitdir: "))
+            common_file = git / "commondir"
+            common_dir = (git / common_file.read_text().strip()).resolve() \
+                if common_file.exists() else git
         head = (git / "HEAD").read_text().strip()
         if not head.startswith("ref: "):
             return head[:12]
         ref = head[5:]
-        path = git / ref
-        if path.exists():
-            return path.read_text().strip()[:12]
-        packed = git / "packed-refs"
+        for base in (git, common_dir):
+            path = base / ref
+            if path.exists():
+                return path.read_text().strip()[:12]
+        packed = common_dir / "packed-refs"
         if packed.exists():
             for line in packed.read_text().splitlines():
                 if line.endswith(" " + ref):

@@ -205,3 +205,110 @@ def test_the_journal_is_emptied_once_everything_is_in_the_database(
     worker.stop()
     worker.close()
     assert (tmp_path / "j.sent").stat().st_size < 8 * 10
+
+
+def test_outcomes_are_written_in_batches_not_per_event(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 13 item 7: every outcome was its own UPDATE and commit (an fsync on SQLite),
+    and every outcome woke the worker to read the inbox again. Now a batch of outcomes is one
+    transaction, and outcomes alone do not make the worker read new rows."""
+    monkeypatch.setattr(InboxWorker, "FLUSH_EVERY", 0.2)
+    monkeypatch.setattr(InboxWorker, "POLL_EVERY", 60.0)
+    for n in range(3):
+        store_events(store, *[f"b{n}-{i}" for i in range(100)])
+    writes: list[tuple[int, int]] = []
+    reads: list[int] = []
+    finish, pending = store.finish_inbox, store.pending_inbox
+    monkeypatch.setattr(store, "finish_inbox", lambda done, failed: (
+        writes.append((len(done), len(failed))), finish(done, failed))[1])
+    monkeypatch.setattr(store, "pending_inbox", lambda after, limit: (
+        reads.append(after), pending(after, limit))[1])
+    collect = Collect()
+    worker = InboxWorker(store, collect, journal=tmp_path / "j.sent")
+    worker.start()
+    wait_until(lambda: len(collect.completions) == 300, 10, interval=0.01,
+               what="every event handed out")
+    reads_when_handed_out = len(reads)
+    for completion in collect.completions:  # one at a time, as the IRC thread finishes them
+        completion.started()
+        completion.finished(completion is not collect.completions[7])
+    wait_until(lambda: worker.idle.is_set(), 10, interval=0.01, what="everything written")
+    worker.stop()
+    worker.close()
+    states = _states(store)
+    assert sum(d for d, _f in writes) == 299 and sum(f for _d, f in writes) == 1
+    assert states["b0-7"] == FAILED and list(states.values()).count(DONE) == 299
+    assert len(writes) <= 3, writes  # 300 outcomes in 1-3 transactions, not 300
+    assert len(reads) == reads_when_handed_out  # no read of the inbox per outcome
+
+
+def test_a_new_transaction_is_read_at_once_while_outcomes_wait(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The batch's wait never delays new events: `notify` ends it."""
+    monkeypatch.setattr(InboxWorker, "FLUSH_EVERY", 30.0)
+    monkeypatch.setattr(InboxWorker, "POLL_EVERY", 30.0)
+    store_events(store, "first")
+    collect = Collect()
+    worker = InboxWorker(store, collect, journal=tmp_path / "j.sent")
+    worker.start()
+    wait_until(lambda: collect.completions, 10, interval=0.01, what="the first event")
+    collect.completions[0].finished(True)  # opens a batch that waits 30 s
+    store_events(store, "second")
+    worker.notify()
+    wait_until(lambda: len(collect.bodies) == 2, 5, interval=0.01, what="the second event")
+    worker.stop()
+    worker.close()
+    assert collect.bodies == ["first", "second"]
+    assert _states(store) == {"first": PENDING, "second": PENDING}  # journaled, not written
+
+
+BATCHING_WORKER = """
+import os, signal, sys
+from pathlib import Path
+from bridge.pipeline.inbox import InboxWorker
+from bridge.store.models import Store
+
+InboxWorker.FLUSH_EVERY = 3600.0  # no outcome reaches the database before the kill
+store = Store(sys.argv[1])
+handled = []
+
+def handle(event, completion):
+    body = event["content"]["body"]
+    if body == "not-yet":
+        os.kill(os.getpid(), signal.SIGKILL)  # acknowledged to the homeserver, not handled
+    completion.started()
+    completion.finished(True)
+
+worker = InboxWorker(store, handle, journal=Path(sys.argv[2]))
+worker.start()
+worker._thread.join(30)
+"""
+
+
+def test_a_kill_while_outcomes_wait_for_their_batch_loses_and_repeats_nothing(
+    store: Store, db_url: str, tmp_path: Path
+) -> None:
+    """The crash point batching adds: outcomes journaled but not yet in the database, and
+    events the homeserver was answered for but not handed out yet. The next start marks the
+    first done without sending them again and hands out every one of the others."""
+    store_events(store, *[f"sent{i}" for i in range(50)])
+    store_events(store, "not-yet", "after")  # record_transaction returned: acknowledged
+    journal = tmp_path / "j.sent"
+    result = subprocess.run([sys.executable, "-c", BATCHING_WORKER, db_url, str(journal)],
+                            env={**os.environ}, timeout=60, capture_output=True)
+    assert result.returncode == -signal.SIGKILL, result.stderr.decode()[-2000:]
+    assert set(_states(store).values()) == {PENDING}  # nothing was written before the kill
+
+    again = Collect()
+    worker = InboxWorker(store, again, journal=journal)
+    worker.start()
+    wait_until(lambda: len(again.bodies) == 2, 10, interval=0.01, what="the next start's work")
+    for completion in again.completions:
+        completion.finished(True)
+    wait_until(lambda: set(_states(store).values()) == {DONE}, 10, interval=0.01,
+               what="everything done")
+    worker.stop()
+    worker.close()
+    assert again.bodies == ["not-yet", "after"]  # the 50 sent ones were not handed out again
