@@ -188,6 +188,8 @@ class Network:
             on_change=self._connection_changed, nick_max=self.nick_max, fold=self.fold,
         )
         self._register(conn.conn, conn)
+        # Channel lines another connection relays are dropped before they are parsed.
+        conn.conn.relays = lambda channel: self.forwarder(channel) is conn
         return conn
 
     def _liveness_tick(self) -> None:

@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 wire_log = logging.getLogger("bridge.irc.wire")
 
 _WAKE = object()
+_RELAYED = frozenset({"PRIVMSG", "NOTICE"})
+_CHANNEL_PREFIXES = "#&+!"  # irc.client.is_channel's
 
 
 class BridgeServerConnection(irc.client.ServerConnection):
@@ -50,6 +52,9 @@ class BridgeServerConnection(irc.client.ServerConnection):
         self.out = SendBuffer()
         self.write_wanted = False  # the socket took less than we had: wait for writability
         self.first_lines: list[str] = []  # sent before the library's PASS/NICK/USER
+        # Set by the network: is this connection the one that relays what is said in a
+        # channel? The others' copies of channel PRIVMSG/NOTICE lines are dropped unparsed.
+        self.relays: Callable[[str], bool] | None = None
 
     def send_raw(self, string: str) -> None:
         """The one place every line leaves: guard, redacted log, write buffer."""
@@ -61,7 +66,8 @@ class BridgeServerConnection(irc.client.ServerConnection):
                       wire.caller(), why, wire.redact(string))
             raise irc.client.InvalidCharacters(f"line refused: {why}")
         data = self._prep_message(string)
-        wire_log.debug("to %s: %s", self.server, wire.redact(string))
+        if wire_log.isEnabledFor(logging.DEBUG):  # redact() only for a line that is logged
+            wire_log.debug("to %s: %s", self.server, wire.redact(string))
         self.out.add(data)
         if self.write_wanted:
             self._check_limit()  # the socket is full: the poller says when to try again
@@ -113,8 +119,37 @@ class BridgeServerConnection(irc.client.ServerConnection):
             return
         self.buffer.feed(new_data)
         for line in self.buffer:
-            if line:
+            if line and not self._someone_elses(line):
                 self._process_line(line)
+
+    def _someone_elses(self, line: str) -> bool:
+        """A PRIVMSG/NOTICE to a channel that another of our connections relays.
+
+        Every connection of ours in a channel gets a copy of every line said there, and
+        only one of them relays it (`Network.forwarder`): with 50 puppets in a room, 49
+        copies of each line were parsed in full only to be dropped by the network's handler
+        (the largest cost of Matrix -> IRC, whose own lines come back as those copies).
+        Dropping them here, by a look at the first words, changes nothing else: no other
+        handler takes channel messages.
+        """
+        relays = self.relays
+        if relays is None:
+            return False
+        if line[0] == "@":  # message tags
+            space = line.find(" ")
+            if space < 0:
+                return False
+            line = line[space + 1:]
+        if line[:1] != ":":
+            return False
+        parts = line.split(" ", 3)
+        if len(parts) < 4:
+            return False
+        command = parts[1]
+        if command not in _RELAYED and command.upper() not in _RELAYED:
+            return False
+        target = parts[2]
+        return target[:1] in _CHANNEL_PREFIXES and not relays(target)
 
     def _process_line(self, line: str) -> None:
         if "\x00" in line:
@@ -250,6 +285,9 @@ class IrcThread:
         self._poll_interval = poll_interval
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self.started = threading.Event()
+        # True once a wake byte was sent since the loop last looked at the calls: later
+        # callers skip the syscall (one per event was a tenth of the Matrix -> IRC cost).
+        self._woken = False
 
     # ------------------------------------------------------------ any thread
     def start(self) -> None:
@@ -259,7 +297,10 @@ class IrcThread:
     def call(self, fn: Callable[..., Any], *args: Any) -> None:
         """Run fn(*args) on the IRC thread, soon; the only safe way in from other threads."""
         self._calls.put((fn, args))
-        if threading.current_thread() is not self._thread:
+        if not self._woken and threading.current_thread() is not self._thread:
+            # The loop clears the flag before it drains the calls, so a call put after the
+            # clear either is drained or finds the flag clear and wakes the poll.
+            self._woken = True
             self.reactor.wake()
 
     def call_sync(self, fn: Callable[..., Any], *args: Any, timeout: float = 10.0) -> Any:
@@ -309,6 +350,7 @@ class IrcThread:
         while not self._stop.is_set():
             try:
                 self.reactor.process_once(self._next_timeout())
+                self._woken = False  # before the drain: see `call`
                 self._drain_calls()
                 self._run_timers()
             except Exception:  # noqa: BLE001 - one bad handler must not stop every connection
