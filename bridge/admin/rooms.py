@@ -22,6 +22,7 @@ from ..irc.queries import IrcQueries
 from ..matrix import MatrixError
 from ..matrix.client import q
 from ..matrix.wire import JsonObject
+from ..ops import logs
 from ..pipeline.lanes import Lanes
 from ..rules.permissions import role_of
 from ..store.admin_tables import AdminStore
@@ -517,10 +518,6 @@ def connection_text(event: IrcConnectionEvent) -> str | None:
 def _protect(secrets: list[str]) -> None:
     """Keep stored passwords out of the log, whoever would write them (jaraco at DEBUG)."""
     try:
-        from ..ops import logs
-
-        protect = getattr(logs, "protect", None)
-        if protect is not None:
-            protect(secrets)
+        logs.protect(secrets)
     except Exception:  # noqa: BLE001 - logging hygiene must never stop the bridge
         log.debug("cannot register secrets with the log filter", exc_info=True)
