@@ -8,9 +8,7 @@ virtual users, with the IRC time.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
-from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
@@ -39,7 +37,19 @@ from ..ops import metrics
 from ..pipeline.outbox import GiveUp, Retry
 from ..rules import formatting
 from ..rules.names import NetworkNames
-from ..store.models import PM_PREFIX, QueuedLine, Store
+from ..store import kinds
+from ..store.kinds import (
+    Invite,
+    Join,
+    JoinRule,
+    Leave,
+    LineKind,
+    MadePrivate,
+    Power,
+    Sync,
+    Topic,
+)
+from ..store.models import QueuedLine, Store
 from .directory import Directory
 from .lines import LineQueue
 from .links import LinkRegistry
@@ -57,19 +67,14 @@ MSGTYPES: dict[IrcKind, str] = {
 }
 
 
-def _membership_details(event: IrcMembership) -> dict[str, object]:
-    """The body of a membership line in the outbox (what `_state_leave` reads)."""
+def _membership_payload(event: IrcMembership) -> tuple[LineKind, Join | Leave]:
+    """The outbox row of a membership change (what `_state_join`/`_state_leave` read)."""
     if event.change is MembershipChange.JOIN:
-        return {"ts": event.ts}
+        return LineKind.JOIN, Join(event.ts)
     if event.change is MembershipChange.KICK:
-        return {"by": event.by, "reason": event.reason}
-    if event.netsplit:
-        return {"reason": event.reason, "netsplit": True}
-    return {"reason": event.reason}
+        return LineKind.KICK, Leave(event.reason or "", by=event.by)
+    return LineKind.LEAVE, Leave(event.reason or "", netsplit=bool(event.netsplit))
 
-
-# What delivers one state row of the outbox (a join, a topic, a power level...).
-StateHandler = Callable[[QueuedLine, str, dict[str, Any]], str]
 
 # Each bridged message carries the txnId it was sent with, so a retry can find it.
 TXN_KEY = "org.ircbridge.txn"
@@ -96,17 +101,6 @@ class IrcToMatrix:
         self.admin: AdminPort | None = None  # set by Bridge.attach
         # This bridge's prefix of txnIds (the store's, read at start: see `begin`).
         self.txn_prefix = ""
-        self._handlers: dict[str, StateHandler] = {
-            "x.join": self._state_join,
-            "x.leave": self._state_leave,
-            "x.kick": self._state_leave,
-            "x.topic": self._state_topic,
-            "x.power": privacy.state_power,
-            "x.joinrule": privacy.state_join_rule,
-            "x.sync": self._state_sync,
-            "x.private": privacy.state_private,
-            "x.invite": privacy.state_invite,
-        }
 
     def begin(self, txn_prefix: str) -> None:
         """At start, before the senders run: the txnId prefix of this bridge's rows."""
@@ -128,17 +122,17 @@ class IrcToMatrix:
         body, html = formatting.irc_to_matrix(event.text)
         if not body.strip():
             return
-        key = self.lines.private_key(network, event.owner, nick)
-        self.lines.record(network, key, nick, self.directory.sender_for_nick(network, nick),
-                          MSGTYPES[event.kind], body, html, event.ts)
+        self.lines.record(network, self.directory.fold_nick(network, nick), nick,
+                          self.directory.sender_for_nick(network, nick), MSGTYPES[event.kind],
+                          body, html, event.ts, private_to=event.owner)
 
     def irc_topic(self, event: IrcTopic) -> None:
         network, channel, topic, nick = event.network, event.channel, event.topic, event.nick
         self.registry.set_topic(network, channel, topic)
         if nick is not None and self.directory.has_room(network, channel) \
                 and self.privacy.may_relay(network, channel):
-            self.lines.record(network, channel, nick, self.directory.sender_for_nick(network, nick),
-                              "x.topic", json.dumps({"topic": topic}), None)
+            self.lines.state(network, channel, nick, self.directory.sender_for_nick(network, nick),
+                             LineKind.TOPIC, Topic(topic))
 
     def irc_membership(self, event: IrcMembership) -> None:
         network, channel, nick, what = event.network, event.channel, event.nick, event.change
@@ -148,14 +142,13 @@ class IrcToMatrix:
         sender = self.directory.sender_for_nick(network, nick)
         if what == "nick":
             new = event.new_nick
-            self.lines.record(network, channel, nick, sender, "x.leave",
-                              json.dumps({"reason": f"changed nick to {new}"}), None)
-            self.lines.record(network, channel, new,
-                              self.directory.sender_for_nick(network, new), "x.join", "{}", None)
+            self.lines.state(network, channel, nick, sender, LineKind.LEAVE,
+                             Leave(f"changed nick to {new}"))
+            self.lines.state(network, channel, new, self.directory.sender_for_nick(network, new),
+                             LineKind.JOIN, Join())
             return
-        kind = {"join": "x.join", "part": "x.leave", "quit": "x.leave", "kick": "x.kick"}[what]
-        self.lines.record(network, channel, nick, sender, kind,
-                          json.dumps(_membership_details(event)), None, event.ts)
+        kind, payload = _membership_payload(event)
+        self.lines.state(network, channel, nick, sender, kind, payload, event.ts)
 
     def irc_failure(self, event: IrcFailure) -> None:
         """A line of a Matrix user was refused by IRC: tell them, never drop it silently."""
@@ -191,8 +184,8 @@ class IrcToMatrix:
             self.registry.wake(network, channel)
         if event.nicks is not None and self.directory.has_room(network, channel):
             # Who is on IRC now: ghosts of users who left while we were away leave.
-            self.lines.record(network, channel, "", self.config.bot_user_id,
-                              "x.sync", json.dumps({"nicks": list(event.nicks)}), None)
+            self.lines.state(network, channel, "", self.config.bot_user_id, LineKind.SYNC,
+                             Sync(tuple(event.nicks)))
 
     def _kick_notice(self, event: IrcConnectionEvent) -> None:
         """Our bot or a puppet was kicked (or is back): the room hears it from the bot."""
@@ -229,8 +222,8 @@ class IrcToMatrix:
         try:
             room_id, line = self._route(line)
             if room_id is None:
-                raise GiveUp(f"no room for {line.room_id}")
-            if line.msgtype.startswith("x."):
+                raise GiveUp(f"no room for {line.room_id or line.private_to}")
+            if line.kind != LineKind.MESSAGE:
                 return self._deliver_state(line, room_id)
             intent = self._speaker(line, room_id)
             txn_id = f"{self.txn_prefix}.{line.id}"
@@ -276,16 +269,16 @@ class IrcToMatrix:
     def _private_room_still_open(self, line: QueuedLine, room_id: str) -> None:
         """A private room its owner left while this line was sent: send it again, in the
         new room the next try opens."""
-        if line.room_id.startswith(PM_PREFIX) and self.store.pm_for_room(room_id) is None:
+        if line.private_to is not None and self.store.pm_for_room(room_id) is None:
             raise Retry(f"the private room {room_id} ended while the line was sent")
 
     def _private_room_refused(self, line: QueuedLine, error: Forbidden) -> None:
         """The virtual user may no longer speak in the private room: it ends, and the line
         is tried again in a new one."""
-        if not line.room_id.startswith(PM_PREFIX):
+        if line.private_to is None:
             return
-        owner, _, nick = line.room_id[len(PM_PREFIX):].rpartition(":")
-        pm = self.store.pm_room(line.network, owner, nick)
+        nick = self.directory.fold_nick(line.network, line.nick)
+        pm = self.store.pm_room(line.network, line.private_to, nick)
         if pm is None:
             return
         log.info("private room %s refused a line (%s); the next try opens a new one",
@@ -323,13 +316,13 @@ class IrcToMatrix:
         In a private room the other side is one virtual user whatever the case of the nick
         IRC used this time, so the row is sent as that user.
         """
-        if not line.room_id.startswith(PM_PREFIX):
+        owner = line.private_to
+        if owner is None:
             return line.room_id, line
-        owner, _, nick = line.room_id[len(PM_PREFIX):].rpartition(":")
+        nick = self.directory.fold_nick(line.network, line.nick)
         pm = self.store.pm_room(line.network, owner, nick)
         if pm is not None:
-            if line.sender != pm.ghost \
-                    and self.directory.fold_nick(line.network, line.nick) == nick:
+            if line.sender != pm.ghost:
                 ghost_nick = self.names[line.network].nick_for_user_id(pm.ghost) or line.nick
                 line = dataclasses.replace(line, sender=pm.ghost, nick=ghost_nick)
             return pm.room_id, line
@@ -346,11 +339,28 @@ class IrcToMatrix:
 
     def _deliver_state(self, line: QueuedLine, room_id: str) -> str:
         """Membership, topic and power changes said on IRC, as their virtual users."""
-        details = json.loads(line.body or "{}")
-        handler = self._handlers.get(line.msgtype)
-        return handler(line, room_id, details) if handler else ""
+        payload = kinds.decode(line.kind, line.body)
+        privacy = self.privacy
+        match payload:
+            case Join():
+                return self._state_join(line, room_id)
+            case Leave():
+                return self._state_leave(line, room_id, payload)
+            case Topic():
+                return self._state_topic(line, room_id, payload)
+            case Sync():
+                return self._state_sync(line, room_id, payload)
+            case Power():
+                return privacy.state_power(line, room_id, payload)
+            case JoinRule():
+                return privacy.state_join_rule(line, room_id, payload)
+            case MadePrivate():
+                return privacy.state_private(line, room_id, payload)
+            case Invite():
+                return privacy.state_invite(line, room_id)
+        return ""
 
-    def _state_join(self, line: QueuedLine, room_id: str, details: dict[str, Any]) -> str:
+    def _state_join(self, line: QueuedLine, room_id: str) -> str:
         ghost = self.directory.prepare_ghost(line.network, line.nick, line.sender)
         self._join_ghost(ghost, room_id)
         return ""
@@ -366,17 +376,17 @@ class IrcToMatrix:
             intent.ensure_joined(room_id)
         self.members.set_membership(room_id, intent.user_id, "join")
 
-    def _state_leave(self, line: QueuedLine, room_id: str, details: dict[str, Any]) -> str:
+    def _state_leave(self, line: QueuedLine, room_id: str, leave: Leave) -> str:
         # The homeserver says who is in the room: ghosts joined before a restart leave too.
         joined = self.members.is_joined(room_id, line.sender)
         if joined is None:
             joined = self.cache.is_joined(room_id, line.sender)
         if not joined:
             return ""
-        reason = str(details.get("reason") or "")
+        reason = leave.reason
         ghost = Intent(self.client, line.sender, cache=self.cache)
-        if line.msgtype == "x.kick" and details.get("by"):
-            reason = f"kicked by {details['by']}" + (f": {reason}" if reason else "")
+        if line.kind == LineKind.KICK and leave.by:
+            reason = f"kicked by {leave.by}" + (f": {reason}" if reason else "")
             try:
                 self.bot.kick(room_id, line.sender, reason)
             except Forbidden:
@@ -387,11 +397,11 @@ class IrcToMatrix:
         self.members.set_membership(room_id, line.sender, "leave")
         return ""
 
-    def _state_sync(self, line: QueuedLine, room_id: str, details: dict[str, Any]) -> str:
+    def _state_sync(self, line: QueuedLine, room_id: str, sync: Sync) -> str:
         """The channel's names as the bot found them: stale ghosts of this network leave."""
         names = self.names[line.network]
         fold = self.directory.fold_nick
-        present = {fold(line.network, str(n)) for n in details.get("nicks") or ()}
+        present = {fold(line.network, n) for n in sync.nicks}
         for user_id in sorted(self.members.joined(room_id)):
             nick = names.nick_for_user_id(user_id)
             if nick is None or self.directory.fold_nick(line.network, nick) in present:
@@ -404,8 +414,8 @@ class IrcToMatrix:
             self.members.set_membership(room_id, user_id, "leave")
         return ""
 
-    def _state_topic(self, line: QueuedLine, room_id: str, details: dict[str, Any]) -> str:
-        content = {"topic": details.get("topic", "")}
+    def _state_topic(self, line: QueuedLine, room_id: str, topic: Topic) -> str:
+        content = {"topic": topic.topic}
         intent = self.directory.prepare_ghost(line.network, line.nick, line.sender)
         self._join_ghost(intent, room_id)
         try:

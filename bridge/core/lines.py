@@ -16,8 +16,14 @@ import time
 from ..config.ini import Config
 from ..pipeline.outbox import Recorder, RoomCreated
 from ..rules.names import is_channel
-from ..store.models import PM_PREFIX, IrcLine
+from ..store import kinds
+from ..store.kinds import LineKind, Payload
+from ..store.models import IrcLine
 from .directory import Directory
+
+
+def _now_or(ts: int | None) -> int:
+    return ts if ts is not None else int(time.time() * 1000)
 
 
 class LineQueue:
@@ -32,19 +38,26 @@ class LineQueue:
         self.recorder = recorder
 
     def record(self, network: str, channel: str, nick: str, sender: str, msgtype: str,
-               body: str, html: str | None, ts: int | None = None) -> None:
-        """Queue one line for `channel` (a folded channel, or a private conversation's key)."""
-        if self.recorder is None:
-            return
-        self.recorder.put(IrcLine(
+               body: str, html: str | None, ts: int | None = None, *,
+               private_to: str | None = None) -> None:
+        """Queue one message for `channel` (folded), or, with `private_to`, for the private
+        conversation of that Matrix user with `nick`."""
+        self._put(IrcLine(
             network=network, channel=channel, channel_name=channel, nick=nick, sender=sender,
-            msgtype=msgtype, body=body, html=html,
-            ts=ts if ts is not None else int(time.time() * 1000),
+            msgtype=msgtype, body=body, html=html, ts=_now_or(ts), private_to=private_to,
         ))
 
-    def private_key(self, network: str, owner: str, nick: str) -> str:
-        """The routing key of the private conversation of `owner` with `nick`."""
-        return f"{PM_PREFIX}{owner}:{self.directory.fold_nick(network, nick)}"
+    def state(self, network: str, channel: str, nick: str, sender: str, kind: LineKind,
+              payload: Payload, ts: int | None = None) -> None:
+        """Queue one change of a bridged channel's room (a join, a topic, a power level)."""
+        self._put(IrcLine(
+            network=network, channel=channel, channel_name=channel, nick=nick, sender=sender,
+            msgtype="", body=kinds.encode(payload), html=None, ts=_now_or(ts), kind=kind,
+        ))
+
+    def _put(self, line: IrcLine) -> None:
+        if self.recorder is not None:
+            self.recorder.put(line)
 
     def room_created(self, network: str, channel: str, room_id: str,
                      replay: bool = True) -> None:
@@ -72,5 +85,6 @@ class LineQueue:
                 self.notice(network, folded, text)
             return
         # In a private room the bot is not a member: the other side's virtual user says it.
-        self.record(network, self.private_key(network, owner, target), target,
-                    directory.sender_for_nick(network, target), "m.notice", text, None)
+        self.record(network, directory.fold_nick(network, target), target,
+                    directory.sender_for_nick(network, target), "m.notice", text, None,
+                    private_to=owner)

@@ -19,7 +19,6 @@ The per-room options live in the store's `room_option` table (bridge/store/room_
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -29,6 +28,7 @@ from ..irc import IrcSide
 from ..irc.events import IrcChannelState, IrcPower
 from ..irc.modes import MAX_LEVEL, ChannelState
 from ..matrix import HomeserverClient, Intent, MatrixError
+from ..store.kinds import Invite, JoinRule, LineKind, MadePrivate, Power
 from ..store.models import Link, QueuedLine
 from ..store.room_options import RoomOptions
 from .directory import Directory
@@ -112,11 +112,11 @@ class ChannelPrivacy:
         if state.private == was_private:
             return  # the join rule follows the whole mode set, not each change
         if link.kind == "portal" and state.private:
-            self.lines.record(network, channel, "", self.config.bot_user_id, "x.private",
-                              json.dumps({"why": state.describe()}), None)
+            self.lines.state(network, channel, "", self.config.bot_user_id, LineKind.PRIVATE,
+                             MadePrivate(state.describe()))
         elif link.kind == "portal" or state.private and self.mirrors_modes(link):
-            self.lines.record(network, channel, "", self.config.bot_user_id, "x.joinrule",
-                              json.dumps({"invite": state.private}), None)
+            self.lines.state(network, channel, "", self.config.bot_user_id, LineKind.JOIN_RULE,
+                             JoinRule(state.private))
 
     def irc_power(self, event: IrcPower) -> None:
         network, channel, nick, user_id = event.network, event.channel, event.nick, event.user_id
@@ -125,14 +125,14 @@ class ChannelPrivacy:
         if link is None or not self.mirrors_modes(link):
             return
         sender = user_id or self.directory.sender_for_nick(network, nick)
-        self.lines.record(network, channel, nick, sender, "x.power",
-                          json.dumps({"level": level, "matrix_user": bool(user_id)}), None)
+        self.lines.state(network, channel, nick, sender, LineKind.POWER,
+                         Power(level, bool(user_id)))
 
     def puppet_joined(self, network: str, user_id: str, channel: str) -> None:
         """A puppet is in a private channel: its user is invited to the room (IRC thread)."""
         link = self.directory.link_for_channel(network, channel)
         if link is not None and self.channel_is_private(network, channel):
-            self.lines.record(network, channel, "", user_id, "x.invite", "{}", None)
+            self.lines.state(network, channel, "", user_id, LineKind.INVITE, Invite())
 
     # ------------------------------------------------------------ portal rooms (request thread)
     def portal_room_body(self, private: bool) -> dict[str, Any]:
@@ -166,7 +166,7 @@ class ChannelPrivacy:
             return False
 
     # ------------------------------------------------------------ delivery (senders)
-    def state_private(self, line: QueuedLine, room_id: str, details: dict[str, Any]) -> str:
+    def state_private(self, line: QueuedLine, room_id: str, made: MadePrivate) -> str:
         """The channel turned private: invite-only, history from joining, unlisted, told."""
         self.room_options.set(room_id, private=True)
         event_id = self.bot.set_state(room_id, "m.room.join_rules", "", {"join_rule": "invite"})
@@ -188,29 +188,29 @@ class ChannelPrivacy:
                 log.info("cannot remove alias %s: %s", link.alias, e)
         self.bot.send_message(room_id, {
             "msgtype": "m.notice",
-            "body": PRIVATE_NOTICE.format(why=details.get("why") or "private modes"),
+            "body": PRIVATE_NOTICE.format(why=made.why or "private modes"),
         })
         return event_id
 
-    def state_join_rule(self, line: QueuedLine, room_id: str, details: dict[str, Any]) -> str:
+    def state_join_rule(self, line: QueuedLine, room_id: str, rule: JoinRule) -> str:
         link = self.directory.link_for_room(room_id)
-        if not details.get("invite"):
+        if not rule.invite:
             if link is None or link.kind != "portal":
                 return ""  # a linked room is never opened to the public by IRC
             self.room_options.set(room_id, private=False)  # its history stays "joined"
-        rule = "invite" if details.get("invite") else "public"
-        return self.bot.set_state(room_id, "m.room.join_rules", "", {"join_rule": rule})
+        join_rule = "invite" if rule.invite else "public"
+        return self.bot.set_state(room_id, "m.room.join_rules", "", {"join_rule": join_rule})
 
-    def state_power(self, line: QueuedLine, room_id: str, details: dict[str, Any]) -> str:
+    def state_power(self, line: QueuedLine, room_id: str, power_of: Power) -> str:
         """A member's highest IRC prefix as their power: only levels the bridge set itself
         are ever lowered, and it never grants more than 50."""
-        if not details.get("matrix_user"):
+        if not power_of.matrix_user:
             self.directory.prepare_ghost(line.network, line.nick, line.sender)
         power: dict[str, Any] = self.bot.get_state(room_id, "m.room.power_levels") or {}
         users = dict(power.get("users") or {})
         ours = dict(power.get(SET_BY_BRIDGE) or {})
         default = int(power.get("users_default", 0) or 0)
-        level = min(MAX_LEVEL, int(details.get("level", 0)))
+        level = min(MAX_LEVEL, power_of.level)
         current = int(users.get(line.sender, default))
         if line.sender == self.config.bot_user_id or current == level:
             return ""
@@ -228,7 +228,7 @@ class ChannelPrivacy:
         return self.bot.set_state(room_id, "m.room.power_levels", "",
                                   {**power, "users": users, SET_BY_BRIDGE: ours})
 
-    def state_invite(self, line: QueuedLine, room_id: str, details: dict[str, Any]) -> str:
+    def state_invite(self, line: QueuedLine, room_id: str) -> str:
         """Invite a Matrix user whose puppet joined the private channel of this room."""
         try:
             member = self.bot.get_state(room_id, "m.room.member", line.sender) or {}

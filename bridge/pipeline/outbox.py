@@ -287,7 +287,7 @@ class Recorder:
     def _load_spill(self) -> None:
         if self.spill is None or not self.spill.exists():
             return
-        lines = [IrcLine(**json.loads(text)) for text in
+        lines = [IrcLine.from_json(text) for text in
                  self.spill.read_text(encoding="utf-8").splitlines() if text.strip()]
         if lines:
             queued = self.store.queue_lines(lines, self.rooms, self.scrollback_limits)
@@ -335,11 +335,11 @@ class Senders:
         with self._lock:
             self.depth += len(lines)
             for line in lines:
-                fifo = self._rooms.setdefault(line.room_id, collections.deque())
-                was_idle = not fifo and line.room_id not in self._serving
+                fifo = self._rooms.setdefault(line.lane, collections.deque())
+                was_idle = not fifo and line.lane not in self._serving
                 fifo.append(line)
                 if was_idle:
-                    self._ready.put(line.room_id)
+                    self._ready.put(line.lane)
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()

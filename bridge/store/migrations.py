@@ -105,3 +105,43 @@ def _quote(name: str) -> str:
 
 def _p(db: pw.Database) -> str:
     return "?" if isinstance(db, pw.SqliteDatabase) else "%s"
+
+
+# Version 3: the outbox says what a row is. Version 2 marked state changes with fake
+# msgtypes (`x.join`, `x.power`...) and private lines with placeholder room ids
+# (`pm:<owner>:<folded nick>`); version 3 has a `kind` column and a `private_to` column.
+OUTBOX_V3_COLUMNS = {
+    "kind": "VARCHAR(16) NOT NULL DEFAULT 'message'",
+    "private_to": "VARCHAR(255)",
+}
+OLD_PM_PREFIX = "pm:"
+
+
+def add_outbox_kinds(db: pw.Database, table: str = "outbox_message") -> int:
+    """Add the version-3 columns where they are missing and move the old markers into them;
+    returns the rows rewritten. Safe to run again (it finds nothing left to do)."""
+    if not db.table_exists(table):
+        return 0
+    q = _quote
+    have = set(_columns(db, table))
+    for column, sql_type in OUTBOX_V3_COLUMNS.items():
+        if column not in have:
+            db.execute_sql(f"ALTER TABLE {q(table)} ADD COLUMN {q(column)} {sql_type}")
+    p = _p(db)
+    cursor = db.execute_sql(
+        f"UPDATE {q(table)} SET {q('kind')} = SUBSTR({q('msgtype')}, 3), {q('msgtype')} = '' "
+        f"WHERE {q('msgtype')} LIKE {p}", ["x.%"])
+    rewritten = max(0, cursor.rowcount or 0)
+    rows = db.execute_sql(
+        f"SELECT {q('id')}, {q('room_id')} FROM {q(table)} WHERE {q('room_id')} LIKE {p}",
+        [OLD_PM_PREFIX + "%"]).fetchall()
+    for row_id, key in rows:
+        owner, _, _nick = str(key)[len(OLD_PM_PREFIX):].rpartition(":")
+        db.execute_sql(
+            f"UPDATE {q(table)} SET {q('private_to')} = {p}, {q('room_id')} = '' "
+            f"WHERE {q('id')} = {p}", [owner, row_id])
+    rewritten += len(rows)
+    if rewritten:
+        log.info("table %s: %d rows now say their kind and private conversation", table,
+                 rewritten)
+    return rewritten

@@ -33,13 +33,14 @@ import peewee as pw
 from playhouse.shortcuts import ReconnectMixin
 
 from . import migrations as store_migrations
+from .kinds import LineKind
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2  # 2: bridge_id on every row of one bridge
+# 2: bridge_id on every row of one bridge; 3: the outbox's kind and private_to columns
+SCHEMA_VERSION = 3
 DEFAULT_BRIDGE_ID = "ircbridge"  # the default [appservice] id
 PENDING, DONE, FAILED = 0, 1, 2
-PM_PREFIX = "pm:"  # outbox routing key of a private conversation: pm:<owner>:<folded nick>
 
 
 class SchemaOutdated(Exception):
@@ -166,10 +167,16 @@ class OutboxMessage(BridgeOwned):
     network = pw.CharField(max_length=64)
     sender = pw.CharField(max_length=255)  # virtual user id
     nick = pw.CharField(max_length=100)
+    # A message (msgtype says which) or a state change whose payload is the JSON body.
+    kind = pw.CharField(max_length=16, default=LineKind.MESSAGE.value,
+                        constraints=[pw.SQL("DEFAULT 'message'")])  # also for copied rows
     msgtype = pw.CharField(max_length=32, default="m.text")
     body = pw.TextField()
     html = pw.TextField(null=True)
     ts = pw.BigIntegerField()
+    # A line of a private conversation: the Matrix user it is for; its room is found (or
+    # made) in pm_room by (network, private_to, folded nick) when it is sent.
+    private_to = pw.CharField(max_length=255, null=True)
     state = pw.SmallIntegerField(default=PENDING)
     attempts = pw.IntegerField(default=0)
     event_id = pw.CharField(max_length=255, null=True)
@@ -413,6 +420,15 @@ class QueuedLine:
     html: str | None
     ts: int
     attempts: int = 0
+    kind: LineKind = LineKind.MESSAGE
+    private_to: str | None = None  # a private conversation's Matrix user (room_id is "")
+
+    @property
+    def lane(self) -> str:
+        """Rows of one lane are sent in order: a room's, or one private conversation's."""
+        if self.private_to is None:
+            return self.room_id
+        return f"private {self.network} {self.private_to} {self.nick.casefold()}"
 
 
 @dataclass(frozen=True)
@@ -428,6 +444,15 @@ class IrcLine:
     body: str
     html: str | None
     ts: int
+    kind: LineKind = LineKind.MESSAGE
+    private_to: str | None = None  # a private conversation: the Matrix user it is for
+
+    @classmethod
+    def from_json(cls, text: str) -> IrcLine:
+        """A line kept in the stop's spill file (written with dataclasses.asdict)."""
+        values = json.loads(text)
+        values["kind"] = LineKind(values.get("kind", LineKind.MESSAGE))
+        return cls(**values)
 
 
 class Store:
@@ -476,6 +501,7 @@ class Store:
             for model in OWNED_MODELS:
                 if store_migrations.needs_bridge_id(self.db, model):
                     store_migrations.add_bridge_id(self.db, model, self.bridge_id, networks)
+            store_migrations.add_outbox_kinds(self.db, OutboxMessage._meta.table_name)
             self.db.create_tables(MODELS, safe=True)
             for model in OWNED_MODELS:
                 store_migrations.claim(self.db, model, self.bridge_id, networks)
@@ -912,10 +938,10 @@ class Store:
         with self.writing():
             for line in lines:
                 room_id = rooms.get((line.network, line.channel))
-                if room_id is None and line.channel.startswith(PM_PREFIX):
-                    room_id = line.channel  # resolved (or made) by the sender
+                if line.private_to is not None:
+                    room_id = ""  # resolved (or made) by the sender, in pm_room
                 if room_id is None:
-                    if line.msgtype.startswith("x.") or line.sender.startswith("@") and \
+                    if line.kind != LineKind.MESSAGE or line.sender.startswith("@") and \
                             line.nick == "":
                         continue  # membership and bridge notices are never scrollback
                     if scrollback_limits.get(line.network, 0) <= 0:
@@ -929,8 +955,9 @@ class Store:
                     continue
                 row = OutboxMessage.create(
                     bridge_id=self.bridge_id, room_id=room_id, network=line.network,
-                    sender=line.sender, nick=line.nick,
+                    sender=line.sender, nick=line.nick, kind=line.kind,
                     msgtype=line.msgtype, body=line.body, html=line.html, ts=line.ts,
+                    private_to=line.private_to,
                 )
                 queued.append(_queued(row))
             for network, channel in trimmed:
@@ -1011,6 +1038,7 @@ def _queued(row: OutboxMessage) -> QueuedLine:
     return QueuedLine(
         id=row.id, room_id=row.room_id, network=row.network, sender=row.sender, nick=row.nick,
         msgtype=row.msgtype, body=row.body, html=row.html, ts=row.ts, attempts=row.attempts,
+        kind=LineKind(row.kind), private_to=row.private_to,
     )
 
 

@@ -498,3 +498,67 @@ def test_migrate_creates_every_table_of_the_bridge(db_url: str, tmp_path) -> Non
         store.close()
     assert {"admin_room", "user_secret", "published_room", "room_option",
             "media_event", "media_revoked", "outbox_message", "inbox_event"} <= tables
+
+
+def test_migrate_moves_version_2_markers_into_the_kind_and_private_columns(db_url: str) -> None:
+    """A version-2 database held state changes as fake msgtypes (`x.kick` with a JSON body)
+    and private lines under placeholder room ids (`pm:<owner>:<nick>`). After `migrate`, the
+    pending rows say their kind and their private conversation, and deliver as such."""
+    from bridge.store.kinds import Leave, LineKind, decode
+
+    store = Store(db_url)
+    store.open()
+    db = store.db
+    with db.connection_context():
+        for column in ("kind", "private_to"):
+            db.execute_sql(f'ALTER TABLE "outbox_message" DROP COLUMN "{column}"')
+        mark = "?" if store.is_sqlite else "%s"
+        marks = ", ".join([mark] * 11)
+        insert = ('INSERT INTO "outbox_message" (bridge_id, room_id, network, sender, nick, '
+                  f'msgtype, body, ts, state, attempts, created_at) VALUES ({marks})')
+        db.execute_sql(insert, ["ircbridge", "!room:localhost", "local", "@irc_bob:localhost",
+                                "bob", "x.kick", '{"by": "op", "reason": "flood"}', 1, PENDING,
+                                0, 1])
+        db.execute_sql(insert, ["ircbridge", "pm:@alice:localhost:bob", "local",
+                                "@irc_bob:localhost", "Bob", "m.text", "psst", 2, PENDING, 0, 2])
+        Meta.update(value="2").where(Meta.key == "schema_version").execute()
+    store.close()
+
+    store = Store(db_url)
+    try:
+        with pytest.raises(SchemaOutdated, match="migrate"):
+            store.open()
+        assert store.migrate() == (2, SCHEMA_VERSION)
+        kick, private = store.pending_outbox()
+        assert kick.kind is LineKind.KICK and kick.room_id == "!room:localhost"
+        assert decode(kick.kind, kick.body) == Leave("flood", by="op")
+        assert private.kind is LineKind.MESSAGE and private.msgtype == "m.text"
+        assert (private.room_id, private.private_to) == ("", "@alice:localhost")
+        assert store.migrate() == (SCHEMA_VERSION, SCHEMA_VERSION)  # nothing left to do
+        assert [r.kind for r in store.pending_outbox()] == [LineKind.KICK, LineKind.MESSAGE]
+    finally:
+        store.close()
+
+
+def test_state_rows_and_private_lines_keep_their_kind_through_the_outbox(store: Store) -> None:
+    """What the core queues is what the senders get back: the kind, its typed payload, and
+    the Matrix user of a private line (whose room the sender finds, or makes)."""
+    from bridge.store import kinds
+    from bridge.store.kinds import LineKind, Power, Sync
+
+    power = IrcLine("local", "#matrix", "#matrix", "op", "@irc_local_op:localhost", "",
+                    kinds.encode(Power(50, False)), None, 5, kind=LineKind.POWER)
+    sync = IrcLine("local", "#matrix", "#matrix", "", "@ircbot:localhost", "",
+                   kinds.encode(Sync(("a", "b"))), None, 6, kind=LineKind.SYNC)
+    private = IrcLine("local", "bob", "bob", "Bob", "@irc_local_bob:localhost", "m.text",
+                      "hi", None, 7, private_to="@alice:localhost")
+    queued = store.queue_lines([power, sync, private], {("local", "#matrix"): "!r"},
+                               {"local": 10})
+    assert [q.kind for q in queued] == [LineKind.POWER, LineKind.SYNC, LineKind.MESSAGE]
+    assert kinds.decode(queued[0].kind, queued[0].body) == Power(50, False)
+    assert kinds.decode(queued[1].kind, queued[1].body) == Sync(("a", "b"))
+    assert (queued[2].room_id, queued[2].private_to) == ("", "@alice:localhost")
+    assert queued[2].lane != queued[0].lane  # a private conversation is a lane of its own
+    # State changes of a channel without a room are never kept as scrollback.
+    assert store.queue_lines([power], {}, {"local": 10}) == []
+    assert store.scrollback("local", "#matrix") == []
