@@ -25,7 +25,7 @@ from bridge.devstack.ports import wait_until
 from bridge.irc import IrcSide
 from bridge.irc.cap import CAP_DEADLINE, WANTED
 from bridge.irc.connection import IrcConnection, State
-from bridge.irc.events import IrcMessage, parse_server_time
+from bridge.irc.events import IrcMessage, IrcPrivate, parse_server_time
 from tests.figures import record
 from tests.irc_listener import RecordingListener
 
@@ -171,6 +171,25 @@ def test_a_channel_line_takes_the_servers_time_as_its_ts(setup: Setup) -> None:
         assert line.server_time == tag_ms / 1000
         assert "time" in line.tags
     record(f"server-time ts equals the tag on {setup.kind}", "yes (3 of 3 lines, to the ms)")
+
+
+def test_a_private_line_takes_the_servers_time_as_its_ts(setup: Setup) -> None:
+    if "server-time" not in setup.offered:
+        pytest.skip(f"{setup.kind} offers no server-time")
+    nick = setup.side.call_sync(lambda: setup.puppet.nick)
+    with setup.daemon.client("whisperer") as whisperer:
+        request_caps(whisperer, "server-time echo-message")
+        whisperer.privmsg(nick, "just between us")
+        echo = whisperer.wait_for_privmsg("just between us", target=nick)
+        tag_ms = parse_server_time(echo.tags.get("time"))
+
+        def heard() -> list[IrcPrivate]:
+            return [e for e in setup.listener.of("irc_private")
+                    if isinstance(e, IrcPrivate) and e.text == "just between us"]
+
+        line = wait_until(heard, 20, what="the private line")[0]
+    assert line.owner == PUPPET and tag_ms is not None
+    assert line.ts == tag_ms and line.server_time == tag_ms / 1000
 
 
 def test_our_own_echoed_lines_are_not_relayed(setup: Setup) -> None:
