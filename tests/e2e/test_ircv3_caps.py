@@ -236,3 +236,30 @@ def test_registration_is_not_held_by_the_negotiation(setup: Setup) -> None:
     took = setup.side.call_sync(lambda: conn.connected_at) - started
     record(f"puppet connect -> 001 with CAP on {setup.kind} (s)", round(took, 3))
     assert took < CAP_DEADLINE  # the server answered; the deadline did not end it
+
+
+def test_names_with_userhost_in_names_and_multi_prefix_give_plain_nicks(setup: Setup) -> None:
+    """userhost-in-names makes NAMES say `@nick!user@host`: members and their prefixes
+    are still kept by nick."""
+    net = setup.side.network("t")
+    assert net is not None
+    wait_until(lambda: setup.side.call_sync(
+        lambda: setup.bot.fold(CHANNEL) in setup.bot.channels), 20, what="the bot's JOIN")
+    folded = setup.side.call_sync(lambda: setup.bot.fold(CHANNEL))
+    with setup.daemon.client("namer") as namer:
+        namer.join(CHANNEL)
+        if setup.kind != "ngircd":  # ngircd has no halfop/voice prefix of interest here
+            setup.side.call_sync(setup.bot.send_now, f"MODE {CHANNEL} +v namer")
+            namer.wait_for(lambda m: m.command == "MODE" and m.params[1:] == ["+v", "namer"])
+        setup.side.call_sync(setup.bot.send_now, f"NAMES {CHANNEL}")
+
+        def members() -> set[str] | None:
+            found = setup.side.call_sync(lambda: set(net.members.get(folded, set())))
+            return found if "namer" in found else None
+
+        seen = wait_until(members, 20, what="namer in the bot's NAMES")
+        prefixes = setup.side.call_sync(lambda: dict(net._modes(CHANNEL).prefixes))
+    assert not [m for m in seen if "!" in m or "@" in m], seen
+    assert not [n for n in prefixes if "!" in n], prefixes
+    if "userhost-in-names" in enabled(setup, setup.bot):
+        record(f"NAMES with userhost-in-names on {setup.kind}", "nicks kept plain")
