@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 from flask import Flask
 
+from bridge.admin.rooms import AdminRooms
 from bridge.config.ini import Config
 from bridge.core.media import MediaLinks
 from bridge.matrix import HomeserverClient
@@ -28,7 +29,7 @@ def test_the_missing_parts_are_built(app: Flask) -> None:
     bridge = bridge_of(app)
     media = media_of(app)
     assert media.client is bridge.client and bridge.media is media
-    assert bridge.admin is not None and bridge.admin.bridge is bridge
+    assert isinstance(bridge.admin, AdminRooms) and bridge.admin.bridge is bridge
     assert media.revocations is not None
 
 
