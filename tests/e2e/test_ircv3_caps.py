@@ -30,6 +30,7 @@ from tests.figures import record
 from tests.irc_listener import RecordingListener
 
 CHANNEL = "#v3caps"
+ECHO_CHANNEL = "#v3echo"  # the bot stays out of it
 PUPPET = "@capper:localhost"
 
 # What each test server must end up with at least (issue 14); the exact expectation is
@@ -196,6 +197,9 @@ def test_our_own_echoed_lines_are_not_relayed(setup: Setup) -> None:
     if "echo-message" not in setup.offered:
         pytest.skip(f"{setup.kind} offers no echo-message")
     assert "echo-message" in enabled(setup, setup.puppet)
+    # A channel the bot is not in: the puppet is the connection that relays it, so its
+    # echoes are parsed and reach the network's handler (another connection's copies are
+    # dropped before parsing, bridge.irc.reactor).
     echoes: list[tuple[IrcConnection, str]] = []
     server_conn = setup.puppet.conn
 
@@ -205,19 +209,19 @@ def test_our_own_echoed_lines_are_not_relayed(setup: Setup) -> None:
 
     setup.side.call_sync(setup.side.thread.reactor.add_global_handler, "pubmsg", on_pubmsg, 20)
     try:
-        setup.side.call_sync(setup.puppet.join, CHANNEL)
+        setup.side.call_sync(setup.puppet.join, ECHO_CHANNEL)
         with setup.daemon.client("watcher") as watcher:
-            watcher.join(CHANNEL)
+            watcher.join(ECHO_CHANNEL)
             wait_until(lambda: setup.side.call_sync(
-                lambda: setup.puppet.fold(CHANNEL) in setup.puppet.channels), 20,
+                lambda: setup.puppet.fold(ECHO_CHANNEL) in setup.puppet.channels), 20,
                 what="the puppet's JOIN")
             setup.side.call_sync(lambda: setup.puppet.send(
-                f"PRIVMSG {CHANNEL} :from matrix, once", channel=CHANNEL))
-            watcher.wait_for_privmsg("from matrix, once", target=CHANNEL)
+                f"PRIVMSG {ECHO_CHANNEL} :from matrix, once", channel=ECHO_CHANNEL))
+            watcher.wait_for_privmsg("from matrix, once", target=ECHO_CHANNEL)
             # The server echoed it to the puppet's own connection...
             wait_until(lambda: ("from matrix, once" in [t for _c, t in echoes]), 20,
                        what="the echo")
-            watcher.privmsg(CHANNEL, "after the echo")
+            watcher.privmsg(ECHO_CHANNEL, "after the echo")
             wait_until(lambda: _said(setup, "after the echo"), 20, what="the later line")
         # ...and the core never heard it (no line relayed twice).
         assert _said(setup, "from matrix, once") == []
