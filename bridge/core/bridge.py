@@ -38,7 +38,9 @@ from ..irc.events import (
 )
 from ..matrix import QUERY, HomeserverClient, Intent, IntentCache
 from ..matrix.state import MemberStore
+from ..ops.metrics import Metrics
 from ..pipeline.inbox import Completion, InboxWorker
+from ..pipeline.meter import NO_METER, Meter
 from ..pipeline.outbox import Recorder, Senders
 from ..rules.names import NetworkNames, sanitize_nick
 from ..store.models import Link, LockHeld, QueuedLine, Store
@@ -138,10 +140,17 @@ class Bridge:
         self.inbox: InboxWorker | None = None
         # Wired in after construction by `attach` (they are made with the bridge).
         self._admin: AdminPort | None = None
+        self.meter: Meter = NO_METER
         self._media: MediaLinks | None = None
 
-    def attach(self, *, admin: AdminPort | None = None, media: MediaLinks | None = None) -> None:
-        """Wire in the admin rooms and the media links, to every part that uses them."""
+    def attach(self, *, admin: AdminPort | None = None, media: MediaLinks | None = None,
+               meter: Metrics | None = None) -> None:
+        """Wire in the admin rooms, the media links and the app's metrics, to every part
+        that uses them (before `start`)."""
+        if meter is not None:
+            self.meter = meter
+            self.irc_to_matrix.meter = self.matrix_to_irc.meter = meter
+            self.client.observer = meter.hs_request
         if admin is not None:
             self._admin = admin
             for part in (self.privacy, self.irc_to_matrix, self.matrix_to_irc, self.portals):
@@ -196,7 +205,8 @@ class Bridge:
         self.foreign.reload()
         self.room_options.load()
         self.load_links()
-        self.senders = Senders(self.store, self.deliver, count=self.config.appservice.senders)
+        self.senders = Senders(self.store, self.deliver, count=self.config.appservice.senders,
+                               meter=self.meter)
         self.recorder = Recorder(
             self.store,
             {(lk.network, lk.channel): lk.room_id for lk in self.links()},
@@ -207,7 +217,7 @@ class Bridge:
         )
         self.lines.attach(self.recorder)
         self.inbox = InboxWorker(self.store, self.on_matrix_event,
-                                 journal=self._local_path("sent"))
+                                 journal=self._local_path("sent"), meter=self.meter)
         self.inbox.on_uncertain = self._maybe_not_delivered
         self.senders.start()
         self.recorder.start()

@@ -33,7 +33,7 @@ from ..matrix import (
     MatrixError,
 )
 from ..matrix.state import MemberStore
-from ..ops import metrics
+from ..pipeline.meter import NO_METER, Meter
 from ..pipeline.outbox import GiveUp, Retry
 from ..rules import formatting
 from ..rules.names import NetworkNames
@@ -99,6 +99,7 @@ class IrcToMatrix:
         self.lines = lines
         self.privacy = privacy
         self.admin: AdminPort | None = None  # set by Bridge.attach
+        self.meter: Meter = NO_METER  # set by Bridge.attach
         # This bridge's prefix of txnIds (the store's, read at start: see `begin`).
         self.txn_prefix = ""
 
@@ -158,7 +159,7 @@ class IrcToMatrix:
         network, owner, what = event.network, event.owner, event.change
         who = owner or "bot"
         if what == "lost":
-            metrics.irc_reconnect(self, network)
+            self.meter.irc_reconnect(network)
         if what == "joined" and owner:
             self.privacy.puppet_joined(network, owner, str(event.channel))
             return

@@ -15,9 +15,9 @@ from ..irc import IrcSide
 from ..irc.connection import REFUSED
 from ..irc.receipt import Receipt
 from ..matrix import HomeserverClient, Intent, IntentCache, MatrixError
-from ..ops import metrics
 from ..pipeline.fanout import Outcome, Shares
 from ..pipeline.inbox import Completion
+from ..pipeline.meter import NO_METER, Meter
 from ..rules import formatting, translate
 from ..rules.names import NetworkNames, puppet_nick
 from ..store.models import Link, PmRoom, Store
@@ -47,6 +47,7 @@ class MatrixToIrc:
         self.directory = directory
         self.lines = lines
         self.admin: AdminPort | None = None  # set by Bridge.attach
+        self.meter: Meter = NO_METER  # set by Bridge.attach
         self.media: MediaLinks | None = None  # set by Bridge.attach; None: plain mxc links
 
     # ------------------------------------------------------------ Matrix -> IRC (inbox thread)
@@ -116,7 +117,7 @@ class MatrixToIrc:
 
         def sent(ok: bool, error: str | None) -> None:
             if ok:
-                metrics.relayed(self, "matrix_to_irc", content.get("msgtype"))
+                self.meter.relayed("matrix_to_irc", content.get("msgtype"))
             elif completion.stopping:
                 pass  # closed by the stop: sent after the restart, nothing to tell
             else:
@@ -146,7 +147,7 @@ class MatrixToIrc:
 
         def sent(ok: bool, error: str | None) -> None:
             if ok:
-                metrics.relayed(self, "matrix_to_irc", content.get("msgtype"))
+                self.meter.relayed("matrix_to_irc", content.get("msgtype"))
             elif error and not error.startswith(REFUSED) and not completion.stopping:
                 self.lines.tell_failure(pm.network, str(event["sender"]), nick, error)
             done(ok)

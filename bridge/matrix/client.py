@@ -38,7 +38,6 @@ from urllib.parse import quote
 
 import requests
 
-from . import hooks
 from .errors import (
     HomeserverUnavailable,
     LimitExceeded,
@@ -47,6 +46,7 @@ from .errors import (
     error_from_response,
     scrub,
 )
+from .hooks import RequestObserver
 from .retry import DEFAULT, ONCE, RetryPolicy, effective
 from .wire import JsonBody, JsonObject, QueryParams
 
@@ -95,6 +95,8 @@ class HomeserverClient:
         self.policy = policy
         # Injectable so tests can observe (and skip) waits.
         self.sleep: Callable[[float], None] = time.sleep
+        # Told of every attempt (the app's metrics, set by Bridge.attach); None: nobody.
+        self.observer: RequestObserver | None = None
         self._local = threading.local()
         self._sessions: list[requests.Session] = []
         self._sessions_lock = threading.Lock()
@@ -208,13 +210,12 @@ class HomeserverClient:
                     0, "M_UNKNOWN", scrub(f"{type(exc).__name__}: {exc}", [self._as_token])
                 )
                 log.debug("%s %s -> %s", method, path, type(exc).__name__)
-                hooks.request_done(method, time.monotonic() - started, 0,
-                                   type(exc).__name__, client=self)
+                self._observe(method, time.monotonic() - started, 0, type(exc).__name__)
             else:
                 elapsed_ms = (time.monotonic() - started) * 1000
                 log.debug("%s %s -> %d (%.0f ms)", method, path, response.status_code, elapsed_ms)
-                hooks.request_done(method, elapsed_ms / 1000, response.status_code,
-                                   client=self, response=response)
+                self._observe(method, elapsed_ms / 1000, response.status_code,
+                              response=response)
                 if response.status_code < 300:
                     return response
                 error = self._error(response)
@@ -251,6 +252,17 @@ class HomeserverClient:
                 raise ValueError("ts must be a non-negative integer of milliseconds")
             query["ts"] = str(ts)
         return query
+
+    def _observe(self, method: str, seconds: float, status: int, errcode: str | None = None,
+                 *, response: requests.Response | None = None) -> None:
+        """One attempt ended: tell the observer; a failing observer never breaks a request."""
+        observer = self.observer
+        if observer is None:
+            return
+        try:
+            observer(method, seconds, status, errcode, response=response)
+        except Exception:  # noqa: BLE001
+            log.debug("request observer failed", exc_info=True)
 
     @staticmethod
     def _timeouts(policy: RetryPolicy, deadline: float | None) -> tuple[float, float]:

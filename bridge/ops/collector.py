@@ -126,13 +126,9 @@ class BridgeCollector:
 
 
 def setup(bridge: Any) -> Metrics:
-    """The app's Metrics: registry, scrape-time collectors, hooks, and its own port if set."""
-
-    def owned() -> tuple[object, ...]:
-        return (bridge, bridge.client, bridge.senders, bridge.inbox, bridge.recorder,
-                bridge.irc_to_matrix, bridge.matrix_to_irc)
-
-    metrics = Metrics(owned, networks=[n.name for n in bridge.config.networks])
+    """The app's Metrics: registry, scrape-time collectors, and its own port if set (the
+    caller hands it to the bridge: `Bridge.attach(meter=...)`)."""
+    metrics = Metrics(networks=[n.name for n in bridge.config.networks])
     metrics.registry.register(BridgeCollector(bridge))
     ProcessCollector(namespace="ircbridge", registry=metrics.registry)
     bind = bridge.config.metrics.bind

@@ -32,8 +32,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..ops import metrics
 from ..store.models import DONE, FAILED, Store
+from .meter import NO_METER, Meter
 
 log = logging.getLogger(__name__)
 
@@ -138,8 +138,9 @@ class InboxWorker:
     POLL_EVERY = 0.5  # seconds between reads of the inbox when nobody said there are rows
 
     def __init__(self, store: Store, handle: Handler, *, batch: int = 200,
-                 journal: Path | None = None):
+                 journal: Path | None = None, meter: Meter = NO_METER):
         self.store = store
+        self.meter = meter
         self.journal = SentJournal(journal) if journal is not None else None
         # Told about events whose sending was cut by a crash (see SentJournal).
         self.on_uncertain: Callable[[dict[str, Any]], None] | None = None
@@ -320,7 +321,8 @@ class InboxWorker:
                 self._outcomes_since = time.monotonic()
             raise
         self._in_flight.difference_update(row_id for row_id, _ok in outcomes)
-        metrics.inbox_handled(self, len(done_ids), len(failed_ids))
+        if done_ids or failed_ids:
+            self.meter.inbox_handled(len(done_ids), len(failed_ids))
         # Nothing in flight: every journaled id is in the database now (a row leaves the
         # in-flight set only once its outcome is written), and no `done` can run before
         # this thread hands out more work.

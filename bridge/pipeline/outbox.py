@@ -34,8 +34,8 @@ from typing import Any
 import peewee as pw
 
 from ..matrix.retry import ONCE, at_most
-from ..ops import metrics
 from ..store.models import IrcLine, QueuedLine, Store
+from .meter import NO_METER, Meter
 
 log = logging.getLogger(__name__)
 
@@ -310,8 +310,10 @@ class Senders:
     """
 
     def __init__(self, store: Store, deliver: Callable[[QueuedLine, bool], str], count: int = 4,
-                 retry_cap: float = 30.0, max_attempts: int = 20, batch: int = 20):
+                 retry_cap: float = 30.0, max_attempts: int = 20, batch: int = 20,
+                 meter: Meter = NO_METER):
         self.store = store
+        self.meter = meter
         self.deliver = deliver
         self.retry_cap = retry_cap
         self.max_attempts = max_attempts
@@ -388,28 +390,28 @@ class Senders:
                 wait = max(pause, (e.after or 0.0) * (1.0 + random.uniform(0.0, 0.1)))
                 log.warning("could not deliver line %d to %s (%s); retrying in %.1f s",
                             line.id, line.room_id, e, wait)
-                metrics.outbox_retry(self)
+                self.meter.outbox_retry()
                 retrying = True
                 self._wait(wait)
                 pause = min(self.retry_cap, pause * 2)
                 continue
             except GiveUp as e:
                 log.error("giving up on line %d for %s: %s", line.id, line.room_id, e)
-                metrics.outbox_failed(self)
+                self.meter.outbox_failed()
                 reason = str(e)
                 self._mark(self.store.outbox_failed, line.id, reason)
                 return
             except Exception as unexpected:  # noqa: BLE001 - count it, retry a few times
                 log.exception("error delivering line %d", line.id)
                 if attempts >= self.max_attempts:
-                    metrics.outbox_failed(self)
+                    self.meter.outbox_failed()
                     reason = repr(unexpected)
                     self._mark(self.store.outbox_failed, line.id, reason)
                     return
                 self._stop.wait(pause)
                 pause = min(self.retry_cap, pause * 2)
                 continue
-            metrics.relayed(self, "irc_to_matrix", line.msgtype)
+            self.meter.relayed("irc_to_matrix", line.msgtype)
             self._mark(self.store.outbox_done, [(line.id, event_id)])
             return
 

@@ -39,7 +39,9 @@ def install(app: Flask, bridge: Bridge, media: MediaLinks) -> None:
     app.extensions[context.MEDIA] = media
     logs.protect(_secrets(bridge.config))
     app.extensions[context.STARTED_AT] = time.time()
-    app.extensions[context.METRICS] = ops_metrics.setup(bridge)
+    metrics = ops_metrics.setup(bridge)
+    bridge.attach(meter=metrics)  # the parts count into this app's registry
+    app.extensions[context.METRICS] = metrics
     app.register_blueprint(appservice_bp)
     app.register_blueprint(ops_bp)
     app.register_blueprint(media_bp)

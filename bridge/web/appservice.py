@@ -17,7 +17,6 @@ from flask import Blueprint, Response, current_app, jsonify, request
 
 from ..matrix.errors import HomeserverUnavailable
 from ..matrix.wire import JsonObject
-from ..ops import metrics
 from . import auth
 from .context import current_bridge
 from .errors import matrix_error
@@ -70,7 +69,7 @@ def put_transaction(txn_id: str) -> Response:
         good.append(event)
     bridge = current_bridge()
     seen, new = bridge.handle_transaction(txn_id, good)
-    metrics.transaction(bridge, seen, new)
+    bridge.meter.transaction(seen, new)
     if seen and not new:
         log.debug("transaction %s already handled", txn_id)
     return jsonify({})

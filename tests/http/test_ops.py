@@ -179,17 +179,19 @@ def test_outbox_depth_and_oldest_age_come_from_the_table(app: Flask) -> None:
     assert value(text, "ircbridge_queue_oldest_age_seconds", queue="inbox") == 0
 
 
-def test_homeserver_request_hook_feeds_the_owning_app_only(app: Flask, tmp_path: Path) -> None:
+def test_the_apps_metrics_observe_its_homeserver_client(app: Flask) -> None:
+    """The app's metrics are given to its bridge: they are the client's observer."""
     client = bridge_of(app).client
+    observe = client.observer
+    assert observe is not None
 
     class Answer:
         def json(self) -> dict[str, Any]:
             return {"errcode": "M_LIMIT_EXCEEDED", "error": "slow down"}
 
-    metrics.observe_hs_request("put", 0.03, 200, client=client)
-    metrics.observe_hs_request("PUT", 0.2, 429, client=client, response=Answer())
-    metrics.observe_hs_request("GET", 1.5, 0, "ConnectionError", client=client)
-    metrics.observe_hs_request("GET", 1.0, 500, client=object())  # nobody's: ignored
+    observe("put", 0.03, 200)
+    observe("PUT", 0.2, 429, response=Answer())  # type: ignore[arg-type]
+    observe("GET", 1.5, 0, "ConnectionError")
     text = app.test_client().get("/metrics").data.decode()
     assert value(text, "ircbridge_hs_request_seconds_count", method="PUT") == 2
     assert value(text, "ircbridge_hs_request_seconds_bucket", method="PUT", le="0.05") == 1
@@ -198,23 +200,28 @@ def test_homeserver_request_hook_feeds_the_owning_app_only(app: Flask, tmp_path:
     assert value(text, "ircbridge_hs_request_errors_total", errcode="ConnectionError") == 1
 
 
-def test_homeserver_client_reports_its_attempts_to_the_metrics() -> None:
-    """The client calls no ops module: each attempt reaches the metrics through
-    bridge.matrix.hooks (here a refused connection to a closed port, a real one)."""
+def test_homeserver_client_reports_its_attempts_to_its_observer_only() -> None:
+    """Each attempt (here a refused connection to a closed port, a real one) reaches the
+    metrics the client was given; a client given none counts nowhere."""
     from bridge.matrix import HomeserverClient, HomeserverUnavailable
     from bridge.matrix.retry import RetryPolicy
 
-    client = HomeserverClient(f"http://127.0.0.1:{free_port()}", "as-token",
-                              server_name="localhost")
-    owned = metrics.Metrics(lambda: (client,))
+    url = f"http://127.0.0.1:{free_port()}"
+    once = RetryPolicy(attempts=1, backoff_cap=0, timeout=2)
+    client = HomeserverClient(url, "as-token", server_name="localhost")
+    stranger = HomeserverClient(url, "as-token", server_name="localhost")
+    own = metrics.Metrics()
+    client.observer = own.hs_request
     try:
         with pytest.raises(HomeserverUnavailable):
-            client.versions(policy=RetryPolicy(attempts=1, backoff_cap=0, timeout=2))
-        sample = owned.registry.get_sample_value
+            client.versions(policy=once)
+        with pytest.raises(HomeserverUnavailable):
+            stranger.versions(policy=once)
+        sample = own.registry.get_sample_value
         assert sample("ircbridge_hs_request_seconds_count", {"method": "GET"}) == 1
         assert sample("ircbridge_hs_request_errors_total", {"errcode": "ConnectionError"}) == 1
     finally:
-        owned.close()
+        own.close()
 
 
 def test_metrics_on_their_own_port(tmp_path: Path) -> None:
