@@ -6,6 +6,10 @@ it to the local PostgreSQL) every test runs against that server instead, on clea
 database, without background threads, and its test client (runs on the test's own thread).
 A test that needs another part (a fake homeserver client, its own media links) gives it to
 `create_app` through `built_app(config, client=..., media=...)` instead of patching the app.
+
+The thread check (bridge.irc.threadcheck) is on in every test and in every bridge process a
+test starts: IRCBRIDGE_CHECK_THREADS=1 is set here, before any bridge module is imported
+(threadcheck reads it at import), unless the environment already says otherwise.
 """
 
 from __future__ import annotations
@@ -16,14 +20,18 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import pytest
-from flask import Flask
-from flask.testing import FlaskClient
+# Before the bridge's imports below: threadcheck reads this when it is first imported, and the
+# bridge processes the end-to-end tests start inherit it.
+os.environ.setdefault("IRCBRIDGE_CHECK_THREADS", "1")
 
-from bridge import create_app
-from bridge.config import ini as config_module
-from bridge.store.models import MODELS, Store
-from bridge.web.context import bridge_of, metrics_of
+import pytest  # noqa: E402
+from flask import Flask  # noqa: E402
+from flask.testing import FlaskClient  # noqa: E402
+
+from bridge import create_app  # noqa: E402
+from bridge.config import ini as config_module  # noqa: E402
+from bridge.store.models import MODELS, Store  # noqa: E402
+from bridge.web.context import bridge_of, metrics_of  # noqa: E402
 
 TEST_DB_ENV = "IRCBRIDGE_TEST_DATABASE_URL"
 

@@ -7,6 +7,7 @@ called from this (non-IRC) thread raises while the thread check is on.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -92,3 +93,10 @@ def test_no_other_part_reads_irc_thread_attributes() -> None:
                 if FORBIDDEN.search(line.split("#", 1)[0]):
                     found.append(f"{path.relative_to(BRIDGE)}:{number}: {line.strip()}")
     assert found == []
+
+
+def test_the_suite_runs_with_the_thread_check_on() -> None:
+    """tests/conftest.py turns the check on before the bridge is imported (issue 13, item 3)."""
+    if os.environ.get("IRCBRIDGE_CHECK_THREADS") in ("", "0"):
+        pytest.skip("IRCBRIDGE_CHECK_THREADS is off in this environment")
+    assert threadcheck.enabled()
