@@ -71,6 +71,27 @@ class Tally:
                    if self.upstream_lost else ""))
 
 
+def inbox_bodies(url: str, tag: str) -> list[str]:
+    """Bodies of the events in the bridge's inbox (any state) whose text starts with `tag`."""
+    import json
+
+    from bridge.store.models import InboxEvent, Store
+
+    store = Store(url)
+    try:
+        with store.db.connection_context():
+            rows = InboxEvent.select(InboxEvent.payload).where(
+                InboxEvent.payload.contains(f'"body": "{tag} '))
+            bodies = []
+            for row in rows:
+                content = json.loads(row.payload).get("content")
+                if isinstance(content, dict) and isinstance(content.get("body"), str):
+                    bodies.append(content["body"])
+            return bodies
+    finally:
+        store.close()
+
+
 def matrix_texts(client: MatrixClient, room_id: str, limit: int = 1000) -> list[str]:
     """Bodies of the latest `limit` m.room.message events, oldest first (via /messages)."""
     return [e.get("content", {}).get("body", "") for e in client.messages(room_id, limit=limit)

@@ -8,7 +8,6 @@ static mapping `rooms = #static = !room` made before the bridge starts.
 
 from __future__ import annotations
 
-import os
 import secrets
 import subprocess
 import sys
@@ -24,8 +23,7 @@ from bridge.devstack.clients import MatrixClient, RawIrcClient
 from bridge.devstack.ports import wait_until
 from bridge.devstack.stack import Stack
 from bridge.web.context import bridge_of
-from tests.admin_db import clean
-from tests.conftest import TEST_DB_ENV
+from tests.stacks import replace_in_config, running_stack, user
 
 BOT = "@ircbot:localhost"
 ADMIN = "admin"
@@ -36,42 +34,21 @@ TIMEOUT = 30
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    url = os.environ.get(TEST_DB_ENV)
-    clean(url)
-    stack = Stack(tmp_path_factory.mktemp("admin"), database_url=url, channels="#matrix")
-    extra: dict[str, str] = {}
-    clients: dict[str, MatrixClient] = {}
-
     def prepare(s: Stack) -> None:
-        owner = s.matrix_user("roomowner")
-        clients["roomowner"] = owner
-        extra["static_room"] = owner.create_room(preset="public_chat", name="static room")
+        room = user(s, "roomowner").create_room(preset="public_chat", name="static room")
+        s.static_room = room  # type: ignore[attr-defined]
         generate_key_file(s.config_path.parent / "secrets.key")
         people = "".join(f"@{u}:localhost = user\n" for u in USERS)
-        text = s.config_path.read_text(encoding="utf-8")
-        text = text.replace("connect_timeout = 5\n",
-                            f"connect_timeout = 5\nrooms = #static = {extra['static_room']}\n")
-        text = text.replace("[permissions]\n* = user\n",
-                            f"[permissions]\n@{ADMIN}:localhost = admin\n{people}"
-                            "example.org = user\n\n"
-                            "[provisioning]\nkey_file = secrets.key\n")
-        s.config_path.write_text(text, encoding="utf-8")
+        replace_in_config(s, "connect_timeout = 5\n",
+                          f"connect_timeout = 5\nrooms = #static = {room}\n")
+        replace_in_config(s, "[permissions]\n* = user\n",
+                          f"[permissions]\n@{ADMIN}:localhost = admin\n{people}"
+                          "example.org = user\n\n"
+                          "[provisioning]\nkey_file = secrets.key\n")
 
-    stack.start(before_bridge=prepare)
-    stack.static_room = extra["static_room"]  # type: ignore[attr-defined]
-    stack.users = clients  # type: ignore[attr-defined]
-    try:
+    with running_stack(tmp_path_factory.mktemp("admin"), before_bridge=prepare,
+                       channels="#matrix") as stack:
         yield stack
-    finally:
-        stack.stop()
-        clean(url)
-
-
-def user(stack: Stack, localpart: str) -> MatrixClient:
-    users: dict[str, MatrixClient] = stack.users  # type: ignore[attr-defined]
-    if localpart not in users:
-        users[localpart] = stack.matrix_user(localpart)
-    return users[localpart]
 
 
 def bot_notices(client: MatrixClient, room: str, after: str | None = None) -> list[str]:

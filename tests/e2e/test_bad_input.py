@@ -9,7 +9,6 @@ receives (every line), what /messages shows.
 from __future__ import annotations
 
 import json
-import os
 import re
 import socket
 import threading
@@ -24,10 +23,11 @@ import pytest
 import requests
 
 from bridge.config.ini import load
-from bridge.devstack.clients import MatrixClient, RawIrcClient
+from bridge.devstack.clients import RawIrcClient
 from bridge.devstack.ports import LOOPBACK, wait_until
 from bridge.devstack.stack import Stack
-from tests.conftest import TEST_DB_ENV, clean_database
+from tests.stacks import World as StackWorld
+from tests.stacks import observer_world
 from tests.traffic import IrcObserver, Report, Tally, eventually, matrix_texts, seqs_in
 
 CHANNEL = "#bad"
@@ -154,12 +154,9 @@ connect_timeout = 5
         self.config_path.write_text(text.replace("[permissions]", section), encoding="utf-8")
 
 
-class World:
+class World(StackWorld[IrcObserver]):
     stack: FakeNetStack
     fake: FakeIrcServer
-    bob: IrcObserver
-    alice: MatrixClient
-    room: str
     hs_token: str
     fake_room: str = ""
 
@@ -167,33 +164,20 @@ class World:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     w = World()
-    url = os.environ.get(TEST_DB_ENV)
-    if url:
-        clean_database(url)
     w.fake = FakeIrcServer()
-    w.stack = FakeNetStack(tmp_path_factory.mktemp("bad"), w.fake.port, database_url=url,
-                           channels=CHANNEL, log_level="DEBUG")
 
-    def bob_first(stack: Stack) -> None:
-        w.bob = IrcObserver(stack, "Bob", CHANNEL).connect()
+    def fake_net(folder: Path, **options: Any) -> FakeNetStack:
+        return FakeNetStack(folder, w.fake.port, **options)
+
+    def read_hs_token(world: World) -> None:
+        world.hs_token = load(world.stack.config_path).appservice.hs_token
 
     try:
-        w.stack.start(before_bridge=bob_first)
-        w.hs_token = load(w.stack.config_path).appservice.hs_token
-        w.alice = w.stack.matrix_user("alice")
-        w.room = w.alice.join(w.stack.alias(CHANNEL))
-        w.alice.send_text(w.room, "warm-up")
-        eventually(lambda: "warm-up" in w.bob.channel_texts(), 30, "alice's puppet")
-        yield w
+        with observer_world(tmp_path_factory.mktemp("bad"), CHANNEL, world=w,
+                            then=read_hs_token, stack_class=fake_net, log_level="DEBUG"):
+            yield w
     finally:
-        if getattr(w, "bob", None):
-            w.bob.close()
-        if os.environ.get("IRCBRIDGE_SHOW_LOG"):
-            print(w.stack.bridge.log(400))
-        w.stack.stop()
         w.fake.close()
-        if url:
-            clean_database(url)
 
 
 def bridge_alive(world: World) -> None:

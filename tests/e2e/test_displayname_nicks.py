@@ -2,22 +2,15 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from bridge.devstack.ports import wait_until
-from bridge.devstack.stack import Stack
-from tests.conftest import TEST_DB_ENV, clean_database
+from tests.stacks import running_stack
 
 
 def test_a_new_display_name_becomes_a_new_nick(tmp_path: Path) -> None:
-    url = os.environ.get(TEST_DB_ENV)
-    if url:
-        clean_database(url)
-    stack = Stack(tmp_path, database_url=url, channels="#names",
-                  puppet_nick_template="{displayname}|m")
-    stack.start()
-    try:
+    with running_stack(tmp_path, channels="#names",
+                       puppet_nick_template="{displayname}|m") as stack:
         bob = stack.irc_user("Bob")
         bob.join("#names")
         alice = stack.matrix_user("alice")
@@ -32,5 +25,3 @@ def test_a_new_display_name_becomes_a_new_nick(tmp_path: Path) -> None:
         assert (msg.nick, msg.target) == ("Alice_Liddell|m", "Wonder|m")
         alice.send_text(room, "new name")
         assert bob.wait_for_privmsg("new name", timeout=20).nick == "Wonder|m"
-    finally:
-        stack.stop()

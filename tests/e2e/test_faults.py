@@ -8,24 +8,23 @@ the channel received, and what /messages shows in the room. Every test asserts 0
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
 import subprocess
 import time
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 import requests
 
 from bridge.config.ini import load
-from bridge.devstack.clients import MatrixClient
 from bridge.devstack.ports import LOOPBACK, free_port, wait_until
-from bridge.devstack.stack import BridgeProcess, Stack
+from bridge.devstack.stack import BridgeProcess
 from bridge.store.models import PENDING, InboxEvent, OutboxMessage, Store
-from tests.conftest import TEST_DB_ENV, clean_database
+from tests.conftest import TEST_DB_ENV
+from tests.stacks import World as StackWorld
+from tests.stacks import observer_world
 from tests.traffic import (
     IrcObserver,
     IrcTalker,
@@ -34,53 +33,25 @@ from tests.traffic import (
     Tally,
     elapsed,
     eventually,
+    inbox_bodies,
     kill_bridge,
     matrix_texts,
     seqs_in,
 )
+from tests.write_lock import WriteLock
 
 CHANNEL = "#faults"
 PUPPET = "alice[m]"
 BOT = "ircbot"
 
 
-class World:
-    """What the tests share: the stack, Bob on IRC, Alice on Matrix, and the room."""
-
-    stack: Stack
-    bob: IrcObserver
-    alice: MatrixClient
-    room: str
-    url: str | None
+World = StackWorld[IrcObserver]
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    w = World()
-    w.url = os.environ.get(TEST_DB_ENV)
-    if w.url:
-        clean_database(w.url)
-    w.stack = Stack(tmp_path_factory.mktemp("faults"), database_url=w.url, channels=CHANNEL,
-                    log_level="DEBUG")
-
-    def bob_first(stack: Stack) -> None:
-        w.bob = IrcObserver(stack, "Bob", CHANNEL).connect()
-
-    try:
-        w.stack.start(before_bridge=bob_first)
-        w.alice = w.stack.matrix_user("alice")
-        w.room = w.alice.join(w.stack.alias(CHANNEL))
-        w.alice.send_text(w.room, "warm-up")
-        eventually(lambda: "warm-up" in w.bob.channel_texts(), 30, "alice's puppet to speak")
+    with observer_world(tmp_path_factory.mktemp("faults"), CHANNEL, log_level="DEBUG") as w:
         yield w
-    finally:
-        if getattr(w, "bob", None):
-            w.bob.close()
-        if os.environ.get("IRCBRIDGE_SHOW_LOG"):
-            print(w.stack.bridge.log(400))
-        w.stack.stop()
-        if w.url:
-            clean_database(w.url)
 
 
 @pytest.fixture
@@ -132,27 +103,10 @@ def m2i(world: World, tag: str, sent: list[int]) -> Tally:
     blamed on the bridge; the bridge stores a transaction before answering it, so an
     event it was handed is always in its inbox.
     """
-    handed = _inbox_seqs(world.stack.database_url, tag)
+    handed = set(seqs_in(inbox_bodies(world.stack.database_url, tag), tag))
     got = seqs_in(world.bob.channel_texts(), tag)
     return Tally(f"Matrix -> IRC [{tag}]", [n for n in sent if n in handed], got,
                  upstream_lost=sorted(set(sent) - handed - set(got)))
-
-
-def _inbox_seqs(url: str, tag: str) -> set[int]:
-    """The `<tag> <n>` numbers of the events in the bridge's inbox (any state)."""
-    store = Store(url)
-    try:
-        with store.db.connection_context():
-            rows = InboxEvent.select(InboxEvent.payload).where(
-                InboxEvent.payload.contains(f'"body": "{tag} '))
-            bodies = []
-            for row in rows:
-                content = json.loads(row.payload).get("content")
-                if isinstance(content, dict) and isinstance(content.get("body"), str):
-                    bodies.append(content["body"])
-            return set(seqs_in(bodies, tag))
-    finally:
-        store.close()
 
 
 def settle(world: World, tag: str) -> None:
@@ -372,32 +326,6 @@ def test_sigkill_mid_traffic_resumes_from_the_durable_queues(ready: World) -> No
     assert _outbox(db_url, tag_i)[1] == 0
 
 
-class _WriteLock:
-    """Hold the bridge database's write lock from the test (a database slow to commit)."""
-
-    def __init__(self, url: str):
-        self.url = url
-        self.conn: Any = None
-
-    def __enter__(self) -> _WriteLock:
-        if self.url.startswith("sqlite:///"):
-            import sqlite3
-
-            self.conn = sqlite3.connect(self.url[len("sqlite:///"):], isolation_level=None)
-            self.conn.execute("BEGIN IMMEDIATE")
-        else:
-            import psycopg2
-
-            self.conn = psycopg2.connect(self.url)
-            self.conn.cursor().execute("LOCK TABLE inbox_event IN EXCLUSIVE MODE")
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.conn.rollback() if not self.url.startswith("sqlite") else self.conn.execute(
-            "ROLLBACK")
-        self.conn.close()
-
-
 def test_sigkill_before_the_inbox_is_marked_does_not_resend_delivered_lines(
     ready: World
 ) -> None:
@@ -414,7 +342,7 @@ def test_sigkill_before_the_inbox_is_marked_does_not_resend_delivered_lines(
                      json={"events": events}, timeout=30,
                      headers={"Authorization": f"Bearer {hs_token}"})
     assert r.status_code == 200, r.text
-    with _WriteLock(world.stack.database_url):
+    with WriteLock(world.stack.database_url, "inbox_event"):
         eventually(lambda: len(set(seqs_in(world.bob.channel_texts(), tag))) == 20, 10,
                    "the lines on IRC while the database is locked", interval=0.05)
         kill_bridge(world.stack.bridge)

@@ -11,18 +11,17 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from bridge.config.ini import NetworkConfig
-from bridge.devstack.ircd import IrcDaemon, ngircd_path
+from bridge.devstack.ircd import IrcDaemon
 from bridge.devstack.ports import wait_until
 from bridge.irc import IrcSide
 from bridge.irc.connection import ConnectSlots, State
 from tests.irc_listener import RecordingListener
+from tests.irc_side import network
 
 
 # ------------------------------------------------------------------ the bucket, fake clock
@@ -169,26 +168,6 @@ class AcceptingRelay:
 Listener = RecordingListener
 
 
-def network(port: int, **overrides: Any) -> NetworkConfig:
-    values: dict[str, Any] = dict(
-        name="t", host="127.0.0.1", port=port, tls=False, tls_verify=True, display_name="t",
-        user_template="t_{nick}", alias_template="t_{channel}",
-        puppet_nick_template="{localpart}[m]", bot_nick="tbot", channels=(),
-        scrollback_lines=5, flood_rate=0.0, flood_burst=5, max_lines=3, connect_timeout=5.0,
-        max_concurrent_connects=2, password="",
-    )
-    values.update(overrides)
-    return NetworkConfig(**values)
-
-
-@pytest.fixture
-def ngircd(tmp_path: Path) -> Iterator[IrcDaemon]:
-    if not ngircd_path():
-        pytest.skip("needs ngircd: apt-get install ngircd")
-    daemon = IrcDaemon(tmp_path / "ircd", kind="ngircd")
-    daemon.start()
-    yield daemon
-    daemon.stop()
 
 
 def most_in_a_window(times: list[float], window: float) -> int:

@@ -3,49 +3,25 @@ private messages, replies, edits, mentions, delivery failures and reconnects."""
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator
 
 import pytest
 
-from bridge.devstack.clients import MatrixClient, RawIrcClient
+from bridge.devstack.clients import RawIrcClient
 from bridge.devstack.ports import wait_until
-from bridge.devstack.stack import Stack
-from tests.conftest import TEST_DB_ENV, clean_database
+from tests.stacks import World as StackWorld
+from tests.stacks import invited_room, irc_world
 
 CHANNEL = "#bridged"
 
-
-class World:
-    stack: Stack
-    bob: RawIrcClient
-    alice: MatrixClient
-    room: str
+World = StackWorld[RawIrcClient]
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    url = os.environ.get(TEST_DB_ENV)
-    if url:
-        clean_database(url)
-    w = World()
-    w.stack = Stack(tmp_path_factory.mktemp("irc"), database_url=url, channels=CHANNEL,
-                    log_level="DEBUG")
-
-    def bob_first(stack: Stack) -> None:
-        w.bob = stack.irc_user("Bob")
-        w.bob.join(CHANNEL)  # Bob opened the channel: he is its operator
-
-    try:
-        w.stack.start(before_bridge=bob_first)
-        w.alice = w.stack.matrix_user("alice")
-        w.room = w.alice.join(w.stack.alias(CHANNEL))
-        wait_until(lambda: "alice[m]" in w.bob.names(CHANNEL), 20, what="alice's puppet")
+    with irc_world(tmp_path_factory.mktemp("irc"), CHANNEL, log_level="DEBUG") as w:
         yield w
-    finally:
-        w.bob.close()
-        w.stack.stop()
 
 
 def state(world: World, event_type: str, key: str = "") -> dict:
@@ -203,7 +179,7 @@ def test_replies_and_edits_never_reveal_another_rooms_message(world: World) -> N
 
 def test_private_messages_both_ways(world: World) -> None:
     world.bob.privmsg("alice[m]", "psst, alice")
-    room = wait_until(lambda: _invited_room(world.alice), 20, what="a DM invite")
+    room = wait_until(lambda: invited_room(world.alice), 20, what="a DM invite")
     world.alice.join(room)
     event = world.alice.wait_for_message(
         room, lambda e: e.get("content", {}).get("body") == "psst, alice", timeout=20)
@@ -262,18 +238,6 @@ def test_after_the_irc_daemon_restarts_everyone_is_back(world: World) -> None:
     message(world, "welcome back", timeout=30)
     world.alice.send_text(world.room, "glad to be back")
     world.bob.wait_for_privmsg("glad to be back", timeout=30)
-
-
-_SYNCS = iter(range(1, 10**6))
-
-
-def _invited_room(client: MatrixClient) -> str | None:
-    # Synapse caches identical /sync answers for a while: a new filter each time.
-    limit = next(_SYNCS)
-    sync = client.request("GET", "/_matrix/client/v3/sync", params={
-        "timeout": "0", "filter": f'{{"room": {{"timeline": {{"limit": {limit:d}}}}}}}'})
-    invites = sync.get("rooms", {}).get("invite", {})
-    return next(iter(invites), None)
 
 
 def test_flood_control_spaces_lines_with_a_token_bucket(monkeypatch: pytest.MonkeyPatch) -> None:

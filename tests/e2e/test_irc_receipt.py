@@ -4,17 +4,14 @@ first line is written; `finished` once, after its last line left or when it coul
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
-
-import pytest
 
 from bridge.config.ini import NetworkConfig
 from bridge.devstack.ircd import IrcDaemon
 from bridge.devstack.ports import wait_until
 from bridge.irc import IrcSide
 from bridge.irc.receipt import Receipt
+from tests import irc_side
 from tests.irc_listener import RecordingListener
 
 ALICE = "@alice:localhost"
@@ -24,23 +21,7 @@ Listener = RecordingListener
 
 
 def network(port: int, **overrides: Any) -> NetworkConfig:
-    values: dict[str, Any] = dict(
-        name="t", host="127.0.0.1", port=port, tls=False, tls_verify=True, display_name="t",
-        user_template="t_{nick}", alias_template="t_{channel}",
-        puppet_nick_template="{localpart}[m]", bot_nick="tbot", channels=("#unit",),
-        scrollback_lines=5, flood_rate=0.0, flood_burst=5, max_lines=3, connect_timeout=5.0,
-        max_concurrent_connects=2, password="",
-    )
-    values.update(overrides)
-    return NetworkConfig(**values)
-
-
-@pytest.fixture
-def ircd(tmp_path: Path) -> Iterator[IrcDaemon]:
-    daemon = IrcDaemon(tmp_path / "ircd")
-    daemon.start()
-    yield daemon
-    daemon.stop()
+    return irc_side.network(port, **{"channels": ("#unit",), **overrides})
 
 
 class Heard:

@@ -9,36 +9,25 @@ back) and a real ngircd (a real K-line by a real operator).
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from bridge.config import ini as config_module
 from bridge.config.ini import NetworkConfig
-from bridge.devstack.ircd import IrcDaemon, ngircd_path
+from bridge.devstack.ircd import IrcDaemon
 from bridge.devstack.ports import free_port, wait_until
 from bridge.irc import IrcSide
 from bridge.irc import connection as connection_module
 from bridge.irc.connection import IrcConnection, State
 from tests.conftest import write_config
 from tests.irc_listener import RecordingListener
+from tests.irc_side import network
 from tests.scripted_irc import ScriptedIrcServer
 
 Listener = RecordingListener
 
 
-def network(port: int, **overrides: Any) -> NetworkConfig:
-    values: dict[str, Any] = dict(
-        name="t", host="127.0.0.1", port=port, tls=False, tls_verify=True, display_name="t",
-        user_template="t_{nick}", alias_template="t_{channel}",
-        puppet_nick_template="{localpart}[m]", bot_nick="tbot", channels=(),
-        scrollback_lines=5, flood_rate=0.0, flood_burst=5, max_lines=3, connect_timeout=5.0,
-        max_concurrent_connects=2, password="",
-    )
-    values.update(overrides)
-    return NetworkConfig(**values)
 
 
 def started(config: NetworkConfig, *, bot: bool = True) -> tuple[IrcSide, Listener]:
@@ -150,16 +139,6 @@ def test_several_servers_are_tried_in_turn(tmp_path: Path) -> None:
             assert lost and f"127.0.0.1:{closed}" in lost[0].reason
         finally:
             side.stop()
-
-
-@pytest.fixture
-def ngircd(tmp_path: Path) -> Iterator[IrcDaemon]:
-    if not ngircd_path():
-        pytest.skip("K-lines need ngircd: apt-get install ngircd")
-    daemon = IrcDaemon(tmp_path / "ircd", kind="ngircd")
-    daemon.start()
-    yield daemon
-    daemon.stop()
 
 
 def test_a_k_line_backs_off_for_long_and_is_reported(ngircd: IrcDaemon) -> None:

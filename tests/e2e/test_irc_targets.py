@@ -7,18 +7,15 @@ with the server's reason while the puppet's PMs and lines to other channels leav
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 
-from bridge.config.ini import NetworkConfig
 from bridge.devstack.ircd import IrcDaemon, ngircd_path
 from bridge.devstack.ports import wait_until
 from bridge.irc import IrcSide
 from bridge.irc.events import IrcFailure
 from bridge.irc.receipt import Receipt
 from tests.irc_listener import RecordingListener
+from tests.irc_side import network
 from tests.scripted_irc import ScriptedIrcServer
 
 if not ngircd_path():
@@ -27,24 +24,6 @@ if not ngircd_path():
 
 
 Listener = RecordingListener
-
-
-def network(port: int) -> NetworkConfig:
-    return NetworkConfig(
-        name="t", host="127.0.0.1", port=port, tls=False, tls_verify=True, display_name="t",
-        user_template="t_{nick}", alias_template="t_{channel}",
-        puppet_nick_template="{localpart}[m]", bot_nick="tbot", channels=(),
-        scrollback_lines=5, flood_rate=0.0, flood_burst=5, max_lines=3, connect_timeout=5.0,
-        max_concurrent_connects=2, password="",
-    )
-
-
-@pytest.fixture
-def ircd(tmp_path: Path) -> Iterator[IrcDaemon]:
-    daemon = IrcDaemon(tmp_path / "ircd", kind="ngircd")
-    daemon.start()
-    yield daemon
-    daemon.stop()
 
 
 def say_three(side: IrcSide, refused_channel: str, results: dict[str, tuple[bool, str | None]],
@@ -77,11 +56,11 @@ def check_results(results: dict[str, tuple[bool, str | None]], listener: Listene
         failures
 
 
-def test_a_join_refused_with_403_holds_up_no_other_line(ircd: IrcDaemon) -> None:
-    watcher = ircd.client("watcher")
+def test_a_join_refused_with_403_holds_up_no_other_line(ngircd: IrcDaemon) -> None:
+    watcher = ngircd.client("watcher")
     watcher.join("#open")
     listener = Listener()
-    side = IrcSide((network(ircd.port),), listener, lambda n: n.bot_nick)
+    side = IrcSide((network(ngircd.port),), listener, lambda n: n.bot_nick)
     side.start([])
     results: dict[str, tuple[bool, str | None]] = {}
     try:

@@ -14,29 +14,14 @@ from bridge.devstack.ports import wait_until
 from bridge.irc import IrcSide
 from bridge.irc import connection as connection_module
 from bridge.irc.connection import State
+from tests import irc_side
 from tests.irc_listener import RecordingListener
 
 Listener = RecordingListener
 
 
 def network(port: int, **overrides: Any) -> NetworkConfig:
-    values: dict[str, Any] = dict(
-        name="t", host="127.0.0.1", port=port, tls=False, tls_verify=True, display_name="t",
-        user_template="t_{nick}", alias_template="t_{channel}",
-        puppet_nick_template="{localpart}[m]", bot_nick="tbot", channels=("#unit",),
-        scrollback_lines=5, flood_rate=0.0, flood_burst=5, max_lines=3, connect_timeout=5.0,
-        max_concurrent_connects=2, password="",
-    )
-    values.update(overrides)
-    return NetworkConfig(**values)
-
-
-@pytest.fixture
-def ircd(tmp_path: Path) -> Iterator[IrcDaemon]:
-    daemon = IrcDaemon(tmp_path / "ircd")
-    daemon.start()
-    yield daemon
-    daemon.stop()
+    return irc_side.network(port, **{"channels": ("#unit",), **overrides})
 
 
 def test_a_silent_server_is_pinged_then_dropped_and_reconnected(

@@ -22,8 +22,8 @@ from bridge.devstack.ports import wait_until
 from bridge.devstack.stack import Stack
 from bridge.matrix import HomeserverClient
 from bridge.store.models import Store
-from tests.conftest import TEST_DB_ENV, clean_database
 from tests.http.test_media import PNG, parts
+from tests.stacks import add_to_config, running_stack
 
 READ_TIMEOUT = 5
 
@@ -36,19 +36,13 @@ class E2E:
 
 @pytest.fixture(scope="module")
 def e2e(tmp_path_factory: pytest.TempPathFactory) -> Iterator[E2E]:
-    url = os.environ.get(TEST_DB_ENV)
-    if url:
-        clean_database(url)
     e = E2E()
-    e.stack = Stack(tmp_path_factory.mktemp("media"), database_url=url)
 
     def slow_readers_are_cut(s: Stack) -> None:  # a short read timeout for the slot test
-        s.config_path.write_text(s.config_path.read_text(encoding="utf-8")
-                                 + f"\n[media]\nread_timeout = {READ_TIMEOUT}\n",
-                                 encoding="utf-8")
+        add_to_config(s, f"\n[media]\nread_timeout = {READ_TIMEOUT}\n")
 
-    try:
-        e.stack.start(before_bridge=slow_readers_are_cut)
+    with running_stack(tmp_path_factory.mktemp("media"), before_bridge=slow_readers_are_cut,
+                       log_lines=200) as e.stack:
         e.alice = e.stack.matrix_user("alice")
         store = Store(e.stack.database_url)
         try:
@@ -61,11 +55,6 @@ def e2e(tmp_path_factory: pytest.TempPathFactory) -> Iterator[E2E]:
         e.media = MediaLinks(client, e.stack.bridge.url, secret.encode(), 3600, 50 << 20)
         yield e
         client.close()
-    finally:
-        log_text = e.stack.bridge.log(200)
-        e.stack.stop()
-        if os.environ.get("IRCBRIDGE_SHOW_LOG"):
-            print(log_text)
 
 
 def upload(alice: MatrixClient, data: bytes, content_type: str, filename: str) -> str:

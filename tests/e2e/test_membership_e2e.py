@@ -4,51 +4,28 @@ of the bot and of puppets, private rooms that were left, and the bridge's own ec
 from __future__ import annotations
 
 import configparser
-import os
 from collections.abc import Iterator
 
 import pytest
 import requests
 
-from bridge.devstack.clients import MatrixClient, MatrixError, RawIrcClient
+from bridge.devstack.clients import MatrixError, RawIrcClient
 from bridge.devstack.ports import wait_until
-from bridge.devstack.stack import Stack
-from tests.conftest import TEST_DB_ENV, clean_database
+from tests.stacks import World as StackWorld
+from tests.stacks import invited_room, irc_world
 
 CHANNEL = "#members"
 ALICE = "@alice:localhost"
 
-
-class World:
-    stack: Stack
-    bob: RawIrcClient
-    alice: MatrixClient
-    room: str
+World = StackWorld[RawIrcClient]
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    url = os.environ.get(TEST_DB_ENV)
-    if url:
-        clean_database(url)
-    w = World()
-    w.stack = Stack(tmp_path_factory.mktemp("members"), database_url=url, channels=CHANNEL,
-                    log_level="DEBUG", ircd_kind="ngircd",
-                    network_extra="kick_rejoin_after = 1\nnetsplit_leave_after = 1")
-
-    def bob_first(stack: Stack) -> None:
-        w.bob = stack.irc_user("Bob")
-        w.bob.join(CHANNEL)  # Bob opened the channel: he is its operator
-
-    try:
-        w.stack.start(before_bridge=bob_first)
-        w.alice = w.stack.matrix_user("alice")
-        w.room = w.alice.join(w.stack.alias(CHANNEL))
-        wait_until(lambda: "alice[m]" in w.bob.names(CHANNEL), 20, what="alice's puppet")
+    with irc_world(tmp_path_factory.mktemp("members"), CHANNEL, log_level="DEBUG",
+                   ircd_kind="ngircd",
+                   network_extra="kick_rejoin_after = 1\nnetsplit_leave_after = 1") as w:
         yield w
-    finally:
-        w.bob.close()
-        w.stack.stop()
 
 
 def members(world: World, room: str | None = None) -> set[str]:
@@ -147,23 +124,9 @@ def test_a_kicked_bot_reports_and_rejoins_with_backoff(world: World) -> None:
     marker(world, "bot is back")
 
 
-_SYNCS = iter(range(1, 10**6))
-
-
-def _invited_room(client: MatrixClient, seen: set[str]) -> str | None:
-    # Synapse caches identical /sync answers for a while: a new filter each time.
-    limit = next(_SYNCS)
-    sync = client.request("GET", "/_matrix/client/v3/sync", params={
-        "timeout": "0", "filter": f'{{"room": {{"timeline": {{"limit": {limit}}}}}}}'})
-    for room in sync.get("rooms", {}).get("invite", {}):
-        if room not in seen:
-            return room
-    return None
-
-
 def test_a_private_room_left_by_the_matrix_user_is_not_reused(world: World) -> None:
     world.bob.privmsg("alice[m]", "first PM")
-    first = wait_until(lambda: _invited_room(world.alice, set()), 20, what="a PM invite")
+    first = wait_until(lambda: invited_room(world.alice, set()), 20, what="a PM invite")
     world.alice.join(first)
     world.alice.wait_for_text(first, "first PM")
     world.alice.leave(first)
@@ -180,7 +143,7 @@ def test_a_private_room_left_by_the_matrix_user_is_not_reused(world: World) -> N
 
     wait_until(ghost_left, 20, what="the virtual user to leave the ended room")
     world.bob.privmsg("alice[m]", "second PM")
-    second = wait_until(lambda: _invited_room(world.alice, {first}), 20,
+    second = wait_until(lambda: invited_room(world.alice, {first}), 20,
                         what="a new PM invite")
     assert second != first
     world.alice.join(second)

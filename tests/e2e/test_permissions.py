@@ -10,7 +10,6 @@ The limits themselves are also checked on `bridge.core.access.Access` with a clo
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -24,8 +23,8 @@ from bridge.devstack.clients import MatrixClient, MatrixError
 from bridge.devstack.ports import wait_until
 from bridge.devstack.stack import Stack
 from bridge.web.context import bridge_of
-from tests.admin_db import clean
-from tests.conftest import TEST_DB_ENV, close_app, write_config
+from tests.conftest import close_app, write_config
+from tests.stacks import replace_in_config, running_stack, user
 
 BOT = "@ircbot:localhost"
 ALLOWED = ("alice", "carol", "dave", "erin")
@@ -88,32 +87,15 @@ def test_an_alias_query_names_nobody_so_without_a_star_line_it_is_404(closed_app
 # ------------------------------------------------------------------ the stack
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    url = os.environ.get(TEST_DB_ENV)
-    clean(url)
-    stack = Stack(tmp_path_factory.mktemp("permissions"), database_url=url,
-                  channels="#matrix",
-                  network_extra="portals_per_user_per_hour = 2\nportals_per_hour = 100")
-
     def prepare(s: Stack) -> None:
         people = "".join(f"@{u}:localhost = user\n" for u in ALLOWED)
-        text = s.config_path.read_text(encoding="utf-8")
-        s.config_path.write_text(text.replace("[permissions]\n* = user\n",
-                                              f"[permissions]\n{people}"), encoding="utf-8")
+        replace_in_config(s, "[permissions]\n* = user\n", f"[permissions]\n{people}")
 
-    stack.start(before_bridge=prepare)
-    stack.users = {}  # type: ignore[attr-defined]
-    try:
+    with running_stack(tmp_path_factory.mktemp("permissions"), before_bridge=prepare,
+                       channels="#matrix",
+                       network_extra="portals_per_user_per_hour = 2\nportals_per_hour = 100"
+                       ) as stack:
         yield stack
-    finally:
-        stack.stop()
-        clean(url)
-
-
-def user(stack: Stack, localpart: str) -> MatrixClient:
-    users: dict[str, MatrixClient] = stack.users  # type: ignore[attr-defined]
-    if localpart not in users:
-        users[localpart] = stack.matrix_user(localpart)
-    return users[localpart]
 
 
 def membership(client: MatrixClient, room: str, user_id: str) -> dict:

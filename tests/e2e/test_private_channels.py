@@ -21,8 +21,7 @@ import requests
 from bridge.devstack.clients import MatrixClient, MatrixError, RawIrcClient
 from bridge.devstack.ports import wait_until
 from bridge.devstack.stack import Stack
-from tests.admin_db import clean
-from tests.conftest import TEST_DB_ENV
+from tests.stacks import replace_in_config, running_stack, user
 
 BOT = "@ircbot:localhost"
 SECRET = "prov-" + secrets.token_hex(16)
@@ -35,32 +34,14 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    url = os.environ.get(TEST_DB_ENV)
-    clean(url)
-    stack = Stack(tmp_path_factory.mktemp("private"), database_url=url, channels="#matrix",
-                  ircd_kind="ngircd")
-
     def prepare(s: Stack) -> None:
-        text = s.config_path.read_text(encoding="utf-8")
-        text = text.replace("[permissions]\n* = user\n",
-                            "[permissions]\n@admin:localhost = admin\n* = user\n\n"
-                            f"[provisioning]\nsecret = {SECRET}\n")
-        s.config_path.write_text(text, encoding="utf-8")
+        replace_in_config(s, "[permissions]\n* = user\n",
+                          "[permissions]\n@admin:localhost = admin\n* = user\n\n"
+                          f"[provisioning]\nsecret = {SECRET}\n")
 
-    stack.start(before_bridge=prepare)
-    stack.users = {}  # type: ignore[attr-defined]
-    try:
+    with running_stack(tmp_path_factory.mktemp("private"), before_bridge=prepare,
+                       channels="#matrix", ircd_kind="ngircd") as stack:
         yield stack
-    finally:
-        stack.stop()
-        clean(url)
-
-
-def user(stack: Stack, localpart: str) -> MatrixClient:
-    users: dict[str, MatrixClient] = stack.users  # type: ignore[attr-defined]
-    if localpart not in users:
-        users[localpart] = stack.matrix_user(localpart)
-    return users[localpart]
 
 
 def op_of(stack: Stack, nick: str, channel: str) -> RawIrcClient:

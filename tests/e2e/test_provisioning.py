@@ -4,7 +4,6 @@ tests/http/test_provisioning_off.py, the power check in tests/unit/test_power_ch
 
 from __future__ import annotations
 
-import os
 import secrets
 import subprocess
 import sys
@@ -18,8 +17,8 @@ import requests
 from bridge.devstack.clients import MatrixClient, RawIrcClient
 from bridge.devstack.ports import wait_until
 from bridge.devstack.stack import Stack
-from tests.admin_db import clean
-from tests.conftest import TEST_DB_ENV, write_config
+from tests.conftest import write_config
+from tests.stacks import add_to_config, running_stack, user
 
 BOT = "@ircbot:localhost"
 PREFIX = "/_ircbridge/provisioning/v1"
@@ -29,29 +28,12 @@ TIMEOUT = 30
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    url = os.environ.get(TEST_DB_ENV)
-    clean(url)
-    stack = Stack(tmp_path_factory.mktemp("provisioning"), database_url=url, channels="#matrix")
-
     def prepare(s: Stack) -> None:
-        text = s.config_path.read_text(encoding="utf-8")
-        s.config_path.write_text(text + f"\n[provisioning]\nsecret = {SECRET}\n",
-                                 encoding="utf-8")
+        add_to_config(s, f"\n[provisioning]\nsecret = {SECRET}\n")
 
-    stack.start(before_bridge=prepare)
-    stack.users = {}  # type: ignore[attr-defined]
-    try:
+    with running_stack(tmp_path_factory.mktemp("provisioning"), before_bridge=prepare,
+                       channels="#matrix") as stack:
         yield stack
-    finally:
-        stack.stop()
-        clean(url)
-
-
-def user(stack: Stack, localpart: str) -> MatrixClient:
-    users: dict[str, MatrixClient] = stack.users  # type: ignore[attr-defined]
-    if localpart not in users:
-        users[localpart] = stack.matrix_user(localpart)
-    return users[localpart]
 
 
 def api(stack: Stack, method: str, path: str, body: Any = None, *, secret: str | None = SECRET,

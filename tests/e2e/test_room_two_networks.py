@@ -18,7 +18,7 @@ import pytest
 from bridge.devstack.clients import MatrixClient
 from bridge.devstack.ircd import IrcDaemon
 from bridge.devstack.stack import Stack
-from tests.conftest import TEST_DB_ENV
+from tests.stacks import running_stack
 from tests.traffic import IrcObserver, Tally, eventually, matrix_texts, seqs_in
 
 
@@ -34,14 +34,11 @@ class World:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     from bridge.cli.main import main as cli_main
-    from tests.admin_db import clean
 
-    url = os.environ.get(TEST_DB_ENV)
-    clean(url)
     w = World()
     base = tmp_path_factory.mktemp("twonets")
     w.ircd2 = IrcDaemon(base / "ircd2", kind=os.environ.get("IRCBRIDGE_IRCD"))
-    w.stack = Stack(base / "stack", database_url=url, channels="#left", network_extra=f"""
+    two = f"""
 [network:two]
 host = 127.0.0.1
 port = {w.ircd2.port}
@@ -52,7 +49,7 @@ bot_nick = ircbot
 channels = #right
 flood_rate = 0
 connect_timeout = 5
-""")
+"""
 
     def room_linked_twice(stack: Stack) -> None:
         w.anna = IrcObserver(stack, "anna", "#left").connect()
@@ -66,21 +63,20 @@ connect_timeout = 5
 
     try:
         w.ircd2.start()
-        w.stack.start(before_bridge=room_linked_twice)
-        w.alice.send_text(w.room, "warm-up")
-        eventually(lambda: "warm-up" in w.anna.channel_texts("alice[m]")
-                   and "warm-up" in w.bert.channel_texts("alice[m]"), 60,
-                   "alice's puppets to speak on both networks")
-        yield w
+        with running_stack(base / "stack", before_bridge=room_linked_twice, channels="#left",
+                           network_extra=two, log_lines=300) as w.stack:
+            try:
+                w.alice.send_text(w.room, "warm-up")
+                eventually(lambda: "warm-up" in w.anna.channel_texts("alice[m]")
+                           and "warm-up" in w.bert.channel_texts("alice[m]"), 60,
+                           "alice's puppets to speak on both networks")
+                yield w
+            finally:
+                for observer in ("anna", "bert"):
+                    if getattr(w, observer, None):
+                        getattr(w, observer).close()
     finally:
-        for observer in ("anna", "bert"):
-            if getattr(w, observer, None):
-                getattr(w, observer).close()
-        if os.environ.get("IRCBRIDGE_SHOW_LOG"):
-            print(w.stack.bridge.log(300))
-        w.stack.stop()
         w.ircd2.stop()
-        clean(url)
 
 
 def test_a_room_linked_on_two_networks_says_everything_once_on_each(world: World) -> None:

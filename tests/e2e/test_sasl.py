@@ -24,6 +24,7 @@ from bridge.devstack.services import SaslIrcd, missing_binaries
 from bridge.irc import IrcSide
 from bridge.irc.connection import IrcConnection, State
 from tests.irc_listener import RecordingListener
+from tests.irc_side import network
 
 log = logging.getLogger(__name__)
 
@@ -74,16 +75,6 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
         server.stop()
 
 
-def network(port: int, **overrides: Any) -> NetworkConfig:
-    values: dict[str, Any] = dict(
-        name="t", host="127.0.0.1", port=port, tls=False, tls_verify=True, display_name="t",
-        user_template="t_{nick}", alias_template="t_{channel}",
-        puppet_nick_template="{localpart}[m]", bot_nick="tbot", channels=(),
-        scrollback_lines=5, flood_rate=0.0, flood_burst=5, max_lines=3, connect_timeout=5.0,
-        max_concurrent_connects=2, password="",
-    )
-    values.update(overrides)
-    return NetworkConfig(**values)
 
 
 @contextmanager

@@ -12,112 +12,41 @@ flood control on, so Matrix lines really wait in the IRC connection's queue. The
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from bridge.devstack.clients import MatrixClient
 from bridge.devstack.ports import terminate
-from bridge.devstack.stack import Stack
-from bridge.store.models import InboxEvent, Store
-from tests.conftest import TEST_DB_ENV, clean_database
+from tests.stacks import World as StackWorld
+from tests.stacks import observer_world
 from tests.traffic import (
     IrcObserver,
     Report,
     Tally,
     eventually,
+    inbox_bodies,
     kill_bridge,
     matrix_texts,
     seqs_in,
 )
+from tests.write_lock import WriteLock
 
 CHANNEL = "#stops"
 FLOOD_RATE = 1.0  # lines per second per connection, after a burst of FLOOD_BURST
 FLOOD_BURST = 2
 
 
-class World:
-    stack: Stack
-    bob: IrcObserver
-    alice: MatrixClient
-    room: str
+World = StackWorld[IrcObserver]
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    w = World()
-    url = os.environ.get(TEST_DB_ENV)
-    if url:
-        clean_database(url)
-    w.stack = Stack(tmp_path_factory.mktemp("stops"), database_url=url, channels=CHANNEL,
-                    log_level="DEBUG", log_levels="irc.client=DEBUG",
-                    flood_rate=FLOOD_RATE, flood_burst=FLOOD_BURST,
-                    network_extra="max_lines = 20")
-
-    def bob_first(stack: Stack) -> None:
-        w.bob = IrcObserver(stack, "Bob", CHANNEL).connect()
-
-    try:
-        w.stack.start(before_bridge=bob_first)
-        w.alice = w.stack.matrix_user("alice")
-        w.room = w.alice.join(w.stack.alias(CHANNEL))
-        w.alice.send_text(w.room, "warm-up")
-        eventually(lambda: "warm-up" in w.bob.channel_texts(), 30, "alice's puppet to speak")
+    with observer_world(tmp_path_factory.mktemp("stops"), CHANNEL, log_level="DEBUG",
+                        log_levels="irc.client=DEBUG", flood_rate=FLOOD_RATE,
+                        flood_burst=FLOOD_BURST, network_extra="max_lines = 20") as w:
         yield w
-    finally:
-        if getattr(w, "bob", None):
-            w.bob.close()
-        if os.environ.get("IRCBRIDGE_SHOW_LOG"):
-            print(w.stack.bridge.log(400))
-        w.stack.stop()
-        if url:
-            clean_database(url)
-
-
-def _inbox_bodies(url: str, tag: str) -> list[str]:
-    """Bodies of the inbox events (any state) whose text starts with `tag`."""
-    store = Store(url)
-    try:
-        with store.db.connection_context():
-            rows = InboxEvent.select(InboxEvent.payload).where(
-                InboxEvent.payload.contains(f'"body": "{tag} '))
-            return [json.loads(r.payload)["content"]["body"] for r in rows]
-    finally:
-        store.close()
-
-
-class WriteLock:
-    """Hold the write lock of the bridge's outbox and scrollback (a database that does not
-    take writes), so lines said on IRC stay in the bridge's memory."""
-
-    def __init__(self, url: str):
-        self.url = url
-        self.conn: Any = None
-
-    def __enter__(self) -> WriteLock:
-        if self.url.startswith("sqlite:///"):
-            import sqlite3
-
-            self.conn = sqlite3.connect(self.url[len("sqlite:///"):], isolation_level=None)
-            self.conn.execute("BEGIN IMMEDIATE")
-        else:
-            import psycopg2
-
-            self.conn = psycopg2.connect(self.url)
-            self.conn.cursor().execute(
-                "LOCK TABLE outbox_message, scrollback IN EXCLUSIVE MODE")
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.url.startswith("sqlite"):
-            self.conn.execute("ROLLBACK")
-        else:
-            self.conn.rollback()
-        self.conn.close()
 
 
 def _said(world: World, tag: str) -> list[int]:
@@ -142,7 +71,7 @@ def test_sigterm_keeps_the_lines_queued_both_ways(world: World) -> None:
     for n in m_sent:
         world.alice.send_text(world.room, f"{tag_m} {n}")
     # Every line is in the bridge's inbox; flood control lets out one a second.
-    eventually(lambda: len(_inbox_bodies(url, tag_m)) == len(m_sent), 30,
+    eventually(lambda: len(inbox_bodies(url, tag_m)) == len(m_sent), 30,
                "Alice's lines in the bridge's inbox", interval=0.05)
     eventually(lambda: len(_said(world, tag_m)) >= 1, 30, "Alice's first line on IRC",
                tick=world.bob.pump, interval=0.05)

@@ -7,7 +7,6 @@ API and what a raw IRC client receives. The steps share one stack and run in fil
 from __future__ import annotations
 
 import concurrent.futures
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,8 +19,8 @@ from bridge.devstack.clients import MatrixClient, RawIrcClient
 from bridge.devstack.ports import wait_until
 from bridge.devstack.stack import Stack
 from bridge.store.models import Store
-from tests.conftest import TEST_DB_ENV, clean_database
 from tests.figures import record
+from tests.stacks import running_stack
 
 CHANNEL = "#matrix"
 TOPIC = "Talk about Matrix"
@@ -39,12 +38,7 @@ class Story:
 
 @pytest.fixture(scope="module")
 def story(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Story]:
-    url = os.environ.get(TEST_DB_ENV)
-    if url:
-        clean_database(url)
     s = Story()
-    s.stack = Stack(tmp_path_factory.mktemp("story"), database_url=url, channels=CHANNEL,
-                    log_level="DEBUG")
 
     def bob_arrives_first(stack: Stack) -> None:
         # Bob is on IRC before the bridge: he opens the channel and sets its topic.
@@ -54,15 +48,12 @@ def story(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Story]:
         s.bob.wait_for(lambda m: m.command == "TOPIC")
 
     try:
-        s.stack.start(before_bridge=bob_arrives_first)
-        yield s
+        with running_stack(tmp_path_factory.mktemp("story"), before_bridge=bob_arrives_first,
+                           channels=CHANNEL, log_level="DEBUG", log_lines=200) as s.stack:
+            yield s
     finally:
         if getattr(s, "bob", None):
             s.bob.close()
-        log_text = s.stack.bridge.log(200)
-        s.stack.stop()
-        if os.environ.get("IRCBRIDGE_SHOW_LOG"):
-            print(log_text)
 
 
 def body_is(text: str):  # noqa: ANN201 - a predicate factory

@@ -18,6 +18,7 @@ from bridge.config.ini import LoggingConfig, NetworkConfig
 from bridge.devstack.ports import wait_until
 from bridge.irc import IrcSide
 from bridge.irc.connection import IrcConnection, State
+from tests import irc_side
 from tests.irc_listener import RecordingListener
 from tests.scripted_irc import Client, ScriptedIrcServer
 
@@ -25,15 +26,7 @@ Listener = RecordingListener
 
 
 def network(port: int, **overrides: Any) -> NetworkConfig:
-    values: dict[str, Any] = dict(
-        name="t", host="127.0.0.1", port=port, tls=False, tls_verify=True, display_name="t",
-        user_template="t_{nick}", alias_template="t_{channel}",
-        puppet_nick_template="{localpart}[m]", bot_nick="tbot", channels=(),
-        scrollback_lines=5, flood_rate=0.0, flood_burst=5, max_lines=3, connect_timeout=5.0,
-        max_concurrent_connects=4, password="",
-    )
-    values.update(overrides)
-    return NetworkConfig(**values)
+    return irc_side.network(port, **{"max_concurrent_connects": 4, **overrides})
 
 
 @contextmanager

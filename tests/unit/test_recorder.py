@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import Any
 
 from bridge.devstack.ports import wait_until
 from bridge.pipeline.outbox import Recorder, RoomCreated
 from bridge.store.models import OutboxMessage, QueuedLine, Scrollback, Store
 from tests.unit.queues import NETWORK, ROOM, irc_line
+from tests.write_lock import WriteLock
 
 ROOMS = {(NETWORK, "#chan"): ROOM}
 
@@ -107,35 +107,6 @@ def test_stop_stores_everything_queued(store: Store, tmp_path: Path) -> None:
     rec.stop(timeout=10)
     assert outbox_bodies(store) == [f"q {n}" for n in range(300)]
     assert not spill.exists()
-
-
-class WriteLock:
-    """The database takes no writes while held (another session holds its write lock)."""
-
-    def __init__(self, url: str):
-        self.url = url
-        self.conn: Any = None
-
-    def __enter__(self) -> WriteLock:
-        if self.url.startswith("sqlite:///"):
-            import sqlite3
-
-            self.conn = sqlite3.connect(self.url[len("sqlite:///"):], isolation_level=None)
-            self.conn.execute("BEGIN IMMEDIATE")
-        else:
-            import psycopg2
-
-            self.conn = psycopg2.connect(self.url)
-            self.conn.cursor().execute(
-                "LOCK TABLE outbox_message, scrollback IN EXCLUSIVE MODE")
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.url.startswith("sqlite"):
-            self.conn.execute("ROLLBACK")
-        else:
-            self.conn.rollback()
-        self.conn.close()
 
 
 def test_a_stop_while_the_database_is_locked_spills_and_the_next_start_stores_first(
