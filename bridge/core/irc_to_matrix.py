@@ -116,7 +116,8 @@ class IrcToMatrix:
         if not self.privacy.may_relay(network, channel):
             return  # private: see bridge.core.privacy
         self.lines.record(network, channel, nick, self.directory.sender_for_nick(network, nick),
-                          MSGTYPES[event.kind], body, html, event.ts)
+                          MSGTYPES[event.kind], body, html, event.ts,
+                          msgid=event.tags.get("msgid") or None)
 
     def irc_private(self, event: IrcPrivate) -> None:
         network, nick = event.network, event.nick
@@ -125,7 +126,8 @@ class IrcToMatrix:
             return
         self.lines.record(network, self.directory.fold_nick(network, nick), nick,
                           self.directory.sender_for_nick(network, nick), MSGTYPES[event.kind],
-                          body, html, event.ts, private_to=event.owner)
+                          body, html, event.ts, private_to=event.owner,
+                          msgid=event.tags.get("msgid") or None)
 
     def irc_topic(self, event: IrcTopic) -> None:
         network, channel, topic, nick = event.network, event.channel, event.topic, event.nick
@@ -231,7 +233,7 @@ class IrcToMatrix:
             if retrying:
                 found = self._already_sent(room_id, line.sender, txn_id)
                 if found:
-                    return found
+                    return self._sent(line, room_id, found)
             content = self._message_content(line, txn_id)
             # One try per call: a retry must first look for the event (see above), which the
             # client's own retries would skip. (The senders bound every call of a try to ONCE.)
@@ -239,7 +241,7 @@ class IrcToMatrix:
                             cache=self.cache, policy=ONCE)
             event_id = sender.send_message(room_id, content, ts=line.ts, txn_id=txn_id)
             self._private_room_still_open(line, room_id)
-            return event_id
+            return self._sent(line, room_id, event_id)
         except HomeserverUnavailable as e:
             raise Retry(str(e), after=e.retry_after) from e
         except Forbidden as e:
@@ -249,6 +251,12 @@ class IrcToMatrix:
             if e.status == 429 or e.status >= 500 or e.status == 0:
                 raise Retry(str(e), after=e.retry_after) from e
             raise GiveUp(str(e)) from e
+
+    def _sent(self, line: QueuedLine, room_id: str, event_id: str) -> str:
+        """The line is in the room: its IRC msgid (if any) is stored beside the event."""
+        if line.msgid:
+            self.store.link_msgid(line.network, line.msgid, room_id, event_id, line.ts)
+        return event_id
 
     def _speaker(self, line: QueuedLine, room_id: str) -> Intent:
         """The bot, or the line's virtual user, registered and joined to the room."""

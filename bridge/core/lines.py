@@ -39,12 +39,13 @@ class LineQueue:
 
     def record(self, network: str, channel: str, nick: str, sender: str, msgtype: str,
                body: str, html: str | None, ts: int | None = None, *,
-               private_to: str | None = None) -> None:
+               private_to: str | None = None, msgid: str | None = None) -> None:
         """Queue one message for `channel` (folded), or, with `private_to`, for the private
         conversation of that Matrix user with `nick`."""
         self._put(IrcLine(
             network=network, channel=channel, channel_name=channel, nick=nick, sender=sender,
             msgtype=msgtype, body=body, html=html, ts=_now_or(ts), private_to=private_to,
+            msgid=msgid,
         ))
 
     def state(self, network: str, channel: str, nick: str, sender: str, kind: LineKind,

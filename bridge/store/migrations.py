@@ -109,12 +109,25 @@ def _p(db: pw.Database) -> str:
 
 # Version 3: the outbox says what a row is. Version 2 marked state changes with fake
 # msgtypes (`x.join`, `x.power`...) and private lines with placeholder room ids
-# (`pm:<owner>:<folded nick>`); version 3 has a `kind` column and a `private_to` column.
+# (`pm:<owner>:<folded nick>`); version 3 has a `kind` column and a `private_to` column,
+# and keeps each IRC line's msgid (`msgid`; the message_id table is new in version 3).
 OUTBOX_V3_COLUMNS = {
     "kind": "VARCHAR(16) NOT NULL DEFAULT 'message'",
     "private_to": "VARCHAR(255)",
+    "msgid": "VARCHAR(255)",
 }
+SCROLLBACK_V3_COLUMNS = {"msgid": "VARCHAR(255)"}
 OLD_PM_PREFIX = "pm:"
+
+
+def add_columns(db: pw.Database, table: str, columns: dict[str, str]) -> None:
+    """Add the columns a table lacks (name -> SQL type); a missing table is left alone."""
+    if not db.table_exists(table):
+        return
+    have = set(_columns(db, table))
+    for column, sql_type in columns.items():
+        if column not in have:
+            db.execute_sql(f"ALTER TABLE {_quote(table)} ADD COLUMN {_quote(column)} {sql_type}")
 
 
 def add_outbox_kinds(db: pw.Database, table: str = "outbox_message") -> int:
@@ -123,10 +136,7 @@ def add_outbox_kinds(db: pw.Database, table: str = "outbox_message") -> int:
     if not db.table_exists(table):
         return 0
     q = _quote
-    have = set(_columns(db, table))
-    for column, sql_type in OUTBOX_V3_COLUMNS.items():
-        if column not in have:
-            db.execute_sql(f"ALTER TABLE {q(table)} ADD COLUMN {q(column)} {sql_type}")
+    add_columns(db, table, OUTBOX_V3_COLUMNS)
     p = _p(db)
     cursor = db.execute_sql(
         f"UPDATE {q(table)} SET {q('kind')} = SUBSTR({q('msgtype')}, 3), {q('msgtype')} = '' "

@@ -177,6 +177,7 @@ class OutboxMessage(BridgeOwned):
     # A line of a private conversation: the Matrix user it is for; its room is found (or
     # made) in pm_room by (network, private_to, folded nick) when it is sent.
     private_to = pw.CharField(max_length=255, null=True)
+    msgid = pw.CharField(max_length=255, null=True)  # the IRC line's msgid tag, if any
     state = pw.SmallIntegerField(default=PENDING)
     attempts = pw.IntegerField(default=0)
     event_id = pw.CharField(max_length=255, null=True)
@@ -201,6 +202,7 @@ class Scrollback(BridgeOwned):
     body = pw.TextField()
     html = pw.TextField(null=True)
     ts = pw.BigIntegerField()
+    msgid = pw.CharField(max_length=255, null=True)  # the IRC line's msgid tag, if any
 
     class Meta:
         table_name = "scrollback"
@@ -330,6 +332,29 @@ _T_INBOX = InboxEvent._meta.table_name
 _T_TXN = HsTransaction._meta.table_name
 
 # The tables whose rows belong to one bridge (upgraded by store_migrations).
+class MessageId(BridgeOwned):
+    """An IRC msgid (IRCv3 message-ids) beside the Matrix event it is, both ways.
+
+    Written when a relayed line reaches the homeserver (IRC -> Matrix) and when the echo of
+    a Matrix message comes back from the server with its msgid (Matrix -> IRC). Replies and
+    reactions find their target through it; CHATHISTORY catch-up starts after the newest
+    msgid of a room. Pruned with the queues (same keep_days)."""
+
+    id = pw.BigAutoField()
+    network = pw.CharField(max_length=64)
+    msgid = pw.CharField(max_length=255)
+    room_id = pw.CharField(max_length=255)
+    event_id = pw.CharField(max_length=255)
+    ts = pw.BigIntegerField()  # the line's time (server-time, or when it was seen)
+    created_at = pw.BigIntegerField(default=now_ms, index=True)
+
+    class Meta:
+        table_name = "message_id"
+        indexes = ((("bridge_id", "network", "msgid"), True),
+                   (("bridge_id", "network", "event_id"), False),
+                   (("bridge_id", "room_id", "ts"), False))
+
+
 OWNED_MODELS: tuple[type[BridgeOwned], ...] = (
     RoomLink,
     VirtualUser,
@@ -337,6 +362,7 @@ OWNED_MODELS: tuple[type[BridgeOwned], ...] = (
     HsTransaction,
     InboxEvent,
     OutboxMessage,
+    MessageId,
     Scrollback,
     PmRoom,
     AdminRoom,
@@ -422,6 +448,7 @@ class QueuedLine:
     attempts: int = 0
     kind: LineKind = LineKind.MESSAGE
     private_to: str | None = None  # a private conversation's Matrix user (room_id is "")
+    msgid: str | None = None  # the IRC line's msgid: stored beside its event once sent
 
     @property
     def lane(self) -> str:
@@ -446,6 +473,7 @@ class IrcLine:
     ts: int
     kind: LineKind = LineKind.MESSAGE
     private_to: str | None = None  # a private conversation: the Matrix user it is for
+    msgid: str | None = None  # IRCv3 msgid tag
 
     @classmethod
     def from_json(cls, text: str) -> IrcLine:
@@ -502,6 +530,8 @@ class Store:
                 if store_migrations.needs_bridge_id(self.db, model):
                     store_migrations.add_bridge_id(self.db, model, self.bridge_id, networks)
             store_migrations.add_outbox_kinds(self.db, OutboxMessage._meta.table_name)
+            store_migrations.add_columns(self.db, Scrollback._meta.table_name,
+                                         store_migrations.SCROLLBACK_V3_COLUMNS)
             self.db.create_tables(MODELS, safe=True)
             for model in OWNED_MODELS:
                 store_migrations.claim(self.db, model, self.bridge_id, networks)
@@ -817,6 +847,46 @@ class Store:
                     int(event.get("origin_server_ts") or 0))
         return None
 
+    # ---------------------------------------------------------------- IRC msgids
+    def link_msgid(self, network: str, msgid: str, room_id: str, event_id: str,
+                   ts: int) -> None:
+        """Remember that IRC's `msgid` on `network` is Matrix's `event_id` in `room_id`
+        (the first pairing wins: a msgid names one message)."""
+        MessageId.insert(bridge_id=self.bridge_id, network=network, msgid=msgid,
+                         room_id=room_id, event_id=event_id, ts=ts).on_conflict_ignore().execute()
+
+    def event_of_msgid(self, network: str, msgid: str) -> tuple[str, str] | None:
+        """(room_id, event_id) of an IRC msgid, if it was relayed either way."""
+        row = MessageId.get_or_none((MessageId.bridge_id == self.bridge_id)
+                                    & (MessageId.network == network)
+                                    & (MessageId.msgid == msgid))
+        return (row.room_id, row.event_id) if row is not None else None
+
+    def msgid_of_event(self, network: str, event_id: str) -> str | None:
+        """The IRC msgid of a Matrix event on `network`, if the server gave it one."""
+        row = MessageId.get_or_none((MessageId.bridge_id == self.bridge_id)
+                                    & (MessageId.network == network)
+                                    & (MessageId.event_id == event_id))
+        return str(row.msgid) if row is not None else None
+
+    def known_msgids(self, network: str, msgids: Iterable[str]) -> set[str]:
+        """Which of these msgids are relayed already (a backfill skips them)."""
+        wanted = list(set(msgids))
+        if not wanted:
+            return set()
+        rows = MessageId.select(MessageId.msgid).where(
+            (MessageId.bridge_id == self.bridge_id) & (MessageId.network == network)
+            & (MessageId.msgid.in_(wanted)))
+        return {str(r.msgid) for r in rows}
+
+    def last_msgid(self, network: str, room_id: str) -> tuple[str, int] | None:
+        """The newest (msgid, ts) relayed in a room: where a CHATHISTORY catch-up starts."""
+        row = (MessageId.select().where((MessageId.bridge_id == self.bridge_id)
+                                        & (MessageId.network == network)
+                                        & (MessageId.room_id == room_id))
+               .order_by(MessageId.ts.desc(), MessageId.id.desc()).first())
+        return (str(row.msgid), int(row.ts)) if row is not None else None
+
     # ---------------------------------------------------------------- inbox
     def record_transaction(self, txn_id: str, events: list[dict[str, Any]]) -> tuple[bool, int]:
         """Store a pushed transaction's events before answering; dedupe by txnId and event_id.
@@ -919,6 +989,9 @@ class Store:
                 (OutboxMessage.bridge_id == self.bridge_id) & (OutboxMessage.state != PENDING)
                 & (OutboxMessage.created_at < cutoff)
             ).execute()
+            gone += MessageId.delete().where(
+                (MessageId.bridge_id == self.bridge_id) & (MessageId.created_at < cutoff)
+            ).execute()
         if gone:
             log.info("pruned %d handled rows older than %.1f days", gone, max_age_ms / 86400e3)
         return int(gone)
@@ -950,6 +1023,7 @@ class Store:
                         bridge_id=self.bridge_id, network=line.network, channel=line.channel,
                         nick=line.nick,
                         msgtype=line.msgtype, body=line.body, html=line.html, ts=line.ts,
+                        msgid=line.msgid,
                     )
                     trimmed.add((line.network, line.channel))
                     continue
@@ -957,7 +1031,7 @@ class Store:
                     bridge_id=self.bridge_id, room_id=room_id, network=line.network,
                     sender=line.sender, nick=line.nick, kind=line.kind,
                     msgtype=line.msgtype, body=line.body, html=line.html, ts=line.ts,
-                    private_to=line.private_to,
+                    private_to=line.private_to, msgid=line.msgid,
                 )
                 queued.append(_queued(row))
             for network, channel in trimmed:
@@ -985,7 +1059,7 @@ class Store:
                 row = OutboxMessage.create(
                     bridge_id=self.bridge_id, room_id=room_id, network=network,
                     sender=sender_for(sb.nick), nick=sb.nick,
-                    msgtype=sb.msgtype, body=sb.body, html=sb.html, ts=sb.ts,
+                    msgtype=sb.msgtype, body=sb.body, html=sb.html, ts=sb.ts, msgid=sb.msgid,
                 )
                 queued.append(_queued(row))
             Scrollback.delete().where(where).execute()
@@ -1038,7 +1112,7 @@ def _queued(row: OutboxMessage) -> QueuedLine:
     return QueuedLine(
         id=row.id, room_id=row.room_id, network=row.network, sender=row.sender, nick=row.nick,
         msgtype=row.msgtype, body=row.body, html=row.html, ts=row.ts, attempts=row.attempts,
-        kind=LineKind(row.kind), private_to=row.private_to,
+        kind=LineKind(row.kind), private_to=row.private_to, msgid=row.msgid,
     )
 
 

@@ -510,8 +510,9 @@ def test_migrate_moves_version_2_markers_into_the_kind_and_private_columns(db_ur
     store.open()
     db = store.db
     with db.connection_context():
-        for column in ("kind", "private_to"):
+        for column in ("kind", "private_to", "msgid"):
             db.execute_sql(f'ALTER TABLE "outbox_message" DROP COLUMN "{column}"')
+        db.execute_sql('ALTER TABLE "scrollback" DROP COLUMN "msgid"')
         mark = "?" if store.is_sqlite else "%s"
         marks = ", ".join([mark] * 11)
         insert = ('INSERT INTO "outbox_message" (bridge_id, room_id, network, sender, nick, '
@@ -562,3 +563,22 @@ def test_state_rows_and_private_lines_keep_their_kind_through_the_outbox(store: 
     # State changes of a channel without a room are never kept as scrollback.
     assert store.queue_lines([power], {}, {"local": 10}) == []
     assert store.scrollback("local", "#matrix") == []
+
+
+def test_msgids_pair_with_their_events_both_ways_and_are_pruned(store: Store) -> None:
+    """An IRC msgid names one Matrix event (the first pairing wins); lookups go both ways,
+    a backfill learns which msgids it already relayed, a catch-up where to start; old
+    pairs go with the queues' pruning."""
+    store.link_msgid("local", "m1", "!r", "$e1", 100)
+    store.link_msgid("local", "m2", "!r", "$e2", 200)
+    store.link_msgid("local", "m1", "!r", "$other", 300)  # a replay of m1: ignored
+    store.link_msgid("other", "m1", "!r2", "$x", 50)  # same msgid, another network
+    assert store.event_of_msgid("local", "m1") == ("!r", "$e1")
+    assert store.event_of_msgid("other", "m1") == ("!r2", "$x")
+    assert store.msgid_of_event("local", "$e2") == "m2"
+    assert store.msgid_of_event("local", "$x") is None
+    assert store.known_msgids("local", ["m1", "m3", "m2"]) == {"m1", "m2"}
+    assert store.last_msgid("local", "!r") == ("m2", 200)
+    assert store.last_msgid("local", "!nowhere") is None
+    assert store.prune(max_age_ms=-1000) >= 3
+    assert store.event_of_msgid("local", "m1") is None
