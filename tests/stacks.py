@@ -38,13 +38,18 @@ def database_url() -> str | None:
 
 @contextmanager
 def running_stack(folder: Path, *, before_bridge: Callable[[Stack], None] | None = None,
+                  before_start: Callable[[S], None] | None = None,
                   stack_class: Callable[..., S] = Stack,  # type: ignore[assignment]
                   log_lines: int = 400, **options: Any) -> Iterator[S]:
-    """A started stack in `folder` (`options` go to the Stack), stopped at the end."""
+    """A started stack in `folder` (`options` go to the Stack), stopped at the end.
+    `before_start(stack)` runs on the stack made but not started (it may skip the test);
+    `before_bridge(stack)` once the daemons run, before the bridge starts."""
     url = database_url()
     clean(url)
     stack = stack_class(folder, database_url=url, **options)
     try:
+        if before_start is not None:
+            before_start(stack)
         stack.start(before_bridge=before_bridge)
         yield stack
     finally:

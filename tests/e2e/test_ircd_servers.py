@@ -17,27 +17,12 @@ from pathlib import Path
 
 import pytest
 
-from bridge.devstack.clients import RawIrcClient
 from bridge.devstack.ircd import TEST_SERVERS, IrcDaemon, default_kind, missing
 from bridge.devstack.nxdomain import NxdomainServer, nxdomain_answer
+from tests.e2e.test_ircv3_caps import cap_ls
 from tests.figures import record
 
 CHANNEL = "#servers"
-
-
-def cap_ls(client: RawIrcClient) -> dict[str, str]:
-    """``CAP LS 302`` (every line of a multi-line answer): cap name -> value ('' for none)."""
-    start = client.mark()
-    client.send("CAP LS 302")
-    caps: dict[str, str] = {}
-    while True:
-        msg = client.wait_for(lambda m: m.command == "CAP" and len(m.params) >= 3
-                              and m.params[1] == "LS", timeout=10, start=start)
-        for word in msg.text.split():
-            name, _, value = word.partition("=")
-            caps[name] = value
-        if len(msg.params) < 4 or msg.params[2] != "*":
-            return caps
 
 
 @pytest.fixture(scope="module", params=TEST_SERVERS)

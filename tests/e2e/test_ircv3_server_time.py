@@ -10,7 +10,6 @@ of that line gets). Skipped on servers without server-time (ngircd, hybrid), say
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -20,9 +19,9 @@ from bridge.devstack.clients import MatrixClient, RawIrcClient
 from bridge.devstack.ports import wait_until
 from bridge.devstack.stack import Stack
 from bridge.irc.events import parse_server_time
-from tests.conftest import TEST_DB_ENV, clean_database
 from tests.e2e.test_ircv3_caps import cap_ls, request_caps
 from tests.figures import record
+from tests.stacks import running_stack
 
 CHANNEL = "#servertime"
 
@@ -36,29 +35,28 @@ class Run:
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
-    url = os.environ.get(TEST_DB_ENV)
-    if url:
-        clean_database(url)
     r = Run()
-    r.stack = Stack(tmp_path_factory.mktemp("servertime"), database_url=url, channels=CHANNEL)
-    try:
-        r.stack.prepare()  # the IRC server only, to ask what it offers
-        with r.stack.irc_user("prober") as prober:
+
+    def offers_server_time(stack: Stack) -> None:
+        stack.prepare()  # the IRC server only, to ask what it offers
+        with stack.irc_user("prober") as prober:
             offered = cap_ls(prober)
         if "server-time" not in offered:
-            pytest.skip(f"{r.stack.ircd.kind} offers no server-time")
+            pytest.skip(f"{stack.ircd.kind} offers no server-time")
 
-        def bob_arrives(stack: Stack) -> None:
-            r.bob = stack.irc_user("Bob")
-            request_caps(r.bob, "server-time echo-message")
-            r.bob.join(CHANNEL)
+    def bob_arrives(stack: Stack) -> None:
+        r.bob = stack.irc_user("Bob")
+        request_caps(r.bob, "server-time echo-message")
+        r.bob.join(CHANNEL)
 
-        r.stack.start(before_bridge=bob_arrives)
-        yield r
+    try:
+        with running_stack(tmp_path_factory.mktemp("servertime"), channels=CHANNEL,
+                           before_start=offers_server_time, before_bridge=bob_arrives
+                           ) as r.stack:
+            yield r
     finally:
         if getattr(r, "bob", None):
             r.bob.close()
-        r.stack.stop()
 
 
 def body_is(text: str) -> Callable[[dict[str, Any]], bool]:

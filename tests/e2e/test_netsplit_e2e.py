@@ -6,7 +6,6 @@ users stay while they may come back, and leave after `netsplit_leave_after` if t
 
 from __future__ import annotations
 
-import os
 import secrets
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import pytest
 from bridge.devstack.ircd import IrcDaemon, ServerPeer, ngircd_path
 from bridge.devstack.ports import wait_until
 from bridge.devstack.stack import Stack
-from tests.conftest import TEST_DB_ENV, clean_database
+from tests.stacks import running_stack
 
 CHANNEL = "#split"
 
@@ -25,50 +24,48 @@ pytestmark = pytest.mark.skipif(ngircd_path() is None,
 
 def test_a_netsplit_quit_leaves_only_after_the_delay_and_not_if_they_return(
         tmp_path: Path) -> None:
-    url = os.environ.get(TEST_DB_ENV)
-    if url:
-        clean_database(url)
     password = secrets.token_hex(8)
-    stack = Stack(tmp_path / "stack", database_url=url, channels=CHANNEL, ircd_kind="ngircd",
-                  network_extra="netsplit_leave_after = 5")
-    stack.ircd.peers = (ServerPeer("irc2.localhost", password),)
     leaf: IrcDaemon | None = None
     users = []
-    try:
-        stack.start()
-        leaf = IrcDaemon(tmp_path / "leaf", server_name="irc2.localhost", kind="ngircd",
-                         peers=(ServerPeer(stack.ircd.server_name, password, stack.ircd.port),))
-        leaf.start()
-        alice = stack.matrix_user("alice")
-        room = alice.join(stack.alias(CHANNEL))
-        gina, hugo = leaf.client("Gina"), leaf.client("Hugo")
-        users += [gina, hugo]
-        ghosts = {stack.ghost("Gina"), stack.ghost("Hugo")}
 
-        def joined() -> set[str]:
-            return set(alice.joined_members(room))
+    def hub_of_a_leaf(stack: Stack) -> None:
+        stack.ircd.peers = (ServerPeer("irc2.localhost", password),)
 
-        # The leaf links to the hub by itself: join until the bridge sees them there.
-        def both_in() -> bool:
-            for user in (gina, hugo):
-                user.send(f"JOIN {CHANNEL}")
-            return ghosts <= joined()
+    with running_stack(tmp_path / "stack", before_start=hub_of_a_leaf, channels=CHANNEL,
+                       ircd_kind="ngircd", network_extra="netsplit_leave_after = 5") as stack:
+        try:
+            leaf = IrcDaemon(tmp_path / "leaf", server_name="irc2.localhost", kind="ngircd",
+                             peers=(ServerPeer(stack.ircd.server_name, password, stack.ircd.port),))
+            leaf.start()
+            alice = stack.matrix_user("alice")
+            room = alice.join(stack.alias(CHANNEL))
+            gina, hugo = leaf.client("Gina"), leaf.client("Hugo")
+            users += [gina, hugo]
+            ghosts = {stack.ghost("Gina"), stack.ghost("Hugo")}
 
-        wait_until(both_in, 60, interval=1.0, what="the leaf's users in the room")
-        leaf.kill()  # the netsplit: the hub QUITs everyone behind irc2.localhost
-        gina_again = stack.irc_user("Gina")  # Gina comes back at once, through the hub
-        users.append(gina_again)
-        gina_again.join(CHANNEL)
-        wait_until(lambda: stack.ghost("Hugo") not in joined(), 30,
-                   what="Hugo's ghost to leave after the delay")
-        assert stack.ghost("Gina") in joined()
-        left = [e for e in alice.messages(room, 100) if e.get("type") == "m.room.member"
-                and e.get("state_key") == stack.ghost("Gina")
-                and e["content"].get("membership") == "leave"]
-        assert not left, "Gina came back in time: her ghost must not have left"
-    finally:
-        for user in users:
-            user.close()
-        if leaf is not None:
-            leaf.stop()
-        stack.stop()
+            def joined() -> set[str]:
+                return set(alice.joined_members(room))
+
+            # The leaf links to the hub by itself: join until the bridge sees them there.
+            def both_in() -> bool:
+                for user in (gina, hugo):
+                    user.send(f"JOIN {CHANNEL}")
+                return ghosts <= joined()
+
+            wait_until(both_in, 60, interval=1.0, what="the leaf's users in the room")
+            leaf.kill()  # the netsplit: the hub QUITs everyone behind irc2.localhost
+            gina_again = stack.irc_user("Gina")  # Gina comes back at once, through the hub
+            users.append(gina_again)
+            gina_again.join(CHANNEL)
+            wait_until(lambda: stack.ghost("Hugo") not in joined(), 30,
+                       what="Hugo's ghost to leave after the delay")
+            assert stack.ghost("Gina") in joined()
+            left = [e for e in alice.messages(room, 100) if e.get("type") == "m.room.member"
+                    and e.get("state_key") == stack.ghost("Gina")
+                    and e["content"].get("membership") == "leave"]
+            assert not left, "Gina came back in time: her ghost must not have left"
+        finally:
+            for user in users:
+                user.close()
+            if leaf is not None:
+                leaf.stop()
