@@ -11,11 +11,18 @@ import logging
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
+from typing import Concatenate, ParamSpec, Protocol, TypeVar
 
 from ..config.ini import Config
 from ..core.access import PortalLimited
-from ..irc.queries import JOIN_TIMEOUT, NICK_TIMEOUT, WHOIS_TIMEOUT, IrcQueries, IrcUnavailable
+from ..irc.queries import (
+    JOIN_TIMEOUT,
+    NICK_TIMEOUT,
+    WHOIS_TIMEOUT,
+    ConnectionSnapshot,
+    IrcQueries,
+    IrcUnavailable,
+)
 from ..matrix import MatrixError
 from ..rules.permissions import role_of
 from ..store.admin_tables import AdminStore
@@ -139,7 +146,7 @@ class CommandRunner:
         result: T = self.admin.irc.ask(call, timeout=timeout)
         return result
 
-    def _snapshot(self, user_id: str) -> dict[str, Any] | None:
+    def _snapshot(self, user_id: str) -> dict[str, ConnectionSnapshot] | None:
         try:
             return self._ask(5.0, self.admin.irc.snapshot, user_id)
         except IrcUnavailable:
@@ -171,7 +178,7 @@ class CommandRunner:
         snap = self._snapshot(ctx.user_id)
         lines = [f"You are {ctx.user_id} (role: {ctx.role})."]
         for network in [c.network] if c.network else self.networks:
-            info = (snap or {}).get(network)
+            info = snap.get(network) if snap is not None else None
             if info is None:
                 state = "unknown (the IRC side is not answering)"
             elif info["state"] == "none":
@@ -201,13 +208,15 @@ class CommandRunner:
         links = {(lk.network, lk.channel): lk for lk in self.bridge.links()}
         lines = []
         for network in [c.network] if c.network else self.networks:
-            info = snap.get(network) or {}
-            for name in info.get("channels", []):
+            info = snap.get(network)
+            if info is None:
+                continue
+            for name in info["channels"]:
                 channel = name.split(" ", 1)[0]
                 folded = self.bridge.fold_channel(network, channel)
                 link = links.get((network, folded))
                 where = f" → {link.alias or link.room_id}" if link else " (no room yet)"
-                joined = "" if folded in info.get("in", []) else " (joining)"
+                joined = "" if folded in info["in"] else " (joining)"
                 lines.append(f"{network} {channel}{joined}{where}")
         return "\n".join(lines) if lines else "You are in no IRC channels."
 
@@ -268,8 +277,8 @@ class CommandRunner:
     def do_nick(self, ctx: Ctx, c: Command) -> str:
         assert c.network is not None
         new = c.args[0]
-        snap = self._snapshot(ctx.user_id) or {}
-        current = (snap.get(c.network) or {}).get("nick")
+        info = (self._snapshot(ctx.user_id) or {}).get(c.network)
+        current = info["nick"] if info is not None else None
         fold = self.bridge.fold_nick
         if current is None or fold(c.network, current) != fold(c.network, new):
             try:
@@ -327,9 +336,9 @@ class CommandRunner:
         return text
 
     def _current_nick(self, user_id: str, network: str) -> str | None:
-        info = (self._snapshot(user_id) or {}).get(network) or {}
-        if info.get("state") not in (None, "none") and info.get("nick"):
-            return str(info["nick"])
+        info = (self._snapshot(user_id) or {}).get(network)
+        if info is not None and info["state"] != "none" and info["nick"]:
+            return info["nick"]
         nick = self.admin.puppet_settings(network, user_id).get("nick")
         return str(nick) if nick else None
 

@@ -10,7 +10,7 @@ import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, TypedDict, TypeVar, TypeVarTuple
 
 import irc.client
 
@@ -26,7 +26,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["IrcSide", "IrcListener", "Network", "IrcConnection", "NetworkSnapshot", "State"]
+R = TypeVar("R")
+Ts = TypeVarTuple("Ts")
+
+__all__ = ["IrcSide", "IrcListener", "Network", "IrcConnection", "NetworkSnapshot", "NetworkStatus",
+           "State"]
 
 EVENTS = (
     "welcome", "featurelist", "nicknameinuse", "erroneusnickname", "disconnect", "error",
@@ -38,6 +42,16 @@ EVENTS = (
     "cap", "authenticate", "saslsuccess", "saslfail", "saslaborted", "sasltoolong",
     "passwdmismatch", "470", "489", "yourebannedcreep",
 )
+
+
+class NetworkStatus(TypedDict, total=False):
+    """One network's connections as `IrcSide.status` reports them (for /health, metrics)."""
+
+    bot: str  # the bot's State value, "idle" or "stopped"
+    bot_nick: str | None
+    channels: list[str]
+    puppets: dict[str, str]  # Matrix user -> State value
+    kicked: dict[str, dict[str, object]]  # folded channel -> the kick's status
 
 
 class IrcSide:
@@ -93,10 +107,10 @@ class IrcSide:
         for name in networks if networks is not None else list(self.networks):
             self.thread.call(self.networks[name].start)
 
-    def call(self, fn: Callable[..., Any], *args: Any) -> None:
+    def call(self, fn: Callable[[*Ts], object], *args: *Ts) -> None:
         self.thread.call(fn, *args)
 
-    def call_sync(self, fn: Callable[..., Any], *args: Any, timeout: float = 10.0) -> Any:
+    def call_sync(self, fn: Callable[[*Ts], R], *args: *Ts, timeout: float = 10.0) -> R:
         return self.thread.call_sync(fn, *args, timeout=timeout)
 
     def network(self, name: str) -> Network | None:
@@ -125,12 +139,12 @@ class IrcSide:
         found = self._by_conn.get(server_conn)
         return found[0].fold if found is not None else irc_lower
 
-    def status(self) -> dict[str, dict[str, Any]]:
+    def status(self) -> dict[str, NetworkStatus]:
         """A snapshot of every connection's state, taken on the IRC thread."""
         if not self.thread.alive:
             return {name: {"bot": "stopped", "puppets": {}} for name in self.networks}
 
-        def snapshot() -> dict[str, dict[str, Any]]:
+        def snapshot() -> dict[str, NetworkStatus]:
             return {
                 name: {
                     "bot": net.bot.state.value if net.bot else "idle",

@@ -12,7 +12,7 @@ import re
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import irc.client
 import irc.modes
@@ -93,21 +93,28 @@ _JOIN_REFUSALS = frozenset({"nosuchchannel", "toomanychannels", "470", "channeli
 _WORD = re.compile(r"[A-Za-z\[\]\\`_^{|}][A-Za-z0-9\[\]\\`_^{|}-]*")
 
 
-def apply_settings(conn: IrcConnection, settings: dict[str, Any]) -> None:
+def _text(settings: Mapping[str, object], key: str) -> str | None:
+    value = settings.get(key)
+    return value if isinstance(value, str) else None
+
+
+def apply_settings(conn: IrcConnection, settings: Mapping[str, object]) -> None:
     """Give a connection that has not registered yet the user's login settings."""
-    password = settings.get("password")
-    kind = settings.get("password_kind", "server")
+    password = _text(settings, "password")
+    kind = _text(settings, "password_kind") or "server"
     certificate = settings.get("certificate")
     if conn.network.tls and isinstance(certificate, dict) and certificate.get("certificate") \
             and certificate.get("key"):  # a client certificate needs TLS
-        conn.client_cert = (certificate["certificate"], certificate["key"])
+        conn.client_cert = (str(certificate["certificate"]), str(certificate["key"]))
         conn.sasl = Sasl("EXTERNAL")
     if password and kind == "sasl" and conn.sasl is None:
-        account = settings.get("sasl_username") or settings.get("username") or conn.username
+        account = _text(settings, "sasl_username") or _text(settings, "username") \
+            or conn.username
         conn.sasl = Sasl("PLAIN", account, password)
     elif password and kind == "server":
         conn.password = password
-    conn.autocmds = [str(line) for line in settings.get("autocmds") or []]
+    autocmds = settings.get("autocmds")
+    conn.autocmds = [str(line) for line in autocmds] if isinstance(autocmds, list) else []
 
 
 def event_time_ms(event: irc.client.Event) -> int:
@@ -172,7 +179,7 @@ class Network:
         # (network, user id) -> the user's stored settings: nick, username, password,
         # password_kind (server or sasl), certificate/key (PEM), autocmds. Memory only: it
         # is called on the IRC thread when a connection is made.
-        self.settings_for: Callable[[str, str], dict[str, Any]] | None = None
+        self.settings_for: Callable[[str, str], Mapping[str, object]] | None = None
         self._our_nicks: set[str] | None = None
         self.former_nicks = FormerNicks()
         self.rejoins = Rejoins(thread, config.kick_rejoin_after, lambda: self.bot)
@@ -252,8 +259,8 @@ class Network:
             localpart = user_id[1:].split(":", 1)[0]
             username = "".join(c for c in localpart if c.isalnum())[:10] or "matrix"
             settings = self.settings_for(self.name, user_id) if self.settings_for else {}
-            wanted = nick or settings.get("nick") or wanted
-            conn = self._new_connection(user_id, wanted, settings.get("username") or username,
+            wanted = nick or _text(settings, "nick") or wanted
+            conn = self._new_connection(user_id, wanted, _text(settings, "username") or username,
                                         user_id, None)
             apply_settings(conn, settings)
             self.puppets[user_id] = conn

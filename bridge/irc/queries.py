@@ -15,22 +15,26 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Protocol, TypedDict, TypeVar, TypeVarTuple
 
 import irc.client
+from irc.client import ServerConnection
 
 from ..rules.ids import UserId
 from . import State
 from .events import ConnectionChange, IrcConnectionEvent
 
 if TYPE_CHECKING:
-    from . import IrcConnection, Network
+    from . import IrcConnection, IrcSide, Network
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Ts = TypeVarTuple("Ts")
 
 PRIORITY = 10  # after the bridge's own handlers (0), so connection state is already updated
 WHOIS_TIMEOUT = 10.0
@@ -43,6 +47,31 @@ JOIN_ERRORS = ("nosuchchannel", "toomanychannels", "channelisfull", "inviteonlyc
                "bannedfromchan", "badchannelkey", "badchanmask", "nochanmodes", "479",
                "unavailresource", "489")
 BANNED_WORDS = ("banned", "k-lined", "g-lined", "z-lined", "d-lined", "klined", "glined")
+
+
+class HasIrcSide(Protocol):
+    """What the queries use of the bridge: its IRC side."""
+
+    @property
+    def irc(self) -> IrcSide: ...
+
+
+class QueriesAdmin(Protocol):
+    """What the queries use of the admin rooms (`admin.rooms.AdminRooms` is one)."""
+
+    def puppet_settings(self, network: str, user_id: str) -> Mapping[str, object]: ...
+    def autocmds_for(self, network: str, user_id: str) -> list[str]: ...
+    def queue_connection_event(self, event: IrcConnectionEvent) -> None: ...
+
+
+# One network's user connection, as `IrcQueries.snapshot` reports it ("in" is a keyword).
+ConnectionSnapshot = TypedDict("ConnectionSnapshot", {
+    "bot": str,  # the bot's State value, or "idle"
+    "state": str,  # the user's connection's State value, or "none"
+    "nick": str | None,
+    "channels": list[str],  # wanted channels, names only
+    "in": list[str],  # folded channels it is in
+})
 
 
 class IrcUnavailable(Exception):
@@ -107,48 +136,51 @@ class _PendingNick:
     future: Future[str | None]
 
 
-def _resolve(future: Future[Any], value: Any = None, error: BaseException | None = None) -> None:
-    if future.done():
-        return
-    if error is not None:
-        future.set_exception(error)
-    else:
+def _resolve(future: Future[T], value: T) -> None:
+    if not future.done():
         future.set_result(value)
+
+
+def _fail(future: Future[T], error: BaseException) -> None:
+    if not future.done():
+        future.set_exception(error)
 
 
 class IrcQueries:
     """IRC-thread helpers for the admin commands; the blocking `ask_*` run on workers."""
 
-    def __init__(self, bridge: Any, admin: Any):
+    def __init__(self, bridge: HasIrcSide, admin: QueriesAdmin):
         self.bridge = bridge
         self.admin = admin
-        self._whois: dict[tuple[Any, str], list[WhoisResult]] = {}
+        self._whois: dict[tuple[ServerConnection, str], list[WhoisResult]] = {}
         self._whois_futures: dict[int, Future[WhoisResult]] = {}
-        self._nicks: dict[Any, _PendingNick] = {}
+        self._nicks: dict[ServerConnection, _PendingNick] = {}
         self._nick_owners: set[tuple[str, str]] = set()
-        self._joins: dict[tuple[Any, str], list[tuple[IrcConnection, Future[str | None]]]] = {}
+        self._joins: dict[tuple[ServerConnection, str],
+                          list[tuple[IrcConnection, Future[str | None]]]] = {}
         self._recent_events: deque[IrcConnectionEvent] = deque(maxlen=64)
         self.installed = False
 
     # ------------------------------------------------------------------ any thread
-    def ask(self, fn: Callable[..., None], *args: Any, timeout: float) -> Any:
+    def ask(self, fn: Callable[[Future[T], *Ts], None], *args: *Ts, timeout: float) -> T:
         """Run `fn(future, *args)` on the IRC thread and wait for the future (workers only)."""
         irc_side = self.bridge.irc
         if not irc_side.started or not irc_side.thread.alive:
             raise IrcUnavailable("the bridge's IRC side is not running")
-        future: Future[Any] = Future()
+        future: Future[T] = Future()
         irc_side.call(self._guarded, fn, future, *args)
         try:
             return future.result(timeout + 2.0)
         except FutureTimeout:
             raise IrcUnavailable("the IRC thread did not answer in time") from None
 
-    def _guarded(self, fn: Callable[..., None], future: Future[Any], *args: Any) -> None:
+    def _guarded(self, fn: Callable[[Future[T], *Ts], None], future: Future[T],
+                 *args: *Ts) -> None:
         try:
             fn(future, *args)
         except Exception as e:  # noqa: BLE001 - handed back to the waiting worker
             log.exception("admin IRC work failed")
-            _resolve(future, error=e)
+            _fail(future, e)
 
     # ------------------------------------------------------------------ IRC thread: setup
     def install(self) -> None:
@@ -156,7 +188,7 @@ class IrcQueries:
         if self.installed:
             return
         self.installed = True
-        handlers: list[tuple[str, Callable[[Any, irc.client.Event], None]]] = [
+        handlers: list[tuple[str, Callable[[ServerConnection, irc.client.Event], None]]] = [
             *((kind, self._on_whois_part) for kind in WHOIS_PARTS),
             ("endofwhois", self._on_whois_end),
             ("nosuchnick", self._on_whois_end),
@@ -194,7 +226,7 @@ class IrcQueries:
             raise IrcUnavailable(f"network {name!r} is not configured")
         return net
 
-    def _find(self, server_conn: Any) -> tuple[Network, IrcConnection] | None:
+    def _find(self, server_conn: ServerConnection) -> tuple[Network, IrcConnection] | None:
         for net in self.bridge.irc.networks.values():
             for conn in net.all_connections():
                 if conn.conn is server_conn:
@@ -226,18 +258,18 @@ class IrcQueries:
                     del self._whois[key]
             fut = self._whois_futures.pop(id(result), None)
             if fut is not None:
-                _resolve(fut, error=IrcUnavailable(f"{network} did not answer the WHOIS"))
+                _fail(fut, IrcUnavailable(f"{network} did not answer the WHOIS"))
 
         self.bridge.irc.thread.call_later(WHOIS_TIMEOUT, expire)
 
-    def _on_whois_part(self, server_conn: Any, event: irc.client.Event) -> None:
+    def _on_whois_part(self, server_conn: ServerConnection, event: irc.client.Event) -> None:
         if not self._whois or not event.arguments:
             return
         fold = self.bridge.irc.fold_for(server_conn)
         for result in self._whois.get((server_conn, fold(event.arguments[0])), []):
             result.add(event.type, list(event.arguments))
 
-    def _on_whois_end(self, server_conn: Any, event: irc.client.Event) -> None:
+    def _on_whois_end(self, server_conn: ServerConnection, event: irc.client.Event) -> None:
         if not self._whois or not event.arguments:
             return
         fold = self.bridge.irc.fold_for(server_conn)
@@ -271,11 +303,11 @@ class IrcQueries:
         def expire() -> None:
             if self._nicks.get(conn.conn) is pending:
                 del self._nicks[conn.conn]
-            _resolve(future, error=IrcUnavailable(f"{network} did not answer the NICK"))
+            _fail(future, IrcUnavailable(f"{network} did not answer the NICK"))
 
         self.bridge.irc.thread.call_later(NICK_TIMEOUT, expire)
 
-    def _on_nick(self, server_conn: Any, event: irc.client.Event) -> None:
+    def _on_nick(self, server_conn: ServerConnection, event: irc.client.Event) -> None:
         pending = self._nicks.get(server_conn)
         if pending is None or event.source is None:
             return
@@ -285,7 +317,7 @@ class IrcQueries:
             pending.conn.wanted_nick = event.target or pending.new
             _resolve(pending.future, None)
 
-    def _on_nick_error(self, server_conn: Any, event: irc.client.Event) -> None:
+    def _on_nick_error(self, server_conn: ServerConnection, event: irc.client.Event) -> None:
         pending = self._nicks.get(server_conn)
         if pending is None:
             return
@@ -314,13 +346,13 @@ class IrcQueries:
             entry = (conn, future)
             if entry in self._joins.get((conn.conn, folded), []):
                 self._joins[(conn.conn, folded)].remove(entry)
-            _resolve(future, error=IrcUnavailable(
+            _fail(future, IrcUnavailable(
                 f"no answer from {network} yet (state: {conn.state.value}); "
                 f"the bridge keeps trying to join {channel}"))
 
         self.bridge.irc.thread.call_later(JOIN_TIMEOUT, expire)
 
-    def _on_join(self, server_conn: Any, event: irc.client.Event) -> None:
+    def _on_join(self, server_conn: ServerConnection, event: irc.client.Event) -> None:
         if not self._joins or event.source is None or not event.target:
             return
         fold = self.bridge.irc.fold_for(server_conn)
@@ -329,7 +361,7 @@ class IrcQueries:
         for _conn, future in self._joins.pop((server_conn, fold(event.target)), []):
             _resolve(future, None)
 
-    def _on_join_error(self, server_conn: Any, event: irc.client.Event) -> None:
+    def _on_join_error(self, server_conn: ServerConnection, event: irc.client.Event) -> None:
         if not self._joins or not event.arguments:
             return
         folded = self.bridge.irc.fold_for(server_conn)(event.arguments[0])
@@ -359,7 +391,9 @@ class IrcQueries:
         nick = old.wanted_nick if old is not None else None
         net.drop_puppet(user_id, "Reconnecting")
         settings = self.admin.puppet_settings(network, user_id)
-        conn = net.puppet(user_id, None, settings.get("nick") or nick)
+        stored_nick = settings.get("nick")
+        conn = net.puppet(user_id, None, stored_nick if isinstance(stored_nick, str) and stored_nick
+                          else nick)
         conn.wanted_channels.update(channels)
         _resolve(future, old is not None)
 
@@ -374,9 +408,9 @@ class IrcQueries:
         net.puppet(user_id).send(line)
         _resolve(future, None)
 
-    def snapshot(self, future: Future[dict[str, Any]], user_id: str) -> None:
-        """{network: {"state", "nick", "channels", "bot"}} for the user's connections."""
-        out: dict[str, Any] = {}
+    def snapshot(self, future: Future[dict[str, ConnectionSnapshot]], user_id: str) -> None:
+        """{network: {"state", "nick", "channels", "bot", "in"}} for the user's connections."""
+        out: dict[str, ConnectionSnapshot] = {}
         for name, net in self.bridge.irc.networks.items():
             conn = net.puppets.get(user_id)
             out[name] = {
@@ -398,17 +432,17 @@ class IrcQueries:
             conn.autocmds = list(self.admin.autocmds_for(network, user_id))
 
     # ------------------------------------------------------------------ refusals
-    def _report(self, server_conn: Any, change: ConnectionChange, reason: str) -> None:
+    def _report(self, server_conn: ServerConnection, change: ConnectionChange, reason: str) -> None:
         found = self._find(server_conn)
         if found is not None and found[1].owner:
             self.admin.queue_connection_event(IrcConnectionEvent(
                 found[0].name, UserId(found[1].owner), change, reason=reason))
 
-    def _on_banned(self, server_conn: Any, event: irc.client.Event) -> None:
+    def _on_banned(self, server_conn: ServerConnection, event: irc.client.Event) -> None:
         reason = event.arguments[-1] if event.arguments else "banned"
         self._report(server_conn, ConnectionChange.BANNED, reason)
 
-    def _on_error(self, server_conn: Any, event: irc.client.Event) -> None:
+    def _on_error(self, server_conn: ServerConnection, event: irc.client.Event) -> None:
         text = str(event.target or "")
         if any(word in text.lower() for word in BANNED_WORDS):
             self._report(server_conn, ConnectionChange.BANNED, text)
@@ -416,12 +450,12 @@ class IrcQueries:
             self._report(server_conn, ConnectionChange.PASSWORD_REFUSED, text)
 
 
-def _never_raises(handler: Callable[[Any, irc.client.Event], None]
-                  ) -> Callable[[Any, irc.client.Event], None]:
+def _never_raises(handler: Callable[[ServerConnection, irc.client.Event], None]
+                  ) -> Callable[[ServerConnection, irc.client.Event], None]:
     """A reactor handler that logs its own failures: an exception out of a handler would
     cut short the processing of the rest of what the server sent."""
 
-    def guarded(server_conn: Any, event: irc.client.Event) -> None:
+    def guarded(server_conn: ServerConnection, event: irc.client.Event) -> None:
         try:
             handler(server_conn, event)
         except Exception:  # noqa: BLE001 - odd input from a server must not cost lines

@@ -22,7 +22,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TypeVar, TypeVarTuple
 
 import irc.client
 from jaraco.stream import buffer as line_buffer
@@ -32,6 +32,9 @@ from .sendbuffer import SendBuffer
 
 log = logging.getLogger(__name__)
 wire_log = logging.getLogger("bridge.irc.wire")
+
+R = TypeVar("R")
+Ts = TypeVarTuple("Ts")
 
 _WAKE = object()
 _RELAYED = frozenset({"PRIVMSG", "NOTICE"})
@@ -201,7 +204,7 @@ class SelectorReactor(irc.client.Reactor):
         except (KeyError, ValueError):
             pass
 
-    def _forget(self, conn: Any) -> None:
+    def _forget(self, conn: irc.client.ServerConnection) -> None:
         sock = self._registered.pop(conn, None)
         if sock is not None:
             try:
@@ -214,7 +217,8 @@ class SelectorReactor(irc.client.Reactor):
             if registered is sock:
                 self._forget(conn)
 
-    def _on_disconnect_event(self, conn: Any, event: irc.client.Event) -> None:
+    def _on_disconnect_event(self, conn: irc.client.ServerConnection,
+                             event: irc.client.Event) -> None:
         self._forget(conn)
 
     def wake(self) -> None:
@@ -262,7 +266,7 @@ class Timer:
 
     __slots__ = ("when", "fn", "cancelled")
 
-    def __init__(self, when: float, fn: Callable[[], Any]):
+    def __init__(self, when: float, fn: Callable[[], object]):
         self.when = when
         self.fn = fn
         self.cancelled = False
@@ -276,7 +280,7 @@ class IrcThread:
 
     def __init__(self, name: str = "irc-reactor", poll_interval: float = 0.5):
         self.reactor = SelectorReactor()
-        self._calls: queue.SimpleQueue[tuple[Callable[..., Any], tuple[Any, ...]]] = (
+        self._calls: queue.SimpleQueue[tuple[Callable[..., object], tuple[object, ...]]] = (
             queue.SimpleQueue()
         )
         self._timers: list[tuple[float, int, Timer]] = []
@@ -294,7 +298,7 @@ class IrcThread:
         self._thread.start()
         self.started.wait(5)
 
-    def call(self, fn: Callable[..., Any], *args: Any) -> None:
+    def call(self, fn: Callable[[*Ts], object], *args: *Ts) -> None:
         """Run fn(*args) on the IRC thread, soon; the only safe way in from other threads."""
         self._calls.put((fn, args))
         if not self._woken and threading.current_thread() is not self._thread:
@@ -303,27 +307,28 @@ class IrcThread:
             self._woken = True
             self.reactor.wake()
 
-    def call_sync(self, fn: Callable[..., Any], *args: Any, timeout: float = 10.0) -> Any:
+    def call_sync(self, fn: Callable[[*Ts], R], *args: *Ts, timeout: float = 10.0) -> R:
         """Run fn on the IRC thread and wait for its result (never from the IRC thread)."""
         if self.in_thread():
             return fn(*args)
         done = threading.Event()
-        box: dict[str, Any] = {}
+        results: list[R] = []
+        errors: list[BaseException] = []
 
         def run() -> None:
             try:
-                box["result"] = fn(*args)
+                results.append(fn(*args))
             except BaseException as e:  # noqa: BLE001 - handed back to the caller
-                box["error"] = e
+                errors.append(e)
             finally:
                 done.set()
 
         self.call(run)
         if not done.wait(timeout):
             raise TimeoutError("the IRC thread did not answer in time")
-        if "error" in box:
-            raise box["error"]
-        return box.get("result")
+        if errors:
+            raise errors[0]
+        return results[0]
 
     def in_thread(self) -> bool:
         return threading.current_thread() is self._thread
@@ -339,7 +344,7 @@ class IrcThread:
         return self._thread.is_alive()
 
     # ------------------------------------------------------------ IRC thread only
-    def call_later(self, delay: float, fn: Callable[[], Any]) -> Timer:
+    def call_later(self, delay: float, fn: Callable[[], object]) -> Timer:
         timer = Timer(time.monotonic() + max(0.0, delay), fn)
         heapq.heappush(self._timers, (timer.when, next(self._seq), timer))
         return timer
