@@ -324,8 +324,8 @@ class IrcConnection:
         self._release_slot()
         self._cancel_cap_timer()
         self.caps.registered()
-        log.info("%s: capabilities enabled: %s", self,
-                 " ".join(sorted(self.caps.enabled)) or "none")
+        log.log(logging.INFO if self.is_bot else logging.DEBUG,  # puppets: thousands
+                "%s: capabilities enabled: %s", self, " ".join(sorted(self.caps.enabled)) or "none")
         self.connected_at = time.monotonic()
         self.channels.clear()
         self._join_queued.clear()
