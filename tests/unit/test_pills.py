@@ -24,9 +24,10 @@ class _Lines:
         self.lines: list[IrcLine] = []
 
     def record(self, network: str, channel: str, nick: str, sender: str, msgtype: str,
-               body: str, html: str | None, ts: int | None = None) -> None:
+               body: str, html: str | None, ts: int | None = None, *,
+               private_to: str | None = None, msgid: str | None = None) -> None:
         self.lines.append(IrcLine(network, channel, channel, nick, sender, msgtype, body, html,
-                                  ts or 0))
+                                  ts or 0, private_to=private_to, msgid=msgid))
 
 
 class _Directory:
