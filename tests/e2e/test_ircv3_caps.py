@@ -267,3 +267,28 @@ def test_names_with_userhost_in_names_and_multi_prefix_give_plain_nicks(setup: S
     assert not [n for n in prefixes if "!" in n], prefixes
     if "userhost-in-names" in enabled(setup, setup.bot):
         record(f"NAMES with userhost-in-names on {setup.kind}", "nicks kept plain")
+
+
+def test_a_cap_the_server_withdraws_and_offers_again_follows_cap_notify(setup: Setup) -> None:
+    """cap-notify on a real server: InspIRCd unloads and reloads a module while we are
+    connected (CAP DEL, then CAP NEW); the bot's enabled set follows without a reconnect."""
+    if setup.kind != "inspircd":
+        pytest.skip(f"{setup.kind}: the devstack cannot load a cap's module at run time "
+                    "(InspIRCd's LOADMODULE can)")
+    assert "cap-notify" in enabled(setup, setup.bot)
+
+    def bot_has(name: str) -> bool:
+        return name in enabled(setup, setup.bot)
+
+    with setup.daemon.client("modder") as oper:
+        start = oper.mark()
+        oper.send(f"OPER {setup.daemon.oper_name} {setup.daemon.oper_password}")
+        assert oper.wait_for(lambda m: m.command in {"381", "464", "491"},
+                             start=start).command == "381"
+        assert bot_has("chghost")
+        oper.send("UNLOADMODULE m_ircv3_chghost.so")
+        wait_until(lambda: not bot_has("chghost"), 20, what="CAP DEL chghost to reach the bot")
+        oper.send("LOADMODULE m_ircv3_chghost.so")
+        wait_until(lambda: bot_has("chghost"), 20, what="CAP NEW + ACK of chghost")
+    assert setup.side.call_sync(lambda: setup.bot.state is State.CONNECTED)
+    assert bot_has("server-time")  # the rest stayed as it was
