@@ -11,8 +11,13 @@ A clean stop loses nothing: the recorder stores what it holds, or keeps it in a 
 when the database does not take it in time; the senders end between two rows, and what
 they had not sent is still pending in the outbox for the next start.
 
+Delivered rows are marked done in batches (`outbox-marker`, one transaction every
+`Senders.MARK_EVERY` seconds), not by the sender between two lines of a room: the room's
+next line no longer waits for a commit. A crash before the mark sends the row again with
+the same txnId, which the homeserver answers with the event it already has.
+
 Threads: the IRC thread calls `put`; the recorder (`irc-recorder`) writes; the homeserver
-senders (`hs-sender-N`) deliver.
+senders (`hs-sender-N`) deliver; `outbox-marker` writes their outcomes.
 """
 
 from __future__ import annotations
@@ -309,6 +314,8 @@ class Senders:
     next try (which first looks for what a cut try may have stored) comes after our pause.
     """
 
+    MARK_EVERY = 0.05  # seconds a delivered row may wait for its batch's `done` mark
+
     def __init__(self, store: Store, deliver: Callable[[QueuedLine, bool], str], count: int = 4,
                  retry_cap: float = 30.0, max_attempts: int = 20, batch: int = 20,
                  meter: Meter = NO_METER):
@@ -328,8 +335,15 @@ class Senders:
         ]
         self._stop = threading.Event()
         self.depth = 0
+        # Delivered (row id, event id) not yet marked done, written by `outbox-marker`.
+        self._delivered: list[tuple[int, str]] = []
+        self._delivered_cond = threading.Condition()
+        self._marker = threading.Thread(target=self._mark_delivered, name="outbox-marker",
+                                        daemon=True)
+        self._marker_stop = False
 
     def start(self) -> None:
+        self._marker.start()
         for t in self._threads:
             t.start()
 
@@ -351,6 +365,12 @@ class Senders:
         for t in self._threads:
             if t.is_alive():
                 t.join(max(0.0, deadline - time.monotonic()))
+        # What was delivered is marked before the stop returns (the marker's last batch).
+        with self._delivered_cond:
+            self._marker_stop = True
+            self._delivered_cond.notify()
+        if self._marker.is_alive():
+            self._marker.join(max(1.0, deadline - time.monotonic()))
 
     def _run(self) -> None:
         while True:
@@ -412,8 +432,42 @@ class Senders:
                 pause = min(self.retry_cap, pause * 2)
                 continue
             self.meter.relayed("irc_to_matrix", line.msgtype)
-            self._mark(self.store.outbox_done, [(line.id, event_id)])
+            with self._delivered_cond:
+                first = not self._delivered
+                self._delivered.append((line.id, event_id))
+                if first:
+                    self._delivered_cond.notify()
             return
+
+    def _mark_delivered(self) -> None:
+        """The marker thread: every MARK_EVERY seconds, the delivered rows in one transaction."""
+        while True:
+            with self._delivered_cond:
+                while not self._delivered and not self._marker_stop:
+                    self._delivered_cond.wait()
+                if not self._marker_stop:  # let the batch fill (a stop ends the wait)
+                    self._delivered_cond.wait(self.MARK_EVERY)
+                stopping = self._marker_stop
+                batch, self._delivered = self._delivered, []
+            if batch:
+                self._mark_batch(batch, stopping)
+            if stopping:
+                with self._delivered_cond:
+                    if not self._delivered:
+                        return
+
+    def _mark_batch(self, batch: list[tuple[int, str]], stopping: bool) -> None:
+        pause = 0.5
+        while True:
+            try:
+                self.store.outbox_done(batch)
+                return
+            except Exception:  # noqa: BLE001 - the database may be restarting
+                log.exception("could not record %d deliveries; retrying", len(batch))
+                if stopping:
+                    return  # pending rows are sent again (same txnIds) at the next start
+                time.sleep(pause)
+                pause = min(self.retry_cap, pause * 2)
 
     def _wait(self, seconds: float) -> None:
         """The pause between two tries of a row; a stop ends it."""

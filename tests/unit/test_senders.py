@@ -10,6 +10,8 @@ from __future__ import annotations
 import collections
 import threading
 
+import pytest
+
 from bridge.devstack.ports import wait_until
 from bridge.pipeline.outbox import GiveUp, Retry, Senders
 from bridge.store.models import DONE, FAILED, PENDING, OutboxMessage, QueuedLine, Store
@@ -167,3 +169,27 @@ def test_a_stop_leaves_what_was_not_sent_pending_and_the_next_start_sends_it(
                interval=0.01, what="every row done after the restart")
     again.stop()
     assert after.got["!z:localhost"] == [f"z {n}" for n in range(3, 8)]
+
+
+def test_delivered_rows_are_marked_in_batches_off_the_rooms_path(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 13 item 7: each delivered row was marked done in its own transaction by its
+    sender, between two lines of the room. Now the marker thread writes them in batches
+    and the stop writes the last one."""
+    marks: list[int] = []
+    done = store.outbox_done
+    monkeypatch.setattr(store, "outbox_done", lambda batch: (marks.append(len(batch)),
+                                                            done(batch))[1])
+    monkeypatch.setattr(Senders, "MARK_EVERY", 0.2)
+    hs = FakeHomeserver()
+    senders = Senders(store, hs, count=4)
+    senders.start()
+    pairs = [(f"!m{n % 4}:localhost", f"m{n % 4} {n // 4}") for n in range(200)]
+    senders.dispatch(queue_rows(store, pairs))
+    wait_until(lambda: sum(len(v) for v in hs.got.values()) == 200, 20, interval=0.01,
+               what="every line delivered")
+    senders.stop()  # marks what the marker had not written yet
+    assert all(state == DONE and event_id for state, event_id, _ in rows(store).values())
+    assert sum(marks) == 200
+    assert len(marks) <= 20, marks  # not 200 transactions
