@@ -955,14 +955,19 @@ class Store:
                 (InboxEvent.bridge_id == self.bridge_id) & InboxEvent.id.in_(batch)).execute()
 
     def finish_inbox(self, done: list[int], failed: list[int]) -> None:
-        """Mark handled rows done and failed rows failed, all in one transaction."""
+        """Mark handled (pending) rows done and failed rows failed, in one transaction.
+
+        `state = PENDING` is in the condition for the index: with `bridge_id` and the ids
+        alone SQLite searched the (bridge_id, state, id) index by bridge_id only, a scan of
+        every row the bridge kept (7 days of them) at each mark."""
         if not done and not failed:
             return
         with self.writing():
             for state, ids in ((DONE, done), (FAILED, failed)):
                 for batch in _chunks(ids, 500):
                     InboxEvent.update(state=state).where(
-                        (InboxEvent.bridge_id == self.bridge_id) & InboxEvent.id.in_(batch)
+                        (InboxEvent.bridge_id == self.bridge_id)
+                        & (InboxEvent.state == PENDING) & InboxEvent.id.in_(batch)
                     ).execute()
 
     def inbox_events(self, ids: list[int]) -> list[dict[str, Any]]:

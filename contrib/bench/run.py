@@ -84,7 +84,10 @@ def _m2i_rows(add: Adder, data: dict[str, Any]) -> None:
     add("failed PUTs (retried like Synapse)", "txn_failures")
     for i, rate in enumerate((1000, 5000)):
         add(f"{rate}/s offered: delivered/s", f"steady.{i}.events_per_s")
-        add(f"{rate}/s offered: p50 ms", f"steady.{i}.p50_ms", "<= 20", lambda v: v <= 20)
+        if rate == 1000:  # issue 13 item 7: p50 <= 50 ms at 1,000 events/s
+            add(f"{rate}/s offered: p50 ms", f"steady.{i}.p50_ms", "<= 50", lambda v: v <= 50)
+        else:
+            add(f"{rate}/s offered: p50 ms", f"steady.{i}.p50_ms")
         add(f"{rate}/s offered: p99 ms", f"steady.{i}.p99_ms")
         add(f"{rate}/s offered: mean txn size", f"steady.{i}.mean_txn_size")
     add("50/s (no load): p50 ms", "paced.p50_ms", "<= 20", lambda v: v <= 20)
