@@ -375,6 +375,21 @@ def test_the_sqlite_inbox_commit_survives_power_loss(db_url: str) -> None:
     fast.close()
 
 
+def test_outcome_marks_leave_the_thread_s_commits_durable(db_url: str) -> None:
+    """Outcomes commit without an fsync (a lost mark repeats an event, never loses one);
+    the thread's next commits, a pushed transaction's included, are FULL again."""
+    if not db_url.startswith("sqlite"):
+        pytest.skip("PostgreSQL commits are durable (fsync) by default")
+    store = Store(db_url)
+    store.open()
+    store.record_transaction("1", [event(1), event(2)])
+    (first, _), (second, _) = store.pending_inbox()
+    store.finish_inbox([first], [second])
+    assert store.db.execute_sql("PRAGMA synchronous").fetchone()[0] == 2  # FULL again
+    assert store.pending_inbox() == []
+    store.close()
+
+
 def test_old_handled_rows_are_pruned_on_a_timer(store: Store) -> None:
     from bridge.devstack.ports import wait_until
     from bridge.store.models import HsTransaction, InboxEvent, OutboxMessage, now_ms
