@@ -5,6 +5,8 @@ of IRCBRIDGE_TEST_DATABASE_URL, cleaned before and after), prints the bridge's l
 with IRCBRIDGE_SHOW_LOG set, and stops everything. `irc_world` and `observer_world` are the
 two shapes most modules share: Bob on IRC in a channel before the bridge starts, Alice on
 Matrix in its room, and the bridge seen to carry her into the channel. `add_to_config` and
+`ircv3_stack` is a stack whose IRC server offers the caps a test needs (or the test is
+skipped), with Bob asking for them. `add_to_config` and
 `replace_in_config` edit the stack's config.ini in a `before_bridge` hook; `user` gives each
 localpart one logged-in Matrix client per stack; `invited_room` finds a new invite by /sync.
 
@@ -19,6 +21,8 @@ from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Generic, TypeVar
+
+import pytest
 
 from bridge.devstack.clients import MatrixClient, RawIrcClient
 from bridge.devstack.ports import wait_until
@@ -143,6 +147,38 @@ def observer_world(folder: Path, channel: str, *, world: W | None = None,
         finally:
             if getattr(w, "bob", None):
                 w.bob.close()
+
+
+@contextmanager
+def ircv3_stack(folder: Path, channel: str, caps: str, *, needs: str | None = None,
+                **options: Any) -> Iterator[tuple[Stack, RawIrcClient]]:
+    """A started stack and Bob, a raw IRC client that asked for `caps` (space-separated) and
+    joined `channel` before the bridge started. Skips the test, before the bridge starts,
+    when the IRC server does not offer every cap of `needs` (by default all of `caps`)."""
+    from tests.e2e.test_ircv3_caps import cap_ls, request_caps
+
+    wanted = (caps if needs is None else needs).split()
+    clients: list[RawIrcClient] = []
+
+    def offers_them(stack: Stack) -> None:
+        stack.prepare()  # the IRC server only, to ask what it offers
+        with stack.irc_user("prober") as prober:
+            offered = cap_ls(prober)
+        if any(cap not in offered for cap in wanted):
+            pytest.skip(f"{stack.ircd.kind} offers no {' with '.join(wanted)}")
+
+    def bob_arrives(stack: Stack) -> None:
+        clients.append(stack.irc_user("Bob"))
+        request_caps(clients[0], caps)
+        clients[0].join(channel)
+
+    try:
+        with running_stack(folder, before_start=offers_them, before_bridge=bob_arrives,
+                           channels=channel, **options) as stack:
+            yield stack, clients[0]
+    finally:
+        for client in clients:
+            client.close()
 
 
 _SYNCS = itertools.count(1)

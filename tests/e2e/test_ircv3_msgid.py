@@ -8,7 +8,6 @@ him the msgid every receiver got. Skipped on servers that give no msgids (ngircd
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 
 import pytest
@@ -17,8 +16,7 @@ from bridge.devstack.clients import MatrixClient, RawIrcClient
 from bridge.devstack.ports import wait_until
 from bridge.devstack.stack import Stack
 from bridge.store.models import Store
-from tests.conftest import TEST_DB_ENV, clean_database
-from tests.e2e.test_ircv3_caps import cap_ls, request_caps
+from tests.stacks import ircv3_stack
 
 CHANNEL = "#msgids"
 
@@ -31,29 +29,10 @@ class Run:
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
-    url = os.environ.get(TEST_DB_ENV)
-    if url:
-        clean_database(url)
     r = Run()
-    r.stack = Stack(tmp_path_factory.mktemp("msgid"), database_url=url, channels=CHANNEL)
-    try:
-        r.stack.prepare()
-        with r.stack.irc_user("prober") as prober:
-            offered = cap_ls(prober)
-        if "message-tags" not in offered or "echo-message" not in offered:
-            pytest.skip(f"{r.stack.ircd.kind} offers no message-tags with echo-message")
-
-        def bob_arrives(stack: Stack) -> None:
-            r.bob = stack.irc_user("Bob")
-            request_caps(r.bob, "message-tags echo-message")
-            r.bob.join(CHANNEL)
-
-        r.stack.start(before_bridge=bob_arrives)
+    with ircv3_stack(tmp_path_factory.mktemp("msgid"), CHANNEL,
+                     "message-tags echo-message") as (r.stack, r.bob):
         yield r
-    finally:
-        if getattr(r, "bob", None):
-            r.bob.close()
-        r.stack.stop()
 
 
 def test_a_relayed_line_is_stored_with_its_msgid(run: Run) -> None:

@@ -19,9 +19,8 @@ from bridge.devstack.clients import MatrixClient, RawIrcClient
 from bridge.devstack.ports import wait_until
 from bridge.devstack.stack import Stack
 from bridge.irc.events import parse_server_time
-from tests.e2e.test_ircv3_caps import cap_ls, request_caps
 from tests.figures import record
-from tests.stacks import running_stack
+from tests.stacks import ircv3_stack
 
 CHANNEL = "#servertime"
 
@@ -36,27 +35,9 @@ class Run:
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
     r = Run()
-
-    def offers_server_time(stack: Stack) -> None:
-        stack.prepare()  # the IRC server only, to ask what it offers
-        with stack.irc_user("prober") as prober:
-            offered = cap_ls(prober)
-        if "server-time" not in offered:
-            pytest.skip(f"{stack.ircd.kind} offers no server-time")
-
-    def bob_arrives(stack: Stack) -> None:
-        r.bob = stack.irc_user("Bob")
-        request_caps(r.bob, "server-time echo-message")
-        r.bob.join(CHANNEL)
-
-    try:
-        with running_stack(tmp_path_factory.mktemp("servertime"), channels=CHANNEL,
-                           before_start=offers_server_time, before_bridge=bob_arrives
-                           ) as r.stack:
-            yield r
-    finally:
-        if getattr(r, "bob", None):
-            r.bob.close()
+    with ircv3_stack(tmp_path_factory.mktemp("servertime"), CHANNEL,
+                     "server-time echo-message", needs="server-time") as (r.stack, r.bob):
+        yield r
 
 
 def body_is(text: str) -> Callable[[dict[str, Any]], bool]:
