@@ -24,6 +24,7 @@ from ..matrix.client import q
 from ..matrix.wire import JsonObject
 from ..ops import logs
 from ..pipeline.lanes import Lanes
+from ..rules.ids import RoomId
 from ..rules.permissions import role_of
 from ..store.admin_tables import AdminStore
 from . import grammar as commands
@@ -244,7 +245,7 @@ class AdminRooms:
         bot = self.config.bot_user_id
         if etype == "m.room.member" and event.get("state_key") == bot:
             membership = content.get("membership")
-            if membership == "invite" and self.bridge.link_for_room(room_id) is None:
+            if membership == "invite" and self.bridge.link_for_room(RoomId(room_id)) is None:
                 self.lanes.submit(room_id, self._accept_invite, room_id, sender,
                                   bool(content.get("is_direct")))
                 return True
@@ -416,7 +417,7 @@ class AdminRooms:
                 self.bridge.unlink_room(link.room_id)
         for (network, _folded, room_id), channel in wanted.items():
             try:
-                self.bridge.link_room(network, channel, room_id, kind="static")
+                self.bridge.link_room(network, channel, RoomId(room_id), kind="static")
             except ValueError as e:
                 log.error("[network:%s] rooms: %s = %s: %s", network, channel, room_id, e)
             except MatrixError as e:
@@ -427,7 +428,7 @@ class AdminRooms:
     # ------------------------------------------------------------------ room directory
     def room_created(self, network: str, room_id: str) -> None:
         """The core's hook after it made a portal room: list it in the directory (queues)."""
-        if self.bridge.room_is_private(room_id):
+        if self.bridge.room_is_private(RoomId(room_id)):
             return  # a private channel's room is never listed
         with self._lock:
             if room_id in self._published or room_id in self._publishing:
@@ -439,7 +440,7 @@ class AdminRooms:
         with self._lock:
             if room_id in self._published or room_id in self._publishing:
                 return
-        link = self.bridge.link_for_room(room_id)
+        link = self.bridge.link_for_room(RoomId(room_id))
         if link is not None and link.kind == "portal":
             self.room_created(link.network, room_id)
 

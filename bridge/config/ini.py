@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from ..rules.ids import UserId
 from .secretfile import write_private
 
 log = logging.getLogger(__name__)
@@ -195,8 +196,8 @@ class Config:
         return None
 
     @property
-    def bot_user_id(self) -> str:
-        return f"@{self.appservice.sender_localpart}:{self.homeserver.domain}"
+    def bot_user_id(self) -> UserId:
+        return UserId(f"@{self.appservice.sender_localpart}:{self.homeserver.domain}")
 
     def replace(self, **changes: Any) -> Config:
         return dataclasses.replace(self, **changes)

@@ -26,6 +26,7 @@ from typing import Any, Protocol
 
 from ..config.ini import Config
 from ..matrix import HomeserverClient, Intent, IntentCache, MatrixError
+from ..rules.ids import RoomId
 from ..rules.permissions import role_of
 from .directory import Directory
 
@@ -153,7 +154,7 @@ def refused(bridge: Gatekeeping, event: dict[str, Any]) -> bool:
             and isinstance(target, str) \
             and (target == sender or not bridge.directory.is_ours(target)):
         return False
-    room_id = str(event.get("room_id"))
+    room_id = RoomId(str(event.get("room_id")))
     log.info("ignoring %s of %s in %s: not allowed by [permissions]", etype, sender, room_id)
     if etype == "m.room.member" and content.get("membership") == "invite" \
             and isinstance(target, str) and bridge.directory.is_ours(target):

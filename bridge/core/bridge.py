@@ -38,10 +38,12 @@ from ..irc.events import (
 )
 from ..matrix import QUERY, HomeserverClient, Intent, IntentCache
 from ..matrix.state import MemberStore
+from ..matrix.wire import JsonObject
 from ..ops.metrics import Metrics
 from ..pipeline.inbox import Completion, InboxWorker
 from ..pipeline.meter import NO_METER, Meter
 from ..pipeline.outbox import Recorder, Senders
+from ..rules.ids import RoomId, UserId
 from ..rules.names import NetworkNames, sanitize_nick
 from ..store.models import Link, LockHeld, QueuedLine, Store
 from ..store.retention import Pruner
@@ -58,7 +60,7 @@ from .portals import Portals
 from .ports import AdminPort
 from .privacy import ChannelPrivacy
 from .startup import Startup
-from .thirdparty import ThirdPartyLookups
+from .thirdparty import ThirdPartyLocation, ThirdPartyLookups, ThirdPartyUser
 
 log = logging.getLogger(__name__)
 
@@ -254,10 +256,11 @@ class Bridge:
 
     def _maybe_not_delivered(self, event: dict[str, Any]) -> None:
         """A message whose sending was cut by a crash: its sender hears it, where they wrote."""
-        room_id = str(event.get("room_id"))
+        room_id = RoomId(str(event.get("room_id")))
         sender = event.get("sender")
         if not isinstance(sender, str):
             return
+        sender = UserId(sender)
         reason = "the bridge stopped while sending it; it may not have arrived"
         link = self.directory.link_for_room(room_id)
         if link is not None:
@@ -324,7 +327,7 @@ class Bridge:
             self.inbox.notify()
         return seen, new
 
-    def query_user(self, user_id: str) -> bool:
+    def query_user(self, user_id: UserId) -> bool:
         """Register a virtual user the homeserver asked about; False means 404."""
         for network, names in self.names.items():
             nick = names.nick_for_user_id(user_id)
@@ -340,31 +343,32 @@ class Bridge:
         """Create the portal room for a channel alias, blocking (see Portals.query_room)."""
         return self.portals.query_room(alias, for_user)
 
-    def link_room(self, network: str, channel: str, room_id: str, *, kind: str = "plumbed",
+    def link_room(self, network: str, channel: str, room_id: RoomId, *, kind: str = "plumbed",
                   mirror_modes: bool = False) -> Link:
         """Bridge an existing room to a channel (see Portals.link_room)."""
         return self.portals.link_room(network, channel, room_id, kind=kind,
                                       mirror_modes=mirror_modes)
 
-    def unlink_room(self, room_id: str, network: str | None = None) -> Link | None:
+    def unlink_room(self, room_id: RoomId, network: str | None = None) -> Link | None:
         return self.portals.unlink_room(room_id, network)
 
-    def links(self, room_id: str | None = None) -> list[Link]:
+    def links(self, room_id: RoomId | None = None) -> list[Link]:
         return self.portals.links(room_id)
 
-    def thirdparty_protocol(self) -> dict[str, Any]:
+    def thirdparty_protocol(self) -> JsonObject:
         return self.thirdparty.thirdparty_protocol()
 
-    def thirdparty_location(self, network: str | None, channel: str | None) -> list[dict[str, Any]]:
+    def thirdparty_location(self, network: str | None,
+                            channel: str | None) -> list[ThirdPartyLocation]:
         return self.thirdparty.thirdparty_location(network, channel)
 
-    def thirdparty_user(self, network: str | None, nick: str | None) -> list[dict[str, Any]]:
+    def thirdparty_user(self, network: str | None, nick: str | None) -> list[ThirdPartyUser]:
         return self.thirdparty.thirdparty_user(network, nick)
 
-    def thirdparty_location_by_alias(self, alias: str | None) -> list[dict[str, Any]]:
+    def thirdparty_location_by_alias(self, alias: str | None) -> list[ThirdPartyLocation]:
         return self.thirdparty.thirdparty_location_by_alias(alias)
 
-    def thirdparty_user_by_id(self, user_id: str | None) -> list[dict[str, Any]]:
+    def thirdparty_user_by_id(self, user_id: str | None) -> list[ThirdPartyUser]:
         return self.thirdparty.thirdparty_user_by_id(user_id)
 
     # ------------------------------------------------------------ questions (any thread)
@@ -374,10 +378,10 @@ class Bridge:
     def is_foreign(self, user_id: str) -> bool:
         return self.directory.is_foreign(user_id)
 
-    def link_for_room(self, room_id: str) -> Link | None:
+    def link_for_room(self, room_id: RoomId) -> Link | None:
         return self.directory.link_for_room(room_id)
 
-    def links_for_room(self, room_id: str) -> list[Link]:
+    def links_for_room(self, room_id: RoomId) -> list[Link]:
         return self.directory.links_for_room(room_id)
 
     def fold_nick(self, network: str, nick: str) -> str:
@@ -389,7 +393,7 @@ class Bridge:
     def casemapping(self, network: str) -> str:
         return self.directory.casemapping(network)
 
-    def room_is_private(self, room_id: str) -> bool:
+    def room_is_private(self, room_id: RoomId) -> bool:
         return self.privacy.room_is_private(room_id)
 
     # ------------------------------------------------------------ the inbox and the senders

@@ -14,6 +14,7 @@ from __future__ import annotations
 from ..config.ini import Config
 from ..irc import IrcSide
 from ..matrix import HomeserverClient, Intent, IntentCache, RetryPolicy
+from ..rules.ids import RoomId, UserId
 from ..rules.names import NetworkNames, casefolder, displayname_for_nick, fold_channel, puppet_nick
 from ..store.models import Link, Store
 from .foreign import ForeignUsers
@@ -46,7 +47,7 @@ class Directory:
         """Another application service's user (bot or virtual user): never puppeted."""
         return self.foreign.is_foreign(user_id)
 
-    def sender_for_nick(self, network: str, nick: str) -> str:
+    def sender_for_nick(self, network: str, nick: str) -> UserId:
         """The virtual user of an IRC nick."""
         return self.names[network].user_id_for_nick(nick)
 
@@ -65,7 +66,7 @@ class Directory:
         template = config.puppet_nick_template if config else "{localpart}[m]"
         return puppet_nick(template, user_id, None, snapshot.nick_max if snapshot else 30)
 
-    def prepare_ghost(self, network: str, nick: str, user_id: str,
+    def prepare_ghost(self, network: str, nick: str, user_id: UserId,
                       policy: RetryPolicy | None = None) -> Intent:
         """The virtual user of `nick`, registered, with the nick as its display name."""
         intent = Intent(self.client, user_id, cache=self.cache, policy=policy)
@@ -77,11 +78,11 @@ class Directory:
         return intent
 
     # ------------------------------------------------------------ links
-    def link_for_room(self, room_id: str) -> Link | None:
+    def link_for_room(self, room_id: RoomId) -> Link | None:
         """The room's link (its first, when it is linked on several networks)."""
         return self.registry.link_for_room(room_id)
 
-    def links_for_room(self, room_id: str) -> list[Link]:
+    def links_for_room(self, room_id: RoomId) -> list[Link]:
         """Every channel the room is linked to, one per network, oldest first."""
         return self.registry.links_for_room(room_id)
 

@@ -36,6 +36,7 @@ from ..matrix.state import MemberStore
 from ..pipeline.meter import NO_METER, Meter
 from ..pipeline.outbox import GiveUp, Retry
 from ..rules import formatting
+from ..rules.ids import EventId, RoomId
 from ..rules.names import NetworkNames
 from ..store import kinds
 from ..store.kinds import (
@@ -252,13 +253,13 @@ class IrcToMatrix:
                 raise Retry(str(e), after=e.retry_after) from e
             raise GiveUp(str(e)) from e
 
-    def _sent(self, line: QueuedLine, room_id: str, event_id: str) -> str:
+    def _sent(self, line: QueuedLine, room_id: RoomId, event_id: str) -> str:
         """The line is in the room: its IRC msgid (if any) is stored beside the event."""
         if line.msgid:
-            self.store.link_msgid(line.network, line.msgid, room_id, event_id, line.ts)
+            self.store.link_msgid(line.network, line.msgid, room_id, EventId(event_id), line.ts)
         return event_id
 
-    def _speaker(self, line: QueuedLine, room_id: str) -> Intent:
+    def _speaker(self, line: QueuedLine, room_id: RoomId) -> Intent:
         """The bot, or the line's virtual user, registered and joined to the room."""
         if line.sender == self.config.bot_user_id:
             return self.bot
@@ -275,7 +276,7 @@ class IrcToMatrix:
             content["formatted_body"] = line.html
         return content
 
-    def _private_room_still_open(self, line: QueuedLine, room_id: str) -> None:
+    def _private_room_still_open(self, line: QueuedLine, room_id: RoomId) -> None:
         """A private room its owner left while this line was sent: send it again, in the
         new room the next try opens."""
         if line.private_to is not None and self.store.pm_for_room(room_id) is None:
@@ -295,7 +296,7 @@ class IrcToMatrix:
         self.store.end_pm_room(pm.room_id)
         raise Retry(str(error)) from error
 
-    def _already_sent(self, room_id: str, sender: str, txn_id: str) -> str | None:
+    def _already_sent(self, room_id: RoomId, sender: str, txn_id: str) -> str | None:
         """The event a previous try of this row made, if the homeserver kept it."""
         user = None if sender == self.config.bot_user_id else sender
         try:
@@ -319,7 +320,7 @@ class IrcToMatrix:
                 return str(event.get("event_id"))
         return None
 
-    def _route(self, line: QueuedLine) -> tuple[str | None, QueuedLine]:
+    def _route(self, line: QueuedLine) -> tuple[RoomId | None, QueuedLine]:
         """The room of a row; a private conversation's room is looked up, or made.
 
         In a private room the other side is one virtual user whatever the case of the nick
@@ -346,7 +347,7 @@ class IrcToMatrix:
         log.info("opened a private room %s for %s and %s", room_id, owner, line.nick)
         return room_id, line
 
-    def _deliver_state(self, line: QueuedLine, room_id: str) -> str:
+    def _deliver_state(self, line: QueuedLine, room_id: RoomId) -> str:
         """Membership, topic and power changes said on IRC, as their virtual users."""
         payload = kinds.decode(line.kind, line.body)
         privacy = self.privacy
@@ -369,12 +370,12 @@ class IrcToMatrix:
                 return privacy.state_invite(line, room_id)
         return ""
 
-    def _state_join(self, line: QueuedLine, room_id: str) -> str:
+    def _state_join(self, line: QueuedLine, room_id: RoomId) -> str:
         ghost = self.directory.prepare_ghost(line.network, line.nick, line.sender)
         self._join_ghost(ghost, room_id)
         return ""
 
-    def _join_ghost(self, intent: Intent, room_id: str) -> None:
+    def _join_ghost(self, intent: Intent, room_id: RoomId) -> None:
         """Join a virtual user; in an invite-only room (+i/+k on IRC) the bot invites it."""
         try:
             intent.ensure_joined(room_id)
@@ -385,7 +386,7 @@ class IrcToMatrix:
             intent.ensure_joined(room_id)
         self.members.set_membership(room_id, intent.user_id, "join")
 
-    def _state_leave(self, line: QueuedLine, room_id: str, leave: Leave) -> str:
+    def _state_leave(self, line: QueuedLine, room_id: RoomId, leave: Leave) -> str:
         # The homeserver says who is in the room: ghosts joined before a restart leave too.
         joined = self.members.is_joined(room_id, line.sender)
         if joined is None:
@@ -406,7 +407,7 @@ class IrcToMatrix:
         self.members.set_membership(room_id, line.sender, "leave")
         return ""
 
-    def _state_sync(self, line: QueuedLine, room_id: str, sync: Sync) -> str:
+    def _state_sync(self, line: QueuedLine, room_id: RoomId, sync: Sync) -> str:
         """The channel's names as the bot found them: stale ghosts of this network leave."""
         names = self.names[line.network]
         fold = self.directory.fold_nick
@@ -423,7 +424,7 @@ class IrcToMatrix:
             self.members.set_membership(room_id, user_id, "leave")
         return ""
 
-    def _state_topic(self, line: QueuedLine, room_id: str, topic: Topic) -> str:
+    def _state_topic(self, line: QueuedLine, room_id: RoomId, topic: Topic) -> str:
         content = {"topic": topic.topic}
         intent = self.directory.prepare_ghost(line.network, line.nick, line.sender)
         self._join_ghost(intent, room_id)

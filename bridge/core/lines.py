@@ -15,6 +15,7 @@ import time
 
 from ..config.ini import Config
 from ..pipeline.outbox import Recorder, RoomCreated
+from ..rules.ids import RoomId, UserId
 from ..rules.names import is_channel
 from ..store import kinds
 from ..store.kinds import LineKind, Payload
@@ -37,9 +38,9 @@ class LineQueue:
     def attach(self, recorder: Recorder) -> None:
         self.recorder = recorder
 
-    def record(self, network: str, channel: str, nick: str, sender: str, msgtype: str,
+    def record(self, network: str, channel: str, nick: str, sender: UserId, msgtype: str,
                body: str, html: str | None, ts: int | None = None, *,
-               private_to: str | None = None, msgid: str | None = None) -> None:
+               private_to: UserId | None = None, msgid: str | None = None) -> None:
         """Queue one message for `channel` (folded), or, with `private_to`, for the private
         conversation of that Matrix user with `nick`."""
         self._put(IrcLine(
@@ -48,7 +49,7 @@ class LineQueue:
             msgid=msgid,
         ))
 
-    def state(self, network: str, channel: str, nick: str, sender: str, kind: LineKind,
+    def state(self, network: str, channel: str, nick: str, sender: UserId, kind: LineKind,
               payload: Payload, ts: int | None = None) -> None:
         """Queue one change of a bridged channel's room (a join, a topic, a power level)."""
         self._put(IrcLine(
@@ -60,7 +61,7 @@ class LineQueue:
         if self.recorder is not None:
             self.recorder.put(line)
 
-    def room_created(self, network: str, channel: str, room_id: str,
+    def room_created(self, network: str, channel: str, room_id: RoomId,
                      replay: bool = True) -> None:
         """A channel (folded) has its room now: its queued lines and scrollback go there."""
         if self.recorder is not None:
@@ -75,7 +76,7 @@ class LineQueue:
         """The bot tells a bridged channel's room something."""
         self.record(network, channel, "", self.config.bot_user_id, "m.notice", text, None)
 
-    def tell_failure(self, network: str, owner: str, target: str, reason: str) -> None:
+    def tell_failure(self, network: str, owner: UserId, target: str, reason: str) -> None:
         """A line of `owner`'s was not delivered to `target` on IRC: the room hears why."""
         directory = self.directory
         who = directory.nick_of(network, owner)

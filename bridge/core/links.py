@@ -16,6 +16,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable
 
+from ..rules.ids import RoomId
 from ..store.models import Link
 
 ChannelKey = tuple[str, str]  # (network, folded channel)
@@ -34,13 +35,13 @@ class LinkRegistry:
         self._topics: dict[ChannelKey, str] = {}
 
     # ------------------------------------------------------------ links: questions
-    def link_for_room(self, room_id: str) -> Link | None:
+    def link_for_room(self, room_id: RoomId) -> Link | None:
         """The room's link (its first, when it is linked on several networks)."""
         with self._lock:
             links = self._by_room.get(room_id)
             return links[0] if links else None
 
-    def links_for_room(self, room_id: str) -> list[Link]:
+    def links_for_room(self, room_id: RoomId) -> list[Link]:
         """Every channel the room is linked to, one per network, oldest first."""
         with self._lock:
             return list(self._by_room.get(room_id, ()))
@@ -87,7 +88,7 @@ class LinkRegistry:
             for link in links:
                 self._add_locked(link)
 
-    def remove(self, room_id: str, gone: Iterable[Link]) -> None:
+    def remove(self, room_id: RoomId, gone: Iterable[Link]) -> None:
         """Forget some links of one room (the rest of the room's links stay)."""
         gone = list(gone)
         with self._lock:

@@ -19,8 +19,9 @@ from ..pipeline.fanout import Outcome, Shares
 from ..pipeline.inbox import Completion
 from ..pipeline.meter import NO_METER, Meter
 from ..rules import formatting, translate
+from ..rules.ids import EventId, RoomId, UserId
 from ..rules.names import NetworkNames, puppet_nick
-from ..store.models import Link, PmRoom, Store
+from ..store.models import Link, PrivateRoom, Store
 from . import access
 from .directory import Directory
 from .lines import LineQueue
@@ -72,7 +73,7 @@ class MatrixToIrc:
         if event.get("type") == "m.room.member" and self._invite_to_ghost(event, content):
             done(True)
             return
-        links = self.directory.links_for_room(room_id)
+        links = self.directory.links_for_room(RoomId(room_id))
         if len(links) == 1:
             self._channel_event(event, content, links[0], completion)
             return
@@ -81,7 +82,7 @@ class MatrixToIrc:
             for link in links:
                 self._channel_event(event, content, link, shares.part())
             return
-        pm = self.store.pm_for_room(room_id)
+        pm = self.store.pm_for_room(RoomId(room_id))
         if pm is not None and pm.owner == sender:
             self._private_event(event, content, pm, completion)
             return
@@ -92,7 +93,7 @@ class MatrixToIrc:
         done = completion.finished
         net = self.irc.network(link.network)
         etype = event.get("type")
-        sender = str(event["sender"])
+        sender = UserId(str(event["sender"]))
         if net is None:
             done(True)
             return
@@ -129,7 +130,7 @@ class MatrixToIrc:
         self.irc.call(net.say, sender, None, link.channel_name, lines, kind,
                       Receipt(sent, completion.started))
 
-    def _private_event(self, event: dict[str, Any], content: dict[str, Any], pm: PmRoom,
+    def _private_event(self, event: dict[str, Any], content: dict[str, Any], pm: PrivateRoom,
                        completion: Completion) -> None:
         done = completion.finished
         if event.get("type") == "m.room.member" and event.get("state_key") == pm.owner \
@@ -149,13 +150,13 @@ class MatrixToIrc:
             if ok:
                 self.meter.relayed("matrix_to_irc", content.get("msgtype"))
             elif error and not error.startswith(REFUSED) and not completion.stopping:
-                self.lines.tell_failure(pm.network, str(event["sender"]), nick, error)
+                self.lines.tell_failure(pm.network, UserId(str(event["sender"])), nick, error)
             done(ok)
 
         self.irc.call(net.say_private, str(event["sender"]), nick, lines, kind,
                       Receipt(sent, completion.started))
 
-    def _end_private_room(self, pm: PmRoom) -> None:
+    def _end_private_room(self, pm: PrivateRoom) -> None:
         """The Matrix user left their private room: it ends; the virtual user leaves too."""
         self.store.end_pm_room(pm.room_id)
         log.info("%s left the private room %s with %s; the next message opens a new one",
@@ -165,11 +166,11 @@ class MatrixToIrc:
         except MatrixError as e:
             log.info("%s could not leave %s: %s", pm.ghost, pm.room_id, e)
 
-    def _translate_context(self, network: NetworkConfig, target: str, room_id: str,
+    def _translate_context(self, network: NetworkConfig, target: str, room_id: RoomId,
                            sender: str = "") -> translate.Context:
         def find(event_id: str) -> translate.Origin | None:
             # Only this room's events: never another room's text (PMs, admin rooms).
-            found = self.store.find_message(event_id, room_id)
+            found = self.store.find_message(EventId(event_id), room_id)
             return translate.Origin(*found) if found else None
 
         return translate.Context(
@@ -189,7 +190,7 @@ class MatrixToIrc:
 
     def _membership_to_irc(self, event: dict[str, Any], content: dict[str, Any],
                            link: Link) -> None:
-        sender = str(event["sender"])
+        sender = UserId(str(event["sender"]))
         target = event.get("state_key")
         membership = content.get("membership")
         if not isinstance(target, str):
@@ -239,17 +240,18 @@ class MatrixToIrc:
             nick = names.nick_for_user_id(target)
             if nick is None:
                 continue
-            room_id = str(event["room_id"])
+            room_id = RoomId(str(event["room_id"]))
             if self.directory.link_for_room(room_id) is not None:
                 return True  # invited into a bridged room: IRC decides who is there
-            intent = self.directory.prepare_ghost(network, nick, target)
+            intent = self.directory.prepare_ghost(network, nick, UserId(target))
             try:
                 intent.join(room_id)
             except MatrixError as e:
                 log.warning("%s could not join %s: %s", target, room_id, e)
                 return True
-            self.store.set_pm_room(network, str(event["sender"]),
-                                   self.directory.fold_nick(network, nick), target, room_id)
+            self.store.set_pm_room(network, UserId(str(event["sender"])),
+                                   self.directory.fold_nick(network, nick), UserId(target),
+                                   room_id)
             net = self.irc.network(network)
             if net is not None:
                 self.irc.call(net.puppet, str(event["sender"]))

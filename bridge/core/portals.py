@@ -19,6 +19,7 @@ from typing import Any
 from ..config.ini import Config
 from ..irc import IrcSide
 from ..matrix import QUERY, HomeserverClient, Intent, IntentCache, MatrixError, RoomInUse
+from ..rules.ids import RoomId
 from ..rules.names import NetworkNames, fold_channel, valid_channel
 from ..store.models import Link, Store
 from ..store.room_options import RoomOptions
@@ -130,7 +131,7 @@ class Portals:
             self.registry.remove_waiter(network, folded, ready)
 
     def _create_portal(self, network: str, channel: str, alias: str, *,
-                       private: bool = False) -> str:
+                       private: bool = False) -> RoomId:
         localpart = alias[1:].rsplit(":", 1)[0]
         topic = self.registry.topic(network, self.directory.fold_channel(network, channel))
         body: dict[str, Any] = {
@@ -170,14 +171,14 @@ class Portals:
         except TimeoutError:
             return []
 
-    def _after_room_created(self, network: str, channel: str, folded: str, room_id: str,
+    def _after_room_created(self, network: str, channel: str, folded: str, room_id: RoomId,
                             replay: bool = True) -> None:
         self.lines.room_created(network, folded, room_id, replay)
         net = self.irc.network(network)
         if net is not None:
             self.irc.call(net.join_bot, channel)
 
-    def link_room(self, network: str, channel: str, room_id: str, *, kind: str = "plumbed",
+    def link_room(self, network: str, channel: str, room_id: RoomId, *, kind: str = "plumbed",
                   mirror_modes: bool = False) -> Link:
         """Bridge an existing Matrix room to a channel (provisioning, static mappings).
 
@@ -207,7 +208,7 @@ class Portals:
         self._after_room_created(network, channel, folded, room_id)
         return link
 
-    def unlink_room(self, room_id: str, network: str | None = None) -> Link | None:
+    def unlink_room(self, room_id: RoomId, network: str | None = None) -> Link | None:
         """Stop bridging a room (to every network, or to `network` only); the bot leaves
         the channel. Returns the first link removed."""
         gone = [lk for lk in self.directory.links_for_room(room_id)
@@ -223,7 +224,7 @@ class Portals:
                 self.irc.call(net.part_bot, link.channel_name)
         return gone[0]
 
-    def links(self, room_id: str | None = None) -> list[Link]:
+    def links(self, room_id: RoomId | None = None) -> list[Link]:
         links = self.registry.links()
         return [lk for lk in links if room_id is None or lk.room_id == room_id]
 

@@ -11,18 +11,19 @@ Thread: the methods are called from the inbox thread (events, settings), the IRC
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import Protocol
 
 from ..irc.events import IrcConnectionEvent
+from ..matrix.wire import JsonObject
 
 
 class AdminPort(Protocol):
     """The admin rooms, as the core sees them."""
 
-    def handle_event(self, event: dict[str, Any]) -> bool:
+    def handle_event(self, event: JsonObject) -> bool:
         """An event of an admin room (or an invite that opens one): handled, True."""
 
-    def puppet_settings(self, network: str, user_id: str) -> Mapping[str, Any]:
+    def puppet_settings(self, network: str, user_id: str) -> Mapping[str, object]:
         """A user's stored settings for a network (memory only; any thread)."""
 
     def owner_of(self, room_id: str) -> str | None:

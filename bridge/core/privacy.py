@@ -28,6 +28,7 @@ from ..irc import IrcSide
 from ..irc.events import IrcChannelState, IrcPower
 from ..irc.modes import MAX_LEVEL, ChannelState
 from ..matrix import HomeserverClient, Intent, MatrixError
+from ..rules.ids import RoomId, UserId
 from ..store.kinds import Invite, JoinRule, LineKind, MadePrivate, Power
 from ..store.models import Link, QueuedLine
 from ..store.room_options import RoomOptions
@@ -77,7 +78,7 @@ class ChannelPrivacy:
         link = self.directory.link_for_channel(network, channel)
         return link is not None and self.room_options.private(link.room_id)
 
-    def room_is_private(self, room_id: str) -> bool:
+    def room_is_private(self, room_id: RoomId) -> bool:
         return self.room_options.private(room_id)
 
     def may_relay(self, network: str, channel: str) -> bool:
@@ -128,7 +129,7 @@ class ChannelPrivacy:
         self.lines.state(network, channel, nick, sender, LineKind.POWER,
                          Power(level, bool(user_id)))
 
-    def puppet_joined(self, network: str, user_id: str, channel: str) -> None:
+    def puppet_joined(self, network: str, user_id: UserId, channel: str) -> None:
         """A puppet is in a private channel: its user is invited to the room (IRC thread)."""
         link = self.directory.link_for_channel(network, channel)
         if link is not None and self.channel_is_private(network, channel):
@@ -166,7 +167,7 @@ class ChannelPrivacy:
             return False
 
     # ------------------------------------------------------------ delivery (senders)
-    def state_private(self, line: QueuedLine, room_id: str, made: MadePrivate) -> str:
+    def state_private(self, line: QueuedLine, room_id: RoomId, made: MadePrivate) -> str:
         """The channel turned private: invite-only, history from joining, unlisted, told."""
         self.room_options.set(room_id, private=True)
         event_id = self.bot.set_state(room_id, "m.room.join_rules", "", {"join_rule": "invite"})
@@ -192,7 +193,7 @@ class ChannelPrivacy:
         })
         return event_id
 
-    def state_join_rule(self, line: QueuedLine, room_id: str, rule: JoinRule) -> str:
+    def state_join_rule(self, line: QueuedLine, room_id: RoomId, rule: JoinRule) -> str:
         link = self.directory.link_for_room(room_id)
         if not rule.invite:
             if link is None or link.kind != "portal":
@@ -201,7 +202,7 @@ class ChannelPrivacy:
         join_rule = "invite" if rule.invite else "public"
         return self.bot.set_state(room_id, "m.room.join_rules", "", {"join_rule": join_rule})
 
-    def state_power(self, line: QueuedLine, room_id: str, power_of: Power) -> str:
+    def state_power(self, line: QueuedLine, room_id: RoomId, power_of: Power) -> str:
         """A member's highest IRC prefix as their power: only levels the bridge set itself
         are ever lowered, and it never grants more than 50."""
         if not power_of.matrix_user:
@@ -228,7 +229,7 @@ class ChannelPrivacy:
         return self.bot.set_state(room_id, "m.room.power_levels", "",
                                   {**power, "users": users, SET_BY_BRIDGE: ours})
 
-    def state_invite(self, line: QueuedLine, room_id: str) -> str:
+    def state_invite(self, line: QueuedLine, room_id: RoomId) -> str:
         """Invite a Matrix user whose puppet joined the private channel of this room."""
         try:
             member = self.bot.get_state(room_id, "m.room.member", line.sender) or {}

@@ -33,6 +33,7 @@ from ..matrix import Forbidden, HomeserverClient, Intent, IntentCache, MatrixErr
 from ..matrix.client import q
 from ..matrix.openid import OpenIdRefused, user_of
 from ..matrix.wire import JsonObject
+from ..rules.ids import RoomId
 from ..rules.names import valid_channel
 from ..store.models import Link
 
@@ -71,12 +72,12 @@ class ProvisioningBridge(Protocol):
     @property
     def cache(self) -> IntentCache: ...
 
-    def links(self, room_id: str | None = None) -> list[Link]: ...
-    def links_for_room(self, room_id: str) -> list[Link]: ...
-    def link_for_room(self, room_id: str) -> Link | None: ...
-    def link_room(self, network: str, channel: str, room_id: str, *, kind: str = "plumbed",
+    def links(self, room_id: RoomId | None = None) -> list[Link]: ...
+    def links_for_room(self, room_id: RoomId) -> list[Link]: ...
+    def link_for_room(self, room_id: RoomId) -> Link | None: ...
+    def link_room(self, network: str, channel: str, room_id: RoomId, *, kind: str = "plumbed",
                   mirror_modes: bool = False) -> Link: ...
-    def unlink_room(self, room_id: str, network: str | None = None) -> Link | None: ...
+    def unlink_room(self, room_id: RoomId, network: str | None = None) -> Link | None: ...
     def fold_channel(self, network: str, channel: str) -> str: ...
 
 
@@ -149,7 +150,8 @@ class Provisioner:
     def links(self, room_id: str | None = None) -> list[JsonObject]:
         if room_id is not None and not ROOM_ID_RE.match(room_id):
             raise ProvisioningError(400, "M_INVALID_PARAM", f"Not a room id: {room_id[:100]!r}")
-        return [link_json(lk) for lk in self.bridge.links(room_id)]
+        room = RoomId(room_id) if room_id is not None else None
+        return [link_json(lk) for lk in self.bridge.links(room)]
 
     # ------------------------------------------------------------------ who acts
     def acting_user(self, body: object) -> str:
@@ -185,11 +187,12 @@ class Provisioner:
         self._check_free(network, channel, room_id)
         if not admin:
             self.check_power(room_id, user_id)
-        existing = [lk for lk in self.bridge.links_for_room(room_id) if lk.network == network]
+        existing = [lk for lk in self.bridge.links_for_room(RoomId(room_id))
+                    if lk.network == network]
         if existing:  # the same pair again (_check_free refused any other)
             return link_json(existing[0])
         try:
-            link = self.bridge.link_room(network, channel, room_id, kind="plumbed",
+            link = self.bridge.link_room(network, channel, RoomId(room_id), kind="plumbed",
                                          mirror_modes=_flag(body, "mirror_modes"))
         except ValueError as e:
             raise ProvisioningError(409, "M_ROOM_IN_USE", str(e)) from e
@@ -205,7 +208,8 @@ class Provisioner:
         # A room linked on several networks: `network` unlinks one; without it, all.
         network = body.get("network") if isinstance(body, dict) else None
         network = network if isinstance(network, str) and network else None
-        links = [lk for lk in self.bridge.links_for_room(room_id) if network in (None, lk.network)]
+        links = [lk for lk in self.bridge.links_for_room(RoomId(room_id))
+                 if network in (None, lk.network)]
         if not links:
             raise ProvisioningError(404, "M_NOT_FOUND", f"{room_id} is not linked to IRC"
                                     + (f" on {network}" if network else ""))
@@ -220,12 +224,12 @@ class Provisioner:
                     f"{link.channel_name}; only the bridge's admin can unlink it")
         if not admin:
             self.check_power(room_id, user_id)
-        self.bridge.unlink_room(room_id, network)
+        self.bridge.unlink_room(RoomId(room_id), network)
         for link in links:
             log.info("%s unlinked %s from %s on %s", user_id, room_id, link.channel_name,
                      link.network)
         link = links[0]
-        if self.bridge.links_for_room(room_id):
+        if self.bridge.links_for_room(RoomId(room_id)):
             self._announce(room_id, f"This room is no longer bridged to {link.channel_name} "
                            f"on {link.network}.")
         elif link.kind == "plumbed":
@@ -265,7 +269,7 @@ class Provisioner:
         try:
             self._check_power(room_id, user_id)
         except ProvisioningError:
-            if not was_joined and self.bridge.link_for_room(room_id) is None:
+            if not was_joined and self.bridge.link_for_room(RoomId(room_id)) is None:
                 try:
                     self.bridge.bot.leave(room_id)
                 except MatrixError as e:

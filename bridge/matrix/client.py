@@ -38,6 +38,7 @@ from urllib.parse import quote
 
 import requests
 
+from ..rules.ids import RoomId
 from .errors import (
     HomeserverUnavailable,
     LimitExceeded,
@@ -360,20 +361,20 @@ class HomeserverClient:
     # ------------------------------------------------------------------ rooms
 
     def create_room(self, body: JsonBody, user_id: str | None = None, *,
-                    policy: RetryPolicy | None = None) -> str:
+                    policy: RetryPolicy | None = None) -> RoomId:
         """`POST /createRoom`; returns the room id. Raises RoomInUse, Exclusive."""
         answer = self.request("POST", f"{CLIENT_V3}/createRoom", json=dict(body), user_id=user_id,
                               policy=policy)
-        return self._field(answer, "room_id", "createRoom")
+        return RoomId(self._field(answer, "room_id", "createRoom"))
 
-    def resolve_alias(self, alias: str, *, policy: RetryPolicy | None = None) -> str | None:
+    def resolve_alias(self, alias: str, *, policy: RetryPolicy | None = None) -> RoomId | None:
         """Room id for `#alias:server`, or None if the alias does not exist."""
         try:
             answer = self.request("GET", f"{CLIENT_V3}/directory/room/{q(alias)}", policy=policy)
         except NotFound:
             return None
         room_id = answer.get("room_id")
-        return room_id if isinstance(room_id, str) and room_id else None
+        return RoomId(room_id) if isinstance(room_id, str) and room_id else None
 
     def put_alias(self, alias: str, room_id: str, *, policy: RetryPolicy | None = None) -> None:
         """Point `alias` at `room_id` (409 MatrixError if it already exists)."""

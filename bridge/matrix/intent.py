@@ -25,6 +25,7 @@ import threading
 from collections.abc import Callable, Iterable
 from typing import TypeVar
 
+from ..rules.ids import RoomId
 from .client import MAX_DISPLAYNAME_LEN, HomeserverClient
 from .errors import Forbidden, RoomInUse, UserInUse
 from .retry import RetryPolicy
@@ -261,7 +262,7 @@ class Intent:
         invite: Iterable[str] = (),
         extra_state: Iterable[JsonBody] = (),
         extra_body: JsonBody | None = None,
-    ) -> str:
+    ) -> RoomId:
         """Create a room owned by this user; returns its id.
 
         `alias_localpart` is the alias localpart only (no `:server`). If the alias is

@@ -39,6 +39,7 @@ from typing import Any
 import peewee as pw
 
 from ..matrix.retry import ONCE, at_most
+from ..rules.ids import RoomId, UserId
 from ..store.models import IrcLine, QueuedLine, Store
 from .meter import NO_METER, Meter
 
@@ -52,7 +53,7 @@ class RoomCreated:
 
     network: str
     channel: str
-    room_id: str
+    room_id: RoomId
     done: threading.Event
     replay: bool = True  # False for a private channel: its scrollback is dropped, not shown
 
@@ -84,8 +85,9 @@ class Recorder:
     the database for anything else).
     """
 
-    def __init__(self, store: Store, rooms: dict[tuple[str, str], str],
-                 scrollback_limits: dict[str, int], sender_for_nick: Callable[[str, str], str],
+    def __init__(self, store: Store, rooms: dict[tuple[str, str], RoomId],
+                 scrollback_limits: dict[str, int],
+                 sender_for_nick: Callable[[str, str], UserId],
                  dispatch: Callable[[list[QueuedLine]], None], spill: Path | None = None):
         self.store = store
         self.rooms = dict(rooms)
@@ -115,7 +117,7 @@ class Recorder:
 
     def forget(self, network: str, channel: str) -> None:
         """An unlinked channel: its later lines become scrollback again."""
-        self.put(RoomCreated(network, channel, "", threading.Event()))
+        self.put(RoomCreated(network, channel, RoomId(""), threading.Event()))
 
     def stop(self, timeout: float = 3.0) -> None:
         """Store what is queued within `timeout`; spill the rest to the file. Never raises."""

@@ -14,6 +14,8 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from .ids import UserId
+
 _PLAIN = frozenset("abcdefghijklmnopqrstuvwxyz0123456789.-")
 _NICK_FIRST = re.compile(r"[A-Za-z\[\]\\`_^{|}]")
 _NICK_REST = re.compile(r"[A-Za-z0-9\[\]\\`_^{|}\-]")
@@ -169,8 +171,8 @@ class NetworkNames:
     def localpart_for_nick(self, nick: str) -> str:
         return self.user.fill(escape_nick(nick))
 
-    def user_id_for_nick(self, nick: str) -> str:
-        return f"@{self.localpart_for_nick(nick)}:{self.domain}"
+    def user_id_for_nick(self, nick: str) -> UserId:
+        return UserId(f"@{self.localpart_for_nick(nick)}:{self.domain}")
 
     def nick_for_user_id(self, user_id: str) -> str | None:
         """The nick a virtual user id stands for, or None if it is not one of ours."""

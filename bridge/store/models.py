@@ -22,7 +22,7 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +32,7 @@ from urllib.parse import unquote, urlsplit
 import peewee as pw
 from playhouse.shortcuts import ReconnectMixin
 
+from ..rules.ids import EventId, RoomId, UserId
 from . import migrations as store_migrations
 from .kinds import LineKind
 
@@ -427,9 +428,20 @@ class Link:
     network: str
     channel: str
     channel_name: str
-    room_id: str
+    room_id: RoomId
     alias: str | None
     kind: str
+
+
+@dataclass(frozen=True)
+class PrivateRoom:
+    """A pm_room row: the room a Matrix user and one IRC nick talk in."""
+
+    network: str
+    owner: UserId  # the Matrix user
+    nick: str  # case-folded
+    ghost: UserId  # the virtual user in the room
+    room_id: RoomId
 
 
 @dataclass(frozen=True)
@@ -437,9 +449,9 @@ class QueuedLine:
     """One outbox row, as the homeserver senders see it."""
 
     id: int
-    room_id: str
+    room_id: RoomId
     network: str
-    sender: str
+    sender: UserId
     nick: str
     msgtype: str
     body: str
@@ -447,7 +459,7 @@ class QueuedLine:
     ts: int
     attempts: int = 0
     kind: LineKind = LineKind.MESSAGE
-    private_to: str | None = None  # a private conversation's Matrix user (room_id is "")
+    private_to: UserId | None = None  # a private conversation's Matrix user (room_id is "")
     msgid: str | None = None  # the IRC line's msgid: stored beside its event once sent
 
     @property
@@ -466,13 +478,13 @@ class IrcLine:
     channel: str  # case-folded
     channel_name: str
     nick: str
-    sender: str
+    sender: UserId
     msgtype: str
     body: str
     html: str | None
     ts: int
     kind: LineKind = LineKind.MESSAGE
-    private_to: str | None = None  # a private conversation: the Matrix user it is for
+    private_to: UserId | None = None  # a private conversation: the Matrix user it is for
     msgid: str | None = None  # IRCv3 msgid tag
 
     @classmethod
@@ -707,18 +719,18 @@ class Store:
                                    & (RoomLink.network == network) & (RoomLink.channel == channel))
         return _link(row) if row else None
 
-    def link_for_room(self, room_id: str) -> Link | None:
+    def link_for_room(self, room_id: RoomId) -> Link | None:
         """The room's first link (see links_for_room)."""
         links = self.links_for_room(room_id)
         return links[0] if links else None
 
-    def links_for_room(self, room_id: str) -> list[Link]:
+    def links_for_room(self, room_id: RoomId) -> list[Link]:
         rows = RoomLink.select().where((RoomLink.bridge_id == self.bridge_id)
                                        & (RoomLink.room_id == room_id))
         return [_link(r) for r in rows.order_by(RoomLink.id)]
 
     def add_link(
-        self, network: str, channel: str, channel_name: str, room_id: str, alias: str | None,
+        self, network: str, channel: str, channel_name: str, room_id: RoomId, alias: str | None,
         kind: str = "portal",
     ) -> Link:
         with self.writing():
@@ -740,7 +752,7 @@ class Store:
                 (RoomLink.bridge_id == self.bridge_id) & (RoomLink.network == network)
                 & (RoomLink.channel == old)).execute()
 
-    def remove_link(self, room_id: str, network: str | None = None) -> bool:
+    def remove_link(self, room_id: RoomId, network: str | None = None) -> bool:
         """Unlink the room from every network, or from `network` only."""
         where = (RoomLink.bridge_id == self.bridge_id) & (RoomLink.room_id == room_id)
         if network is not None:
@@ -749,7 +761,7 @@ class Store:
 
     # ---------------------------------------------------------------- users
     def remember_virtual_user(
-        self, user_id: str, network: str, nick: str, displayname: str
+        self, user_id: UserId, network: str, nick: str, displayname: str
     ) -> None:
         VirtualUser.insert(
             bridge_id=self.bridge_id, user_id=user_id, network=network, nick=nick,
@@ -759,7 +771,7 @@ class Store:
             update={VirtualUser.nick: nick, VirtualUser.displayname: displayname},
         ).execute()
 
-    def virtual_user(self, user_id: str) -> VirtualUser | None:
+    def virtual_user(self, user_id: UserId) -> VirtualUser | None:
         return VirtualUser.get_or_none((VirtualUser.bridge_id == self.bridge_id)
                                        & (VirtualUser.user_id == user_id))
 
@@ -793,23 +805,24 @@ class Store:
         return [(r.user_id, self.identity(r.user_id, network)) for r in rows]
 
     # ---------------------------------------------------------------- private rooms
-    def pm_room(self, network: str, owner: str, nick: str) -> PmRoom | None:
-        return PmRoom.get_or_none(
+    def pm_room(self, network: str, owner: UserId, nick: str) -> PrivateRoom | None:
+        return _private(PmRoom.get_or_none(
             (PmRoom.bridge_id == self.bridge_id) & (PmRoom.network == network)
             & (PmRoom.owner == owner) & (PmRoom.nick == nick)
-        )
+        ))
 
-    def pm_for_room(self, room_id: str) -> PmRoom | None:
-        return PmRoom.get_or_none((PmRoom.bridge_id == self.bridge_id)
-                                  & (PmRoom.room_id == room_id))
+    def pm_for_room(self, room_id: RoomId) -> PrivateRoom | None:
+        return _private(PmRoom.get_or_none((PmRoom.bridge_id == self.bridge_id)
+                                           & (PmRoom.room_id == room_id)))
 
-    def end_pm_room(self, room_id: str) -> None:
+    def end_pm_room(self, room_id: RoomId) -> None:
         """The private room was left: the next private message opens a new one."""
         with self.writing():
             PmRoom.delete().where((PmRoom.bridge_id == self.bridge_id)
                                   & (PmRoom.room_id == room_id)).execute()
 
-    def set_pm_room(self, network: str, owner: str, nick: str, ghost: str, room_id: str) -> None:
+    def set_pm_room(self, network: str, owner: UserId, nick: str, ghost: UserId,
+                    room_id: RoomId) -> None:
         with self.writing():
             PmRoom.delete().where(
                 (PmRoom.bridge_id == self.bridge_id) & (PmRoom.network == network)
@@ -823,7 +836,8 @@ class Store:
             ).execute()
 
     # ---------------------------------------------------------------- message history
-    def find_message(self, event_id: str, room_id: str) -> tuple[str, str, str, int] | None:
+    def find_message(self, event_id: EventId, room_id: RoomId
+                     ) -> tuple[str, str, str, int] | None:
         """What a Matrix event of `room_id` said, for replies and edits: (origin, who, body, ts).
 
         origin is "irc" (who = the nick) or "matrix" (who = the sender's user id). Only the
@@ -848,21 +862,21 @@ class Store:
         return None
 
     # ---------------------------------------------------------------- IRC msgids
-    def link_msgid(self, network: str, msgid: str, room_id: str, event_id: str,
+    def link_msgid(self, network: str, msgid: str, room_id: RoomId, event_id: EventId,
                    ts: int) -> None:
         """Remember that IRC's `msgid` on `network` is Matrix's `event_id` in `room_id`
         (the first pairing wins: a msgid names one message)."""
         MessageId.insert(bridge_id=self.bridge_id, network=network, msgid=msgid,
                          room_id=room_id, event_id=event_id, ts=ts).on_conflict_ignore().execute()
 
-    def event_of_msgid(self, network: str, msgid: str) -> tuple[str, str] | None:
+    def event_of_msgid(self, network: str, msgid: str) -> tuple[RoomId, EventId] | None:
         """(room_id, event_id) of an IRC msgid, if it was relayed either way."""
         row = MessageId.get_or_none((MessageId.bridge_id == self.bridge_id)
                                     & (MessageId.network == network)
                                     & (MessageId.msgid == msgid))
-        return (row.room_id, row.event_id) if row is not None else None
+        return (RoomId(row.room_id), EventId(row.event_id)) if row is not None else None
 
-    def msgid_of_event(self, network: str, event_id: str) -> str | None:
+    def msgid_of_event(self, network: str, event_id: EventId) -> str | None:
         """The IRC msgid of a Matrix event on `network`, if the server gave it one."""
         row = MessageId.get_or_none((MessageId.bridge_id == self.bridge_id)
                                     & (MessageId.network == network)
@@ -879,7 +893,7 @@ class Store:
             & (MessageId.msgid.in_(wanted)))
         return {str(r.msgid) for r in rows}
 
-    def last_msgid(self, network: str, room_id: str) -> tuple[str, int] | None:
+    def last_msgid(self, network: str, room_id: RoomId) -> tuple[str, int] | None:
         """The newest (msgid, ts) relayed in a room: where a CHATHISTORY catch-up starts."""
         row = (MessageId.select().where((MessageId.bridge_id == self.bridge_id)
                                         & (MessageId.network == network)
@@ -1026,7 +1040,7 @@ class Store:
             self.db.close()
 
     # ---------------------------------------------------------------- outbox / scrollback
-    def queue_lines(self, lines: list[IrcLine], rooms: dict[tuple[str, str], str],
+    def queue_lines(self, lines: list[IrcLine], rooms: dict[tuple[str, str], RoomId],
                     scrollback_limits: dict[str, int]) -> list[QueuedLine]:
         """Persist IRC lines in one transaction: to the outbox if their channel has a room
         (per `rooms`), else to scrollback (pruned to the network's limit)."""
@@ -1036,7 +1050,7 @@ class Store:
             for line in lines:
                 room_id = rooms.get((line.network, line.channel))
                 if line.private_to is not None:
-                    room_id = ""  # resolved (or made) by the sender, in pm_room
+                    room_id = RoomId("")  # resolved (or made) by the sender, in pm_room
                 if room_id is None:
                     if line.kind != LineKind.MESSAGE or line.sender.startswith("@") and \
                             line.nick == "":
@@ -1072,8 +1086,8 @@ class Store:
         if cutoff is not None:
             Scrollback.delete().where(where & (Scrollback.id <= cutoff)).execute()
 
-    def replay_scrollback(self, network: str, channel: str, room_id: str,
-                          sender_for: Any) -> list[QueuedLine]:
+    def replay_scrollback(self, network: str, channel: str, room_id: RoomId,
+                          sender_for: Callable[[str], UserId]) -> list[QueuedLine]:
         """Move a channel's scrollback into the outbox of its new room, oldest first."""
         queued: list[QueuedLine] = []
         with self.writing():
@@ -1105,7 +1119,7 @@ class Store:
         ).order_by(OutboxMessage.id)
         return [_queued(r) for r in rows]
 
-    def outbox_done(self, ids_and_events: list[tuple[int, str]]) -> None:
+    def outbox_done(self, ids_and_events: list[tuple[int, EventId]]) -> None:
         with self.writing():
             for row_id, event_id in ids_and_events:
                 OutboxMessage.update(state=DONE, event_id=event_id).where(
@@ -1129,14 +1143,25 @@ class Store:
 
 
 def _link(row: RoomLink) -> Link:
-    return Link(row.network, row.channel, row.channel_name, row.room_id, row.alias, row.kind)
+    return Link(row.network, row.channel, row.channel_name, RoomId(row.room_id), row.alias,
+                row.kind)
+
+
+def _private(row: PmRoom | None) -> PrivateRoom | None:
+    if row is None:
+        return None
+    return PrivateRoom(row.network, UserId(row.owner), row.nick, UserId(row.ghost),
+                       RoomId(row.room_id))
 
 
 def _queued(row: OutboxMessage) -> QueuedLine:
     return QueuedLine(
-        id=row.id, room_id=row.room_id, network=row.network, sender=row.sender, nick=row.nick,
+        id=row.id, room_id=RoomId(row.room_id), network=row.network, sender=UserId(row.sender),
+        nick=row.nick,
         msgtype=row.msgtype, body=row.body, html=row.html, ts=row.ts, attempts=row.attempts,
-        kind=LineKind(row.kind), private_to=row.private_to, msgid=row.msgid,
+        kind=LineKind(row.kind),
+        private_to=UserId(row.private_to) if row.private_to is not None else None,
+        msgid=row.msgid,
     )
 
 

@@ -17,6 +17,7 @@ from flask import Blueprint, Response, current_app, jsonify, request
 
 from ..matrix.errors import HomeserverUnavailable
 from ..matrix.wire import JsonObject
+from ..rules.ids import UserId
 from . import auth
 from .context import current_bridge
 from .errors import matrix_error
@@ -79,7 +80,7 @@ def put_transaction(txn_id: str) -> Response:
 @bp.route("/users/<path:user_id>", methods=["GET"])
 def query_user(user_id: str) -> Response:
     try:
-        found = current_bridge().query_user(user_id)
+        found = current_bridge().query_user(UserId(user_id))
     except HomeserverUnavailable:
         return _homeserver_down()
     if found:
