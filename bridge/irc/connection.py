@@ -196,6 +196,8 @@ class IrcConnection:
         # This link's capabilities (IRC thread only; made anew for each TCP connect).
         self.caps = CapNegotiation()
         self._cap_timer: Timer | None = None
+        # Called when the enabled caps change on a registered link (cap-notify).
+        self.on_caps: Callable[[], None] | None = None
         self.server_error = ""
         self.banned_reason = ""  # set by an ERROR/465 that says we are banned
         self._server = 0  # index into the network's servers, tried in turn
@@ -372,6 +374,8 @@ class IrcConnection:
     def _cap_step(self, step: Step) -> None:
         for line in step.lines:
             self.send_now(line)
+        if self.state is State.CONNECTED and self.on_caps is not None:
+            self.on_caps()  # a no-op unless what is published changed
         if step.sasl_failed is not None:
             log.warning("%s: SASL login failed: %s", self, step.sasl_failed)
             self.on_change(self, self._event(Change.SASL_FAILED, reason=step.sasl_failed))

@@ -217,6 +217,7 @@ class Network:
             "", self.bot_nick, "ircbridge", "Matrix bridge bot", self.config.password or None
         )
         apply_bot_login(self.bot, self.config)
+        self.bot.on_caps = self._republish  # CAP NEW/DEL while connected
         self.nicks_changed()
         for channel in self.config.channels:
             self.bot.join(channel)
@@ -322,14 +323,17 @@ class Network:
         self._republish()
 
     def _republish(self) -> None:
-        """Publish a new snapshot if a nick, NICKLEN or the casemapping changed."""
+        """Publish a new snapshot if a nick, NICKLEN, the casemapping or a cap changed."""
         nicks = {owner: conn.nick for owner, conn in self.puppets.items()}
+        bot = self.bot
+        caps = dict(bot.caps.enabled) if bot is not None and bot.state is State.CONNECTED \
+            else {}
         old = self.snapshot
         if (old.nick_max == self.nick_max and old.casemapping == self._casemapping_name
-                and dict(old.nicks) == nicks):
+                and dict(old.nicks) == nicks and dict(old.caps) == caps):
             return
         self.snapshot = NetworkSnapshot.of(self.name, nicks, self.nick_max,
-                                           self._casemapping_name)
+                                           self._casemapping_name, caps)
         self.publish_snapshot(self.snapshot)
 
     @irc_thread_only
@@ -356,6 +360,8 @@ class Network:
             isupport = conn.conn.features
             self.nick_max = int(getattr(isupport, "nicklen", None) or self.nick_max)
             self._republish()
+        elif conn.is_bot and event.change is ConnectionChange.LOST:
+            self._republish()  # no caps while the bot is down
         self.listener.irc_connection(event)
 
     # ------------------------------------------------------------ events (dispatched per conn)

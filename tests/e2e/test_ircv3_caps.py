@@ -136,6 +136,8 @@ def test_every_connection_enables_what_the_bridge_wants_of_what_the_server_offer
     record(f"caps enabled on {setup.kind}", " ".join(sorted(bot_caps)) or "none")
     assert set(bot_caps) == expected, (setup.offered, bot_caps)
     assert set(puppet_caps) == expected
+    snapshot = setup.side.snapshot("t")
+    assert snapshot is not None and dict(snapshot.caps) == bot_caps  # published as well
     assert AT_LEAST[setup.kind] <= set(bot_caps), AT_LEAST[setup.kind] - set(bot_caps)
     for name in ("draft/multiline", "sasl"):
         if name in bot_caps:
@@ -277,8 +279,13 @@ def test_a_cap_the_server_withdraws_and_offers_again_follows_cap_notify(setup: S
                     "(InspIRCd's LOADMODULE can)")
     assert "cap-notify" in enabled(setup, setup.bot)
 
-    def bot_has(name: str) -> bool:
-        return name in enabled(setup, setup.bot)
+    def bot_has(name: str) -> bool | None:
+        """True/False when the bot's caps and the published snapshot (what the other
+        threads read) agree on `name`, None while they do not."""
+        snapshot = setup.side.snapshot("t")
+        assert snapshot is not None
+        here, published = name in enabled(setup, setup.bot), name in snapshot.caps
+        return here if here == published else None
 
     with setup.daemon.client("modder") as oper:
         start = oper.mark()
@@ -287,7 +294,8 @@ def test_a_cap_the_server_withdraws_and_offers_again_follows_cap_notify(setup: S
                              start=start).command == "381"
         assert bot_has("chghost")
         oper.send("UNLOADMODULE m_ircv3_chghost.so")
-        wait_until(lambda: not bot_has("chghost"), 20, what="CAP DEL chghost to reach the bot")
+        wait_until(lambda: bot_has("chghost") is False, 20,
+                   what="CAP DEL chghost to reach the bot")
         oper.send("LOADMODULE m_ircv3_chghost.so")
         wait_until(lambda: bot_has("chghost"), 20, what="CAP NEW + ACK of chghost")
     assert setup.side.call_sync(lambda: setup.bot.state is State.CONNECTED)

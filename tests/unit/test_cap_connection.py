@@ -108,3 +108,26 @@ def test_a_server_without_cap_registers_us_and_the_deadline_is_dropped() -> None
         # 001 ended the negotiation: no CAP END, and no timer left to send one later.
         assert side.call_sync(lambda: bot.caps.ended and bot._cap_timer is None)
         assert client.lines()[0] == "CAP LS 302" and "CAP END" not in client.lines()
+
+
+def test_the_bots_caps_are_published_in_the_network_snapshot() -> None:
+    """Other threads learn the bot's enabled caps (and values) only from the snapshot, and
+    it follows cap-notify."""
+    with ScriptedIrcServer(cap_ls=["CAP * LS :cap-notify draft/multiline=max-lines=5"]) \
+            as server, bridge_side(network(server.port)) as (side, _listener):
+        net = side.network("t")
+        assert net is not None
+        client = registered(server, "tbot")
+
+        def published() -> dict[str, str]:
+            snapshot = side.snapshot("t")
+            assert snapshot is not None
+            return dict(snapshot.caps)
+
+        wait_until(lambda: published() == {"cap-notify": "", "draft/multiline": "max-lines=5"},
+                   10, what="the caps in the snapshot")
+        client.send(":scripted CAP tbot NEW :server-time")
+        wait_until(lambda: "server-time" in published(), 10, what="NEW in the snapshot")
+        client.send(":scripted CAP tbot DEL :draft/multiline")
+        wait_until(lambda: "draft/multiline" not in published(), 10, what="DEL in the snapshot")
+        assert published() == {"cap-notify": "", "server-time": ""}
