@@ -41,6 +41,7 @@ EVENTS = (
     "bannedfromchan", "badchannelkey", "nochanmodes", "chanoprivsneeded", "toomanychannels",
     "cap", "authenticate", "saslsuccess", "saslfail", "saslaborted", "sasltoolong",
     "passwdmismatch", "470", "489", "yourebannedcreep",
+    "batch", "fail",  # IRCv3 batches and FAIL (bridge.irc.history)
 )
 
 

@@ -40,6 +40,7 @@ from .events import (
     parse_server_time,
     tag_map,
 )
+from .history import History
 from .kicks import Rejoins
 from .modes import ChannelModes, ChannelState, ModeSyntax, parse_modes
 from .receipt import Receipt
@@ -122,11 +123,12 @@ def event_time_ms(event: irc.client.Event) -> int:
     return line_ts(parse_server_time(tag_map(event.tags).get("time")), int(time.time() * 1000))
 
 
-def _line_times(event: irc.client.Event) -> tuple[int, Mapping[str, str], float | None]:
+def _line_times(event: irc.client.Event, *, history: bool = False,
+                ) -> tuple[int, Mapping[str, str], float | None]:
     """(ts in ms, tags, the `time` tag in seconds or None) of a relayed line."""
     tags = tag_map(event.tags)
     server_ms = parse_server_time(tags.get("time"))
-    ts = line_ts(server_ms, int(time.time() * 1000))
+    ts = line_ts(server_ms, int(time.time() * 1000), history=history)
     return ts, tags, None if server_ms is None else server_ms / 1000
 
 
@@ -185,6 +187,7 @@ class Network:
         self.rejoins = Rejoins(thread, config.kick_rejoin_after, lambda: self.bot)
         self.splits = Splits(thread, config.netsplit_leave_after, self._split_leave,
                              lambda channel, nick: nick in self.members.get(channel, set()))
+        self.history = History(self, thread)  # CHATHISTORY and batches (bridge.irc.history)
 
     # ------------------------------------------------------------ connections
     def _new_connection(self, owner: str, nick: str, username: str, realname: str,
@@ -367,6 +370,8 @@ class Network:
     # ------------------------------------------------------------ events (dispatched per conn)
     @irc_thread_only
     def on_event(self, conn: IrcConnection, event: irc.client.Event) -> None:
+        if self.history.intercept(conn, event):
+            return
         handler = getattr(self, "_on_" + event.type, None)
         if handler is None:
             return
@@ -453,6 +458,8 @@ class Network:
                 self.channel_modes[channel] = ChannelModes(bot_refused=kept_out)
             conn.joined(event.target)
             conn.send_now(f"MODE {event.target}")  # 324 tells the modes (+k, +i, +s, +p)
+            if conn.is_bot:
+                self.history.bot_joined(conn, event.target)
             if conn.is_bot and self.rejoins.bot_joined(channel) is not None:
                 self.listener.irc_connection(IrcConnectionEvent(
                     self.name, BOT, ConnectionChange.REJOINED, channel=channel))
@@ -505,13 +512,14 @@ class Network:
         self.listener.irc_membership(IrcMembership(self.name, channel, kicked,
                                                    MembershipChange.KICK, reason=reason, by=by))
 
-    def _on_quit(self, conn: IrcConnection, event: irc.client.Event) -> None:
+    def _on_quit(self, conn: IrcConnection, event: irc.client.Event,
+                 netsplit: bool = False) -> None:
         nick = event.source.nick if event.source else ""
         if not nick or self._ours(nick):
             return
         folded = self.fold(nick)
         reason = event.arguments[0] if event.arguments else ""
-        split = is_netsplit(reason)
+        split = netsplit or is_netsplit(reason)
         waiting: set[str] = set()
         for channel, members in self.members.items():
             if folded in members and self.forwarder(channel) is conn:
@@ -523,6 +531,10 @@ class Network:
                     self.listener.irc_membership(IrcMembership(
                         self.name, channel, nick, MembershipChange.QUIT, reason=reason))
         self.splits.quit(folded, nick, reason, waiting)
+
+    def split_quit(self, conn: IrcConnection, event: irc.client.Event) -> None:
+        """A QUIT of a netsplit BATCH: a split QUIT whatever its reason says."""
+        self._on_quit(conn, event, netsplit=True)
 
     def _split_leave(self, channel: str, nick: str, reason: str) -> None:
         """A user lost in a netsplit did not come back in time: their ghost leaves."""
@@ -710,9 +722,23 @@ class Network:
             return  # our own puppets' lines, echoed back by the server
         if self.forwarder(channel) is not conn:
             return
-        ts, tags, server_time = _line_times(event)
-        self.listener.irc_message(IrcMessage(self.name, self.fold(channel), nick, text, kind,
-                                             ts, self.mentions(text), tags, server_time))
+        message = self.message_of(conn, event, kind, text=text)
+        if message is not None:
+            self.listener.irc_message(message)
+
+    def message_of(self, conn: IrcConnection, event: irc.client.Event, kind: IrcKind, *,
+                   history: bool = False, text: str | None = None) -> IrcMessage | None:
+        """The IrcMessage of a channel line (None: one of ours, or not a channel line);
+        `history`: a CHATHISTORY line, whose time tag is taken at any age."""
+        nick = event.source.nick if event.source else ""
+        channel = event.target or ""
+        if not nick or self._ours(nick) or not is_channel(channel):
+            return None
+        if text is None:
+            text = event.arguments[0] if event.arguments else ""
+        ts, tags, server_time = _line_times(event, history=history)
+        return IrcMessage(self.name, self.fold(channel), nick, text, kind, ts,
+                          self.mentions(text), tags, server_time)
 
     def mentions(self, text: str) -> dict[str, UserId]:
         """Nicks of our puppets named in `text` -> their Matrix user ids (for pills)."""
