@@ -37,7 +37,7 @@ from ..irc.events import (
     IrcTopic,
 )
 from ..matrix import QUERY, HomeserverClient, Intent, IntentCache
-from ..matrix.state import MemberStore
+from ..matrix.state import MemberStore, PowerLevels
 from ..matrix.wire import JsonObject
 from ..ops.metrics import Metrics
 from ..pipeline.inbox import Completion, InboxWorker
@@ -96,6 +96,9 @@ class Bridge:
         self.cache = IntentCache()
         # Who is in each room, as the homeserver says (listed once, then kept current).
         self.members = MemberStore(lambda room_id: self.client.joined_members(room_id))
+        # Each room's power levels, the same way (bridge/matrix/state.py).
+        self.power_levels = PowerLevels(
+            lambda room_id: self.bot.get_state(room_id, "m.room.power_levels"))
         self.access = Access(config)  # [permissions] and the portal limits
         self.names = {
             n.name: NetworkNames(n.user_template, n.alias_template, config.homeserver.domain)
@@ -119,7 +122,8 @@ class Bridge:
                                    self.client, self.cache, self.store)
         self.lines = LineQueue(config, self.directory)
         self.privacy = ChannelPrivacy(config, self.client, self.bot, self.irc,
-                                      self.room_options, self.directory, self.lines)
+                                      self.room_options, self.directory, self.lines,
+                                      self.power_levels)
         self.irc_to_matrix = IrcToMatrix(config, self.store, self.client, self.cache,
                                          self.members, self.bot, self.names, self.registry,
                                          self.directory, self.lines, self.privacy)
@@ -323,6 +327,7 @@ class Bridge:
         seen, new = self.store.record_transaction(txn_id, events)
         for room_id, user_id in self.members.apply(events):
             self.cache.forget_joined(room_id, user_id)
+        self.power_levels.apply(events)
         if new and self.inbox is not None:
             self.inbox.notify()
         return seen, new

@@ -28,6 +28,7 @@ from ..irc import IrcSide
 from ..irc.events import IrcChannelState, IrcPower
 from ..irc.modes import MAX_LEVEL, ChannelState
 from ..matrix import HomeserverClient, Intent, MatrixError
+from ..matrix.state import PowerLevels
 from ..rules.ids import RoomId, UserId
 from ..store.kinds import Invite, JoinRule, LineKind, MadePrivate, Power
 from ..store.models import Link, QueuedLine
@@ -53,7 +54,8 @@ class ChannelPrivacy:
     """Channel modes -> the room's join rule, listing, history and members (see module)."""
 
     def __init__(self, config: Config, client: HomeserverClient, bot: Intent, irc: IrcSide,
-                 room_options: RoomOptions, directory: Directory, lines: LineQueue):
+                 room_options: RoomOptions, directory: Directory, lines: LineQueue,
+                 power_levels: PowerLevels):
         self.config = config
         self.client = client
         self.bot = bot
@@ -61,6 +63,7 @@ class ChannelPrivacy:
         self.room_options = room_options
         self.directory = directory
         self.lines = lines
+        self.power_levels = power_levels  # the rooms' levels, fed by the homeserver's pushes
         self.admin: AdminPort | None = None  # set by Bridge.attach
         # (network, folded channel) -> its modes, as the IRC thread last published them.
         # Written by the IRC thread only, and replaced whole (never changed in place), so
@@ -207,10 +210,10 @@ class ChannelPrivacy:
         are ever lowered, and it never grants more than 50."""
         if not power_of.matrix_user:
             self.directory.prepare_ghost(line.network, line.nick, line.sender)
-        power: dict[str, Any] = self.bot.get_state(room_id, "m.room.power_levels") or {}
-        users = dict(power.get("users") or {})
-        ours = dict(power.get(SET_BY_BRIDGE) or {})
-        default = int(power.get("users_default", 0) or 0)
+        power = self.power_levels.get(room_id)
+        users = _levels(power.get("users"))
+        ours = _levels(power.get(SET_BY_BRIDGE))
+        default = _level(power.get("users_default"))
         level = min(MAX_LEVEL, power_of.level)
         current = int(users.get(line.sender, default))
         if line.sender == self.config.bot_user_id or current == level:
@@ -226,8 +229,10 @@ class ChannelPrivacy:
         else:
             users.pop(line.sender, None)
             ours.pop(line.sender, None)
-        return self.bot.set_state(room_id, "m.room.power_levels", "",
-                                  {**power, "users": users, SET_BY_BRIDGE: ours})
+        content = {**power, "users": users, SET_BY_BRIDGE: ours}
+        event_id = self.bot.set_state(room_id, "m.room.power_levels", "", content)
+        self.power_levels.set(room_id, content)
+        return event_id
 
     def state_invite(self, line: QueuedLine, room_id: RoomId) -> str:
         """Invite a Matrix user whose puppet joined the private channel of this room."""
@@ -239,6 +244,24 @@ class ChannelPrivacy:
             return ""
         self.bot.invite(room_id, line.sender)
         return ""
+
+
+def _level(value: object) -> int:
+    """A power level as the homeserver stores it (an int, or a numeric string in old rooms)."""
+    if isinstance(value, bool):
+        return 0
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value)
+    return 0
+
+
+def _levels(value: object) -> dict[str, int]:
+    """A `users` map of power levels, user id -> level."""
+    if not isinstance(value, dict):
+        return {}
+    return {str(k): _level(v) for k, v in value.items()}
 
 
 def _quote(text: str) -> str:

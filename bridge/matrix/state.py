@@ -1,4 +1,4 @@
-"""Who is in which room, as the homeserver says: the bridge's membership state store.
+"""Who is in which room and who may do what, as the homeserver says: the bridge's state store.
 
 Why: the bridge must know whether a virtual user is still in a room to make it leave when
 its IRC user parts, quits, is kicked or changes nick. An in-memory record of what the bridge
@@ -9,7 +9,12 @@ room is needed (GET /rooms/{id}/joined_members, as the bot), and kept current fr
 calls. A room the bot cannot read (403/404) is not cached: the next question asks again;
 a homeserver that cannot answer raises, so the caller retries instead of guessing.
 
-Thread: any. Transactions update it on request threads, the senders read it; one lock.
+The room's power levels are kept the same way (`PowerLevels`): fetched once, then replaced
+by every `m.room.power_levels` event the homeserver pushes and by the bridge's own changes,
+so mirroring IRC prefixes needs no read before each write.
+
+Thread: any. Transactions update them on request threads, the senders read them; one lock
+each.
 """
 
 from __future__ import annotations
@@ -93,3 +98,45 @@ class MemberStore:
     def forget_room(self, room_id: str) -> None:
         with self._lock:
             self._joined.pop(room_id, None)
+
+
+# Fetches a room's m.room.power_levels content (None: the room has none we can read).
+FetchPowerLevels = Callable[[str], "Mapping[str, object] | None"]
+
+
+class PowerLevels:
+    """room id -> its m.room.power_levels content, as last pushed or written."""
+
+    def __init__(self, fetch: FetchPowerLevels) -> None:
+        self._fetch = fetch
+        self._lock = threading.Lock()
+        self._levels: dict[str, dict[str, object]] = {}
+
+    def get(self, room_id: str) -> dict[str, object]:
+        """A copy of the room's power levels ({} when it has none we can read)."""
+        with self._lock:
+            known = self._levels.get(room_id)
+            if known is not None:
+                return dict(known)
+        try:
+            fetched = self._fetch(room_id)
+        except (Forbidden, NotFound) as e:
+            log.info("cannot read the power levels of %s: %s", room_id, e)
+            return {}
+        with self._lock:
+            # A push that arrived while we fetched is newer: it wins.
+            return dict(self._levels.setdefault(room_id, dict(fetched or {})))
+
+    def set(self, room_id: str, content: Mapping[str, object]) -> None:
+        """The bridge wrote these levels (or the homeserver pushed them)."""
+        with self._lock:
+            self._levels[room_id] = dict(content)
+
+    def apply(self, events: Iterable[Mapping[str, object]]) -> None:
+        """Take in the `m.room.power_levels` events of a transaction."""
+        for event in events:
+            if event.get("type") != "m.room.power_levels" or event.get("state_key") != "":
+                continue
+            room_id, content = event.get("room_id"), event.get("content")
+            if isinstance(room_id, str) and isinstance(content, dict):
+                self.set(room_id, content)

@@ -39,7 +39,7 @@ from typing import Any
 import peewee as pw
 
 from ..matrix.retry import ONCE, at_most
-from ..rules.ids import RoomId, UserId
+from ..rules.ids import EventId, RoomId, UserId
 from ..store.models import IrcLine, QueuedLine, Store
 from .meter import NO_METER, Meter
 
@@ -338,7 +338,7 @@ class Senders:
         self._stop = threading.Event()
         self.depth = 0
         # Delivered (row id, event id) not yet marked done, written by `outbox-marker`.
-        self._delivered: list[tuple[int, str]] = []
+        self._delivered: list[tuple[int, EventId]] = []
         self._delivered_cond = threading.Condition()
         self._marker = threading.Thread(target=self._mark_delivered, name="outbox-marker",
                                         daemon=True)
@@ -436,7 +436,7 @@ class Senders:
             self.meter.relayed("irc_to_matrix", line.msgtype)
             with self._delivered_cond:
                 first = not self._delivered
-                self._delivered.append((line.id, event_id))
+                self._delivered.append((line.id, EventId(event_id)))
                 if first:
                     self._delivered_cond.notify()
             return
@@ -458,7 +458,7 @@ class Senders:
                     if not self._delivered:
                         return
 
-    def _mark_batch(self, batch: list[tuple[int, str]], stopping: bool) -> None:
+    def _mark_batch(self, batch: list[tuple[int, EventId]], stopping: bool) -> None:
         pause = 0.5
         while True:
             try:

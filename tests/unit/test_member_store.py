@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from bridge.matrix import Forbidden, HomeserverUnavailable
-from bridge.matrix.state import MemberStore
+from bridge.matrix.state import MemberStore, PowerLevels
 
 
 def member(room: str, user: str, membership: str) -> dict:
@@ -48,3 +48,47 @@ def test_a_room_that_cannot_be_listed_is_unknown_and_asked_again() -> None:
     assert store.is_joined("!r", "@a:x") is True
     store.forget_room("!r")
     assert answers == []
+
+
+def power(room: str, users: dict[str, int], state_key: str = "") -> dict:
+    return {"type": "m.room.power_levels", "room_id": room, "state_key": state_key,
+            "content": {"users": users, "users_default": 0}}
+
+
+def test_power_levels_are_read_once_then_follow_pushes_and_our_writes() -> None:
+    """Mirroring IRC prefixes reads a room's levels from the store: one fetch, then every
+    pushed m.room.power_levels (a Matrix admin's change) and each write of the bridge."""
+    asked: list[str] = []
+
+    def fetch(room_id: str) -> dict:
+        asked.append(room_id)
+        return {"users": {"@admin:x": 100}}
+
+    levels = PowerLevels(fetch)
+    assert levels.get("!r") == {"users": {"@admin:x": 100}}
+    levels.apply([power("!r", {"@admin:x": 100, "@mod:x": 50}),
+                  power("!r", {"@nobody:x": 99}, state_key="not-empty"),  # not the room's
+                  {"type": "m.room.message", "room_id": "!r"}])
+    assert levels.get("!r")["users"] == {"@admin:x": 100, "@mod:x": 50}
+    levels.set("!r", {"users": {"@admin:x": 100, "@irc_op:x": 50}})
+    copy = levels.get("!r")
+    copy["users"] = {}  # a caller's copy: the store keeps its own
+    assert levels.get("!r")["users"] == {"@admin:x": 100, "@irc_op:x": 50}
+    assert asked == ["!r"]
+
+
+def test_power_levels_of_a_room_the_bot_cannot_read_are_asked_again() -> None:
+    answers: list[object] = [Forbidden(403, "M_FORBIDDEN", "not in room"), {"users": {}}]
+
+    def fetch(room_id: str) -> dict:
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer  # type: ignore[return-value]
+
+    levels = PowerLevels(fetch)
+    assert levels.get("!r") == {}
+    assert levels.get("!r") == {"users": {}}
+    with pytest.raises(HomeserverUnavailable):
+        PowerLevels(lambda room: (_ for _ in ()).throw(
+            HomeserverUnavailable(0, "", "down"))).get("!r")
