@@ -22,11 +22,11 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Protocol
 
 from ..config.ini import Config
 from ..matrix import HomeserverClient, Intent, IntentCache, MatrixError
-from ..rules.ids import RoomId
+from ..rules.ids import JsonDict, RoomId
 from ..rules.permissions import role_of
 from .directory import Directory
 
@@ -135,7 +135,7 @@ class Gatekeeping(Protocol):
     def directory(self) -> Directory: ...
 
 
-def refused(bridge: Gatekeeping, event: dict[str, Any]) -> bool:
+def refused(bridge: Gatekeeping, event: JsonDict) -> bool:
     """True when the event's sender may not make the bridge act (the event is dropped).
 
     Runs first on the inbox thread for every event of a real user, before anything is joined,

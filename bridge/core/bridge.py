@@ -43,7 +43,7 @@ from ..ops.metrics import Metrics
 from ..pipeline.inbox import Completion, InboxWorker
 from ..pipeline.meter import NO_METER, Meter
 from ..pipeline.outbox import Recorder, Senders
-from ..rules.ids import RoomId, UserId
+from ..rules.ids import JsonDict, RoomId, UserId
 from ..rules.names import NetworkNames, sanitize_nick
 from ..store.models import Link, LockHeld, QueuedLine, Store
 from ..store.retention import Pruner
@@ -258,7 +258,7 @@ class Bridge:
             except Exception as e:  # noqa: BLE001 - the database is still down: try later
                 log.warning("cannot check the network locks yet: %s", e)
 
-    def _maybe_not_delivered(self, event: dict[str, Any]) -> None:
+    def _maybe_not_delivered(self, event: JsonDict) -> None:
         """A message whose sending was cut by a crash: its sender hears it, where they wrote."""
         room_id = RoomId(str(event.get("room_id")))
         sender = event.get("sender")
@@ -322,7 +322,7 @@ class Bridge:
         self.registry.add_all(self.store.all_links())
 
     # ------------------------------------------------------------ AS API (request threads)
-    def handle_transaction(self, txn_id: str, events: list[dict[str, Any]]) -> tuple[bool, int]:
+    def handle_transaction(self, txn_id: str, events: list[JsonDict]) -> tuple[bool, int]:
         """Store the events durably (before the 200) and wake the inbox worker."""
         seen, new = self.store.record_transaction(txn_id, events)
         for room_id, user_id in self.members.apply(events):
@@ -402,7 +402,7 @@ class Bridge:
         return self.privacy.room_is_private(room_id)
 
     # ------------------------------------------------------------ the inbox and the senders
-    def on_matrix_event(self, event: dict[str, Any], completion: Completion) -> None:
+    def on_matrix_event(self, event: JsonDict, completion: Completion) -> None:
         """Inbox thread: one pushed event (see MatrixToIrc)."""
         self.matrix_to_irc.on_matrix_event(event, completion)
 

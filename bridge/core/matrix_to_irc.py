@@ -8,7 +8,6 @@ virtual user opens a private conversation. IRC work is handed to the IRC thread.
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from ..config.ini import Config, NetworkConfig
 from ..irc import IrcSide
@@ -19,7 +18,7 @@ from ..pipeline.fanout import Outcome, Shares
 from ..pipeline.inbox import Completion
 from ..pipeline.meter import NO_METER, Meter
 from ..rules import formatting, translate
-from ..rules.ids import EventId, RoomId, UserId
+from ..rules.ids import EventId, JsonDict, RoomId, UserId
 from ..rules.names import NetworkNames, puppet_nick
 from ..store.models import Link, PrivateRoom, Store
 from . import access
@@ -52,7 +51,7 @@ class MatrixToIrc:
         self.media: MediaLinks | None = None  # set by Bridge.attach; None: plain mxc links
 
     # ------------------------------------------------------------ Matrix -> IRC (inbox thread)
-    def on_matrix_event(self, event: dict[str, Any], completion: Completion) -> None:
+    def on_matrix_event(self, event: JsonDict, completion: Completion) -> None:
         done = completion.finished
         sender = event.get("sender")
         room_id = event.get("room_id")
@@ -88,7 +87,7 @@ class MatrixToIrc:
             return
         done(True)
 
-    def _channel_event(self, event: dict[str, Any], content: dict[str, Any], link: Link,
+    def _channel_event(self, event: JsonDict, content: JsonDict, link: Link,
                        completion: Outcome) -> None:
         done = completion.finished
         net = self.irc.network(link.network)
@@ -130,7 +129,7 @@ class MatrixToIrc:
         self.irc.call(net.say, sender, None, link.channel_name, lines, kind,
                       Receipt(sent, completion.started))
 
-    def _private_event(self, event: dict[str, Any], content: dict[str, Any], pm: PrivateRoom,
+    def _private_event(self, event: JsonDict, content: JsonDict, pm: PrivateRoom,
                        completion: Completion) -> None:
         done = completion.finished
         if event.get("type") == "m.room.member" and event.get("state_key") == pm.owner \
@@ -188,7 +187,7 @@ class MatrixToIrc:
             return True
         return self.admin.puppet_settings(network, user_id).get("long_messages") != "lines"
 
-    def _membership_to_irc(self, event: dict[str, Any], content: dict[str, Any],
+    def _membership_to_irc(self, event: JsonDict, content: JsonDict,
                            link: Link) -> None:
         sender = UserId(str(event["sender"]))
         target = event.get("state_key")
@@ -200,11 +199,15 @@ class MatrixToIrc:
             return
         channel = link.channel_name
         if target == sender:
-            previous = (event.get("unsigned") or {}).get("prev_content") or {}
-            if membership == "join" and previous.get("membership") == "join":
-                self._displayname_changed(link, sender, content.get("displayname"))
+            unsigned = event.get("unsigned")
+            previous = unsigned.get("prev_content") if isinstance(unsigned, dict) else None
+            was_joined = isinstance(previous, dict) and previous.get("membership") == "join"
+            name = content.get("displayname")
+            if membership == "join" and was_joined:
+                self._displayname_changed(link, sender, name)
             elif membership == "join":
-                self.irc.call(self.puppet_join, link, sender, content.get("displayname"))
+                self.irc.call(self.puppet_join, link, sender,
+                              name if isinstance(name, str) else None)
             elif membership == "leave":
                 self.irc.call(self._puppet_part, link, sender)
             return
@@ -231,7 +234,7 @@ class MatrixToIrc:
                            name if isinstance(name, str) else None, snapshot.nick_max)
         self.irc.call(net.command, user_id, f"NICK {nick}")
 
-    def _invite_to_ghost(self, event: dict[str, Any], content: dict[str, Any]) -> bool:
+    def _invite_to_ghost(self, event: JsonDict, content: JsonDict) -> bool:
         """A Matrix user invites a virtual user: a private conversation with that nick."""
         target = event.get("state_key")
         if content.get("membership") != "invite" or not isinstance(target, str):

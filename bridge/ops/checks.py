@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit
 
 import requests
@@ -168,7 +168,14 @@ def check_ping(config: Config, client: HomeserverClient) -> CheckResult:
                                      f"({result.get('duration_ms')} ms)")
 
 
-def check_database(config: Config, store_factory: Callable[[str], Any] | None = None,
+class SchemaStore(Protocol):
+    """What the database check uses of a store (`store.models.Store` is one)."""
+
+    def schema_version(self) -> int | None: ...
+    def close(self) -> None: ...
+
+
+def check_database(config: Config, store_factory: Callable[[str], SchemaStore] | None = None,
                    ) -> CheckResult:
     """The database answers and its schema is the one this bridge needs."""
     from ..store.models import SCHEMA_VERSION, Store

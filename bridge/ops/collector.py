@@ -12,12 +12,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from typing import Any
+from typing import Protocol
 
 from prometheus_client import ProcessCollector, start_http_server
 from prometheus_client.core import GaugeMetricFamily, Metric
 
-from ..irc import State
+from ..config.ini import Config
+from ..irc import IrcSide, State
+from ..pipeline.inbox import InboxWorker
+from ..pipeline.outbox import Senders
+from ..store.models import Store
 from ..version import __version__
 from . import queries as ops_queries
 from .metrics import Metrics
@@ -64,10 +68,25 @@ def _families() -> dict[str, GaugeMetricFamily]:
     }
 
 
+class ScrapedBridge(Protocol):
+    """What a scrape reads of the bridge (the core's `Bridge` is one)."""
+
+    @property
+    def config(self) -> Config: ...
+    @property
+    def irc(self) -> IrcSide: ...
+    @property
+    def store(self) -> Store: ...
+    @property
+    def inbox(self) -> InboxWorker | None: ...
+    @property
+    def senders(self) -> Senders | None: ...
+
+
 class BridgeCollector:
     """Reads the bridge's present state at each scrape."""
 
-    def __init__(self, bridge: Any):
+    def __init__(self, bridge: ScrapedBridge):
         self.bridge = bridge
 
     def describe(self) -> Iterator[Metric]:
@@ -125,7 +144,7 @@ class BridgeCollector:
             f["rooms"].add_metric([name], rooms.get(name, 0))
 
 
-def setup(bridge: Any) -> Metrics:
+def setup(bridge: ScrapedBridge) -> Metrics:
     """The app's Metrics: registry, scrape-time collectors, and its own port if set (the
     caller hands it to the bridge: `Bridge.attach(meter=...)`)."""
     metrics = Metrics(networks=[n.name for n in bridge.config.networks])

@@ -14,8 +14,9 @@ homeserver senders count (prometheus_client's counters are thread-safe).
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterable
-from typing import Any
+from wsgiref.simple_server import WSGIServer
 
 import requests
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -43,7 +44,8 @@ class Metrics:
 
     def __init__(self, networks: Iterable[str] = ()):
         self.registry = CollectorRegistry(auto_describe=True)
-        self.server: Any = None  # (server, thread) when [metrics] bind has its own port
+        # (server, thread) when [metrics] bind has its own port
+        self.server: tuple[WSGIServer, threading.Thread] | None = None
         r = self.registry
         self.messages_relayed = Counter(
             "ircbridge_messages_relayed", "Messages relayed, by direction and Matrix msgtype.",

@@ -30,8 +30,8 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
+from ..rules.ids import JsonDict
 from ..store.models import DONE, FAILED, Store
 from .meter import NO_METER, Meter
 
@@ -127,7 +127,7 @@ class Completion:
         self._worker.completed(self.row_id, ok)
 
 
-Handler = Callable[[dict[str, Any], Completion], None]
+Handler = Callable[[JsonDict, Completion], None]
 
 
 class InboxWorker:
@@ -143,7 +143,7 @@ class InboxWorker:
         self.meter = meter
         self.journal = SentJournal(journal) if journal is not None else None
         # Told about events whose sending was cut by a crash (see SentJournal).
-        self.on_uncertain: Callable[[dict[str, Any]], None] | None = None
+        self.on_uncertain: Callable[[JsonDict], None] | None = None
         self.handle = handle
         self.batch = batch
         self._wake = threading.Event()

@@ -14,16 +14,20 @@ import threading
 import time
 import zlib
 from collections.abc import Callable
-from typing import Any
+from typing import TypeVarTuple
 
 log = logging.getLogger(__name__)
+
+Ts = TypeVarTuple("Ts")
+# One piece of work: a function and its arguments (None: the lane stops).
+_Work = tuple[Callable[..., object], tuple[object, ...]] | None
 
 
 class Lanes:
     """Worker threads; work for one key (a room) always runs on the same thread, in order."""
 
     def __init__(self, count: int, name: str):
-        self._queues: list[queue.SimpleQueue[tuple[Callable[..., Any], tuple[Any, ...]] | None]]
+        self._queues: list[queue.SimpleQueue[_Work]]
         self._queues = [queue.SimpleQueue() for _ in range(count)]
         self._threads = [
             threading.Thread(target=self._run, args=(q_,), name=f"{name}-{i}", daemon=True)
@@ -35,7 +39,7 @@ class Lanes:
             if not thread.is_alive():
                 thread.start()
 
-    def submit(self, key: str, fn: Callable[..., Any], *args: Any) -> None:
+    def submit(self, key: str, fn: Callable[[*Ts], object], *args: *Ts) -> None:
         lane = zlib.crc32(key.encode("utf-8", "surrogatepass")) % len(self._queues)
         self._queues[lane].put((fn, args))
 
@@ -49,7 +53,7 @@ class Lanes:
                 thread.join(max(0.0, deadline - time.monotonic()))
 
     @staticmethod
-    def _run(work: queue.SimpleQueue[tuple[Callable[..., Any], tuple[Any, ...]] | None]) -> None:
+    def _run(work: queue.SimpleQueue[_Work]) -> None:
         while True:
             item = work.get()
             if item is None:

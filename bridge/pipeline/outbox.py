@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TypeVarTuple
 
 import peewee as pw
 
@@ -44,6 +44,8 @@ from ..store.models import IrcLine, QueuedLine, Store
 from .meter import NO_METER, Meter
 
 log = logging.getLogger(__name__)
+
+Ts = TypeVarTuple("Ts")
 
 
 @dataclass(frozen=True)
@@ -475,7 +477,7 @@ class Senders:
         """The pause between two tries of a row; a stop ends it."""
         self._stop.wait(seconds)
 
-    def _mark(self, write: Callable[..., None], *args: Any) -> None:
+    def _mark(self, write: Callable[[*Ts], None], *args: *Ts) -> None:
         """Record a row's outcome; the database may be restarting, so keep trying."""
         pause = 0.5
         while not self._stop.is_set():

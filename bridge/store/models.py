@@ -32,7 +32,7 @@ from urllib.parse import unquote, urlsplit
 import peewee as pw
 from playhouse.shortcuts import ReconnectMixin
 
-from ..rules.ids import EventId, RoomId, UserId
+from ..rules.ids import EventId, JsonDict, RoomId, UserId
 from . import migrations as store_migrations
 from .kinds import LineKind
 
@@ -775,7 +775,7 @@ class Store:
         return VirtualUser.get_or_none((VirtualUser.bridge_id == self.bridge_id)
                                        & (VirtualUser.user_id == user_id))
 
-    def identity(self, user_id: str, network: str) -> dict[str, Any]:
+    def identity(self, user_id: str, network: str) -> dict[str, object]:
         row = IrcIdentity.get_or_none(
             (IrcIdentity.bridge_id == self.bridge_id) & (IrcIdentity.user_id == user_id)
             & (IrcIdentity.network == network)
@@ -787,7 +787,7 @@ class Store:
             data["nick"] = row.nick
         return data
 
-    def set_identity(self, user_id: str, network: str, **settings: Any) -> None:
+    def set_identity(self, user_id: str, network: str, **settings: object) -> None:
         current = self.identity(user_id, network)
         current.update(settings)
         nick = current.pop("nick", None)
@@ -799,7 +799,7 @@ class Store:
             update={IrcIdentity.nick: nick, IrcIdentity.settings: json.dumps(current)},
         ).execute()
 
-    def identities(self, network: str) -> list[tuple[str, dict[str, Any]]]:
+    def identities(self, network: str) -> list[tuple[str, dict[str, object]]]:
         rows = IrcIdentity.select().where((IrcIdentity.bridge_id == self.bridge_id)
                                           & (IrcIdentity.network == network))
         return [(r.user_id, self.identity(r.user_id, network)) for r in rows]
@@ -902,7 +902,7 @@ class Store:
         return (str(row.msgid), int(row.ts)) if row is not None else None
 
     # ---------------------------------------------------------------- inbox
-    def record_transaction(self, txn_id: str, events: list[dict[str, Any]]) -> tuple[bool, int]:
+    def record_transaction(self, txn_id: str, events: list[JsonDict]) -> tuple[bool, int]:
         """Store a pushed transaction's events before answering; dedupe by txnId and event_id.
 
         Returns (seen_before, number of new events queued). A txnId seen before with the same
@@ -953,7 +953,7 @@ class Store:
 
     def pending_inbox(
         self, after_id: int = 0, limit: int = 200
-    ) -> list[tuple[int, dict[str, Any]]]:
+    ) -> list[tuple[int, JsonDict]]:
         query = (
             InboxEvent.select(InboxEvent.id, InboxEvent.payload)
             .where((InboxEvent.bridge_id == self.bridge_id) & (InboxEvent.state == PENDING)
@@ -1003,7 +1003,7 @@ class Store:
             if relaxed is not None and relaxed > 1:  # this thread's other commits stay FULL
                 self.db.execute_sql(f"PRAGMA synchronous = {int(relaxed)}")
 
-    def inbox_events(self, ids: list[int]) -> list[dict[str, Any]]:
+    def inbox_events(self, ids: list[int]) -> list[JsonDict]:
         rows = InboxEvent.select(InboxEvent.payload).where(
             (InboxEvent.bridge_id == self.bridge_id) & InboxEvent.id.in_(ids))
         return [json.loads(r.payload) for r in rows.order_by(InboxEvent.id)]
