@@ -49,6 +49,7 @@ from ..store.models import Link, LockHeld, QueuedLine, Store
 from ..store.retention import Pruner
 from ..store.room_options import RoomOptions
 from .access import Access
+from .backfill import Backfill
 from .directory import Directory
 from .foreign import ForeignUsers
 from .irc_to_matrix import IrcToMatrix
@@ -133,6 +134,9 @@ class Bridge:
         self.portals = Portals(config, self.store, self.client, self.cache, self.bot, self.irc,
                                self.names, self.access, self.registry, self.room_options,
                                self.directory, self.lines, self.privacy)
+        self.backfill = Backfill(config, self.store, self.irc, self.registry, self.directory,
+                                 self.lines, self.privacy)
+        self.portals.backfill = self.backfill
         self.startup = Startup(config, self.client, self.bot, self.irc, self.directory,
                                self.links, self.matrix_to_irc.puppet_join, self._stopping,
                                self.health)
@@ -236,6 +240,7 @@ class Bridge:
         else:
             self.hs_ready.set()
         if connect_irc:
+            self.backfill.start()  # catch-up anchors, before the IRC thread runs
             self.irc.start()
             for link in self.links():  # the bot listens in every bridged channel again
                 net = self.irc.network(link.network)

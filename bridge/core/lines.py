@@ -14,6 +14,7 @@ import threading
 import time
 
 from ..config.ini import Config
+from ..pipeline.backfill import HistoryLines
 from ..pipeline.outbox import Recorder, RoomCreated
 from ..rules.ids import RoomId, UserId
 from ..rules.names import is_channel
@@ -62,10 +63,17 @@ class LineQueue:
             self.recorder.put(line)
 
     def room_created(self, network: str, channel: str, room_id: RoomId,
-                     replay: bool = True) -> None:
-        """A channel (folded) has its room now: its queued lines and scrollback go there."""
+                     replay: bool = True, history: tuple[IrcLine, ...] = ()) -> None:
+        """A channel (folded) has its room now: its queued lines and scrollback go there,
+        merged with the server's `history` (bridge.pipeline.backfill)."""
         if self.recorder is not None:
-            self.recorder.put(RoomCreated(network, channel, room_id, threading.Event(), replay))
+            self.recorder.put(RoomCreated(network, channel, room_id, threading.Event(), replay,
+                                          history))
+
+    def caught_up(self, network: str, channel: str, lines: tuple[IrcLine, ...]) -> None:
+        """History lines of a bridged channel (folded) the bridge may have missed."""
+        if self.recorder is not None and lines:
+            self.recorder.put(HistoryLines(network, channel, lines))
 
     def forget(self, network: str, channel: str) -> None:
         """A channel lost its room: its lines are kept as scrollback again."""

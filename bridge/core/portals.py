@@ -24,6 +24,7 @@ from ..rules.names import NetworkNames, fold_channel, valid_channel
 from ..store.models import Link, Store
 from ..store.room_options import RoomOptions
 from .access import Access, PortalLimited
+from .backfill import Backfill
 from .directory import Directory
 from .lines import LineQueue
 from .links import LinkRegistry
@@ -54,6 +55,7 @@ class Portals:
         self.lines = lines
         self.privacy = privacy
         self.admin: AdminPort | None = None  # set by Bridge.attach
+        self.backfill: Backfill | None = None  # set by Bridge: a new room's server history
 
     def query_room(self, alias: str, for_user: str | None = None) -> bool:
         """Create the portal room for a channel alias, blocking; False means 404.
@@ -173,7 +175,10 @@ class Portals:
 
     def _after_room_created(self, network: str, channel: str, folded: str, room_id: RoomId,
                             replay: bool = True) -> None:
-        self.lines.room_created(network, folded, room_id, replay)
+        if self.backfill is not None:
+            self.backfill.portal_made(network, channel, folded, room_id, replay)
+        else:
+            self.lines.room_created(network, folded, room_id, replay)
         net = self.irc.network(network)
         if net is not None:
             self.irc.call(net.join_bot, channel)

@@ -41,6 +41,7 @@ import peewee as pw
 from ..matrix.retry import ONCE, at_most
 from ..rules.ids import EventId, RoomId, UserId
 from ..store.models import IrcLine, QueuedLine, Store
+from .backfill import HistoryLines, fresh_lines, replay_with_history
 from .meter import NO_METER, Meter
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,8 @@ class RoomCreated:
     room_id: RoomId
     done: threading.Event
     replay: bool = True  # False for a private channel: its scrollback is dropped, not shown
+    # The server's recent lines (CHATHISTORY), merged with the scrollback (pipeline.backfill).
+    history: tuple[IrcLine, ...] = ()
 
 
 class Retry(Exception):
@@ -97,7 +100,8 @@ class Recorder:
         self.sender_for_nick = sender_for_nick
         self.dispatch = dispatch
         self.spill = spill
-        self._items: collections.deque[IrcLine | RoomCreated] = collections.deque()
+        self._items: collections.deque[IrcLine | RoomCreated | HistoryLines] = \
+            collections.deque()
         self._cond = threading.Condition()  # guards _items and _closing; held only briefly
         self._closing = False
         self._commit_lock = threading.Lock()  # guards _taken and _abandoned
@@ -111,7 +115,7 @@ class Recorder:
         self._load_spill()
         self._thread.start()
 
-    def put(self, item: IrcLine | RoomCreated) -> None:
+    def put(self, item: IrcLine | RoomCreated | HistoryLines) -> None:
         """Any thread (the IRC thread): queue a line; never waits on the database."""
         with self._cond:
             self._items.append(item)
@@ -160,13 +164,17 @@ class Recorder:
                 self._taken = [i for i in batch if isinstance(i, IrcLine)]
             self._write(batch)
 
-    def _write(self, items: list[IrcLine | RoomCreated]) -> None:
+    def _write(self, items: list[IrcLine | RoomCreated | HistoryLines]) -> None:
         run: list[IrcLine] = []
         for item in items:
             if isinstance(item, RoomCreated):
                 self._flush(run)
                 run = []
                 self._room_created(item)
+            elif isinstance(item, HistoryLines):
+                self._flush(run)
+                run = []
+                self._history(item)
             else:
                 run.append(item)
         self._flush(run)
@@ -256,6 +264,11 @@ class Recorder:
                     self.store.drop_scrollback(item.network, item.channel)
                     queued = []
                     break
+                if item.history:
+                    queued = replay_with_history(
+                        self.store, item.network, item.channel, item.room_id, item.history,
+                        lambda nick: self.sender_for_nick(item.network, nick))
+                    break
                 queued = self.store.replay_scrollback(
                     item.network, item.channel, item.room_id,
                     lambda nick: self.sender_for_nick(item.network, nick),
@@ -271,6 +284,23 @@ class Recorder:
             log.info("replaying %d scrollback lines into %s", len(queued), item.room_id)
             self.dispatch(queued)
         item.done.set()
+
+    def _history(self, item: HistoryLines) -> None:
+        """A catch-up: the lines of it this bridge does not have yet are stored."""
+        while not self._abandoned:
+            try:
+                fresh = fresh_lines(self.store, item)
+                break
+            except Exception:  # noqa: BLE001
+                log.exception("could not read which history lines are new; retrying in 1 s")
+                if not self._pause():
+                    return
+        else:
+            return
+        if fresh:
+            log.info("%d lines of %s on %s caught up from the server's history", len(fresh),
+                     item.channel, item.network)
+        self._flush(fresh)
 
     # ------------------------------------------------------------ spill file
     def _write_spill(self, lines: list[IrcLine]) -> None:
