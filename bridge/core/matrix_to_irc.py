@@ -8,6 +8,7 @@ virtual user opens a private conversation. IRC work is handed to the IRC thread.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from ..config.ini import Config, NetworkConfig
 from ..irc import IrcSide
@@ -25,6 +26,7 @@ from . import access
 from .directory import Directory
 from .lines import LineQueue
 from .media import MediaLinks
+from .msgids import MsgidWriter, reply_tags
 from .ports import AdminPort
 
 log = logging.getLogger(__name__)
@@ -49,6 +51,7 @@ class MatrixToIrc:
         self.admin: AdminPort | None = None  # set by Bridge.attach
         self.meter: Meter = NO_METER  # set by Bridge.attach
         self.media: MediaLinks | None = None  # set by Bridge.attach; None: plain mxc links
+        self.msgids = MsgidWriter(store)  # echoed msgids beside their events (echo-message)
 
     # ------------------------------------------------------------ Matrix -> IRC (inbox thread)
     def on_matrix_event(self, event: JsonDict, completion: Completion) -> None:
@@ -127,7 +130,8 @@ class MatrixToIrc:
             done(ok)
 
         self.irc.call(net.say, sender, None, link.channel_name, lines, kind,
-                      Receipt(sent, completion.started))
+                      Receipt(sent, completion.started, self._echoed(link.network, event)),
+                      reply_tags(self.store, link.network, content))
 
     def _private_event(self, event: JsonDict, content: JsonDict, pm: PrivateRoom,
                        completion: Completion) -> None:
@@ -153,7 +157,20 @@ class MatrixToIrc:
             done(ok)
 
         self.irc.call(net.say_private, str(event["sender"]), nick, lines, kind,
-                      Receipt(sent, completion.started))
+                      Receipt(sent, completion.started, self._echoed(pm.network, event)),
+                      reply_tags(self.store, pm.network, content))
+
+    def _echoed(self, network: str, event: JsonDict) -> Callable[[str, int], None]:
+        """A Receipt's `echoed`: the server's msgid of a line is stored beside the event."""
+        room_id = RoomId(str(event.get("room_id")))
+        event_id = EventId(str(event.get("event_id") or ""))
+        server_ts = event.get("origin_server_ts")
+
+        def echoed(msgid: str, ts: int) -> None:
+            if event_id:
+                self.msgids.link(network, msgid, room_id, event_id,
+                                 ts or (server_ts if isinstance(server_ts, int) else 0))
+        return echoed
 
     def _end_private_room(self, pm: PrivateRoom) -> None:
         """The Matrix user left their private room: it ends; the virtual user leaves too."""

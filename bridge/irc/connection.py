@@ -27,6 +27,7 @@ from . import backoff
 from . import cap as cap_setup
 from . import tls as tls_setup
 from .cap import CapNegotiation, Step
+from .echo import EchoWaits
 from .events import ConnectionChange as Change
 from .events import IrcConnectionEvent
 from .targets import TargetQueues
@@ -75,6 +76,8 @@ def line_target(line: str, channel: str | None,
     """The queue a line waits in: its channel, else the folded target of PRIVMSG/NOTICE."""
     if channel:
         return fold(channel)
+    if line.startswith("@"):  # client tags (a reply's +draft/reply, a label)
+        line = line.partition(" ")[2]
     words = line.split(" ", 2)
     if len(words) > 2 and words[0].upper() in ("PRIVMSG", "NOTICE"):
         return fold(words[1])
@@ -198,6 +201,7 @@ class IrcConnection:
         self._cap_timer: Timer | None = None
         # Called when the enabled caps change on a registered link (cap-notify).
         self.on_caps: Callable[[], None] | None = None
+        self.echoes = EchoWaits(thread.call_later)  # lines waiting for their echo (echo.py)
         self.server_error = ""
         self.banned_reason = ""  # set by an ERROR/465 that says we are banned
         self._server = 0  # index into the network's servers, tried in turn
@@ -417,6 +421,7 @@ class IrcConnection:
         self.channels.clear()
         self._join_queued.clear()
         self.queue.remove_if(lambda item: item.per_link)  # redone on the next link
+        self.echoes.lost()
         if was_stable:
             self.failures = 0
         else:
@@ -454,6 +459,7 @@ class IrcConnection:
         for item in self.queue.take_all():
             if item.done:
                 item.done(False, "connection closed")
+        self.echoes.lost()
         try:
             self.thread.reactor._remove_connection(self.conn)
         except ValueError:

@@ -21,7 +21,8 @@ from ..rules.ids import UserId
 from ..rules.names import casefolder, irc_lower, is_channel, puppet_nick
 from .backoff import is_ban
 from .botlogin import apply_bot_login
-from .connection import ConnectSlots, IrcConnection, Sasl, State
+from .connection import REFUSED, ConnectSlots, IrcConnection, Sasl, State
+from .echo import MessageSend
 from .echoes import FormerNicks
 from .events import (
     ConnectionChange,
@@ -656,6 +657,9 @@ class Network:
         reason = event.arguments[-1] if event.arguments else event.type
         if not conn.is_bot:
             self.listener.irc_failure(IrcFailure(self.name, UserId(conn.owner), target, reason))
+        if target and event.type not in _JOIN_REFUSALS:  # a line written, waiting for its echo
+            conn.echoes.refused(self.fold(target), tag_map(event.tags).get("label"),
+                                f"{REFUSED}{reason}")
         # That target's waiting lines fail; every other target's go on.
         join = event.type in _JOIN_REFUSALS
         conn.refused(target, reason, join=join)
@@ -678,6 +682,24 @@ class Network:
     _on_toomanychannels = _failure
     # 470 forwarded to another channel, 489 TLS-only channel: no names in the irc library.
     _on_470 = _on_489 = _failure
+
+    def _on_fail(self, conn: IrcConnection, event: irc.client.Event) -> None:
+        """A standard reply `FAIL PRIVMSG <code> ... :text`: the line it names is refused."""
+        if str(event.target or "").upper() not in ("PRIVMSG", "NOTICE", "TAGMSG"):
+            return
+        reason = event.arguments[-1] if event.arguments else "FAIL"
+        target = conn.echoes.refused(None, tag_map(event.tags).get("label"),
+                                     f"{REFUSED}{reason}")
+        if target is not None and not conn.is_bot:
+            self.listener.irc_failure(IrcFailure(self.name, UserId(conn.owner), target, reason))
+
+    def _echoed(self, conn: IrcConnection, event: irc.client.Event, text: str) -> None:
+        """Our own line, echoed back (echo-message) to the connection that said it."""
+        if not len(conn.echoes) or not self._mine(conn, event.source.nick if event.source else ""):
+            return
+        tags = tag_map(event.tags)
+        conn.echoes.echo(self.fold(event.target or ""), text, tags.get("label"),
+                         tags.get("msgid") or None, _line_times(event)[0])
 
     def _on_endofnames(self, conn: IrcConnection, event: irc.client.Event) -> None:
         if event.arguments and self.forwarder(event.arguments[0]) is conn:
@@ -719,6 +741,7 @@ class Network:
         channel = event.target
         nick = event.source.nick if event.source else ""
         if not nick or self._ours(nick):
+            self._echoed(conn, event, text)
             return  # our own puppets' lines, echoed back by the server
         if self.forwarder(channel) is not conn:
             return
@@ -776,6 +799,7 @@ class Network:
                        kind: IrcKind) -> None:
         nick = event.source.nick if event.source else ""
         if not nick or self._ours(nick):
+            self._echoed(conn, event, text)
             return
         if not conn.owner:
             return  # the bot's PMs are not bridged
@@ -792,37 +816,32 @@ class Network:
         conn.send(line, channel=channel)
 
     def say_private(self, user_id: str, nick: str, lines: list[str], kind: str,
-                    receipt: Receipt) -> None:
+                    receipt: Receipt, tags: Mapping[str, str] | None = None) -> None:
         """Say `lines` to `nick` from the user's puppet (see `say`)."""
-        _say(self.puppet(user_id), nick, None, lines, kind, receipt)
+        _say(self.puppet(user_id), nick, None, lines, kind, receipt, tags)
 
     def say(self, user_id: str, displayname: str | None, channel: str, lines: list[str],
-            kind: str, receipt: Receipt) -> None:
-        """Say `lines` in `channel` from the user's puppet; `receipt` hears how it went."""
+            kind: str, receipt: Receipt, tags: Mapping[str, str] | None = None) -> None:
+        """Say `lines` in `channel` from the user's puppet; `receipt` hears how it went;
+        `tags` (client tags: a reply's +draft/reply) go on the first line where the link
+        has message-tags."""
         conn = self.puppet(user_id, displayname)
         conn.join(channel)
-        _say(conn, channel, channel, lines, kind, receipt)
+        _say(conn, channel, channel, lines, kind, receipt, tags)
 
 
 def _say(conn: IrcConnection, target: str, channel: str | None, lines: list[str], kind: str,
-         receipt: Receipt) -> None:
-    """Queue one message's lines; `receipt.finished` once, after the last one left (or any
-    failed); `receipt.started` right before the first is written."""
+         receipt: Receipt, tags: Mapping[str, str] | None = None) -> None:
+    """Queue one message's lines; `receipt.finished` once, after the last one left, or was
+    echoed (echo-message, see bridge.irc.echo), or any failed; `receipt.started` right
+    before the first is written."""
     if not lines:
         receipt.finished(True, None)
         return
-    remaining = [len(lines)]
-    failed: list[str] = []
-
-    def one_done(ok: bool, error: str | None) -> None:
-        if not ok:
-            failed.append(error or "not sent")
-        remaining[0] -= 1
-        if remaining[0] == 0:
-            receipt.finished(not failed, failed[0] if failed else None)
-
+    send = MessageSend(conn.caps.enabled, conn.echoes, len(lines), receipt)
     command = "NOTICE" if kind == "m.notice" else "PRIVMSG"
     for i, line in enumerate(lines):
         text = f"\x01ACTION {line}\x01" if kind == "m.emote" else line
-        conn.send(f"{command} {target} :{text}", channel=channel, done=one_done,
-                  before=receipt.started if i == 0 else None)
+        out, done = send.line(command, target, conn.fold(target), text, line,
+                              tags if i == 0 else None)
+        conn.send(out, channel=channel, done=done, before=receipt.started if i == 0 else None)

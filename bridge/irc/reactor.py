@@ -27,6 +27,7 @@ from typing import TypeVar, TypeVarTuple
 import irc.client
 from jaraco.stream import buffer as line_buffer
 
+from . import tags as message_tags
 from . import wire
 from .sendbuffer import SendBuffer
 
@@ -76,6 +77,16 @@ class BridgeServerConnection(irc.client.ServerConnection):
             self._check_limit()  # the socket is full: the poller says when to try again
         else:
             self.flush()
+
+    def _prep_message(self, string: str) -> bytes:
+        """The line's bytes: 512 at most without its tags (message-tags gives tags their
+        own 4096 bytes), as the library checks a line without them."""
+        tag_part, rest = message_tags.split_tags(string)
+        if not tag_part:
+            return bytes(super()._prep_message(string))
+        if len(tag_part.encode()) > message_tags.MAX_CLIENT_TAG_BYTES + 2:
+            raise irc.client.MessageTooLong("message tags limited to 4096 bytes")
+        return self.encode(tag_part) + bytes(super()._prep_message(rest))
 
     def flush(self) -> None:
         """Write what the socket takes now; ask the poller to wake us for the rest."""
@@ -151,6 +162,8 @@ class BridgeServerConnection(irc.client.ServerConnection):
         command = parts[1]
         if command not in _RELAYED and command.upper() not in _RELAYED:
             return False
+        if parts[0][1:].split("!", 1)[0] == getattr(self, "real_nickname", None):
+            return False  # our own line, echoed (echo-message): bridge.irc.echo waits for it
         target = parts[2]
         return target[:1] in _CHANNEL_PREFIXES and not relays(target)
 

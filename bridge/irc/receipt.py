@@ -2,8 +2,10 @@
 
 Made by the caller (the Matrix -> IRC path, on the inbox thread) and handed with a message's
 lines to the IRC thread, which calls it: `started()` right before the first line is written
-to the socket, then `finished(ok, error)` exactly once, after the last line left or as soon
-as any line failed. Both run on the IRC thread, so they must only queue or append.
+to the socket, then `finished(ok, error)` exactly once: after the last line left, or, on a
+connection with echo-message, once the server echoed every line back (bridge.irc.echo),
+or as soon as any line failed or was refused. `echoed(msgid, ts)` for each echo that
+carried a msgid, before `finished`. All run on the IRC thread, so they must only queue.
 """
 
 from __future__ import annotations
@@ -16,9 +18,14 @@ def _nothing() -> None:
     return None
 
 
+def _no_msgid(msgid: str, ts: int) -> None:
+    return None
+
+
 @dataclass(frozen=True)
 class Receipt:
-    """The two moments a message's sender cares about (see the module docstring)."""
+    """The moments a message's sender cares about (see the module docstring)."""
 
     finished: Callable[[bool, str | None], None]
     started: Callable[[], None] = _nothing
+    echoed: Callable[[str, int], None] = _no_msgid

@@ -1,0 +1,119 @@
+"""echo-message, msgids and replies/reactions over tags, on a real IRC server.
+
+A real Synapse, the bridge under gunicorn and the IRC server IRCBRIDGE_TEST_IRCD names
+(Ergo and InspIRCd offer message-tags and echo-message; elsewhere the module is skipped).
+Bob is a raw IRC client with message-tags and echo-message, the channel's operator (he
+made it before the bridge came).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from bridge.devstack.clients import MatrixClient, RawIrcClient
+from bridge.devstack.ports import wait_until
+from bridge.devstack.stack import Stack
+from bridge.store.models import FAILED, InboxEvent, Store
+from tests.conftest import TEST_DB_ENV, clean_database
+from tests.e2e.test_ircv3_caps import cap_ls, request_caps
+
+CHANNEL = "#echoes"
+PUPPET = "alice[m]"
+
+
+class Run:
+    stack: Stack
+    bob: RawIrcClient
+    alice: MatrixClient
+    room: str
+    store: Store
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
+    url = os.environ.get(TEST_DB_ENV)
+    if url:
+        clean_database(url)
+    r = Run()
+    r.stack = Stack(tmp_path_factory.mktemp("echo"), database_url=url, channels=CHANNEL)
+    try:
+        r.stack.prepare()
+        with r.stack.irc_user("prober") as prober:
+            offered = cap_ls(prober)
+        if "message-tags" not in offered or "echo-message" not in offered:
+            pytest.skip(f"{r.stack.ircd.kind} offers no message-tags with echo-message")
+
+        def bob_arrives(stack: Stack) -> None:
+            r.bob = stack.irc_user("Bob")
+            request_caps(r.bob, "message-tags echo-message")
+            r.bob.join(CHANNEL)
+
+        r.stack.start(before_bridge=bob_arrives)
+        r.alice = r.stack.matrix_user("alice")
+        r.room = r.alice.join(r.stack.alias(CHANNEL))
+        wait_until(lambda: "ircbot" in r.bob.names(CHANNEL), 30, what="the bot in the channel")
+        r.store = Store(r.stack.database_url, r.stack.appservice_id)
+        yield r
+    finally:
+        if getattr(r, "store", None):
+            r.store.close()
+        if getattr(r, "bob", None):
+            r.bob.close()
+        r.stack.stop()
+
+
+def _bob_says(run: Run, text: str) -> tuple[str, dict[str, Any]]:
+    """Bob's line: its msgid (from his echo) and its Matrix event."""
+    run.bob.privmsg(CHANNEL, text)
+    msgid = run.bob.wait_for_privmsg(text, target=CHANNEL, timeout=20).tags.get("msgid")
+    if not msgid:
+        pytest.skip(f"{run.stack.ircd.kind} gives its lines no msgid tag")
+    event = run.alice.wait_for_message(
+        run.room, lambda e: e.get("content", {}).get("body") == text, timeout=30)
+    return msgid, event
+
+
+def test_a_matrix_reply_carries_the_msgid_and_its_own_msgid_is_stored(run: Run) -> None:
+    msgid, event = _bob_says(run, "first words of bob")
+    wait_until(lambda: run.store.msgid_of_event(run.stack.network_name, event["event_id"]),
+               10, what="Bob's msgid stored")
+    reply_id = run.alice.send_event(run.room, "m.room.message", {
+        "msgtype": "m.text", "body": "> <Bob> first words of bob\n\nalice answers",
+        "m.relates_to": {"m.in_reply_to": {"event_id": event["event_id"]}}})
+    seen = run.bob.wait_for(lambda m: m.command == "PRIVMSG" and "alice answers" in m.text
+                            and m.nick == PUPPET, timeout=30)
+    assert seen.tags.get("+draft/reply") == msgid
+    assert seen.text.startswith("Bob")  # the readable form too
+    # the echo's msgid (the one Bob got) is stored beside alice's event
+    assert seen.tags.get("msgid")
+    found = wait_until(lambda: run.store.event_of_msgid(run.stack.network_name,
+                                                         seen.tags["msgid"]), 20,
+                       what="alice's msgid stored from her puppet's echo")
+    assert found == (run.room, reply_id)
+
+
+def test_a_line_the_channel_refuses_is_not_delivered(run: Run) -> None:
+    wait_until(lambda: PUPPET in run.bob.names(CHANNEL), 20, what="alice's puppet")
+    run.bob.send(f"MODE {CHANNEL} +m")
+    run.bob.wait_for(lambda m: m.command == "MODE" and "+m" in m.params, timeout=10)
+    try:
+        event_id = run.alice.send_text(run.room, "a muted line")
+        notice = run.alice.wait_for_message(
+            run.room, lambda e: e.get("content", {}).get("msgtype") == "m.notice"
+            and "a muted line" not in e["content"]["body"]
+            and "not delivered" in e["content"]["body"], timeout=30)
+        assert f"{PUPPET}: not delivered to {CHANNEL}" in notice["content"]["body"]
+
+        def state() -> int | None:
+            row = InboxEvent.get_or_none((InboxEvent.bridge_id == run.store.bridge_id)
+                                         & (InboxEvent.event_id == event_id))
+            return int(row.state) if row is not None and row.state else None
+
+        # the bytes left, but the server refused the line: its row is failed, not done
+        assert wait_until(state, 20, what="the row's outcome") == FAILED
+    finally:
+        run.bob.send(f"MODE {CHANNEL} -m")
