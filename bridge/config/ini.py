@@ -108,6 +108,8 @@ class NetworkConfig:
     kick_rejoin_after: float = 30.0
     # Seconds a netsplit QUIT waits for its user to come back before their ghost leaves.
     netsplit_leave_after: float = 1800.0
+    # Matrix presence -> AWAY on the user's puppet (unavailable/offline: away; online: back).
+    away_from_presence: bool = False
     # Bytes of output a connection may hold for a server that does not read them before it
     # is dropped and reconnected.
     send_buffer_limit: int = 262144
@@ -251,6 +253,7 @@ NETWORK_KEYS: dict[str, Any] = {
     "give_up_after": "600",
     "kick_rejoin_after": "30",
     "netsplit_leave_after": "1800",
+    "away_from_presence": "false",
     "send_buffer_limit": "262144",
     "banned_retry_after": "3600",
     "sasl_username": "",
@@ -713,6 +716,7 @@ def _network(
                                    0.1, 86400.0),
         netsplit_leave_after=r.number("netsplit_leave_after",
                                       NETWORK_KEYS["netsplit_leave_after"], 0.1, 7 * 86400.0),
+        away_from_presence=r.boolean("away_from_presence", NETWORK_KEYS["away_from_presence"]),
         send_buffer_limit=r.integer("send_buffer_limit", NETWORK_KEYS["send_buffer_limit"],
                                     4096, 1 << 30),
         portals_per_hour=r.integer("portals_per_hour", NETWORK_KEYS["portals_per_hour"],

@@ -60,7 +60,11 @@ def build(config: Config) -> dict[str, Any]:
         "sender_localpart": config.appservice.sender_localpart,
         "rate_limited": False,
         "protocols": ["irc"],
-        "receive_ephemeral": False,
+        # Typing and presence (MSC2409): the stable flag (Synapse >= 1.156) and the unstable
+        # one older Synapse reads; when both are on, the same list comes under both keys
+        # and the bridge reads one (bridge/web/appservice.py).
+        "receive_ephemeral": True,
+        "de.sorunome.msc2409.push_ephemeral": True,
         "namespaces": {"users": users, "aliases": aliases, "rooms": []},
     }
 

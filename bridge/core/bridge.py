@@ -9,9 +9,10 @@ links, virtual users) and `LineQueue` (the entry of IRC->Matrix lines). Its publ
 are thin delegations, the seam the web layer, the admin rooms and the CLI call. It imports
 no Flask.
 
-Threads: request threads call `handle_transaction`, `query_user`, `query_room`; the inbox
-thread calls `on_matrix_event`; the IRC thread calls the `irc_*` listener methods (which only
-queue); the senders call `deliver`.
+Threads: request threads call `handle_transaction`, `handle_ephemeral`, `query_user`,
+`query_room`; the inbox thread calls `on_matrix_event`; the IRC thread calls the `irc_*`
+listener methods (which only queue); the senders call `deliver`; the "ephemeral" thread
+makes presence and typing calls (core/presence.py).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from ..irc.events import (
     IrcPrivate,
     IrcTopic,
 )
+from ..irc.presence import IrcPresence
 from ..matrix import QUERY, HomeserverClient, Intent, IntentCache
 from ..matrix.state import MemberStore, PowerLevels
 from ..matrix.wire import JsonObject
@@ -59,6 +61,7 @@ from .matrix_to_irc import MatrixToIrc
 from .media import MediaLinks
 from .portals import Portals
 from .ports import AdminPort
+from .presence import Ephemeral
 from .privacy import ChannelPrivacy
 from .startup import Startup
 from .thirdparty import ThirdPartyLocation, ThirdPartyLookups, ThirdPartyUser
@@ -141,6 +144,8 @@ class Bridge:
                                self.links, self.matrix_to_irc.puppet_join, self._stopping,
                                self.health)
         self.thirdparty = ThirdPartyLookups(config, self.names, self.directory)
+        self.ephemeral = Ephemeral(config, self.client, self.cache, self.irc, self.directory,
+                                   self.members)
         self.hs_ready = self.startup.hs_ready
 
         # The durable pipeline, made at start (its files and threads belong to a running
@@ -234,6 +239,7 @@ class Bridge:
         self.senders.dispatch(self.store.pending_outbox())
         self.inbox.start()
         self.pruner.start()
+        self.ephemeral.start()
         if check_homeserver:
             threading.Thread(target=self.startup.run, name="startup-checks",
                              daemon=True).start()
@@ -307,6 +313,7 @@ class Bridge:
         inbox, recorder, senders = self.inbox, self.recorder, self.senders
         steps: list[tuple[str, Callable[[], None]]] = [
             ("the pruner", lambda: self.pruner.stop(timeout=1.0)),
+            ("presence and typing", lambda: self.ephemeral.stop(timeout=1.0)),
             ("the inbox", lambda: inbox.stop(timeout=2.0) if inbox else None),
             ("IRC", lambda: self.irc.stop("Bridge shutting down", timeout=3.0)),
             ("the sent journal", lambda: inbox.close() if inbox else None),
@@ -336,6 +343,10 @@ class Bridge:
         if new and self.inbox is not None:
             self.inbox.notify()
         return seen, new
+
+    def handle_ephemeral(self, events: list[JsonDict]) -> None:
+        """Typing and presence pushed with a transaction (see Ephemeral); not stored."""
+        self.ephemeral.matrix_ephemeral(events)
 
     def query_user(self, user_id: UserId) -> bool:
         """Register a virtual user the homeserver asked about; False means 404."""
@@ -433,6 +444,9 @@ class Bridge:
 
     def irc_connection(self, event: IrcConnectionEvent) -> None:
         self.irc_to_matrix.irc_connection(event)
+
+    def irc_ephemeral(self, event: IrcPresence) -> None:
+        self.ephemeral.irc_ephemeral(event)
 
     def irc_channel_state(self, event: IrcChannelState) -> None:
         self.privacy.irc_channel_state(event)

@@ -42,6 +42,8 @@ EVENTS = (
     "cap", "authenticate", "saslsuccess", "saslfail", "saslaborted", "sasltoolong",
     "passwdmismatch", "470", "489", "yourebannedcreep",
     "batch", "fail",  # IRCv3 batches and FAIL (bridge.irc.history)
+    "away", "chghost", "account", "setname",  # bridge.irc.presence
+    "tagmsg",
 )
 
 

@@ -44,6 +44,7 @@ from .events import (
 from .history import History
 from .kicks import Rejoins
 from .modes import ChannelModes, ChannelState, ModeSyntax, parse_modes
+from .presence import Identity, IrcPresence, on_away, on_identity, on_tagmsg
 from .receipt import Receipt
 from .snapshot import NetworkSnapshot
 from .splits import Splits, is_netsplit
@@ -81,6 +82,9 @@ class IrcListener(Protocol):
     def irc_casemapping(self, event: IrcCasemapping) -> None: ...
 
     def irc_failure(self, event: IrcFailure) -> None: ...
+
+    def irc_ephemeral(self, event: IrcPresence) -> None:
+        """Away/back and typing of someone on IRC (bridge.irc.presence); may be dropped."""
 
 
 LIVENESS_EVERY = 30.0
@@ -184,6 +188,8 @@ class Network:
         # is called on the IRC thread when a connection is made.
         self.settings_for: Callable[[str, str], Mapping[str, object]] | None = None
         self._our_nicks: set[str] | None = None
+        # Folded nick -> what CHGHOST/ACCOUNT/SETNAME said of it (bridge.irc.presence).
+        self.identities: dict[str, Identity] = {}
         self.former_nicks = FormerNicks()
         self.rejoins = Rejoins(thread, config.kick_rejoin_after, lambda: self.bot)
         self.splits = Splits(thread, config.netsplit_leave_after, self._split_leave,
@@ -565,6 +571,19 @@ class Network:
                 self._modes(channel).rename(self.fold(old), self.fold(new))
                 self.listener.irc_membership(IrcMembership(
                     self.name, channel, old, MembershipChange.NICK, new_nick=new))
+
+    # IRCv3 away-notify, +typing, chghost, account-notify, setname: bridge.irc.presence.
+    # None of them is a leave or a join.
+    def _on_away(self, conn: IrcConnection, event: irc.client.Event) -> None:
+        on_away(self, conn, event)
+
+    def _on_tagmsg(self, conn: IrcConnection, event: irc.client.Event) -> None:
+        on_tagmsg(self, conn, event)
+
+    def _on_chghost(self, conn: IrcConnection, event: irc.client.Event) -> None:
+        on_identity(self, conn, event)
+
+    _on_account = _on_setname = _on_chghost
 
     def _on_namreply(self, conn: IrcConnection, event: irc.client.Event) -> None:
         if len(event.arguments) < 3:

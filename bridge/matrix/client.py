@@ -354,6 +354,24 @@ class HomeserverClient:
         path = f"{CLIENT_V3}/profile/{q(user_id)}/avatar_url"
         self.request("PUT", path, json={"avatar_url": mxc_uri}, user_id=user_id, policy=policy)
 
+    def set_presence(self, user_id: str, presence: str, status_msg: str = "", *,
+                     policy: RetryPolicy | None = None) -> None:
+        """`PUT /presence/{userId}/status` as `user_id` (online, unavailable, offline)."""
+        body: dict[str, object] = {"presence": presence}
+        if status_msg:
+            body["status_msg"] = status_msg
+        self.request("PUT", f"{CLIENT_V3}/presence/{q(user_id)}/status", json=body,
+                     user_id=user_id, policy=policy)
+
+    def set_typing(self, room_id: str, user_id: str, typing: bool, timeout_ms: int = 30000, *,
+                   policy: RetryPolicy | None = None) -> None:
+        """`PUT /rooms/{roomId}/typing/{userId}` as `user_id` (who must be joined)."""
+        body: dict[str, object] = {"typing": typing}
+        if typing:
+            body["timeout"] = timeout_ms
+        self.request("PUT", f"{CLIENT_V3}/rooms/{q(room_id)}/typing/{q(user_id)}", json=body,
+                     user_id=user_id, policy=policy)
+
     def get_profile(self, user_id: str, *, policy: RetryPolicy | None = None) -> JsonObject:
         """`GET /profile/{userId}`; raises NotFound for an unknown user."""
         return self.request("GET", f"{CLIENT_V3}/profile/{q(user_id)}", policy=policy)

@@ -250,6 +250,20 @@ class Intent:
         self._recovering(
             lambda: self.client.set_avatar_url(self.user_id, mxc_uri, policy=self.policy))
 
+    # ------------------------------------------------------------------ ephemeral
+
+    def set_presence(self, presence: str, status_msg: str = "") -> None:
+        """This user's presence (online, unavailable, offline) with an optional message."""
+        self.ensure_registered()
+        self._recovering(lambda: self.client.set_presence(self.user_id, presence, status_msg,
+                                                          policy=self.policy))
+
+    def set_typing(self, room_id: str, typing: bool, timeout_ms: int = 30000) -> None:
+        """Start (for `timeout_ms`) or stop this user's typing notice in a joined room."""
+        self.ensure_registered()
+        self._recovering(lambda: self.client.set_typing(room_id, self.user_id, typing,
+                                                        timeout_ms, policy=self.policy), room_id)
+
     # ------------------------------------------------------------------ rooms
 
     def create_room(

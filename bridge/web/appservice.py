@@ -73,7 +73,22 @@ def put_transaction(txn_id: str) -> Response:
     bridge.meter.transaction(seen, new)
     if seen and not new:
         log.debug("transaction %s already handled", txn_id)
+    _ephemeral(txn_id, body)
     return jsonify({})
+
+
+def _ephemeral(txn_id: str, body: JsonObject) -> None:
+    """Typing and presence (MSC2409): not stored, and never a reason to fail the 200."""
+    found = body.get("ephemeral")
+    if not isinstance(found, list):
+        found = body.get("de.sorunome.msc2409.ephemeral")  # the unstable name, same list
+    if not isinstance(found, list) or not found:
+        return
+    try:
+        current_bridge().handle_ephemeral([e for e in found if isinstance(e, dict)])
+    except Exception:  # noqa: BLE001 - ephemeral data may be dropped, the events may not
+        log.warning("transaction %s: its ephemeral events were dropped", txn_id,
+                    exc_info=True)
 
 
 @bp.route("/_matrix/app/v1/users/<path:user_id>", methods=["GET"])

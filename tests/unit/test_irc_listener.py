@@ -27,6 +27,7 @@ from bridge.irc.events import (
     MembershipChange,
 )
 from bridge.irc.network import IrcListener
+from bridge.irc.presence import Identity, IrcAway, IrcTyping
 from tests.irc_listener import RecordingListener, declared
 from tests.scripted_irc import Client, ScriptedIrcServer
 
@@ -103,13 +104,21 @@ def test_every_call_a_network_makes_matches_the_protocol() -> None:
                  ":bob!b@h MODE #chan +o carol",
                  ":scripted 353 tbot = #chan :tbot bob @carol",
                  ":scripted 366 tbot #chan :End of NAMES",
+                 ":bob!b@h AWAY :lunch",
+                 ":bob!b@h CHGHOST bb new.host",
+                 ":bob!b@h ACCOUNT bobacct",
+                 ":bob!b@h SETNAME :Bob B",
+                 "@+typing=active :bob!b@h TAGMSG #chan",
+                 "@+typing=bogus :bob!b@h TAGMSG #chan",
+                 ":bob!b@h AWAY",
                  ":carol!c@h NICK carol2",
                  ":bob!b@h KICK #chan carol2 :bye",
                  ":dave!d@h JOIN #chan",
                  ":dave!d@h PART #chan :later",
                  ":erin!e@h JOIN #chan",
                  ":erin!e@h QUIT :Quit: gone")
-            _say(alice, ":bob!b@h PRIVMSG alice[m] :psst",
+            _say(alice, ":scripted 301 alice[m] bob :lunch",
+                 ":bob!b@h PRIVMSG alice[m] :psst",
                  ":scripted 401 alice[m] nobody :No such nick")
             wanted = set(declared())
             wait_until(lambda: wanted <= {name for name, _ in list(listener.events)}
@@ -129,6 +138,12 @@ def test_every_call_a_network_makes_matches_the_protocol() -> None:
     assert changes == [MembershipChange.JOIN, MembershipChange.NICK, MembershipChange.KICK,
                        MembershipChange.JOIN, MembershipChange.PART, MembershipChange.JOIN,
                        MembershipChange.QUIT]
+    # away-notify and +typing reach the core; CHGHOST/ACCOUNT/SETNAME are no membership
+    # change (the list above has no QUIT/JOIN for bob) and the 301 numeric is no AWAY.
+    assert listener.of("irc_ephemeral") == [
+        IrcAway("t", "bob", "lunch"), IrcTyping("t", "#chan", "bob", "active"),
+        IrcAway("t", "bob", None)]
+    assert side.network("t").identities["bob"] == Identity("bb", "new.host", "bobacct", "Bob B")
     private = listener.of("irc_private")
     assert [(p.owner, p.nick, p.text, p.kind) for p in private
             if isinstance(p, IrcPrivate)] == [

@@ -1,0 +1,202 @@
+"""Presence and typing (issue 14 items 4 and 9): the pure mappings, the +typing rate limit,
+what the core hands to the IRC thread for Matrix ephemeral events, the registration flags
+and the config key.
+
+Thread: the test's own; the IRC side is a recording fake (no thread).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bridge.config import ini as config_module
+from bridge.config.registration import build
+from bridge.core.presence import (
+    AWAY_MAX,
+    Ephemeral,
+    TypingLimiter,
+    away_line,
+    presence_for_away,
+    typing_changes,
+    typing_users,
+)
+from bridge.irc.presence import send_typing, set_away, typing_state
+from bridge.store.models import Link
+from tests.conftest import write_config
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_irc_away_is_unavailable_with_its_text_and_back_is_online() -> None:
+    assert presence_for_away("at lunch") == ("unavailable", "at lunch")
+    assert presence_for_away(None) == ("online", "")
+    assert presence_for_away("") == ("online", "")
+
+
+@pytest.mark.parametrize(("presence", "status", "line"), [
+    ("online", "whatever", "AWAY"),
+    ("unavailable", "in a meeting", "AWAY :in a meeting"),
+    ("unavailable", None, "AWAY :Away"),
+    ("offline", "", "AWAY :Offline"),
+    ("unavailable", "two\r\nlines\x00here", "AWAY :two lines here"),
+    ("busy", "x", None),
+    (None, None, None),
+])
+def test_matrix_presence_maps_to_one_safe_away_line(presence: object, status: object,
+                                                    line: str | None) -> None:
+    assert away_line(presence, status) == line
+
+
+def test_a_long_status_message_is_cut() -> None:
+    line = away_line("unavailable", "x" * 1000)
+    assert line is not None and len(line) == len("AWAY :") + AWAY_MAX
+
+
+def test_typing_changes_and_the_typing_event() -> None:
+    assert typing_changes(["@a:x", "@b:x"], ["@b:x", "@c:x"]) == (["@c:x"], ["@a:x"])
+    assert typing_users({"content": {"user_ids": ["@a:x", 3]}}) == ["@a:x"]
+    assert typing_users({"content": {"user_ids": "@a:x"}}) is None
+    assert typing_users({}) is None
+
+
+def test_the_typing_tag_takes_only_the_three_states() -> None:
+    assert [typing_state({"+typing": s}) for s in ("active", "paused", "done")] == [
+        "active", "paused", "done"]
+    assert typing_state({"+typing": "typing"}) is None
+    assert typing_state({"typing": "active"}) is None  # a client tag has its +
+    assert typing_state(None) is None
+
+
+def test_one_typing_notice_per_three_seconds_per_user_and_target() -> None:
+    clock = Clock()
+    limit = TypingLimiter(3.0, clock)
+    assert limit.allow("@a:x", "#c", "active")
+    assert not limit.allow("@a:x", "#c", "active")  # at once again: dropped
+    assert limit.allow("@b:x", "#c", "active")  # another user
+    assert limit.allow("@a:x", "#d", "active")  # another target
+    clock.now += 2.9
+    assert not limit.allow("@a:x", "#c", "active")
+    clock.now += 0.1
+    assert limit.allow("@a:x", "#c", "active")
+
+
+def test_done_ends_a_notice_at_once_but_only_one_that_was_sent() -> None:
+    clock = Clock()
+    limit = TypingLimiter(3.0, clock)
+    assert not limit.allow("@a:x", "#c", "done")  # nothing to end
+    assert limit.allow("@a:x", "#c", "active")
+    assert limit.allow("@a:x", "#c", "done")  # not held back by the 3 s
+    assert not limit.allow("@a:x", "#c", "done")  # never twice
+    assert not limit.allow("@a:x", "#c", "active")  # a new notice still waits its 3 s
+    clock.now += 3
+    assert limit.allow("@a:x", "#c", "active")
+
+
+# ---------------------------------------------------------------- the part, with fakes
+class FakeIrc:
+    def __init__(self) -> None:
+        self.calls: list[tuple[Callable[..., object], tuple[Any, ...]]] = []
+
+    def network(self, name: str) -> str | None:
+        return f"net:{name}"
+
+    def call(self, fn: Callable[..., object], *args: Any) -> None:
+        self.calls.append((fn, args))
+
+
+class FakeDirectory:
+    def __init__(self, links: dict[str, list[Link]]) -> None:
+        self.links = links
+
+    def links_for_room(self, room_id: str) -> list[Link]:
+        return self.links.get(room_id, [])
+
+    def is_ours(self, user_id: str) -> bool:
+        return user_id.startswith("@irc_")
+
+    def is_foreign(self, user_id: str) -> bool:
+        return user_id.startswith("@other_")
+
+
+def _link(network: str, channel: str, room_id: str) -> Link:
+    return Link(network, channel.lower(), channel, room_id, None, "portal")
+
+
+def _part(tmp_path: Path, extra: str = "") -> tuple[Ephemeral, FakeIrc]:
+    config = config_module.load(write_config(tmp_path, extra_network=extra))
+    irc = FakeIrc()
+    directory = FakeDirectory({"!r": [_link(config.networks[0].name, "#Chan", "!r")]})
+    part = Ephemeral(config, None, None, irc, directory, None)  # type: ignore[arg-type]
+    return part, irc
+
+
+def _typing(room_id: str, *users: str) -> dict[str, object]:
+    return {"type": "m.typing", "room_id": room_id, "content": {"user_ids": list(users)}}
+
+
+def test_matrix_typing_becomes_active_then_done_from_the_typists_puppet(tmp_path: Path) -> None:
+    part, irc = _part(tmp_path)
+    net = part.config.networks[0].name
+    part.matrix_ephemeral([_typing("!r", "@alice:localhost", "@irc_local_bob:localhost",
+                                   "@other_x:localhost")])
+    assert irc.calls == [(send_typing, (f"net:{net}", "@alice:localhost", "#Chan", "active"))]
+    part.matrix_ephemeral([_typing("!r", "@alice:localhost")])  # bob (ours) stopped: nothing
+    part.matrix_ephemeral([_typing("!r")])
+    assert irc.calls[1:] == [(send_typing, (f"net:{net}", "@alice:localhost", "#Chan", "done"))]
+    part.matrix_ephemeral([_typing("!r", "@alice:localhost")])  # again within 3 s: held back
+    part.matrix_ephemeral([_typing("!elsewhere", "@alice:localhost"),
+                           {"type": "m.receipt", "room_id": "!r", "content": {}},
+                           {"type": "m.typing", "room_id": "!r", "content": {}}])
+    assert len(irc.calls) == 2
+
+
+def test_matrix_presence_sets_away_only_where_the_network_asks(tmp_path: Path) -> None:
+    part, irc = _part(tmp_path)
+    presence = {"type": "m.presence", "sender": "@alice:localhost",
+                "content": {"presence": "unavailable", "status_msg": "lunch"}}
+    part.matrix_ephemeral([presence])
+    assert irc.calls == []  # off by default
+    part, irc = _part(tmp_path, "away_from_presence = true\n")
+    net = part.config.networks[0].name
+    part.matrix_ephemeral([presence, presence,
+                           {"type": "m.presence", "sender": "@irc_local_bob:localhost",
+                            "content": {"presence": "unavailable"}}])
+    assert irc.calls == [(set_away, (f"net:{net}", "@alice:localhost", "AWAY :lunch"))]
+    part.matrix_ephemeral([{"type": "m.presence", "sender": "@alice:localhost",
+                            "content": {"presence": "online"}}])
+    assert irc.calls[1:] == [(set_away, (f"net:{net}", "@alice:localhost", "AWAY"))]
+
+
+def test_the_config_key_is_off_by_default(tmp_path: Path) -> None:
+    config = config_module.load(write_config(tmp_path))
+    assert config.networks[0].away_from_presence is False
+    on = config_module.load(write_config(tmp_path, extra_network="away_from_presence = yes\n"))
+    assert on.networks[0].away_from_presence is True
+    assert not [w for w in on.warnings if "unknown key" in w]
+
+
+def test_the_registration_asks_for_ephemeral_events(tmp_path: Path) -> None:
+    registration = build(config_module.load(write_config(tmp_path)))
+    assert registration["receive_ephemeral"] is True
+    assert registration["de.sorunome.msc2409.push_ephemeral"] is True
+
+
+def test_a_failing_ephemeral_part_never_stops_the_worker(tmp_path: Path) -> None:
+    from bridge.irc.presence import IrcAway
+
+    part, _irc = _part(tmp_path)
+    part.irc_ephemeral(IrcAway("n", "bob", "x"))  # the fake directory has no names: raises
+    part.irc_ephemeral(IrcAway("elsewhere", "bob", "x"))
+    part.start()
+    part.stop(timeout=5)
+    assert part._thread is None and part._queue.empty()
