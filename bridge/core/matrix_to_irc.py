@@ -18,7 +18,7 @@ from ..matrix import HomeserverClient, Intent, IntentCache, MatrixError
 from ..pipeline.fanout import Outcome, Shares
 from ..pipeline.inbox import Completion
 from ..pipeline.meter import NO_METER, Meter
-from ..rules import formatting, translate
+from ..rules import formatting, multiline, translate
 from ..rules.ids import EventId, JsonDict, RoomId, UserId
 from ..rules.names import NetworkNames, puppet_nick
 from ..store.models import Link, PrivateRoom, Store
@@ -189,6 +189,7 @@ class MatrixToIrc:
             found = self.store.find_message(EventId(event_id), room_id)
             return translate.Origin(*found) if found else None
 
+        snapshot = self.irc.snapshot(network.name)  # the bot's caps: draft/multiline limits
         return translate.Context(
             budget=formatting.payload_budget("PRIVMSG", target),
             max_lines=network.max_lines,
@@ -196,6 +197,7 @@ class MatrixToIrc:
             nick_for_user=lambda user_id: self.directory.nick_of(network.name, user_id),
             media=self.media,
             paste=self._wants_paste(network.name, sender),
+            multiline=multiline.limits(snapshot.caps) if snapshot is not None else None,
         )
 
     def _wants_paste(self, network: str, user_id: str) -> bool:

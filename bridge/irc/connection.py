@@ -30,6 +30,7 @@ from .cap import CapNegotiation, Step
 from .echo import EchoWaits
 from .events import ConnectionChange as Change
 from .events import IrcConnectionEvent
+from .multiline import IncomingBatches
 from .targets import TargetQueues
 from .threadcheck import irc_thread_only
 from .wire import clean_field
@@ -202,6 +203,7 @@ class IrcConnection:
         # Called when the enabled caps change on a registered link (cap-notify).
         self.on_caps: Callable[[], None] | None = None
         self.echoes = EchoWaits(thread.call_later)  # lines waiting for their echo (echo.py)
+        self.batches = IncomingBatches()  # draft/multiline batches being received
         self.server_error = ""
         self.banned_reason = ""  # set by an ERROR/465 that says we are banned
         self._server = 0  # index into the network's servers, tried in turn
@@ -276,6 +278,7 @@ class IrcConnection:
             sasl_mechanism=self.sasl.mechanism if self.sasl else None,
             sasl_response=self.sasl.response() if self.sasl else b"")
         self.conn.first_lines = self.caps.begin().lines
+        self.batches.clear()
         self._cancel_cap_timer()
         self._cap_timer = self.thread.call_later(cap_setup.CAP_DEADLINE, self._cap_deadline)
         try:

@@ -19,6 +19,7 @@ import irc.modes
 
 from ..rules.ids import UserId
 from ..rules.names import casefolder, irc_lower, is_channel, puppet_nick
+from . import multiline
 from .backoff import is_ban
 from .botlogin import apply_bot_login
 from .connection import REFUSED, ConnectSlots, IrcConnection, Sasl, State
@@ -377,7 +378,12 @@ class Network:
     # ------------------------------------------------------------ events (dispatched per conn)
     @irc_thread_only
     def on_event(self, conn: IrcConnection, event: irc.client.Event) -> None:
+        # A draft/multiline batch that ends is one line (bridge.irc.multiline), handled
+        # once history has seen its BATCH.
+        merged = conn.batches.batch(event) if event.type == "batch" else None
         if self.history.intercept(conn, event):
+            if merged is not None:
+                self.on_event(conn, merged)
             return
         handler = getattr(self, "_on_" + event.type, None)
         if handler is None:
@@ -757,6 +763,8 @@ class Network:
 
     def _relay_channel(self, conn: IrcConnection, event: irc.client.Event, text: str,
                        kind: IrcKind) -> None:
+        if conn.batches.take(event, text):
+            return  # a line of a multiline batch: relayed whole at its end
         channel = event.target
         nick = event.source.nick if event.source else ""
         if not nick or self._ours(nick):
@@ -816,6 +824,8 @@ class Network:
 
     def _relay_private(self, conn: IrcConnection, event: irc.client.Event, text: str,
                        kind: IrcKind) -> None:
+        if conn.batches.take(event, text):
+            return  # a line of a multiline batch: relayed whole at its end
         nick = event.source.nick if event.source else ""
         if not nick or self._ours(nick):
             self._echoed(conn, event, text)
@@ -837,7 +847,8 @@ class Network:
     def say_private(self, user_id: str, nick: str, lines: list[str], kind: str,
                     receipt: Receipt, tags: Mapping[str, str] | None = None) -> None:
         """Say `lines` to `nick` from the user's puppet (see `say`)."""
-        _say(self.puppet(user_id), nick, None, lines, kind, receipt, tags)
+        conn = self.puppet(user_id)
+        _say(conn, nick, None, lines, kind, receipt, tags, self._caps_of(conn))
 
     def say(self, user_id: str, displayname: str | None, channel: str, lines: list[str],
             kind: str, receipt: Receipt, tags: Mapping[str, str] | None = None) -> None:
@@ -846,19 +857,31 @@ class Network:
         has message-tags."""
         conn = self.puppet(user_id, displayname)
         conn.join(channel)
-        _say(conn, channel, channel, lines, kind, receipt, tags)
+        _say(conn, channel, channel, lines, kind, receipt, tags, self._caps_of(conn))
+
+    def _caps_of(self, conn: IrcConnection) -> Mapping[str, str]:
+        """The caps a line queued now will go under: a puppet still registering will have
+        what the bot has (the same server, the same wanted caps)."""
+        if conn.state is State.CONNECTED or self.bot is None:
+            return conn.caps.enabled
+        return self.bot.caps.enabled
 
 
 def _say(conn: IrcConnection, target: str, channel: str | None, lines: list[str], kind: str,
-         receipt: Receipt, tags: Mapping[str, str] | None = None) -> None:
+         receipt: Receipt, tags: Mapping[str, str] | None = None,
+         caps: Mapping[str, str] | None = None) -> None:
     """Queue one message's lines; `receipt.finished` once, after the last one left, or was
     echoed (echo-message, see bridge.irc.echo), or any failed; `receipt.started` right
-    before the first is written."""
+    before the first is written. Several lines go as one draft/multiline batch where the
+    link has it (`caps`) and they fit its limits."""
     if not lines:
         receipt.finished(True, None)
         return
-    send = MessageSend(conn.caps.enabled, conn.echoes, len(lines), receipt)
     command = "NOTICE" if kind == "m.notice" else "PRIVMSG"
+    if kind != "m.emote" and multiline.send_batch(conn, target, channel, command, lines,
+                                                  receipt, tags, caps or conn.caps.enabled):
+        return
+    send = MessageSend(conn.caps.enabled, conn.echoes, len(lines), receipt)
     for i, line in enumerate(lines):
         text = f"\x01ACTION {line}\x01" if kind == "m.emote" else line
         out, done = send.line(command, target, conn.fold(target), text, line,

@@ -18,7 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from . import formatting
+from . import formatting, multiline
+from .multiline import Limits as MultilineLimits
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,9 @@ class Context:
     media: MediaLinker | None = None
     now_ms: Callable[[], int] = lambda: int(time.time() * 1000)
     paste: bool = True  # the sender's choice: long messages as a link (True) or every line
+    # The server's draft/multiline limits (None: no batches): a multi-line message that fits
+    # goes as one batch (multiline.Continued marks a split line's continuations), no paste.
+    multiline: MultilineLimits | None = None
 
 
 def _html_of(content: dict[str, Any]) -> str | None:
@@ -97,6 +101,10 @@ def to_irc(content: dict[str, Any], ctx: Context) -> tuple[list[str], str]:
         return _media(content, body, ctx, budget), kind
     body, html = _reply(content, body, relates, ctx)
     lines = formatting.matrix_body_to_irc_lines(body, html, budget)
+    if ctx.multiline is not None and kind != "m.emote" and len(lines) > 1:
+        batch = multiline.plan(body, html, budget, ctx.multiline)
+        if batch is not None:
+            return batch, kind
     if len(lines) > ctx.max_lines and ctx.media is not None and ctx.paste:
         return _pasted(lines, html, body, ctx, budget), kind
     return lines, kind
