@@ -23,6 +23,7 @@ from ..irc.events import (
     IrcTopic,
     MembershipChange,
 )
+from ..irc.tags import REPLY
 from ..matrix import (
     ONCE,
     Forbidden,
@@ -54,6 +55,7 @@ from ..store.models import QueuedLine, Store
 from .directory import Directory
 from .lines import LineQueue
 from .links import LinkRegistry
+from .msgids import in_reply_to
 from .ports import AdminPort
 from .privacy import ChannelPrivacy
 
@@ -118,7 +120,8 @@ class IrcToMatrix:
             return  # private: see bridge.core.privacy
         self.lines.record(network, channel, nick, self.directory.sender_for_nick(network, nick),
                           MSGTYPES[event.kind], body, html, event.ts,
-                          msgid=event.tags.get("msgid") or None)
+                          msgid=event.tags.get("msgid") or None,
+                          reply_to=event.tags.get(REPLY) or None)
 
     def irc_private(self, event: IrcPrivate) -> None:
         network, nick = event.network, event.nick
@@ -128,7 +131,8 @@ class IrcToMatrix:
         self.lines.record(network, self.directory.fold_nick(network, nick), nick,
                           self.directory.sender_for_nick(network, nick), MSGTYPES[event.kind],
                           body, html, event.ts, private_to=event.owner,
-                          msgid=event.tags.get("msgid") or None)
+                          msgid=event.tags.get("msgid") or None,
+                          reply_to=event.tags.get(REPLY) or None)
 
     def irc_topic(self, event: IrcTopic) -> None:
         network, channel, topic, nick = event.network, event.channel, event.topic, event.nick
@@ -236,6 +240,7 @@ class IrcToMatrix:
                 if found:
                     return self._sent(line, room_id, found)
             content = self._message_content(line, txn_id)
+            in_reply_to(self.store, line, room_id, content)
             # One try per call: a retry must first look for the event (see above), which the
             # client's own retries would skip. (The senders bound every call of a try to ONCE.)
             sender = Intent(self.client, intent.user_id, is_bot=intent.is_bot,

@@ -41,13 +41,14 @@ class LineQueue:
 
     def record(self, network: str, channel: str, nick: str, sender: UserId, msgtype: str,
                body: str, html: str | None, ts: int | None = None, *,
-               private_to: UserId | None = None, msgid: str | None = None) -> None:
+               private_to: UserId | None = None, msgid: str | None = None,
+               reply_to: str | None = None) -> None:
         """Queue one message for `channel` (folded), or, with `private_to`, for the private
-        conversation of that Matrix user with `nick`."""
+        conversation of that Matrix user with `nick`; `reply_to` is the msgid it answers."""
         self._put(IrcLine(
             network=network, channel=channel, channel_name=channel, nick=nick, sender=sender,
             msgtype=msgtype, body=body, html=html, ts=_now_or(ts), private_to=private_to,
-            msgid=msgid,
+            msgid=msgid, reply_to=reply_to,
         ))
 
     def state(self, network: str, channel: str, nick: str, sender: UserId, kind: LineKind,

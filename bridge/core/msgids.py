@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from ..irc import tags as message_tags
 from ..rules.ids import EventId, JsonDict, RoomId
-from ..store.models import Store
+from ..store.models import QueuedLine, Store
 
 log = logging.getLogger(__name__)
 
@@ -61,3 +61,15 @@ class MsgidWriter:
     def stop(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=True)
+
+
+def in_reply_to(store: Store, line: QueuedLine, room_id: RoomId,
+                content: dict[str, object]) -> None:
+    """Sender thread: an IRC line with +draft/reply naming a message of this room becomes a
+    Matrix reply to that event (its text is unchanged: IRC wrote it readable already)."""
+    if not line.reply_to:
+        return
+    found = store.event_of_msgid(line.network, line.reply_to)
+    if found is None or found[0] != room_id:
+        return  # unknown, or another room's (a private conversation): a plain line
+    content["m.relates_to"] = {"m.in_reply_to": {"event_id": found[1]}}

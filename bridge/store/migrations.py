@@ -115,6 +115,7 @@ OUTBOX_V3_COLUMNS = {
     "kind": "VARCHAR(16) NOT NULL DEFAULT 'message'",
     "private_to": "VARCHAR(255)",
     "msgid": "VARCHAR(255)",
+    "reply_to": "VARCHAR(255)",  # the msgid a line replies to (+draft/reply)
 }
 SCROLLBACK_V3_COLUMNS = {"msgid": "VARCHAR(255)"}
 OLD_PM_PREFIX = "pm:"

@@ -179,6 +179,7 @@ class OutboxMessage(BridgeOwned):
     # made) in pm_room by (network, private_to, folded nick) when it is sent.
     private_to = pw.CharField(max_length=255, null=True)
     msgid = pw.CharField(max_length=255, null=True)  # the IRC line's msgid tag, if any
+    reply_to = pw.CharField(max_length=255, null=True)  # the msgid it replies to (+draft/reply)
     state = pw.SmallIntegerField(default=PENDING)
     attempts = pw.IntegerField(default=0)
     event_id = pw.CharField(max_length=255, null=True)
@@ -461,6 +462,7 @@ class QueuedLine:
     kind: LineKind = LineKind.MESSAGE
     private_to: UserId | None = None  # a private conversation's Matrix user (room_id is "")
     msgid: str | None = None  # the IRC line's msgid: stored beside its event once sent
+    reply_to: str | None = None  # the msgid it replies to (+draft/reply): m.in_reply_to
 
     @property
     def lane(self) -> str:
@@ -486,6 +488,7 @@ class IrcLine:
     kind: LineKind = LineKind.MESSAGE
     private_to: UserId | None = None  # a private conversation: the Matrix user it is for
     msgid: str | None = None  # IRCv3 msgid tag
+    reply_to: str | None = None  # the msgid its +draft/reply tag names
 
     @classmethod
     def from_json(cls, text: str) -> IrcLine:
@@ -1069,7 +1072,7 @@ class Store:
                     bridge_id=self.bridge_id, room_id=room_id, network=line.network,
                     sender=line.sender, nick=line.nick, kind=line.kind,
                     msgtype=line.msgtype, body=line.body, html=line.html, ts=line.ts,
-                    private_to=line.private_to, msgid=line.msgid,
+                    private_to=line.private_to, msgid=line.msgid, reply_to=line.reply_to,
                 )
                 queued.append(_queued(row))
             for network, channel in trimmed:
@@ -1161,7 +1164,7 @@ def _queued(row: OutboxMessage) -> QueuedLine:
         msgtype=row.msgtype, body=row.body, html=row.html, ts=row.ts, attempts=row.attempts,
         kind=LineKind(row.kind),
         private_to=UserId(row.private_to) if row.private_to is not None else None,
-        msgid=row.msgid,
+        msgid=row.msgid, reply_to=row.reply_to,
     )
 
 

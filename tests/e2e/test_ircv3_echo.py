@@ -117,3 +117,16 @@ def test_a_line_the_channel_refuses_is_not_delivered(run: Run) -> None:
         assert wait_until(state, 20, what="the row's outcome") == FAILED
     finally:
         run.bob.send(f"MODE {CHANNEL} -m")
+
+
+def test_an_irc_reply_becomes_a_matrix_reply_to_the_right_event(run: Run) -> None:
+    event_id = run.alice.send_text(run.room, "alice asks something")
+    seen = run.bob.wait_for(lambda m: m.command == "PRIVMSG" and m.text == "alice asks something",
+                            timeout=30)
+    msgid = seen.tags["msgid"]
+    wait_until(lambda: run.store.event_of_msgid(run.stack.network_name, msgid), 20,
+               what="alice's msgid stored")
+    run.bob.send(f"@+draft/reply={msgid} PRIVMSG {CHANNEL} :alice[m]: bob answers")
+    reply = run.alice.wait_for_message(
+        run.room, lambda e: "bob answers" in e.get("content", {}).get("body", ""), timeout=30)
+    assert reply["content"]["m.relates_to"] == {"m.in_reply_to": {"event_id": event_id}}

@@ -174,3 +174,25 @@ def test_our_own_echo_is_parsed_on_a_connection_that_does_not_relay_the_channel(
     conn.real_nickname = "alice[m]"
     assert conn._someone_elses(":bob!u@h PRIVMSG #other :someone else's copy")
     assert not conn._someone_elses("@msgid=x :alice[m]!u@h PRIVMSG #other :our echo")
+
+
+class ReplyStore:
+    def event_of_msgid(self, network: str, msgid: str) -> tuple[str, str] | None:
+        return {"m-here": ("!room", "$orig"), "m-pm": ("!other", "$pm")}.get(msgid)
+
+
+def test_an_irc_line_with_draft_reply_becomes_an_in_reply_to_of_this_room_only() -> None:
+    from bridge.core.msgids import in_reply_to
+    from bridge.store.models import QueuedLine
+
+    def line(reply_to: str | None) -> QueuedLine:
+        return QueuedLine(id=1, room_id="!room", network="n", sender="@g:x", nick="bob",  # type: ignore[arg-type]
+                          msgtype="m.text", body="b", html=None, ts=1, reply_to=reply_to)
+
+    content: dict[str, object] = {"body": "b"}
+    in_reply_to(ReplyStore(), line("m-here"), "!room", content)  # type: ignore[arg-type]
+    assert content["m.relates_to"] == {"m.in_reply_to": {"event_id": "$orig"}}
+    for other in ("m-pm", "unknown", None):
+        plain: dict[str, object] = {"body": "b"}
+        in_reply_to(ReplyStore(), line(other), "!room", plain)  # type: ignore[arg-type]
+        assert "m.relates_to" not in plain
