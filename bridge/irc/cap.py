@@ -39,6 +39,7 @@ WANTED: tuple[str, ...] = (
     "cap-notify", "server-time", "message-tags", "echo-message", "labeled-response", "batch",
     "multi-prefix", "userhost-in-names", "extended-join", "account-notify", "away-notify",
     "chghost", "setname", "invite-notify", "account-tag", "draft/chathistory",
+    "draft/event-playback",  # history replays JOIN/PART as such, not as HistServ lines
     "draft/multiline", "draft/relaymsg", "sasl",
 )
 
