@@ -19,6 +19,7 @@ from tests.unit.test_irc_wire import bridge_side, connected, network, registered
 
 def test_the_first_words_decide_which_lines_are_someone_elses() -> None:
     conn = BridgeServerConnection.__new__(BridgeServerConnection)
+    conn.real_nickname = "Me[m]"
     conn.relays = lambda channel: channel == "#mine"
     elses = conn._someone_elses
     assert elses(":a!u@h PRIVMSG #other :hi")
@@ -34,6 +35,8 @@ def test_the_first_words_decide_which_lines_are_someone_elses() -> None:
     assert not elses("PING :server")
     assert not elses(":server 001 me[m] :Welcome")
     assert not elses("@badtags")
+    # echo-message: our own line comes back to us; its echo says it was delivered
+    assert not elses("@msgid=abc :Me[m]!u@h PRIVMSG #other :our own line")
     conn.relays = None  # not set by a network (e.g. a bare reactor): everything is parsed
     assert not elses(":a!u@h PRIVMSG #other :hi")
 
@@ -95,3 +98,8 @@ def test_only_the_forwarder_parses_and_relays_a_channel_line(
             client.send(":carol!c@h PRIVMSG #chan :five")
         wait_until(lambda: len(listener.of("irc_message")) == 5, 10, what="the fifth line")
         assert parsed["p0[m]"] == 1 and parsed["p1[m]"] == 0
+
+        # echo-message: p1's own line comes back to p1, which is not the forwarder; the
+        # echo is parsed (it tells that the line was delivered), not dropped as a copy.
+        clients[1].send(":p1[m]!u@scripted PRIVMSG #chan :p1's own line")
+        wait_until(lambda: parsed["p1[m]"] == 1, 10, what="p1's echo parsed")
