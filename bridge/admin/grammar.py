@@ -139,6 +139,9 @@ SPECS: dict[str, Spec] = {s.name: s for s in (
     Spec("longmessages", "[link|lines]", "How your messages longer than the network's "
          "max_lines reach IRC: the first line and a link to the whole text (link, the "
          "default), or every line (lines).", 0, 1),
+    Spec("reactions", "[on|off]", "Whether your Matrix reactions reach IRC as a short "
+         "line where the server cannot carry them as tags (on, the default) or not (off).",
+         0, 1),
     Spec("reconnect", "", "Drop your IRC connection and make it again."),
     Spec("quit", "", "Close your IRC connection (a message in a bridged room reopens it)."),
     Spec("listrooms", "", "List the channels your connection is in, with their rooms.",
@@ -425,6 +428,15 @@ def _check_longmessages(name: str, values: list[str], rest: str) -> tuple[str, .
     return (choice,)
 
 
+def _check_reactions(name: str, values: list[str], rest: str) -> tuple[str, ...]:
+    if not values:
+        return ()
+    choice = values[0].lower()
+    if choice not in ("on", "off"):
+        raise InvalidArgument(name, "Say on or off")
+    return (choice,)
+
+
 def _check_autocmd(name: str, values: list[str], rest: str) -> tuple[str, ...]:
     if not values or values[0].lower() == "list":
         if len(values) > 1:
@@ -460,5 +472,6 @@ _CHECKS = {
     "certfp": _check_certfp,
     "autocmd": _check_autocmd,
     "longmessages": _check_longmessages,
+    "reactions": _check_reactions,
     "cmd": _check_cmd,
 }

@@ -114,10 +114,10 @@ class AdminRooms:
     # ------------------------------------------------------------------ settings cache
     def _cache_identity(self, network: str, user_id: str,
                         identity: Mapping[str, object]) -> None:
-        nick, username, long_messages = (
+        nick, username, long_messages, reactions = (
             str(value) if value else None
             for value in (identity.get("nick"), identity.get("username"),
-                          identity.get("long_messages")))
+                          identity.get("long_messages"), identity.get("reactions")))
         with self._lock:
             entry = self._settings.setdefault((network, user_id), PuppetSettings())
             entry.pop("nick", None)
@@ -129,6 +129,9 @@ class AdminRooms:
                 entry["username"] = username
             if long_messages:
                 entry["long_messages"] = long_messages
+            entry.pop("reactions", None)
+            if reactions:
+                entry["reactions"] = reactions
 
     def _cache_secret(self, network: str, user_id: str, kind: str, sealed: str | None) -> None:
         value: object = None

@@ -317,6 +317,16 @@ class CommandRunner:
         return (f"From now on your long messages reach {c.network} as "
                 + ("every line." if c.args[0] == "lines" else "their first line and a link."))
 
+    def do_reactions(self, ctx: Ctx, c: Command) -> str:
+        assert c.network is not None
+        if not c.args:
+            off = self.admin.puppet_settings(c.network, ctx.user_id).get("reactions") == "off"
+        else:
+            self.admin.set_identity(c.network, ctx.user_id, reactions=c.args[0])
+            off = c.args[0] == "off"
+        return (f"Your reactions reach {c.network} as tags only, where the server has them."
+                if off else f"Your reactions reach {c.network} as tags, else as a short line.")
+
     # ------------------------------------------------------------------ secrets
     def do_storepass(self, ctx: Ctx, c: Command) -> str:
         assert c.network is not None

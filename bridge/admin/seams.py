@@ -36,6 +36,7 @@ class PuppetSettings(TypedDict, total=False):
     nick: str
     username: str
     long_messages: str  # "lines" or "link"
+    reactions: str  # "off": no text line for a reaction (bridge.core.reactions)
     password: str
     password_kind: str  # "server" or "sasl"
     sasl_username: str

@@ -22,7 +22,7 @@ from ..rules import formatting, multiline, translate
 from ..rules.ids import EventId, JsonDict, RoomId, UserId
 from ..rules.names import NetworkNames, puppet_nick
 from ..store.models import Link, PrivateRoom, Store
-from . import access
+from . import access, reactions
 from .directory import Directory
 from .lines import LineQueue
 from .media import MediaLinks
@@ -110,7 +110,7 @@ class MatrixToIrc:
             done(True)
             return
         if etype != "m.room.message":
-            done(True)
+            self._reaction(event, content, link, completion)  # or nothing to do
             return
         lines, kind = translate.to_irc(content, self._translate_context(
             net.config, link.channel_name, link.room_id, sender))
@@ -132,6 +132,28 @@ class MatrixToIrc:
         self.irc.call(net.say, sender, None, link.channel_name, lines, kind,
                       Receipt(sent, completion.started, self._echoed(link.network, event)),
                       reply_tags(self.store, link.network, content))
+
+    def _reaction(self, event: JsonDict, content: JsonDict, link: Link,
+                  completion: Outcome) -> None:
+        """m.reaction -> a TAGMSG, or a short line (bridge.core.reactions)."""
+        net = self.irc.network(link.network)
+        found = reactions.reaction_of(content) if event.get("type") == "m.reaction" else None
+        if net is None or found is None:
+            completion.finished(True)
+            return
+        sender = str(event["sender"])
+        msgid = self.store.msgid_of_event(link.network, found.event_id)
+        original = self.store.find_message(found.event_id, link.room_id)
+        opted_out = self.admin is not None and self.admin.puppet_settings(
+            link.network, sender).get("reactions") == "off"
+        fallback = None if original is None or opted_out else \
+            reactions.fallback_line(found.key, original[2])
+
+        def sent(ok: bool, error: str | None) -> None:
+            completion.finished(ok or completion.stopping)
+
+        self.irc.call(reactions.send_reaction, net, sender, link.channel_name, found.key, msgid,
+                      fallback, Receipt(sent, completion.started))
 
     def _private_event(self, event: JsonDict, content: JsonDict, pm: PrivateRoom,
                        completion: Completion) -> None:

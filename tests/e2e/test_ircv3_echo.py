@@ -130,3 +130,14 @@ def test_an_irc_reply_becomes_a_matrix_reply_to_the_right_event(run: Run) -> Non
     reply = run.alice.wait_for_message(
         run.room, lambda e: "bob answers" in e.get("content", {}).get("body", ""), timeout=30)
     assert reply["content"]["m.relates_to"] == {"m.in_reply_to": {"event_id": event_id}}
+
+
+def test_a_matrix_reaction_reaches_irc_as_a_tagmsg(run: Run) -> None:
+    msgid, event = _bob_says(run, "react to this")
+    wait_until(lambda: run.store.msgid_of_event(run.stack.network_name, event["event_id"]),
+               10, what="Bob's msgid stored")
+    run.alice.send_event(run.room, "m.reaction", {"m.relates_to": {
+        "rel_type": "m.annotation", "event_id": event["event_id"], "key": "👍"}})
+    seen = run.bob.wait_for(lambda m: m.command == "TAGMSG" and m.nick == PUPPET, timeout=30)
+    assert seen.tags.get("+draft/react") == "👍"
+    assert seen.tags.get("+draft/reply") == msgid

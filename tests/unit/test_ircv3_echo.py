@@ -196,3 +196,17 @@ def test_an_irc_line_with_draft_reply_becomes_an_in_reply_to_of_this_room_only()
         plain: dict[str, object] = {"body": "b"}
         in_reply_to(ReplyStore(), line(other), "!room", plain)  # type: ignore[arg-type]
         assert "m.relates_to" not in plain
+
+
+def test_a_matrix_reaction_and_its_short_line() -> None:
+    from bridge.core import reactions
+
+    content = {"m.relates_to": {"rel_type": "m.annotation", "event_id": "$e", "key": "👍\r\n"}}
+    found = reactions.reaction_of(content)  # type: ignore[arg-type]
+    assert found is not None and found.event_id == "$e" and found.key == "👍"
+    assert reactions.reaction_of({"m.relates_to": {"rel_type": "m.reference"}}) is None
+    assert reactions.fallback_line("👍", "first words of a much longer message here") == \
+        'reacted 👍 to "first words of a much longer m..."'
+    assert reactions.fallback_line("ok", "short") == 'reacted ok to "short"'
+    assert tags.tag_prefix(reactions.react_tags("a b", "m;1")) == \
+        "@+draft/react=a\\sb;+draft/reply=m\\:1 "
