@@ -142,6 +142,10 @@ SPECS: dict[str, Spec] = {s.name: s for s in (
     Spec("reactions", "[on|off]", "Whether your Matrix reactions reach IRC as a short "
          "line where the server cannot carry them as tags (on, the default) or not (off).",
          0, 1),
+    Spec("relay", "[on|off]", "Where the network allows it (relay_mode = optional): on, "
+         "the bridge's bot says your messages for you (as yourname/m, or <yourname> text) "
+         "and you have no IRC connection of your own; off (the default), your own "
+         "connection says them.", 0, 1),
     Spec("reconnect", "", "Drop your IRC connection and make it again."),
     Spec("quit", "", "Close your IRC connection (a message in a bridged room reopens it)."),
     Spec("listrooms", "", "List the channels your connection is in, with their rooms.",
@@ -428,7 +432,7 @@ def _check_longmessages(name: str, values: list[str], rest: str) -> tuple[str, .
     return (choice,)
 
 
-def _check_reactions(name: str, values: list[str], rest: str) -> tuple[str, ...]:
+def _check_on_off(name: str, values: list[str], rest: str) -> tuple[str, ...]:
     if not values:
         return ()
     choice = values[0].lower()
@@ -472,6 +476,7 @@ _CHECKS = {
     "certfp": _check_certfp,
     "autocmd": _check_autocmd,
     "longmessages": _check_longmessages,
-    "reactions": _check_reactions,
+    "reactions": _check_on_off,
+    "relay": _check_on_off,
     "cmd": _check_cmd,
 }

@@ -114,15 +114,17 @@ class AdminRooms:
     # ------------------------------------------------------------------ settings cache
     def _cache_identity(self, network: str, user_id: str,
                         identity: Mapping[str, object]) -> None:
-        nick, username, long_messages, reactions = (
+        nick, username, long_messages, reactions, relay = (
             str(value) if value else None
             for value in (identity.get("nick"), identity.get("username"),
-                          identity.get("long_messages"), identity.get("reactions")))
+                          identity.get("long_messages"), identity.get("reactions"),
+                          identity.get("relay")))
         with self._lock:
             entry = self._settings.setdefault((network, user_id), PuppetSettings())
             entry.pop("nick", None)
             entry.pop("username", None)
             entry.pop("long_messages", None)
+            entry.pop("relay", None)
             if nick:
                 entry["nick"] = nick
             if username:
@@ -132,6 +134,8 @@ class AdminRooms:
             entry.pop("reactions", None)
             if reactions:
                 entry["reactions"] = reactions
+            if relay:
+                entry["relay"] = relay
 
     def _cache_secret(self, network: str, user_id: str, kind: str, sealed: str | None) -> None:
         value: object = None

@@ -327,6 +327,26 @@ class CommandRunner:
         return (f"Your reactions reach {c.network} as tags only, where the server has them."
                 if off else f"Your reactions reach {c.network} as tags, else as a short line.")
 
+    def do_relay(self, ctx: Ctx, c: Command) -> str:
+        assert c.network is not None
+        network = self.config.network(c.network)
+        mode = network.relay_mode if network is not None else "off"
+        current = self.admin.puppet_settings(c.network, ctx.user_id).get("relay") == "on"
+        if mode != "optional":
+            return (f"On {c.network} the bridge's bot relays everyone's messages (relay_mode "
+                    "always); there is no choice to make." if mode == "always" else
+                    f"On {c.network} everyone has their own IRC connection (relay_mode off).")
+        if not c.args:
+            return (f"On {c.network} the bridge's bot says your messages for you." if current
+                    else f"On {c.network} your own IRC connection says your messages.")
+        self.admin.set_identity(c.network, ctx.user_id, relay=c.args[0])
+        if c.args[0] == "on":
+            self._ask(5.0, self.admin.irc.quit, c.network, ctx.user_id)
+            return (f"From now on the bridge's bot says your messages on {c.network}; your "
+                    "own connection is closed.")
+        return (f"From now on your own IRC connection says your messages on {c.network} "
+                "(made with your next message).")
+
     # ------------------------------------------------------------------ secrets
     def do_storepass(self, ctx: Ctx, c: Command) -> str:
         assert c.network is not None

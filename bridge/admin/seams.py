@@ -37,6 +37,7 @@ class PuppetSettings(TypedDict, total=False):
     username: str
     long_messages: str  # "lines" or "link"
     reactions: str  # "off": no text line for a reaction (bridge.core.reactions)
+    relay: str  # "on": the bot relays them (relay mode, where the network allows the choice)
     password: str
     password_kind: str  # "server" or "sasl"
     sasl_username: str

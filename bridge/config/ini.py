@@ -110,6 +110,10 @@ class NetworkConfig:
     netsplit_leave_after: float = 1800.0
     # Matrix presence -> AWAY on the user's puppet (unavailable/offline: away; online: back).
     away_from_presence: bool = False
+    # Relay mode (bridge.core.relay): "off" (every Matrix user has their own connection),
+    # "optional" (own connections; a user may choose `!relay on`), "always" (the bot relays
+    # everyone: RELAYMSG where offered, else `<nick> text`). A room may override it.
+    relay_mode: str = "off"
     # Bytes of output a connection may hold for a server that does not read them before it
     # is dropped and reconnected.
     send_buffer_limit: int = 262144
@@ -254,6 +258,7 @@ NETWORK_KEYS: dict[str, Any] = {
     "kick_rejoin_after": "30",
     "netsplit_leave_after": "1800",
     "away_from_presence": "false",
+    "relay_mode": "off",
     "send_buffer_limit": "262144",
     "banned_retry_after": "3600",
     "sasl_username": "",
@@ -267,6 +272,7 @@ NETWORK_KEYS: dict[str, Any] = {
     "rooms": "",
 }
 ROLES = ("user", "admin")
+RELAY_MODES = ("off", "optional", "always")
 LOCALPART_RE = re.compile(r"^[a-z0-9._=\-/+]+$")
 CHANNEL_RE = re.compile(r"^[#&+!][^\s,:\x07\x00]{1,199}$")
 NETWORK_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
@@ -717,6 +723,8 @@ def _network(
         netsplit_leave_after=r.number("netsplit_leave_after",
                                       NETWORK_KEYS["netsplit_leave_after"], 0.1, 7 * 86400.0),
         away_from_presence=r.boolean("away_from_presence", NETWORK_KEYS["away_from_presence"]),
+        relay_mode=r.string("relay_mode", NETWORK_KEYS["relay_mode"],
+                            lambda v: None if v in RELAY_MODES else "off, optional or always"),
         send_buffer_limit=r.integer("send_buffer_limit", NETWORK_KEYS["send_buffer_limit"],
                                     4096, 1 << 30),
         portals_per_hour=r.integer("portals_per_hour", NETWORK_KEYS["portals_per_hour"],

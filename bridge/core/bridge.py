@@ -63,6 +63,7 @@ from .portals import Portals
 from .ports import AdminPort
 from .presence import Ephemeral
 from .privacy import ChannelPrivacy
+from .relay import Relay
 from .startup import Startup
 from .thirdparty import ThirdPartyLocation, ThirdPartyLookups, ThirdPartyUser
 
@@ -134,6 +135,7 @@ class Bridge:
         self.matrix_to_irc = MatrixToIrc(config, self.store, self.client, self.cache, self.bot,
                                          self.irc, self.names, self.access, self.directory,
                                          self.lines)
+        self.matrix_to_irc.relay = Relay(self.matrix_to_irc, self.room_options)
         self.portals = Portals(config, self.store, self.client, self.cache, self.bot, self.irc,
                                self.names, self.access, self.registry, self.room_options,
                                self.directory, self.lines, self.privacy)

@@ -28,6 +28,7 @@ from .lines import LineQueue
 from .media import MediaLinks
 from .msgids import MsgidWriter, reply_tags
 from .ports import AdminPort
+from .relay import Relay
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,7 @@ class MatrixToIrc:
         self.admin: AdminPort | None = None  # set by Bridge.attach
         self.meter: Meter = NO_METER  # set by Bridge.attach
         self.media: MediaLinks | None = None  # set by Bridge.attach; None: plain mxc links
+        self.relay: Relay | None = None  # relay mode (core/relay.py), set by the Bridge
         self.msgids = MsgidWriter(store)  # echoed msgids beside their events (echo-message)
 
     # ------------------------------------------------------------ Matrix -> IRC (inbox thread)
@@ -77,18 +79,29 @@ class MatrixToIrc:
             return
         links = self.directory.links_for_room(RoomId(room_id))
         if len(links) == 1:
-            self._channel_event(event, content, links[0], completion)
+            self._linked_event(event, content, links[0], completion)
             return
         if links:  # linked on several networks: said on each, done when all are
             shares = Shares(completion, len(links))
             for link in links:
-                self._channel_event(event, content, link, shares.part())
+                self._linked_event(event, content, link, shares.part())
             return
         pm = self.store.pm_for_room(RoomId(room_id))
         if pm is not None and pm.owner == sender:
             self._private_event(event, content, pm, completion)
             return
         done(True)
+
+    def _linked_event(self, event: JsonDict, content: JsonDict, link: Link,
+                      completion: Outcome) -> None:
+        """An event in a linked room: relayed by the bot for a user in relay mode
+        (core/relay.py), else said by the user's own connection."""
+        net = self.irc.network(link.network)
+        if net is not None and self.relay is not None \
+                and self.relay.relayed(link, str(event["sender"])):
+            self.relay.channel_event(event, content, link, net, completion)
+            return
+        self._channel_event(event, content, link, completion)
 
     def _channel_event(self, event: JsonDict, content: JsonDict, link: Link,
                        completion: Outcome) -> None:

@@ -19,7 +19,7 @@ import irc.modes
 
 from ..rules.ids import UserId
 from ..rules.names import casefolder, irc_lower, is_channel, puppet_nick
-from . import multiline
+from . import multiline, relaymsg
 from .backoff import is_ban
 from .botlogin import apply_bot_login
 from .connection import REFUSED, ConnectSlots, IrcConnection, Sasl, State
@@ -765,6 +765,8 @@ class Network:
                        kind: IrcKind) -> None:
         if conn.batches.take(event, text):
             return  # a line of a multiline batch: relayed whole at its end
+        if relaymsg.relayed_by_us(tag_map(event.tags), self._ours):
+            return  # a line the bot relayed (RELAYMSG) for a Matrix user
         channel = event.target
         nick = event.source.nick if event.source else ""
         if not nick or self._ours(nick):
@@ -849,6 +851,15 @@ class Network:
         """Say `lines` to `nick` from the user's puppet (see `say`)."""
         conn = self.puppet(user_id)
         _say(conn, nick, None, lines, kind, receipt, tags, self._caps_of(conn))
+
+    def relay_say(self, channel: str, nick: str, lines: list[str], kind: str,
+                  receipt: Receipt) -> None:
+        """Relay mode: the bot says a Matrix user's lines (bridge.irc.relaymsg)."""
+        if self.bot is None:
+            receipt.finished(False, "no bot connection")
+            return
+        self.bot.join(channel)
+        relaymsg.send(self.bot, self.bot.caps.enabled, channel, nick, lines, kind, receipt)
 
     def say(self, user_id: str, displayname: str | None, channel: str, lines: list[str],
             kind: str, receipt: Receipt, tags: Mapping[str, str] | None = None) -> None:

@@ -295,6 +295,7 @@ class RoomOption(BridgeOwned):
     room_id = pw.CharField(max_length=255)
     mirror_modes = pw.BooleanField(default=False)
     private = pw.BooleanField(default=False)
+    relay = pw.CharField(max_length=8, null=True)  # relay override: on, off; None: network's
 
     class Meta:
         table_name = "room_option"
@@ -547,6 +548,8 @@ class Store:
             store_migrations.add_outbox_kinds(self.db, OutboxMessage._meta.table_name)
             store_migrations.add_columns(self.db, Scrollback._meta.table_name,
                                          store_migrations.SCROLLBACK_V3_COLUMNS)
+            store_migrations.add_columns(self.db, RoomOption._meta.table_name,
+                                         {"relay": "VARCHAR(8)"})  # relay mode's override
             self.db.create_tables(MODELS, safe=True)
             for model in OWNED_MODELS:
                 store_migrations.claim(self.db, model, self.bridge_id, networks)
