@@ -21,11 +21,11 @@ import logging
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TypedDict
 
 from ..config.ini import Config, NetworkConfig
 from ..config.registration import announce
-from ..irc import IrcSide
+from ..irc import IrcSide, NetworkStatus
 from ..irc.events import (
     IrcCasemapping,
     IrcChannelState,
@@ -84,6 +84,17 @@ def _raise_open_files_limit() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
         except (ValueError, OSError):
             log.debug("cannot raise the open files limit from %s", soft)
+
+
+class BridgeStatus(TypedDict):
+    """What `Bridge.status` reports (/health and the ops pages add to it)."""
+
+    homeserver: str | None
+    ping: str | None
+    networks: dict[str, NetworkStatus]
+    rooms: int
+    inbox_in_flight: int
+    outbox_depth: int
 
 
 class Bridge:
@@ -464,7 +475,7 @@ class Bridge:
                          name="casemap-rekey", daemon=True).start()
 
     # ------------------------------------------------------------ status
-    def status(self) -> dict[str, Any]:
+    def status(self) -> BridgeStatus:
         return {
             "homeserver": self.health.get("homeserver"),
             "ping": self.health.get("ping"),

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Any
 from urllib.parse import quote
 
 from ..config.ini import Config
@@ -37,7 +36,7 @@ from ..matrix.state import MemberStore
 from ..pipeline.meter import NO_METER, Meter
 from ..pipeline.outbox import GiveUp, Retry
 from ..rules import formatting
-from ..rules.ids import EventId, RoomId
+from ..rules.ids import EventId, JsonDict, RoomId
 from ..rules.names import NetworkNames
 from ..store import kinds
 from ..store.kinds import (
@@ -273,9 +272,9 @@ class IrcToMatrix:
         return intent
 
     @staticmethod
-    def _message_content(line: QueuedLine, txn_id: str) -> dict[str, Any]:
+    def _message_content(line: QueuedLine, txn_id: str) -> JsonDict:
         """The m.room.message content of a line, carrying its txnId for retries to find."""
-        content: dict[str, Any] = {"msgtype": line.msgtype, "body": line.body, TXN_KEY: txn_id}
+        content: JsonDict = {"msgtype": line.msgtype, "body": line.body, TXN_KEY: txn_id}
         if line.html:
             content["format"] = "org.matrix.custom.html"
             content["formatted_body"] = line.html

@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Any
 
 from ..config.ini import Config
 from ..irc import IrcSide
 from ..matrix import QUERY, HomeserverClient, Intent, IntentCache, MatrixError, RoomInUse
-from ..rules.ids import RoomId
+from ..rules.ids import JsonDict, RoomId
 from ..rules.names import NetworkNames, fold_channel, valid_channel
 from ..store.models import Link, Store
 from ..store.room_options import RoomOptions
@@ -136,7 +135,7 @@ class Portals:
                        private: bool = False) -> RoomId:
         localpart = alias[1:].rsplit(":", 1)[0]
         topic = self.registry.topic(network, self.directory.fold_channel(network, channel))
-        body: dict[str, Any] = {
+        body: JsonDict = {
             "name": channel,
             "visibility": "private",
             "creation_content": {"m.federate": True},

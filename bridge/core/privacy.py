@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import Any
 
 from ..config.ini import Config
 from ..irc import IrcSide
@@ -29,7 +28,7 @@ from ..irc.events import IrcChannelState, IrcPower
 from ..irc.modes import MAX_LEVEL, ChannelState
 from ..matrix import HomeserverClient, Intent, MatrixError
 from ..matrix.state import PowerLevels
-from ..rules.ids import RoomId, UserId
+from ..rules.ids import JsonDict, RoomId, UserId
 from ..store.kinds import Invite, JoinRule, LineKind, MadePrivate, Power
 from ..store.models import Link, QueuedLine
 from ..store.room_options import RoomOptions
@@ -139,7 +138,7 @@ class ChannelPrivacy:
             self.lines.state(network, channel, "", user_id, LineKind.INVITE, Invite())
 
     # ------------------------------------------------------------ portal rooms (request thread)
-    def portal_room_body(self, private: bool) -> dict[str, Any]:
+    def portal_room_body(self, private: bool) -> JsonDict:
         """The createRoom fields that differ between a public portal and a private one."""
         if private:
             return {

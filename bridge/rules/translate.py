@@ -16,9 +16,10 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 from . import formatting, multiline
+from .ids import JsonDict
 from .multiline import Limits as MultilineLimits
 
 log = logging.getLogger(__name__)
@@ -63,7 +64,7 @@ class Context:
     multiline: MultilineLimits | None = None
 
 
-def _html_of(content: dict[str, Any]) -> str | None:
+def _html_of(content: JsonDict) -> str | None:
     if content.get("format") != "org.matrix.custom.html":
         return None
     html = content.get("formatted_body")
@@ -86,13 +87,13 @@ def _origin_nick(origin: Origin, ctx: Context) -> str:
     return origin.who if origin.origin == "irc" else ctx.nick_for_user(origin.who)
 
 
-def to_irc(content: dict[str, Any], ctx: Context) -> tuple[list[str], str]:
+def to_irc(content: JsonDict, ctx: Context) -> tuple[list[str], str]:
     """IRC lines and kind (m.text, m.notice, m.emote) for one m.room.message content."""
     msgtype = content.get("msgtype")
     body = content.get("body")
     if not isinstance(body, str):
         return [], "m.text"
-    kind = msgtype if msgtype in TEXT_TYPES else "m.text"
+    kind = msgtype if isinstance(msgtype, str) and msgtype in TEXT_TYPES else "m.text"
     budget = ctx.budget - (len("\x01ACTION \x01") if kind == "m.emote" else 0)
     relates = relates_ if isinstance(relates_ := content.get("m.relates_to"), dict) else {}
     if relates.get("rel_type") == "m.replace":
@@ -110,7 +111,7 @@ def to_irc(content: dict[str, Any], ctx: Context) -> tuple[list[str], str]:
     return lines, kind
 
 
-def _edit(content: dict[str, Any], relates: dict[str, Any], ctx: Context,
+def _edit(content: JsonDict, relates: dict[str, object], ctx: Context,
           budget: int) -> list[str]:
     """An edit: a short `s/old/new/` or `* new text` (IRC has no edits)."""
     new_content = content.get("m.new_content")
@@ -122,12 +123,12 @@ def _edit(content: dict[str, Any], relates: dict[str, Any], ctx: Context,
     return formatting.matrix_body_to_irc_lines(text, None, budget)[: ctx.max_lines]
 
 
-def _media(content: dict[str, Any], body: str, ctx: Context, budget: int) -> list[str]:
+def _media(content: JsonDict, body: str, ctx: Context, budget: int) -> list[str]:
     """A file: its caption and a link served by the bridge."""
     url = content.get("url")
     link = url if isinstance(url, str) else ""
     # With `filename` present, `body` is a caption (spec v1.10).
-    filename = content.get("filename") if isinstance(content.get("filename"), str) else body
+    filename = name if isinstance(name := content.get("filename"), str) else body
     if isinstance(url, str) and ctx.media is not None:
         try:
             link = ctx.media.link(url, filename)
@@ -136,7 +137,7 @@ def _media(content: dict[str, Any], body: str, ctx: Context, budget: int) -> lis
     return formatting.matrix_body_to_irc_lines(f"{body} {link}".strip(), None, budget)
 
 
-def _reply(content: dict[str, Any], body: str, relates: dict[str, Any],
+def _reply(content: JsonDict, body: str, relates: dict[str, object],
            ctx: Context) -> tuple[str, str | None]:
     """The text to send: a reply reads `nick: text`; pills become nicks."""
     html = _html_of(content)

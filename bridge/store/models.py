@@ -23,10 +23,10 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 from urllib.parse import unquote, urlsplit
 
 import peewee as pw
@@ -37,6 +37,8 @@ from . import migrations as store_migrations
 from .kinds import LineKind
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 # 2: bridge_id on every row of one bridge; 3: the outbox's kind and private_to columns
 SCHEMA_VERSION = 3
@@ -513,7 +515,7 @@ class Store:
         self._locks: list[Any] = []
         self._lock_guard = threading.Lock()
 
-    def writing(self) -> Any:
+    def writing(self) -> AbstractContextManager[object]:
         """A write transaction. On SQLite it takes the write lock up front (BEGIN IMMEDIATE):
         a deferred transaction that read first cannot wait for the lock and fails with
         'database is locked' when another thread wrote meanwhile."""
@@ -1176,6 +1178,6 @@ def _advisory_key(network: str) -> int:
     return int.from_bytes(digest, "big", signed=True)
 
 
-def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
+def _chunks(items: list[T], size: int) -> Iterator[list[T]]:
     for i in range(0, len(items), size):
         yield items[i : i + size]
