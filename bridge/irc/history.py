@@ -105,6 +105,7 @@ class _Request:
     after: str | None  # None: LATEST
     done: Callable[[HistoryResult], None]
     catch_up: bool
+    keep: int = 0  # the newest lines of the history kept (0: all)
     lines: list[IrcMessage] = field(default_factory=list)
     held: list[tuple[irc.client.Event, IrcKind]] = field(default_factory=list)
     pages: int = 0
@@ -145,8 +146,9 @@ class History:
 
     def latest(self, conn: IrcConnection | None, channel: str, limit: int,
                done: Callable[[HistoryResult], None]) -> None:
-        """Ask for the `limit` latest lines of `channel` (a new portal)."""
-        self._start(conn, channel, limit, None, done, catch_up=False)
+        """Ask for the `limit` latest lines of `channel` (a new portal). Twice as many are
+        asked for: a server's JOINs and PARTs (draft/event-playback) count in its limit."""
+        self._start(conn, channel, 2 * limit, None, done, catch_up=False, keep=limit)
 
     def catch_up(self, conn: IrcConnection | None, channel: str,
                  done: Callable[[HistoryResult], None]) -> bool:
@@ -158,7 +160,8 @@ class History:
         return True
 
     def _start(self, conn: IrcConnection | None, channel: str, limit: int, after: str | None,
-               done: Callable[[HistoryResult], None], *, catch_up: bool) -> None:
+               done: Callable[[HistoryResult], None], *, catch_up: bool,
+               keep: int = 0) -> None:
         folded = self.host.fold(channel)
         why = self.usable(conn, channel)
         if why or conn is None:
@@ -166,7 +169,7 @@ class History:
             return
         most = _server_max(conn)
         request = _Request(conn, channel, folded, min(limit, most) if limit > 0 else most,
-                           after, done, catch_up)
+                           after, done, catch_up, keep)
         if folded in self.pending:
             self._waiting.setdefault(folded, collections.deque()).append(request)
             return
@@ -194,6 +197,8 @@ class History:
         if request.timer is not None:
             request.timer.cancel()
             request.timer = None
+        if request.keep and len(request.lines) > request.keep:
+            del request.lines[:-request.keep]
         live = [m for m in (self.host.message_of(request.conn, event, kind)
                             for event, kind in request.held) if m is not None]
         messages = merge(request.lines, live)

@@ -125,6 +125,8 @@ def test_latest_brings_the_servers_lines_with_their_old_times_and_the_live_ones_
         client.send(f"@msgid=live1;time={RECENT} :carol!c@h PRIVMSG #chan :live")
         # The history: an old line, an ACTION, and the live line again (same msgid).
         client.send(f":scripted BATCH +h1 chathistory {words[2]}")
+        client.send(f"@batch=h1;msgid=old0;time={OLD} :bob!b@h PRIVMSG #chan :too old")
+        client.send("@batch=h1;msgid=j1 :dave!d@h JOIN #chan")  # event-playback: dropped
         client.send(f"@batch=h1;msgid=old1;time={OLD} :bob!b@h PRIVMSG #chan :old line")
         client.send(f"@batch=h1;msgid=old2;time={OLD} :bob!b@h PRIVMSG #chan "
                     ":\x01ACTION waves\x01")
@@ -137,17 +139,17 @@ def test_latest_brings_the_servers_lines_with_their_old_times_and_the_live_ones_
     done = threading.Event()
     with scripted.server as server, bridge_side(network(server.port)) as (side, listener):
         net, bot = _joined(side, server)
-        side.call(net.history.latest, bot, "#chan", 50,
+        side.call(net.history.latest, bot, "#chan", 2,
                   lambda r: (results.append(r), done.set()))
         assert done.wait(10)
-        assert scripted.requests == ["CHATHISTORY LATEST #chan * 50"]
+        # Twice as many asked for (a server's JOINs count); the newest 2 history lines kept.
+        assert scripted.requests == ["CHATHISTORY LATEST #chan * 4"]
         assert listener.of("irc_message") == []  # nothing of it came as live lines
         anchor = side.call_sync(lambda: net.history.anchors.get("#chan"))
     [result] = results
-    assert result.complete and result.from_server == 3
+    assert result.complete and result.from_server == 2
     assert [(m.nick, m.text, m.kind, m.ts) for m in result.messages] == [
-        ("bob", "old line", IrcKind.PRIVMSG, OLD_MS), ("bob", "waves", IrcKind.ACTION, OLD_MS),
-        ("carol", "live", IrcKind.PRIVMSG, RECENT_MS)]
+        ("bob", "waves", IrcKind.ACTION, OLD_MS), ("carol", "live", IrcKind.PRIVMSG, RECENT_MS)]
     assert anchor == "live1"
 
 
