@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ..devstack.clients import RawIrcClient
+    from ..devstack.stack import Stack
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +146,7 @@ def run_demo(*, keep: bool = False, verbose: bool = False,
         return 130
 
 
-def _finish(stack: Any, steps: Step, workdir: Path, keep: bool,
+def _finish(stack: Stack, steps: Step, workdir: Path, keep: bool,
             out: Callable[[str], None], bob: RawIrcClient | None) -> int:
     if steps.failed:
         out("\nthe bridge's log ends with:\n" + stack.bridge.log(40))

@@ -15,19 +15,25 @@ import argparse
 import dataclasses
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING
 
 import requests
 
 from ..config import ini as config_module
 from ..core.provisioning import admin_token
+from ..rules.ids import JsonDict
 from ..rules.names import irc_lower, valid_channel
+
+if TYPE_CHECKING:
+    from ..matrix import Intent
+    from ..store.models import Store
 
 PREFIX = "/_ircbridge/provisioning/v1"
 Loader = Callable[[str], config_module.Config]
 
 
-def add_parsers(sub: Any, load: Loader) -> None:
+def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser],
+                load: Loader) -> None:
     """Add the subcommands to `ircbridge`'s parser (`sub` from add_subparsers)."""
     p = sub.add_parser("link", help="bridge an existing Matrix room to an IRC channel")
     p.add_argument("--network", required=True, help="a [network:NAME] of config.ini")
@@ -90,11 +96,15 @@ class _Api:
         self.session.trust_env = False
         self.session.headers["Authorization"] = f"Bearer {secret}"
 
-    def call(self, method: str, path: str, **kwargs: Any) -> tuple[bool, dict[str, Any]]:
-        response = self.session.request(method, self.base + path, timeout=60, **kwargs)
+    def call(self, method: str, path: str, *, json: JsonDict | None = None,
+             params: dict[str, str] | None = None) -> tuple[bool, JsonDict]:
+        response = self.session.request(method, self.base + path, timeout=60, json=json,
+                                        params=params)
         try:
             body = response.json()
         except ValueError:
+            body = None
+        if not isinstance(body, dict):
             body = {"error": response.text[:200]}
         return response.status_code == 200, body
 
@@ -215,13 +225,14 @@ def cmd_unlink(args: argparse.Namespace, load: Loader) -> int:
 def cmd_links(args: argparse.Namespace, load: Loader) -> int:
     config = load(args.config)
     api = running_api(config)
-    rows: list[dict[str, Any]]
+    rows: list[JsonDict]
     if api is not None:
         ok, body = api.call("GET", "/links", params={"room_id": args.room} if args.room else None)
         if not ok:
             print(f"cannot list: {body.get('error')}", file=sys.stderr)
             return 1
-        rows = list(body.get("links", []))
+        found = body.get("links")
+        rows = [row for row in found if isinstance(row, dict)] if isinstance(found, list) else []
     else:
         from ..store.models import Store
 
@@ -270,7 +281,7 @@ def _offline_problem(config: config_module.Config) -> str | None:
     return "\n".join(problems) if problems else None
 
 
-def _offline(config: config_module.Config) -> tuple[Any, Any]:
+def _offline(config: config_module.Config) -> tuple[Store, Intent]:
     from ..config.registration import announce
     from ..matrix import DEFAULT, HomeserverClient, Intent, IntentCache
     from ..store.models import Store

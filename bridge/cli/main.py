@@ -10,10 +10,14 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..config import ini as config_module
 from ..version import __version__
+
+if TYPE_CHECKING:
+    from gunicorn.arbiter import Arbiter
+    from gunicorn.workers.base import Worker
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +124,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             for key, value in gunicorn_settings(config).items():
                 self.cfg.set(key, value)
 
-        def load(self) -> Any:
+        def load(self) -> Any:  # a WSGI app; Flask does not match the stubs' callable type
             from .. import create_app
 
             return create_app(config_path)
@@ -130,10 +134,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def gunicorn_settings(config: config_module.Config) -> dict[str, Any]:
+def gunicorn_settings(config: config_module.Config) -> dict[str, object]:
     """One gthread worker (IRC connections are per process), no preload, no recycling."""
 
-    def worker_exit(server: Any, worker: Any) -> None:
+    def worker_exit(server: Arbiter, worker: Worker) -> None:
         app = getattr(worker, "wsgi", None)
         bridge = getattr(app, "extensions", {}).get("bridge") if app is not None else None
         if bridge is not None:

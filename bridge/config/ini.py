@@ -19,7 +19,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 from urllib.parse import urlsplit
 
 from ..rules.ids import UserId
@@ -212,7 +212,7 @@ class Config:
 # key -> (default or REQUIRED, kind); kinds are checked by _Reader methods
 REQUIRED = object()
 
-SECTION_KEYS: dict[str, dict[str, Any]] = {
+SECTION_KEYS: dict[str, dict[str, object]] = {
     "homeserver": {"url": REQUIRED, "domain": REQUIRED},
     "appservice": {
         "id": "ircbridge",
@@ -235,7 +235,7 @@ SECTION_KEYS: dict[str, dict[str, Any]] = {
     "media": {"public_url": "", "link_ttl_days": "30", "max_bytes": str(50 * 1024 * 1024),
               "read_timeout": "30"},
 }
-NETWORK_KEYS: dict[str, Any] = {
+NETWORK_KEYS: dict[str, object] = {
     "host": REQUIRED,
     "port": "6697",
     "tls": "true",
@@ -309,7 +309,7 @@ class _Reader:
     def problem(self, key: str, value: str, expected: str) -> None:
         self.problems.append(f"[{self.section}] {key} = {value!r}: expected {expected}")
 
-    def raw(self, key: str, default: Any) -> str:
+    def raw(self, key: str, default: object) -> str:
         value = self.values.get(key)
         if value is None or value.strip() == "" and default is REQUIRED:
             if default is REQUIRED:
@@ -319,7 +319,7 @@ class _Reader:
         return value.strip()
 
     def string(
-        self, key: str, default: Any, check: Callable[[str], str | None] | None = None
+        self, key: str, default: object, check: Callable[[str], str | None] | None = None
     ) -> str:
         value = self.raw(key, default)
         if value and check is not None:
@@ -328,7 +328,7 @@ class _Reader:
                 self.problem(key, value, expected)
         return value
 
-    def integer(self, key: str, default: Any, minimum: int, maximum: int) -> int:
+    def integer(self, key: str, default: object, minimum: int, maximum: int) -> int:
         value = self.raw(key, default)
         try:
             number = int(value)
@@ -339,7 +339,7 @@ class _Reader:
             self.problem(key, value, f"a whole number from {minimum} to {maximum}")
         return number
 
-    def number(self, key: str, default: Any, minimum: float, maximum: float) -> float:
+    def number(self, key: str, default: object, minimum: float, maximum: float) -> float:
         value = self.raw(key, default)
         try:
             number = float(value)
@@ -350,7 +350,7 @@ class _Reader:
             self.problem(key, value, f"a number from {minimum} to {maximum}")
         return number
 
-    def boolean(self, key: str, default: Any) -> bool:
+    def boolean(self, key: str, default: object) -> bool:
         value = self.raw(key, default).lower()
         if value in ("1", "yes", "true", "on"):
             return True
@@ -762,7 +762,17 @@ def _servers(r: _Reader, port: int) -> tuple[tuple[str, int], ...]:
     return tuple(found)
 
 
-def _bot_login(r: _Reader, tls: bool, base: Path) -> dict[str, Any]:
+class _BotLogin(TypedDict):
+    """NetworkConfig's bot login fields, as _bot_login reads them."""
+
+    sasl_username: str
+    sasl_password: str
+    client_cert: Path | None
+    client_key: Path | None
+    autocmds: tuple[str, ...]
+
+
+def _bot_login(r: _Reader, tls: bool, base: Path) -> _BotLogin:
     """The bot's SASL and autocmd keys of a [network] section."""
     cert = r.string("client_cert", "")
     key = r.string("client_key", "")
@@ -772,7 +782,7 @@ def _bot_login(r: _Reader, tls: bool, base: Path) -> dict[str, Any]:
         r.problem("client_key", key, "client_cert as well")
     autocmds = tuple(line.strip() for line in r.raw("autocmds", "").splitlines()
                      if line.strip())
-    return dict(
+    return _BotLogin(
         sasl_username=r.string("sasl_username", ""),
         sasl_password=r.string("sasl_password", ""),
         client_cert=resolve_path(base, cert) if cert else None,

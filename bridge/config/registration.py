@@ -9,10 +9,11 @@ from __future__ import annotations
 import re
 import secrets
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import yaml
 
+from ..rules.ids import JsonDict
 from .ini import Config, fill_tokens, load
 from .secretfile import write_private
 
@@ -42,7 +43,7 @@ def announce(store: BridgeDirectoryWriter, config: Config) -> None:
     store.register_bridge(config.bot_user_id, user_regexes(config))
 
 
-def build(config: Config) -> dict[str, Any]:
+def build(config: Config) -> JsonDict:
     """The registration as a dict: every network's user and alias templates, exclusive."""
     domain = config.homeserver.domain
     users = []
