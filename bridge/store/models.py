@@ -927,6 +927,13 @@ class Store:
         db = self.db
         p = db.param
         with self.writing():
+            if not self.is_sqlite:
+                # One pushed transaction at a time, as SQLite's BEGIN IMMEDIATE does: the
+                # inbox reads rows by increasing id, and two PostgreSQL transactions could
+                # commit their ids out of order; the one with the lower ids, committed
+                # second, would never be read (until a restart).
+                db.execute_sql("SELECT pg_advisory_xact_lock(%s)",
+                               (_advisory_key(f"inbox:{self.bridge_id}"),))
             created = now_ms()
             seen = db.execute_sql(
                 f"INSERT INTO {_T_TXN} (bridge_id, txn_id, digest, received_at) "
