@@ -45,7 +45,7 @@ from .events import (
 from .history import History
 from .kicks import Rejoins
 from .modes import ChannelModes, ChannelState, ModeSyntax, parse_modes
-from .presence import Identity, IrcPresence, on_away, on_identity, on_tagmsg
+from .presence import Identity, IrcPresence, on_away, on_identity, on_tagmsg, registered
 from .receipt import Receipt
 from .snapshot import NetworkSnapshot
 from .splits import Splits, is_netsplit
@@ -191,6 +191,8 @@ class Network:
         self._our_nicks: set[str] | None = None
         # Folded nick -> what CHGHOST/ACCOUNT/SETNAME said of it (bridge.irc.presence).
         self.identities: dict[str, Identity] = {}
+        # Matrix user -> the AWAY line their puppet sends on every registration.
+        self.away_lines: dict[str, str] = {}
         self.former_nicks = FormerNicks()
         self.rejoins = Rejoins(thread, config.kick_rejoin_after, lambda: self.bot)
         self.splits = Splits(thread, config.netsplit_leave_after, self._split_leave,
@@ -367,6 +369,7 @@ class Network:
         connected = event.change is ConnectionChange.CONNECTED
         if connected and not conn.is_bot:
             self._remember_puppet_nick(conn)
+            registered(self, conn)  # Matrix presence -> AWAY (bridge.irc.presence)
         if connected and conn.is_bot:
             isupport = conn.conn.features
             self.nick_max = int(getattr(isupport, "nicklen", None) or self.nick_max)

@@ -30,7 +30,7 @@ from .threadcheck import irc_thread_only
 log = logging.getLogger(__name__)
 
 TYPING_STATES = frozenset({"active", "paused", "done"})
-MAX_IDENTITIES = 10000  # nicks whose host/account/realname are kept, oldest dropped first
+MAX_IDENTITIES = 10000  # nicks (host, account, realname) and away lines kept, oldest out first
 
 
 @dataclass(frozen=True)
@@ -76,6 +76,7 @@ class Network(Protocol):
     name: str
     members: dict[str, set[str]]
     identities: dict[str, Identity]
+    away_lines: dict[str, str]
     puppets: dict[str, IrcConnection]
     fold: Callable[[str], str]
 
@@ -187,6 +188,21 @@ def send_typing(network: Network, user_id: str, channel: str, state: str) -> boo
 @irc_thread_only
 def set_away(network: Network, user_id: str, line: str) -> bool:
     """Send `AWAY :text` or `AWAY` (back) from the user's puppet, if it is connected (a
-    puppet is never made for this)."""
+    puppet is never made for this). An away line is kept for the puppet's next
+    registration (a reconnect, or a puppet made later): see `registered`."""
+    if line == "AWAY":
+        network.away_lines.pop(user_id, None)
+    else:
+        network.away_lines.pop(user_id, None)
+        network.away_lines[user_id] = line
+        while len(network.away_lines) > MAX_IDENTITIES:
+            del network.away_lines[next(iter(network.away_lines))]
     conn = _puppet(network, user_id)
     return conn is not None and conn.send_now(line)
+
+
+def registered(network: Network, conn: IrcConnection) -> None:
+    """A puppet (re)connected: it is away again if its user was away on Matrix."""
+    line = network.away_lines.get(conn.owner)
+    if line is not None:
+        conn.send_now(line)

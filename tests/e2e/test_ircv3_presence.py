@@ -6,7 +6,7 @@ channel before the bridge starts; Alice is a Matrix user in the portal room. Eac
 skips, saying why, where the server lacks what it needs: away-notify (ergo, inspircd,
 hybrid), a way for a test to change a host (inspircd: an oper's CHGHOST; ergo: HostServ SET
 after NickServ REGISTER, which is an ACCOUNT too; hybrid has neither), message-tags for
-+typing (ergo, inspircd).
++typing (ergo, inspircd). The network has `away_from_presence` on, for the last test.
 """
 
 from __future__ import annotations
@@ -54,6 +54,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
 
     try:
         with running_stack(tmp_path_factory.mktemp("presence"), channels=CHANNEL,
+                           network_extra="away_from_presence = true",
                            before_start=offers, before_bridge=bob_arrives) as r.stack:
             r.alice = r.stack.matrix_user("alice")
             r.room_id = r.alice.join(r.stack.alias(CHANNEL))
@@ -188,3 +189,21 @@ def test_alices_typing_reaches_irc_as_a_typing_tagmsg(run: Run) -> None:
     run.bob.wait_for(_typing_tag(puppet, "active"), timeout=30, start=mark)
     run.alice.request("PUT", path, json={"typing": False})
     run.bob.wait_for(_typing_tag(puppet, "done"), timeout=30, start=mark)
+
+
+def test_alices_matrix_presence_is_her_puppets_away(run: Run) -> None:
+    """Last: Alice's own /sync calls elsewhere would make her online again."""
+    needs(run, "away-notify")
+    start = run.bob.mark()
+    run.alice.send_text(run.room_id, "alice is here")  # her puppet is in the channel
+    said = run.bob.wait_for(lambda m: m.command == "PRIVMSG" and m.text == "alice is here",
+                            timeout=60, start=start)
+    puppet = said.nick
+    path = f"/_matrix/client/v3/presence/{quote(run.alice.user_id, safe='')}/status"
+    mark = run.bob.mark()
+    run.alice.request("PUT", path, json={"presence": "unavailable", "status_msg": "afk a bit"})
+    run.bob.wait_for(lambda m: m.command == "AWAY" and m.nick == puppet
+                     and m.text == "afk a bit", timeout=30, start=mark)
+    run.alice.request("PUT", path, json={"presence": "online"})
+    run.bob.wait_for(lambda m: m.command == "AWAY" and m.nick == puppet and not m.params,
+                     timeout=30, start=mark)

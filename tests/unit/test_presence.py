@@ -200,3 +200,69 @@ def test_a_failing_ephemeral_part_never_stops_the_worker(tmp_path: Path) -> None
     part.start()
     part.stop(timeout=5)
     assert part._thread is None and part._queue.empty()
+
+
+# ---------------------------------------------------------------- IRC side, with fakes
+class _Thread:
+    def in_thread(self) -> bool:
+        return True
+
+
+class _Caps:
+    enabled = frozenset({"message-tags"})
+
+
+class _Conn:
+    def __init__(self, owner: str, connected: bool = True) -> None:
+        from bridge.irc.connection import State
+
+        self.owner = owner
+        self.state = State.CONNECTED if connected else State.IDLE
+        self.caps = _Caps()
+        self.channels = {"#chan"}
+        self.sent: list[str] = []
+
+    def send_now(self, line: str) -> bool:
+        self.sent.append(line)
+        return True
+
+
+class _Network:
+    thread = _Thread()
+
+    def __init__(self) -> None:
+        self.puppets: dict[str, Any] = {}
+        self.away_lines: dict[str, str] = {}
+
+    def fold(self, name: str) -> str:
+        return name.lower()
+
+
+def test_a_puppet_is_away_again_after_it_reconnects_or_is_made_later() -> None:
+    from bridge.irc.presence import registered
+
+    network = _Network()
+    assert not set_away(network, "@alice:x", "AWAY :lunch")  # type: ignore[arg-type]
+    conn = _Conn("@alice:x")
+    network.puppets["@alice:x"] = conn
+    registered(network, conn)  # type: ignore[arg-type]
+    assert conn.sent == ["AWAY :lunch"]
+    assert set_away(network, "@alice:x", "AWAY")  # type: ignore[arg-type]
+    registered(network, conn)  # type: ignore[arg-type]
+    assert conn.sent == ["AWAY :lunch", "AWAY"]
+
+
+def test_typing_goes_only_from_a_connected_puppet_in_the_channel_with_message_tags() -> None:
+    network = _Network()
+    conn = _Conn("@alice:x")
+    network.puppets["@alice:x"] = conn
+    assert send_typing(network, "@alice:x", "#Chan", "active")  # type: ignore[arg-type]
+    assert conn.sent == ["@+typing=active TAGMSG #Chan"]
+    assert not send_typing(network, "@alice:x", "#other", "active")  # type: ignore[arg-type]
+    assert not send_typing(network, "@alice:x", "#Chan", "bogus")  # type: ignore[arg-type]
+    assert not send_typing(network, "@bob:x", "#Chan", "active")  # type: ignore[arg-type]
+    conn.caps.enabled = frozenset()  # type: ignore[misc]
+    assert not send_typing(network, "@alice:x", "#Chan", "active")  # type: ignore[arg-type]
+    network.puppets["@carol:x"] = _Conn("@carol:x", connected=False)
+    assert not send_typing(network, "@carol:x", "#Chan", "active")  # type: ignore[arg-type]
+    assert conn.sent == ["@+typing=active TAGMSG #Chan"]
