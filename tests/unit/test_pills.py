@@ -25,9 +25,11 @@ class _Lines:
 
     def record(self, network: str, channel: str, nick: str, sender: str, msgtype: str,
                body: str, html: str | None, ts: int | None = None, *,
-               private_to: str | None = None, msgid: str | None = None) -> None:
+               private_to: str | None = None, msgid: str | None = None,
+               reply_to: str | None = None) -> None:
         self.lines.append(IrcLine(network, channel, channel, nick, sender, msgtype, body, html,
-                                  ts or 0, private_to=private_to, msgid=msgid))
+                                  ts or 0, private_to=private_to, msgid=msgid,
+                                  reply_to=reply_to))
 
 
 class _Directory:
