@@ -83,6 +83,9 @@ class RecordingListener:
     def irc_failure(self, *args: object, **kwargs: object) -> None:
         self._heard("irc_failure", *args, **kwargs)
 
+    def irc_reaction(self, *args: object, **kwargs: object) -> None:
+        self._heard("irc_reaction", *args, **kwargs)
+
     def irc_ephemeral(self, *args: object, **kwargs: object) -> None:
         self._heard("irc_ephemeral", *args, **kwargs)
 

@@ -35,6 +35,7 @@ from ..irc.events import (
     IrcMessage,
     IrcPower,
     IrcPrivate,
+    IrcReaction,
     IrcTopic,
 )
 from ..irc.presence import IrcPresence
@@ -454,6 +455,9 @@ class Bridge:
 
     def irc_failure(self, event: IrcFailure) -> None:
         self.irc_to_matrix.irc_failure(event)
+
+    def irc_reaction(self, event: IrcReaction) -> None:
+        self.irc_to_matrix.irc_reaction(event)
 
     def irc_connection(self, event: IrcConnectionEvent) -> None:
         self.irc_to_matrix.irc_connection(event)

@@ -19,6 +19,7 @@ from ..irc.events import (
     IrcMembership,
     IrcMessage,
     IrcPrivate,
+    IrcReaction,
     IrcTopic,
     MembershipChange,
 )
@@ -47,10 +48,12 @@ from ..store.kinds import (
     LineKind,
     MadePrivate,
     Power,
+    Reaction,
     Sync,
     Topic,
 )
 from ..store.models import QueuedLine, Store
+from . import reactions
 from .directory import Directory
 from .lines import LineQueue
 from .links import LinkRegistry
@@ -156,6 +159,15 @@ class IrcToMatrix:
             return
         kind, payload = _membership_payload(event)
         self.lines.state(network, channel, nick, sender, kind, payload, event.ts)
+
+    def irc_reaction(self, event: IrcReaction) -> None:
+        """IRC thread: a reaction in a bridged channel, queued like its lines."""
+        network, channel, nick = event.network, event.channel, event.nick
+        if not self.directory.has_room(network, channel) \
+                or not self.privacy.may_relay(network, channel):
+            return
+        self.lines.state(network, channel, nick, self.directory.sender_for_nick(network, nick),
+                         LineKind.REACTION, Reaction(event.key, event.msgid))
 
     def irc_failure(self, event: IrcFailure) -> None:
         """A line of a Matrix user was refused by IRC: tell them, never drop it silently."""
@@ -372,7 +384,20 @@ class IrcToMatrix:
                 return privacy.state_private(line, room_id, payload)
             case Invite():
                 return privacy.state_invite(line, room_id)
+            case Reaction():
+                return self._state_reaction(line, room_id, payload)
         return ""
+
+    def _state_reaction(self, line: QueuedLine, room_id: RoomId, reaction: Reaction) -> str:
+        """An IRC +draft/react: the virtual user's m.reaction to the event of its msgid."""
+        content = reactions.reaction_content(self.store, line.network, room_id, reaction)
+        if content is None:
+            return ""
+        intent = self.directory.prepare_ghost(line.network, line.nick, line.sender)
+        self._join_ghost(intent, room_id)
+        return intent.send_message(room_id, content, ts=line.ts,
+                                   txn_id=f"{self.txn_prefix}.{line.id}",
+                                   event_type="m.reaction")
 
     def _state_join(self, line: QueuedLine, room_id: RoomId) -> str:
         ghost = self.directory.prepare_ghost(line.network, line.nick, line.sender)

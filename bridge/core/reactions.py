@@ -3,7 +3,9 @@ link has message-tags and the reacted-to message has a msgid, else one short ACT
 (`* alice reacted 👍 to "first words..."`), unless the user said `!reactions off`.
 
 Thread: `reaction_of`, `fallback_line` are pure (any thread; the inbox thread builds);
-`send_reaction` runs on the IRC thread (handed in with `irc.call`).
+`send_reaction` runs on the IRC thread (handed in with `irc.call`). IRC -> Matrix:
+`reaction_content` on the homeserver senders (an IRC +draft/react row, see
+bridge.irc.reactions).
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ from ..irc import tags as message_tags
 from ..irc.network import Network
 from ..irc.receipt import Receipt
 from ..rules import formatting
-from ..rules.ids import EventId, JsonDict
+from ..rules.ids import EventId, JsonDict, RoomId
+from ..store import kinds
+from ..store.models import Store
 
 QUOTE_CHARS = 30  # of the reacted-to message's text in the fallback line
 MAX_KEY_CHARS = 32  # a reaction key is an emoji or a short word; longer is cut
@@ -63,3 +67,14 @@ def send_reaction(net: Network, user_id: str, channel: str, key: str, msgid: str
         receipt.finished(True, None)
         return
     net.say(user_id, None, channel, [fallback], "m.emote", receipt)
+
+
+def reaction_content(store: Store, network: str, room_id: RoomId,
+                     reaction: kinds.Reaction) -> JsonDict | None:
+    """Sender thread: the m.reaction content of an IRC reaction to a message of this room
+    (None when its msgid names no event here: nothing to react to)."""
+    found = store.event_of_msgid(network, reaction.msgid)
+    if found is None or found[0] != room_id:
+        return None
+    return {"m.relates_to": {"rel_type": "m.annotation", "event_id": found[1],
+                             "key": reaction.key}}

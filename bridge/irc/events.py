@@ -103,6 +103,18 @@ class IrcPrivate:
 
 
 @dataclass(frozen=True)
+class IrcReaction:
+    """Someone reacted on IRC (TAGMSG `+draft/react=<key>;+draft/reply=<msgid>`) in a
+    channel we relay."""
+
+    network: str
+    channel: str  # folded
+    nick: str
+    key: str
+    msgid: str  # the line reacted to
+
+
+@dataclass(frozen=True)
 class IrcTopic:
     """A channel's topic: `nick` set it just now, None when the server told it (on join)
     or when it is our own puppet's echo."""
@@ -219,4 +231,4 @@ class IrcConnectionEvent:
 
 
 IrcEvent = (IrcMessage | IrcPrivate | IrcTopic | IrcMembership | IrcPower | IrcChannelState
-            | IrcCasemapping | IrcFailure | IrcConnectionEvent)
+            | IrcCasemapping | IrcFailure | IrcConnectionEvent | IrcReaction)

@@ -36,6 +36,7 @@ from .events import (
     IrcMessage,
     IrcPower,
     IrcPrivate,
+    IrcReaction,
     IrcTopic,
     MembershipChange,
     line_ts,
@@ -46,6 +47,7 @@ from .history import History
 from .kicks import Rejoins
 from .modes import ChannelModes, ChannelState, ModeSyntax, parse_modes
 from .presence import Identity, IrcPresence, on_away, on_identity, on_tagmsg, registered
+from .reactions import on_reaction
 from .receipt import Receipt
 from .snapshot import NetworkSnapshot
 from .splits import Splits, is_netsplit
@@ -83,6 +85,8 @@ class IrcListener(Protocol):
     def irc_casemapping(self, event: IrcCasemapping) -> None: ...
 
     def irc_failure(self, event: IrcFailure) -> None: ...
+
+    def irc_reaction(self, event: IrcReaction) -> None: ...
 
     def irc_ephemeral(self, event: IrcPresence) -> None:
         """Away/back and typing of someone on IRC (bridge.irc.presence); may be dropped."""
@@ -588,6 +592,7 @@ class Network:
 
     def _on_tagmsg(self, conn: IrcConnection, event: irc.client.Event) -> None:
         on_tagmsg(self, conn, event)
+        on_reaction(self, conn, event)  # +draft/react (bridge.irc.reactions)
 
     def _on_chghost(self, conn: IrcConnection, event: irc.client.Event) -> None:
         on_identity(self, conn, event)

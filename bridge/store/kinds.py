@@ -27,6 +27,7 @@ class LineKind(StrEnum):
     SYNC = "sync"  # who is in the channel now, as the bot found it
     PRIVATE = "private"  # the channel turned private: the portal becomes invite-only
     INVITE = "invite"  # a Matrix user's puppet joined a private channel: invite them
+    REACTION = "reaction"  # an IRC +draft/react: an m.reaction of the virtual user
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,13 @@ class Invite:
     pass
 
 
-Payload = Join | Leave | Topic | Power | JoinRule | Sync | MadePrivate | Invite
+@dataclass(frozen=True)
+class Reaction:
+    key: str
+    msgid: str  # the IRC line reacted to
+
+
+Payload = Join | Leave | Topic | Power | JoinRule | Sync | MadePrivate | Invite | Reaction
 
 _TYPES: dict[LineKind, type[Payload]] = {
     LineKind.JOIN: Join,
@@ -84,6 +91,7 @@ _TYPES: dict[LineKind, type[Payload]] = {
     LineKind.SYNC: Sync,
     LineKind.PRIVATE: MadePrivate,
     LineKind.INVITE: Invite,
+    LineKind.REACTION: Reaction,
 }
 
 

@@ -141,3 +141,25 @@ def test_a_matrix_reaction_reaches_irc_as_a_tagmsg(run: Run) -> None:
     seen = run.bob.wait_for(lambda m: m.command == "TAGMSG" and m.nick == PUPPET, timeout=30)
     assert seen.tags.get("+draft/react") == "👍"
     assert seen.tags.get("+draft/reply") == msgid
+
+
+def test_an_irc_reaction_becomes_an_m_reaction_of_the_virtual_user(run: Run) -> None:
+    event_id = run.alice.send_text(run.room, "react to alice")
+    seen = run.bob.wait_for(lambda m: m.command == "PRIVMSG" and m.text == "react to alice",
+                            timeout=30)
+    msgid = seen.tags["msgid"]
+    wait_until(lambda: run.store.event_of_msgid(run.stack.network_name, msgid), 20,
+               what="alice's msgid stored")
+    run.bob.send(f"@+draft/react=🎉;+draft/reply={msgid} TAGMSG {CHANNEL}")
+
+    def reaction() -> dict[str, Any] | None:
+        for event in run.alice.messages(run.room, limit=20):
+            if event.get("type") == "m.reaction" and event.get("content", {}).get(
+                    "m.relates_to", {}).get("key") == "🎉":
+                return event
+        return None
+
+    found = wait_until(reaction, 30, what="the m.reaction in the room")
+    assert found["sender"] == run.stack.ghost("Bob")
+    assert found["content"]["m.relates_to"] == {
+        "rel_type": "m.annotation", "event_id": event_id, "key": "🎉"}

@@ -24,6 +24,7 @@ from bridge.irc.events import (
     IrcMembership,
     IrcMessage,
     IrcPrivate,
+    IrcReaction,
     MembershipChange,
 )
 from bridge.irc.network import IrcListener
@@ -110,6 +111,7 @@ def test_every_call_a_network_makes_matches_the_protocol() -> None:
                  ":bob!b@h SETNAME :Bob B",
                  "@+typing=active :bob!b@h TAGMSG #chan",
                  "@+typing=bogus :bob!b@h TAGMSG #chan",
+                 "@+draft/react=a\\sb;+draft/reply=m1 :bob!b@h TAGMSG #chan",
                  ":bob!b@h AWAY",
                  ":carol!c@h NICK carol2",
                  ":bob!b@h KICK #chan carol2 :bye",
@@ -143,6 +145,7 @@ def test_every_call_a_network_makes_matches_the_protocol() -> None:
     assert listener.of("irc_ephemeral") == [
         IrcAway("t", "bob", "lunch"), IrcTyping("t", "#chan", "bob", "active"),
         IrcAway("t", "bob", None)]
+    assert listener.of("irc_reaction") == [IrcReaction("t", "#chan", "bob", "a b", "m1")]
     assert side.network("t").identities["bob"] == Identity("bb", "new.host", "bobacct", "Bob B")
     private = listener.of("irc_private")
     assert [(p.owner, p.nick, p.text, p.kind) for p in private

@@ -210,3 +210,20 @@ def test_a_matrix_reaction_and_its_short_line() -> None:
     assert reactions.fallback_line("ok", "short") == 'reacted ok to "short"'
     assert tags.tag_prefix(reactions.react_tags("a b", "m;1")) == \
         "@+draft/react=a\\sb;+draft/reply=m\\:1 "
+
+
+def test_an_irc_react_tagmsg_and_its_matrix_reaction() -> None:
+    from bridge.core import reactions
+    from bridge.irc.reactions import reaction_from_tags
+    from bridge.store import kinds
+
+    assert reaction_from_tags({"+draft/react": "🎉", "+draft/reply": "m1"}) == ("🎉", "m1")
+    assert reaction_from_tags({"+draft/react": "🎉"}) is None  # reacting to nothing
+    assert reaction_from_tags({"+typing": "active"}) is None
+    payload = kinds.Reaction("🎉", "m-here")
+    assert kinds.decode(kinds.LineKind.REACTION, kinds.encode(payload)) == payload
+    content = reactions.reaction_content(ReplyStore(), "n", "!room", payload)  # type: ignore[arg-type]
+    assert content == {"m.relates_to": {"rel_type": "m.annotation", "event_id": "$orig",
+                                        "key": "🎉"}}
+    assert reactions.reaction_content(ReplyStore(), "n", "!room",  # type: ignore[arg-type]
+                                      kinds.Reaction("x", "m-pm")) is None
