@@ -302,7 +302,7 @@ class AdminRooms:
     def _owner_left(self, room_id: str) -> None:
         self._forget_room(room_id)
         try:
-            self.bridge.bot.leave(room_id)
+            self.bridge.bot.leave(RoomId(room_id))
         except MatrixError as e:
             log.info("leaving admin room %s: %s", room_id, e)
 
@@ -355,7 +355,7 @@ class AdminRooms:
     def notice(self, room_id: str, text: str) -> None:
         """Post an m.notice as the bot (lane threads)."""
         try:
-            self.bridge.bot.send_message(room_id, {"msgtype": "m.notice", "body": text})
+            self.bridge.bot.send_message(RoomId(room_id), {"msgtype": "m.notice", "body": text})
         except MatrixError as e:
             log.warning("cannot post a notice in admin room %s: %s", room_id, e)
 

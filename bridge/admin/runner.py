@@ -24,6 +24,7 @@ from ..irc.queries import (
     IrcUnavailable,
 )
 from ..matrix import MatrixError
+from ..rules.ids import UserId
 from ..rules.permissions import role_of
 from ..store.admin_tables import AdminStore
 from ..store.models import Link
@@ -68,7 +69,7 @@ def mask_line(line: str) -> str:
 
 @dataclass(frozen=True)
 class Ctx:
-    user_id: str
+    user_id: UserId
     role: str
     room_id: str
 
@@ -122,7 +123,7 @@ class CommandRunner:
                 return ""
             log.info("%s in %s: %r", user_id, room_id, command)
             handler = getattr(self, "do_" + command.name)
-            return str(handler(Ctx(user_id, role, room_id), command))
+            return str(handler(Ctx(UserId(user_id), role, room_id), command))
         except CommandError as e:
             return str(e)
         except IrcUnavailable as e:

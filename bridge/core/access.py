@@ -26,7 +26,7 @@ from typing import Protocol
 
 from ..config.ini import Config
 from ..matrix import HomeserverClient, Intent, IntentCache, MatrixError
-from ..rules.ids import JsonDict, RoomId
+from ..rules.ids import JsonDict, RoomId, UserId
 from ..rules.permissions import role_of
 from .directory import Directory
 
@@ -174,10 +174,10 @@ def refused(bridge: Gatekeeping, event: JsonDict) -> bool:
 def _decline(bridge: Gatekeeping, room_id: str, invitee: str, reason: str) -> None:
     """The invited bot or virtual user declines, saying why (it never joins)."""
     intent = bridge.bot if invitee == bridge.config.bot_user_id else \
-        Intent(bridge.client, invitee, cache=bridge.cache)
+        Intent(bridge.client, UserId(invitee), cache=bridge.cache)
     try:
         intent.ensure_registered()
-        intent.leave(room_id, reason=reason)
+        intent.leave(RoomId(room_id), reason=reason)
     except MatrixError as e:
         log.info("%s cannot decline the invite to %s: %s", invitee, room_id, e)
 

@@ -30,7 +30,7 @@ from ..irc import IrcSide
 from ..irc.presence import IrcAway, IrcPresence, IrcTyping, send_typing, set_away
 from ..matrix import ONCE, HomeserverClient, Intent, IntentCache
 from ..matrix.state import MemberStore
-from ..rules.ids import RoomId
+from ..rules.ids import RoomId, UserId
 from .directory import Directory
 
 log = logging.getLogger(__name__)
@@ -224,7 +224,7 @@ class Ephemeral:
                 log.info("could not bridge %s: %s", item, e)
 
     def _intent(self, user_id: str) -> Intent:
-        return Intent(self.client, user_id, cache=self.cache, policy=ONCE)
+        return Intent(self.client, UserId(user_id), cache=self.cache, policy=ONCE)
 
     def _irc_away(self, event: IrcAway) -> None:
         if event.network not in self.directory.names:

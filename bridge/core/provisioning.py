@@ -235,7 +235,7 @@ class Provisioner:
         elif link.kind == "plumbed":
             self._announce(room_id, f"This room is no longer bridged to {link.channel_name}.")
             try:
-                self.bridge.bot.leave(room_id)
+                self.bridge.bot.leave(RoomId(room_id))
             except MatrixError as e:
                 log.info("leaving %s after unlink: %s", room_id, e)
         return link_json(link)
@@ -261,7 +261,7 @@ class Provisioner:
     def check_power(self, room_id: str, user_id: str) -> None:
         """Raise unless `user_id` may change the room's power levels (the bot reads them)."""
         bot = self.config.bot_user_id
-        was_joined = self.bridge.cache.is_joined(room_id, bot)
+        was_joined = self.bridge.cache.is_joined(RoomId(room_id), bot)
         try:
             self.bridge.bot.join(room_id)
         except (Forbidden, NotFound) as e:
@@ -271,7 +271,7 @@ class Provisioner:
         except ProvisioningError:
             if not was_joined and self.bridge.link_for_room(RoomId(room_id)) is None:
                 try:
-                    self.bridge.bot.leave(room_id)
+                    self.bridge.bot.leave(RoomId(room_id))
                 except MatrixError as e:
                     log.info("leaving %s after a refused request: %s", room_id, e)
             raise
@@ -306,6 +306,6 @@ class Provisioner:
 
     def _announce(self, room_id: str, text: str) -> None:
         try:
-            self.bridge.bot.send_message(room_id, {"msgtype": "m.notice", "body": text})
+            self.bridge.bot.send_message(RoomId(room_id), {"msgtype": "m.notice", "body": text})
         except MatrixError as e:
             log.info("cannot announce in %s: %s", room_id, e)

@@ -402,14 +402,14 @@ class HomeserverClient:
     def join(
         self, room_id_or_alias: str, user_id: str | None = None, *, via: Iterable[str] = (),
         policy: RetryPolicy | None = None,
-    ) -> str:
+    ) -> RoomId:
         """`POST /join/{roomIdOrAlias}`; returns the room id joined."""
         params = {"server_name": list(via)} if via else None
         answer = self.request(
             "POST", f"{CLIENT_V3}/join/{q(room_id_or_alias)}", json={}, params=params,
             user_id=user_id, policy=policy,
         )
-        return self._field(answer, "room_id", "join")
+        return RoomId(self._field(answer, "room_id", "join"))
 
     def leave(self, room_id: str, user_id: str | None = None, reason: str = "", *,
               policy: RetryPolicy | None = None) -> None:

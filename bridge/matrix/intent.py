@@ -25,7 +25,7 @@ import threading
 from collections.abc import Callable, Iterable
 from typing import TypeVar
 
-from ..rules.ids import RoomId
+from ..rules.ids import RoomId, UserId
 from .client import MAX_DISPLAYNAME_LEN, HomeserverClient
 from .errors import Forbidden, RoomInUse, UserInUse
 from .retry import RetryPolicy
@@ -64,42 +64,42 @@ class IntentCache:
         self._joined: set[tuple[str, str]] = set()
         self._displaynames: dict[str, str] = {}
 
-    def is_registered(self, user_id: str) -> bool:
+    def is_registered(self, user_id: UserId) -> bool:
         with self._lock:
             return user_id in self._registered
 
-    def mark_registered(self, user_id: str) -> None:
+    def mark_registered(self, user_id: UserId) -> None:
         with self._lock:
             self._registered.add(user_id)
 
-    def forget_registered(self, user_id: str) -> None:
+    def forget_registered(self, user_id: UserId) -> None:
         with self._lock:
             self._registered.discard(user_id)
             self._displaynames.pop(user_id, None)
 
-    def is_joined(self, room_id: str, user_id: str) -> bool:
+    def is_joined(self, room_id: RoomId, user_id: UserId) -> bool:
         with self._lock:
             return (room_id, user_id) in self._joined
 
-    def mark_joined(self, room_id: str, user_id: str) -> None:
+    def mark_joined(self, room_id: RoomId, user_id: UserId) -> None:
         with self._lock:
             self._joined.add((room_id, user_id))
 
-    def forget_joined(self, room_id: str, user_id: str) -> None:
+    def forget_joined(self, room_id: RoomId, user_id: UserId) -> None:
         """Call when a leave/kick/ban of `user_id` in `room_id` is seen."""
         with self._lock:
             self._joined.discard((room_id, user_id))
 
-    def forget_room(self, room_id: str) -> None:
+    def forget_room(self, room_id: RoomId) -> None:
         """Drop every membership remembered for `room_id`."""
         with self._lock:
             self._joined = {pair for pair in self._joined if pair[0] != room_id}
 
-    def displayname(self, user_id: str) -> str | None:
+    def displayname(self, user_id: UserId) -> str | None:
         with self._lock:
             return self._displaynames.get(user_id)
 
-    def set_displayname(self, user_id: str, name: str) -> None:
+    def set_displayname(self, user_id: UserId, name: str) -> None:
         with self._lock:
             self._displaynames[user_id] = name
 
@@ -110,7 +110,7 @@ class Intent:
     def __init__(
         self,
         client: HomeserverClient,
-        user_id: str,
+        user_id: UserId,
         *,
         is_bot: bool = False,
         cache: IntentCache,
@@ -149,7 +149,7 @@ class Intent:
             pass
         self.cache.mark_registered(self.user_id)
 
-    def ensure_joined(self, room_id: str) -> None:
+    def ensure_joined(self, room_id: RoomId) -> None:
         """Join `room_id` once. Raises Forbidden (e.g. invite-only room, banned)."""
         if self.cache.is_joined(room_id, self.user_id):
             return
@@ -160,7 +160,7 @@ class Intent:
         if joined != room_id:  # joined by alias: remember the id too
             self.cache.mark_joined(joined, self.user_id)
 
-    def _recovering(self, call: Callable[[], T], room_id: str | None = None) -> T:
+    def _recovering(self, call: Callable[[], T], room_id: RoomId | None = None) -> T:
         """Run `call`; on a 403 that a stale cache explains, fix it and retry once per cause."""
         fixed: set[str] = set()
         while True:
@@ -184,7 +184,7 @@ class Intent:
 
     def send_message(
         self,
-        room_id: str,
+        room_id: RoomId,
         content: JsonBody,
         *,
         ts: int | None = None,
@@ -208,7 +208,7 @@ class Intent:
 
     def set_state(
         self,
-        room_id: str,
+        room_id: RoomId,
         event_type: str,
         state_key: str,
         content: JsonBody,
@@ -226,7 +226,7 @@ class Intent:
         )
 
     def get_state(
-        self, room_id: str, event_type: str, state_key: str = ""
+        self, room_id: RoomId, event_type: str, state_key: str = ""
     ) -> JsonObject | None:
         """Content of a state event as this user sees it, or None."""
         return self.client.get_state(room_id, event_type, state_key, user_id=self._as,
@@ -258,7 +258,7 @@ class Intent:
         self._recovering(lambda: self.client.set_presence(self.user_id, presence, status_msg,
                                                           policy=self.policy))
 
-    def set_typing(self, room_id: str, typing: bool, timeout_ms: int = 30000) -> None:
+    def set_typing(self, room_id: RoomId, typing: bool, timeout_ms: int = 30000) -> None:
         """Start (for `timeout_ms`) or stop this user's typing notice in a joined room."""
         self.ensure_registered()
         self._recovering(lambda: self.client.set_typing(room_id, self.user_id, typing,
@@ -318,7 +318,7 @@ class Intent:
         self.cache.mark_joined(room_id, self.user_id)
         return room_id
 
-    def join(self, room_id_or_alias: str) -> str:
+    def join(self, room_id_or_alias: str) -> RoomId:
         """Join (by id or alias) and return the room id."""
         self.ensure_registered()
         room_id = self._recovering(
@@ -326,18 +326,18 @@ class Intent:
         self.cache.mark_joined(room_id, self.user_id)
         return room_id
 
-    def leave(self, room_id: str, reason: str = "") -> None:
+    def leave(self, room_id: RoomId, reason: str = "") -> None:
         """Leave `room_id` (or decline its invite, saying why)."""
         self.cache.forget_joined(room_id, self.user_id)
         self.client.leave(room_id, self._as, reason, policy=self.policy)
 
-    def invite(self, room_id: str, user_id: str) -> None:
+    def invite(self, room_id: RoomId, user_id: UserId) -> None:
         """Invite `user_id` (this user must be joined with invite power)."""
         self.ensure_registered()
         self._recovering(
             lambda: self.client.invite(room_id, user_id, self._as, policy=self.policy), room_id)
 
-    def kick(self, room_id: str, user_id: str, reason: str) -> None:
+    def kick(self, room_id: RoomId, user_id: UserId, reason: str) -> None:
         """Kick `user_id` from `room_id`."""
         self.ensure_registered()
         self._recovering(

@@ -23,12 +23,13 @@ import logging
 import threading
 from collections.abc import Callable, Iterable, Mapping
 
+from ..rules.ids import RoomId, UserId
 from .errors import Forbidden, NotFound
 
 log = logging.getLogger(__name__)
 
 # Fetches `{user_id: profile}` of a room's joined members; raises when it cannot.
-FetchMembers = Callable[[str], Mapping[str, object]]
+FetchMembers = Callable[[RoomId], Mapping[str, object]]
 
 
 class MemberStore:
@@ -37,15 +38,15 @@ class MemberStore:
     def __init__(self, fetch: FetchMembers) -> None:
         self._fetch = fetch
         self._lock = threading.Lock()
-        self._joined: dict[str, set[str]] = {}
+        self._joined: dict[RoomId, set[UserId]] = {}
 
-    def _room(self, room_id: str) -> set[str] | None:
+    def _room(self, room_id: RoomId) -> set[UserId] | None:
         with self._lock:
             known = self._joined.get(room_id)
             if known is not None:
                 return known
         try:
-            members = set(self._fetch(room_id))
+            members = {UserId(user) for user in self._fetch(room_id)}
         except (Forbidden, NotFound) as e:  # the bot cannot read it: unknown, ask next time
             log.info("cannot list the members of %s: %s", room_id, e)
             return None
@@ -54,7 +55,7 @@ class MemberStore:
             # Events pushed while the list was fetched were applied to a fresh entry: keep them.
             return self._joined.setdefault(room_id, members)
 
-    def is_joined(self, room_id: str, user_id: str) -> bool | None:
+    def is_joined(self, room_id: RoomId, user_id: UserId) -> bool | None:
         """True/False as the homeserver says; None when it could not be asked."""
         members = self._room(room_id)
         if members is None:
@@ -62,13 +63,13 @@ class MemberStore:
         with self._lock:
             return user_id in members
 
-    def joined(self, room_id: str) -> set[str]:
+    def joined(self, room_id: RoomId) -> set[UserId]:
         """A copy of the room's joined members (empty when they cannot be listed)."""
         members = self._room(room_id)
         with self._lock:
             return set(members or ())
 
-    def set_membership(self, room_id: str, user_id: str, membership: str) -> None:
+    def set_membership(self, room_id: RoomId, user_id: UserId, membership: str) -> None:
         """Record a membership seen or made; only rooms already loaded are changed."""
         with self._lock:
             members = self._joined.get(room_id)
@@ -79,29 +80,30 @@ class MemberStore:
             else:
                 members.discard(user_id)
 
-    def apply(self, events: Iterable[Mapping[str, object]]) -> list[tuple[str, str]]:
+    def apply(self, events: Iterable[Mapping[str, object]]) -> list[tuple[RoomId, UserId]]:
         """Take in the `m.room.member` events of a transaction; returns the (room, user)
         pairs that are no longer joined, for caches to forget."""
-        gone: list[tuple[str, str]] = []
+        gone: list[tuple[RoomId, UserId]] = []
         for event in events:
             if event.get("type") != "m.room.member":
                 continue
-            room_id, user_id = event.get("room_id"), event.get("state_key")
+            room, user = event.get("room_id"), event.get("state_key")
             content = event.get("content")
-            if isinstance(room_id, str) and isinstance(user_id, str) and isinstance(content, dict):
+            if isinstance(room, str) and isinstance(user, str) and isinstance(content, dict):
+                room_id, user_id = RoomId(room), UserId(user)
                 membership = str(content.get("membership") or "")
                 self.set_membership(room_id, user_id, membership)
                 if membership != "join":
                     gone.append((room_id, user_id))
         return gone
 
-    def forget_room(self, room_id: str) -> None:
+    def forget_room(self, room_id: RoomId) -> None:
         with self._lock:
             self._joined.pop(room_id, None)
 
 
 # Fetches a room's m.room.power_levels content (None: the room has none we can read).
-FetchPowerLevels = Callable[[str], "Mapping[str, object] | None"]
+FetchPowerLevels = Callable[[RoomId], "Mapping[str, object] | None"]
 
 
 class PowerLevels:
@@ -110,9 +112,9 @@ class PowerLevels:
     def __init__(self, fetch: FetchPowerLevels) -> None:
         self._fetch = fetch
         self._lock = threading.Lock()
-        self._levels: dict[str, dict[str, object]] = {}
+        self._levels: dict[RoomId, dict[str, object]] = {}
 
-    def get(self, room_id: str) -> dict[str, object]:
+    def get(self, room_id: RoomId) -> dict[str, object]:
         """A copy of the room's power levels ({} when it has none we can read)."""
         with self._lock:
             known = self._levels.get(room_id)
@@ -127,7 +129,7 @@ class PowerLevels:
             # A push that arrived while we fetched is newer: it wins.
             return dict(self._levels.setdefault(room_id, dict(fetched or {})))
 
-    def set(self, room_id: str, content: Mapping[str, object]) -> None:
+    def set(self, room_id: RoomId, content: Mapping[str, object]) -> None:
         """The bridge wrote these levels (or the homeserver pushed them)."""
         with self._lock:
             self._levels[room_id] = dict(content)
@@ -139,4 +141,4 @@ class PowerLevels:
                 continue
             room_id, content = event.get("room_id"), event.get("content")
             if isinstance(room_id, str) and isinstance(content, dict):
-                self.set(room_id, content)
+                self.set(RoomId(room_id), content)
