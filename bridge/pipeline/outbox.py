@@ -27,7 +27,6 @@ import dataclasses
 import json
 import logging
 import os
-import queue
 import random
 import threading
 import time
@@ -42,6 +41,7 @@ from ..matrix.retry import ONCE, at_most
 from ..rules.ids import EventId, RoomId, UserId
 from ..store.models import IrcLine, QueuedLine, Store
 from .backfill import HistoryLines, fresh_lines, replay_with_history
+from .lanes import KeyedPool
 from .meter import NO_METER, Meter
 
 log = logging.getLogger(__name__)
@@ -337,11 +337,8 @@ class Recorder:
 
 
 class Senders:
-    """A pool of threads delivering outbox rows, in order per room.
-
-    Each room has its own FIFO. A room with work waits in the ready queue; a free thread
-    takes it, sends its lines, and gives the room back. No two threads ever serve one room,
-    so its order is kept, and busy rooms never wait behind each other on one thread.
+    """Threads delivering outbox rows, in order per room (a KeyedPool keyed by `line.lane`:
+    no two threads ever serve one room, and busy rooms never wait behind each other).
 
     This loop is the retry: every homeserver call of one try is bounded to one request
     (`at_most(ONCE)`), so a homeserver that answers 5xx costs one request per try, and the
@@ -358,17 +355,10 @@ class Senders:
         self.deliver = deliver
         self.retry_cap = retry_cap
         self.max_attempts = max_attempts
-        self.batch = batch  # lines of one room before the thread lets other rooms go first
-        self._rooms: dict[str, collections.deque[QueuedLine]] = {}
-        self._serving: set[str] = set()
-        self._ready: queue.SimpleQueue[str | None] = queue.SimpleQueue()
-        self._lock = threading.Lock()
-        self._threads = [
-            threading.Thread(target=self._run, name=f"hs-sender-{i}", daemon=True)
-            for i in range(count)
-        ]
+        # Lines of one room before the thread lets other rooms go first.
+        self._pool: KeyedPool[QueuedLine] = KeyedPool("hs-sender", count, self._send_one,
+                                                      batch=batch)
         self._stop = threading.Event()
-        self.depth = 0
         # Delivered (row id, event id) not yet marked done, written by `outbox-marker`.
         self._delivered: list[tuple[int, EventId]] = []
         self._delivered_cond = threading.Condition()
@@ -376,59 +366,29 @@ class Senders:
                                         daemon=True)
         self._marker_stop = False
 
+    @property
+    def depth(self) -> int:
+        """Rows handed to the senders and not yet delivered or given up on."""
+        return self._pool.depth
+
     def start(self) -> None:
         self._marker.start()
-        for t in self._threads:
-            t.start()
+        self._pool.start()
 
     def dispatch(self, lines: list[QueuedLine]) -> None:
-        with self._lock:
-            self.depth += len(lines)
-            for line in lines:
-                fifo = self._rooms.setdefault(line.lane, collections.deque())
-                was_idle = not fifo and line.lane not in self._serving
-                fifo.append(line)
-                if was_idle:
-                    self._ready.put(line.lane)
+        self._pool.put_many((line.lane, line) for line in lines)
 
     def stop(self, timeout: float = 5.0) -> None:
+        """End between two rows: what was not sent stays pending in the outbox."""
         self._stop.set()
-        for _ in self._threads:
-            self._ready.put(None)
         deadline = time.monotonic() + timeout
-        for t in self._threads:
-            if t.is_alive():
-                t.join(max(0.0, deadline - time.monotonic()))
+        self._pool.stop(timeout)
         # What was delivered is marked before the stop returns (the marker's last batch).
         with self._delivered_cond:
             self._marker_stop = True
             self._delivered_cond.notify()
         if self._marker.is_alive():
             self._marker.join(max(1.0, deadline - time.monotonic()))
-
-    def _run(self) -> None:
-        while True:
-            room_id = self._ready.get()
-            if room_id is None or self._stop.is_set():
-                return
-            with self._lock:
-                self._serving.add(room_id)
-            for _ in range(self.batch):
-                with self._lock:
-                    fifo = self._rooms.get(room_id)
-                    line = fifo.popleft() if fifo else None
-                if line is None or self._stop.is_set():
-                    break
-                self._send_one(line)
-                with self._lock:
-                    self.depth -= 1
-            with self._lock:
-                self._serving.discard(room_id)
-                fifo = self._rooms.get(room_id)
-                if fifo:
-                    self._ready.put(room_id)  # more to send: back in line behind other rooms
-                else:
-                    self._rooms.pop(room_id, None)
 
     def _send_one(self, line: QueuedLine) -> None:
         pause = 0.5
