@@ -13,23 +13,19 @@ from typing import Any, cast
 import pytest
 
 from bridge.core.irc_to_matrix import IrcToMatrix
+from bridge.core.lines import LineQueue
 from bridge.irc.events import IrcKind, IrcMessage
 from bridge.store.models import IrcLine
 
 
-class _Lines:
-    """The line queue the part is given: keeps what it records."""
+class _Lines(LineQueue):
+    """The real line queue, keeping what it is given instead of handing it to a recorder."""
 
     def __init__(self) -> None:
         self.lines: list[IrcLine] = []
 
-    def record(self, network: str, channel: str, nick: str, sender: str, msgtype: str,
-               body: str, html: str | None, ts: int | None = None, *,
-               private_to: str | None = None, msgid: str | None = None,
-               reply_to: str | None = None) -> None:
-        self.lines.append(IrcLine(network, channel, channel, nick, sender, msgtype, body, html,
-                                  ts or 0, private_to=private_to, msgid=msgid,
-                                  reply_to=reply_to))
+    def _put(self, line: IrcLine) -> None:
+        self.lines.append(line)
 
 
 class _Directory:
