@@ -42,6 +42,10 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser],
     p.add_argument("--mirror-modes", action="store_true",
                    help="let IRC modes set the room's power levels and make it invite-only "
                         "(never public, never lowering levels set in Matrix); off by default")
+    p.add_argument("--relay", choices=("on", "off"),
+                   help="the room's relay mode: on, the bot says everyone's messages (no "
+                        "connections of their own); off, everyone has their own; default: "
+                        "the network's relay_mode")
     p.set_defaults(func=lambda args: cmd_link(args, load))
     p = sub.add_parser("unlink", help="stop bridging a Matrix room")
     p.add_argument("--room", required=True, help="the Matrix room id (!...)")
@@ -110,6 +114,18 @@ class _Api:
 
 
 # ---------------------------------------------------------------------------- commands
+def _room_options(store: Store, args: argparse.Namespace) -> None:
+    """`--mirror-modes` and `--relay` of an offline link, in the room_option table."""
+    from ..store.room_options import RoomOptions
+
+    options = RoomOptions(store.db, store.bridge_id)
+    options.load()
+    if args.mirror_modes:
+        options.set(args.room, mirror_modes=True)
+    if args.relay:
+        options.set_relay(args.room, args.relay == "on")
+
+
 def cmd_link(args: argparse.Namespace, load: Loader) -> int:
     config = load(args.config)
     api = running_api(config)
@@ -117,6 +133,7 @@ def cmd_link(args: argparse.Namespace, load: Loader) -> int:
         ok, body = api.call("POST", "/link", json={
             "room_id": args.room, "network": args.network, "channel": args.channel,
             "user_id": config.bot_user_id, "mirror_modes": bool(args.mirror_modes),
+            **({"relay": args.relay == "on"} if args.relay else {}),
         })
         if not ok:
             print(f"cannot link: {body.get('error')} ({body.get('errcode')})", file=sys.stderr)
@@ -161,12 +178,8 @@ def cmd_link(args: argparse.Namespace, load: Loader) -> int:
                   f"or invite {config.bot_user_id}", file=sys.stderr)
             return 1
         store.add_link(args.network, folded, args.channel, args.room, None, kind="plumbed")
-        if args.mirror_modes:
-            from ..store.room_options import RoomOptions
-
-            options = RoomOptions(store.db, store.bridge_id)
-            options.load()
-            options.set(args.room, mirror_modes=True)
+        if args.mirror_modes or args.relay:
+            _room_options(store, args)
     finally:
         store.close()
         bot.client.close()

@@ -379,10 +379,10 @@ class Bridge:
         return self.portals.query_room(alias, for_user)
 
     def link_room(self, network: str, channel: str, room_id: RoomId, *, kind: str = "plumbed",
-                  mirror_modes: bool = False) -> Link:
+                  mirror_modes: bool = False, relay: bool | None = None) -> Link:
         """Bridge an existing room to a channel (see Portals.link_room)."""
         return self.portals.link_room(network, channel, room_id, kind=kind,
-                                      mirror_modes=mirror_modes)
+                                      mirror_modes=mirror_modes, relay=relay)
 
     def unlink_room(self, room_id: RoomId, network: str | None = None) -> Link | None:
         return self.portals.unlink_room(room_id, network)

@@ -183,11 +183,12 @@ class Portals:
             self.irc.call(net.join_bot, channel)
 
     def link_room(self, network: str, channel: str, room_id: RoomId, *, kind: str = "plumbed",
-                  mirror_modes: bool = False) -> Link:
+                  mirror_modes: bool = False, relay: bool | None = None) -> Link:
         """Bridge an existing Matrix room to a channel (provisioning, static mappings).
 
         The bot joins the room (it must be public or the bot invited) and the channel.
         IRC modes change the room only with `mirror_modes` (see bridge.core.privacy).
+        `relay` (not None): the room's relay mode override (bridge.core.relay).
         Raises ValueError for an unknown network, an invalid channel, or a channel or room
         that is already linked elsewhere.
         """
@@ -207,6 +208,8 @@ class Portals:
         self.bot.ensure_registered()
         self.bot.join(room_id)
         self.room_options.set(room_id, mirror_modes=mirror_modes)
+        if relay is not None:
+            self.room_options.set_relay(room_id, relay)
         link = self.store.add_link(network, folded, channel, room_id, None, kind=kind)
         self.registry.add(link)
         self._after_room_created(network, channel, folded, room_id)

@@ -76,7 +76,7 @@ class ProvisioningBridge(Protocol):
     def links_for_room(self, room_id: RoomId) -> list[Link]: ...
     def link_for_room(self, room_id: RoomId) -> Link | None: ...
     def link_room(self, network: str, channel: str, room_id: RoomId, *, kind: str = "plumbed",
-                  mirror_modes: bool = False) -> Link: ...
+                  mirror_modes: bool = False, relay: bool | None = None) -> Link: ...
     def unlink_room(self, room_id: RoomId, network: str | None = None) -> Link | None: ...
     def fold_channel(self, network: str, channel: str) -> str: ...
 
@@ -105,6 +105,15 @@ def _flag(body: object, name: str) -> bool:
     value = body.get(name, False) if isinstance(body, dict) else False
     if not isinstance(value, bool):
         raise ProvisioningError(400, "M_INVALID_PARAM", f"{name!r} must be true or false")
+    return value
+
+
+def _relay(body: object) -> bool | None:
+    """The optional `relay` field: true/false overrides the network's relay_mode for the
+    room (bridge.core.relay); absent or null: the network's."""
+    value = body.get("relay") if isinstance(body, dict) else None
+    if value is not None and not isinstance(value, bool):
+        raise ProvisioningError(400, "M_INVALID_PARAM", "'relay' must be true, false or null")
     return value
 
 
@@ -177,6 +186,7 @@ class Provisioner:
         channel = _field(body, "channel")
         user_id = self.acting_user(body)
         _flag(body, "mirror_modes")  # refused early when it is not a boolean
+        relay = _relay(body)
         if self.config.network(network) is None:
             names = ", ".join(n.name for n in self.config.networks)
             raise ProvisioningError(404, "M_NOT_FOUND",
@@ -193,7 +203,7 @@ class Provisioner:
             return link_json(existing[0])
         try:
             link = self.bridge.link_room(network, channel, RoomId(room_id), kind="plumbed",
-                                         mirror_modes=_flag(body, "mirror_modes"))
+                                         mirror_modes=_flag(body, "mirror_modes"), relay=relay)
         except ValueError as e:
             raise ProvisioningError(409, "M_ROOM_IN_USE", str(e)) from e
         except Forbidden as e:

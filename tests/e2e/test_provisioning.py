@@ -106,6 +106,30 @@ def test_link_a_room_and_talk_through_it(stack: Stack) -> None:
     assert error(busy) == (409, "M_ROOM_IN_USE") and "#Plumbed" in busy.json()["error"]
 
 
+def test_a_room_linked_with_relay_has_its_people_said_by_the_bot(stack: Stack) -> None:
+    owner = user(stack, "relayowner")
+    room = owner.create_room(preset="public_chat", name="relayed")
+    body = {"room_id": room, "network": "local", "channel": "#relayplumbed",
+            "user_id": owner.user_id}
+    assert error(api(stack, "POST", "/link", {**body, "relay": "yes"})) == (400,
+                                                                            "M_INVALID_PARAM")
+    answer = api(stack, "POST", "/link", {**body, "relay": True})
+    assert answer.status_code == 200, answer.text
+    speaker = irc_in(stack, "relaylistener", "#relayplumbed")
+    try:
+        wait_until(lambda: "ircbot" in speaker.names("#relayplumbed"), TIMEOUT,
+                   what="bot in channel")
+        owner.send_text(room, "said by the bot")
+        line = speaker.wait_for_privmsg(lambda text: text.endswith("said by the bot"),
+                                        target="#relayplumbed", timeout=TIMEOUT)
+        # The room overrides the network's relay_mode (off): no connection of the owner's.
+        assert (line.nick, line.text) in (("ircbot", "<relayowner> said by the bot"),
+                                          ("relayowner/m", "said by the bot"))
+        assert not [n for n in speaker.names("#relayplumbed") if "relayowner" in n]
+    finally:
+        speaker.quit()
+
+
 @pytest.mark.parametrize(("body", "status", "errcode", "says"), [
     ({"network": "local", "channel": "#x", "user_id": "@owner:localhost"}, 400,
      "M_MISSING_PARAM", "'room_id'"),
