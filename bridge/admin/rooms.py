@@ -280,7 +280,7 @@ class AdminRooms:
         try:
             bot.ensure_registered()
             bot.join(room_id)
-            members = set(self.bridge.client.joined_members(room_id))
+            members = set(self.bridge.client.joined_members(RoomId(room_id)))
         except MatrixError as e:
             log.warning("cannot join the room %s that %s invited the bot to: %s",
                         room_id, inviter, e)
@@ -463,7 +463,7 @@ class AdminRooms:
 
     def _publish(self, network: str, room_id: str) -> None:
         try:
-            self.bridge.client.publish_appservice_room(network, room_id,
+            self.bridge.client.publish_appservice_room(network, RoomId(room_id),
                                                        self.config.appservice.id)
             self.store.mark_published(room_id, network)
             with self._lock:

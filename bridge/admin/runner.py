@@ -24,7 +24,7 @@ from ..irc.queries import (
     IrcUnavailable,
 )
 from ..matrix import MatrixError
-from ..rules.ids import UserId
+from ..rules.ids import RoomId, UserId
 from ..rules.permissions import role_of
 from ..store.admin_tables import AdminStore
 from ..store.models import Link
@@ -162,7 +162,7 @@ class CommandRunner:
 
     def _membership(self, room_id: str, user_id: str) -> str | None:
         try:
-            state = self.bridge.client.get_state(room_id, "m.room.member", user_id)
+            state = self.bridge.client.get_state(RoomId(room_id), "m.room.member", user_id)
         except MatrixError:
             return None
         membership = state.get("membership") if state else None

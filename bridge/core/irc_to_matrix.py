@@ -37,7 +37,7 @@ from ..matrix.state import MemberStore
 from ..pipeline.meter import NO_METER, Meter
 from ..pipeline.outbox import GiveUp, Retry
 from ..rules import formatting
-from ..rules.ids import EventId, JsonDict, RoomId
+from ..rules.ids import EventId, JsonDict, RoomId, UserId
 from ..rules.names import NetworkNames
 from ..store import kinds
 from ..store.kinds import (
@@ -312,7 +312,7 @@ class IrcToMatrix:
         self.store.end_pm_room(pm.room_id)
         raise Retry(str(error)) from error
 
-    def _already_sent(self, room_id: RoomId, sender: str, txn_id: str) -> str | None:
+    def _already_sent(self, room_id: RoomId, sender: UserId, txn_id: str) -> str | None:
         """The event a previous try of this row made, if the homeserver kept it."""
         user = None if sender == self.config.bot_user_id else sender
         try:

@@ -288,10 +288,10 @@ class Provisioner:
 
     def _check_power(self, room_id: str, user_id: str) -> None:
         client = self.bridge.client
-        member = client.get_state(room_id, "m.room.member", user_id)
+        member = client.get_state(RoomId(room_id), "m.room.member", user_id)
         if not member or member.get("membership") != "join":
             raise ProvisioningError(403, "M_FORBIDDEN", f"{user_id} is not in {room_id}")
-        power = client.get_state(room_id, "m.room.power_levels")
+        power = client.get_state(RoomId(room_id), "m.room.power_levels")
         level, needed = power_check(power, self._create_event(room_id), user_id)
         if level < needed:
             raise ProvisioningError(

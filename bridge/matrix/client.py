@@ -38,7 +38,7 @@ from urllib.parse import quote
 
 import requests
 
-from ..rules.ids import RoomId
+from ..rules.ids import RoomId, UserId
 from .errors import (
     HomeserverUnavailable,
     LimitExceeded,
@@ -149,7 +149,7 @@ class HomeserverClient:
         *,
         json: JsonBody | None = None,
         params: QueryParams | None = None,
-        user_id: str | None = None,
+        user_id: UserId | None = None,
         ts: int | None = None,
         data: bytes | None = None,
         content_type: str | None = None,
@@ -180,7 +180,7 @@ class HomeserverClient:
         *,
         json: JsonBody | None,
         params: QueryParams | None,
-        user_id: str | None,
+        user_id: UserId | None,
         ts: int | None,
         data: bytes | None,
         content_type: str | None,
@@ -236,7 +236,7 @@ class HomeserverClient:
         method: str,
         path: str,
         params: QueryParams | None,
-        user_id: str | None,
+        user_id: UserId | None,
         ts: int | None,
     ) -> dict[str, str | Sequence[str]]:
         if not path.startswith("/"):
@@ -314,7 +314,7 @@ class HomeserverClient:
         """`GET /_matrix/client/versions`: reachability and supported spec versions."""
         return self.request("GET", "/_matrix/client/versions", policy=policy)
 
-    def whoami(self, user_id: str | None = None, *,
+    def whoami(self, user_id: UserId | None = None, *,
                policy: RetryPolicy | None = None) -> JsonObject:
         """`GET /account/whoami`: checks the as_token (UnknownToken if not installed)."""
         return self.request("GET", f"{CLIENT_V3}/account/whoami", user_id=user_id,
@@ -341,20 +341,20 @@ class HomeserverClient:
             return user_id
         return f"@{localpart}:{self.server_name}"
 
-    def set_displayname(self, user_id: str, name: str, *,
+    def set_displayname(self, user_id: UserId, name: str, *,
                         policy: RetryPolicy | None = None) -> None:
         """Set `user_id`'s display name (path user == asserted user; 256 chars max)."""
         path = f"{CLIENT_V3}/profile/{q(user_id)}/displayname"
         body = {"displayname": name[:MAX_DISPLAYNAME_LEN]}
         self.request("PUT", path, json=body, user_id=user_id, policy=policy)
 
-    def set_avatar_url(self, user_id: str, mxc_uri: str, *,
+    def set_avatar_url(self, user_id: UserId, mxc_uri: str, *,
                        policy: RetryPolicy | None = None) -> None:
         """Set `user_id`'s avatar to an `mxc://` URI."""
         path = f"{CLIENT_V3}/profile/{q(user_id)}/avatar_url"
         self.request("PUT", path, json={"avatar_url": mxc_uri}, user_id=user_id, policy=policy)
 
-    def set_presence(self, user_id: str, presence: str, status_msg: str = "", *,
+    def set_presence(self, user_id: UserId, presence: str, status_msg: str = "", *,
                      policy: RetryPolicy | None = None) -> None:
         """`PUT /presence/{userId}/status` as `user_id` (online, unavailable, offline)."""
         body: dict[str, object] = {"presence": presence}
@@ -363,7 +363,7 @@ class HomeserverClient:
         self.request("PUT", f"{CLIENT_V3}/presence/{q(user_id)}/status", json=body,
                      user_id=user_id, policy=policy)
 
-    def set_typing(self, room_id: str, user_id: str, typing: bool, timeout_ms: int = 30000, *,
+    def set_typing(self, room_id: RoomId, user_id: UserId, typing: bool, timeout_ms: int = 30000, *,
                    policy: RetryPolicy | None = None) -> None:
         """`PUT /rooms/{roomId}/typing/{userId}` as `user_id` (who must be joined)."""
         body: dict[str, object] = {"typing": typing}
@@ -372,13 +372,13 @@ class HomeserverClient:
         self.request("PUT", f"{CLIENT_V3}/rooms/{q(room_id)}/typing/{q(user_id)}", json=body,
                      user_id=user_id, policy=policy)
 
-    def get_profile(self, user_id: str, *, policy: RetryPolicy | None = None) -> JsonObject:
+    def get_profile(self, user_id: UserId, *, policy: RetryPolicy | None = None) -> JsonObject:
         """`GET /profile/{userId}`; raises NotFound for an unknown user."""
         return self.request("GET", f"{CLIENT_V3}/profile/{q(user_id)}", policy=policy)
 
     # ------------------------------------------------------------------ rooms
 
-    def create_room(self, body: JsonBody, user_id: str | None = None, *,
+    def create_room(self, body: JsonBody, user_id: UserId | None = None, *,
                     policy: RetryPolicy | None = None) -> RoomId:
         """`POST /createRoom`; returns the room id. Raises RoomInUse, Exclusive."""
         answer = self.request("POST", f"{CLIENT_V3}/createRoom", json=dict(body), user_id=user_id,
@@ -394,13 +394,13 @@ class HomeserverClient:
         room_id = answer.get("room_id")
         return RoomId(room_id) if isinstance(room_id, str) and room_id else None
 
-    def put_alias(self, alias: str, room_id: str, *, policy: RetryPolicy | None = None) -> None:
+    def put_alias(self, alias: str, room_id: RoomId, *, policy: RetryPolicy | None = None) -> None:
         """Point `alias` at `room_id` (409 MatrixError if it already exists)."""
         path = f"{CLIENT_V3}/directory/room/{q(alias)}"
         self.request("PUT", path, json={"room_id": room_id}, policy=policy)
 
     def join(
-        self, room_id_or_alias: str, user_id: str | None = None, *, via: Iterable[str] = (),
+        self, room_id_or_alias: str, user_id: UserId | None = None, *, via: Iterable[str] = (),
         policy: RetryPolicy | None = None,
     ) -> RoomId:
         """`POST /join/{roomIdOrAlias}`; returns the room id joined."""
@@ -411,19 +411,19 @@ class HomeserverClient:
         )
         return RoomId(self._field(answer, "room_id", "join"))
 
-    def leave(self, room_id: str, user_id: str | None = None, reason: str = "", *,
+    def leave(self, room_id: RoomId, user_id: UserId | None = None, reason: str = "", *,
               policy: RetryPolicy | None = None) -> None:
         """`POST /rooms/{roomId}/leave` (from an invite: declines it, with the reason)."""
         self.request("POST", f"{CLIENT_V3}/rooms/{q(room_id)}/leave",
                      json={"reason": reason} if reason else {}, user_id=user_id, policy=policy)
 
-    def invite(self, room_id: str, target: str, user_id: str | None = None, *,
+    def invite(self, room_id: RoomId, target: str, user_id: UserId | None = None, *,
                policy: RetryPolicy | None = None) -> None:
         """Invite `target` into `room_id` (the inviter must be joined with enough power)."""
         path = f"{CLIENT_V3}/rooms/{q(room_id)}/invite"
         self.request("POST", path, json={"user_id": target}, user_id=user_id, policy=policy)
 
-    def kick(self, room_id: str, target: str, reason: str, user_id: str | None = None, *,
+    def kick(self, room_id: RoomId, target: str, reason: str, user_id: UserId | None = None, *,
              policy: RetryPolicy | None = None) -> None:
         """Kick `target` from `room_id` with `reason`."""
         path = f"{CLIENT_V3}/rooms/{q(room_id)}/kick"
@@ -432,12 +432,12 @@ class HomeserverClient:
 
     def send(
         self,
-        room_id: str,
+        room_id: RoomId,
         event_type: str,
         content: JsonBody,
         txn_id: str,
         *,
-        user_id: str | None = None,
+        user_id: UserId | None = None,
         ts: int | None = None,
         deadline: float | None = None,
         policy: RetryPolicy | None = None,
@@ -455,12 +455,12 @@ class HomeserverClient:
 
     def send_state(
         self,
-        room_id: str,
+        room_id: RoomId,
         event_type: str,
         state_key: str,
         content: JsonBody,
         *,
-        user_id: str | None = None,
+        user_id: UserId | None = None,
         ts: int | None = None,
         policy: RetryPolicy | None = None,
     ) -> str:
@@ -471,7 +471,7 @@ class HomeserverClient:
         return self._field(answer, "event_id", "state")
 
     def get_state(
-        self, room_id: str, event_type: str, state_key: str = "", user_id: str | None = None,
+        self, room_id: RoomId, event_type: str, state_key: str = "", user_id: UserId | None = None,
         *, policy: RetryPolicy | None = None,
     ) -> JsonObject | None:
         """Content of one state event, or None if it does not exist."""
@@ -481,7 +481,7 @@ class HomeserverClient:
         except NotFound:
             return None
 
-    def joined_members(self, room_id: str, user_id: str | None = None, *,
+    def joined_members(self, room_id: RoomId, user_id: UserId | None = None, *,
                        policy: RetryPolicy | None = None) -> JsonObject:
         """`{user_id: {"display_name":..., "avatar_url":...}}` of the room's joined members."""
         path = f"{CLIENT_V3}/rooms/{q(room_id)}/joined_members"
@@ -489,7 +489,7 @@ class HomeserverClient:
         return joined if isinstance(joined, dict) else {}
 
     def publish_appservice_room(
-        self, network_id: str, room_id: str, appservice_id: str, visible: bool = True, *,
+        self, network_id: str, room_id: RoomId, appservice_id: str, visible: bool = True, *,
         policy: RetryPolicy | None = None,
     ) -> None:
         """List (or unlist) a room in the AS's own room directory for `network_id`.

@@ -132,7 +132,7 @@ class Intent:
         return self.user_id[1:].split(":", 1)[0]
 
     @property
-    def _as(self) -> str | None:
+    def _as(self) -> UserId | None:
         """The `user_id` query parameter: none for the bot (the AS acts as it by default)."""
         return None if self.is_bot else self.user_id
 
