@@ -6,7 +6,8 @@ recorder with them, merged with the scrollback the bot heard, each line once and
 order (bridge.pipeline.backfill). When the bot joins a bridged channel again (the bridge
 started, or the bot's link came back), it asks for what was said after the last msgid the
 room got (`CHATHISTORY AFTER`), and those lines are stored like live ones, again without
-a line the bridge has already. Servers without draft/chathistory: the room gets its
+a line the bridge has already; a history the server replays by itself on JOIN (InspIRCd's
+chanhistory, +H) is taken the same way. Servers without draft/chathistory: the room gets its
 scrollback as before, and nothing is caught up.
 
 Threads: `start` on the starting thread, before the IRC thread runs; `portal_made` on a
@@ -59,6 +60,7 @@ class Backfill:
             net.history.remember(anchors)
             net.history.on_bot_join = lambda channel, network=name: self._bot_joined(
                 network, channel)
+            net.history.on_replay = self._caught_up  # a server's replay on JOIN
 
     # ------------------------------------------------------------ a new portal
     def portal_made(self, network: str, channel: str, folded: str, room_id: RoomId,

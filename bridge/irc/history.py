@@ -9,6 +9,9 @@ one list in time order, without a line twice (by msgid): `HistoryResult`, handed
 requester's callback. A server without the capability, a FAIL or no answer within
 `ANSWER_WITHIN` ends the request with what it has (`complete` False).
 
+A chathistory batch nobody asked for (a replay on JOIN, InspIRCd's chanhistory in a +H
+channel) goes to `on_replay`, a catch-up like the others.
+
 `netsplit`/`netjoin` batches are the other batches read here: the QUITs of a split are
 handled together at its end, as split QUITs whatever their reason (`bridge.irc.splits`
 delays the leaves), and the JOINs of a netjoin together.
@@ -126,6 +129,8 @@ class History:
         self.anchors: dict[str, str] = {}
         # Set by the core: the bot joined a channel (folded); it may ask for a catch-up.
         self.on_bot_join: Callable[[str], None] | None = None
+        # Set by the core: a history batch the server sent unasked (a replay on JOIN).
+        self.on_replay: Callable[[HistoryResult], None] | None = None
 
     # ------------------------------------------------------------ requests
     def remember(self, anchors: dict[str, str]) -> None:
@@ -312,12 +317,12 @@ class History:
     def _history_batch(self, conn: IrcConnection, batch: Batch[irc.client.Event]) -> None:
         target = batch.params[0] if batch.params else ""
         request = self.pending.get(self.host.fold(target)) if target else None
-        if request is None or request.conn is not conn:
-            log.debug("%s: a chathistory batch for %s nobody asked for", self.host.name, target)
-            return
         page = [m for m in (self.host.message_of(conn, event, _MESSAGES[event.type],
                                                  history=True)
                             for event in batch.events) if m is not None]
+        if request is None or request.conn is not conn:
+            self._replayed(conn, target, page)
+            return
         request.lines.extend(page)
         newest = next((tag_map(e.tags).get("msgid") for e in reversed(batch.events)
                        if tag_map(e.tags).get("msgid")), None)
@@ -327,6 +332,20 @@ class History:
             self._send(request)  # a full page: there may be more
             return
         self._finish(request, True)
+
+    def _replayed(self, conn: IrcConnection, target: str, page: list[IrcMessage]) -> None:
+        """A chathistory batch nobody asked for (InspIRCd's chanhistory replays one on JOIN
+        in a +H channel): a catch-up like any other, if the core takes replays."""
+        if not target or self.host.forwarder(target) is not conn or not page \
+                or self.on_replay is None:
+            return
+        folded = self.host.fold(target)
+        newest = next((m.tags["msgid"] for m in reversed(page) if m.tags.get("msgid")), None)
+        if newest is not None:
+            self.anchors[folded] = newest
+        log.info("%s: %d lines of %s replayed by the server", self.host.name, len(page), target)
+        self.on_replay(HistoryResult(self.host.name, folded, tuple(merge(page, ())), True,
+                                     "", len(page)))
 
     def _fail(self, conn: IrcConnection, event: irc.client.Event) -> bool:
         """`FAIL CHATHISTORY <code> [context...] :text`: the request it names (or the only

@@ -115,7 +115,13 @@ def replay_with_history(store: Store, network: str, channel: str, room_id: RoomI
     return queued
 
 
-def fresh_lines(store: Store, item: HistoryLines) -> list[IrcLine]:
-    """A catch-up's lines that the bridge does not have yet, in time order."""
+def fresh_lines(store: Store, item: HistoryLines, room_id: RoomId | None) -> list[IrcLine]:
+    """A catch-up's lines that the bridge does not have yet, in time order; none older than
+    the newest line the room got (a server's replay on JOIN reaches further back than the
+    room: those lines would land out of order)."""
     known = relayed_msgids(store, item.network, (line.msgid or "" for line in item.lines))
-    return merge_lines((), item.lines, known)
+    last = store.last_msgid(item.network, room_id) if room_id else None
+    # A second of slack: some servers keep history times to the second only.
+    floor = last[1] - 1000 if last is not None else None
+    return [line for line in merge_lines((), item.lines, known)
+            if floor is None or line.ts >= floor]

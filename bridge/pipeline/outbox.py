@@ -289,7 +289,8 @@ class Recorder:
         """A catch-up: the lines of it this bridge does not have yet are stored."""
         while not self._abandoned:
             try:
-                fresh = fresh_lines(self.store, item)
+                fresh = fresh_lines(self.store, item,
+                                    self.rooms.get((item.network, item.channel)))
                 break
             except Exception:  # noqa: BLE001
                 log.exception("could not read which history lines are new; retrying in 1 s")

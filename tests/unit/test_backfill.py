@@ -66,14 +66,15 @@ def test_a_new_room_gets_its_scrollback_and_the_servers_history_once_each_in_tim
 def test_a_catch_up_stores_only_the_lines_the_bridge_has_not_got(store: Store) -> None:
     dispatched = Dispatched()
     rec = recorder(store, dispatched)
-    store.link_msgid(NETWORK, "s1", RoomId(ROOM), EventId("$sent"), 100)
+    store.link_msgid(NETWORK, "s1", RoomId(ROOM), EventId("$sent"), 5000)
     # Queued before the stop, not sent yet: pending in the outbox, not in message_id.
-    store.queue_lines([line("queued", 150, "q1")], {(NETWORK, "#chan"): ROOM}, {NETWORK: 5})
+    store.queue_lines([line("queued", 5050, "q1")], {(NETWORK, "#chan"): ROOM}, {NETWORK: 5})
     rec.start()
-    lines = (line("sent", 100, "s1"), line("queued", 150, "q1"),
-             line("missed 2", 300, "m2"), line("missed 1", 200, "m1"))
+    lines = (line("older than the room's newest", 3999, "o1"),
+             line("sent", 5000, "s1"), line("queued", 5050, "q1"),
+             line("missed 2", 5300, "m2"), line("missed 1", 4200, "m1"))
     rec.put(HistoryLines(NETWORK, "#chan", lines))
-    rec.put(line("live", 400, "l1"))
+    rec.put(line("live", 5400, "l1"))
     wait_until(lambda: "live" in dispatched.bodies(), 10, interval=0.01, what="the live line")
     rec.stop()
     assert dispatched.bodies() == ["missed 1", "missed 2", "live"]

@@ -246,3 +246,20 @@ def test_the_quits_of_a_netsplit_batch_are_split_quits_whatever_their_reason() -
         events = [e for e in listener.of("irc_membership") if isinstance(e, IrcMembership)]
     assert [(e.nick, e.change) for e in events] == [
         ("carol", MembershipChange.QUIT), ("alice", MembershipChange.JOIN)]
+
+
+def test_a_history_batch_nobody_asked_for_is_a_replay_for_the_core() -> None:
+    """InspIRCd's chanhistory replays a +H channel's lines on JOIN, unasked."""
+    with ScriptedIrcServer(cap_ls=CAPS) as server, bridge_side(network(server.port)) as (
+            side, listener):
+        net, _bot = _joined(side, server)
+        replays: list[HistoryResult] = []
+        side.call_sync(lambda: setattr(net.history, "on_replay", replays.append))
+        client = registered(server, "tbot")
+        for raw in _history_lines("r1", "#chan", [("r1", OLD, "replayed")]):
+            client.send(raw)
+        wait_until(lambda: replays, 10, what="the replay")
+        assert listener.of("irc_message") == []
+        assert side.call_sync(lambda: net.history.anchors["#chan"]) == "r1"
+    assert [(r.channel, [m.text for m in r.messages], r.from_server) for r in replays] == [
+        ("#chan", ["replayed"], 1)]
