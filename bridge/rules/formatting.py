@@ -868,6 +868,13 @@ def html_to_irc(html: str) -> str:
 _CARRY_RESERVE = len(_TOGGLES) + 1 + 14 + len(_COLOUR_GUARD)
 
 
+def _plain_one_line(body: str, max_bytes: int) -> bool:
+    """A body that is already one safe IRC line: printable (no line break, control or
+    formatting character, no lone surrogate), not blank, within the byte budget."""
+    return (body.isprintable() and not body.isspace() and bool(body)
+            and (len(body) * 4 <= max_bytes or len(body.encode("utf-8")) <= max_bytes))
+
+
 def _has_visible_text(text: str) -> bool:
     return bool(strip_irc_formatting(text).strip())
 
@@ -891,6 +898,8 @@ def matrix_body_to_irc_lines(body: str, html: str | None, max_bytes: int) -> lis
     """
     if max_bytes < _MIN_CHUNK_BYTES:
         raise ValueError(f"max_bytes must be at least {_MIN_CHUNK_BYTES}, got {max_bytes}")
+    if not html and _plain_one_line(body, max_bytes):
+        return [body]  # most messages: the full path would give this one line too
     text = html_to_irc(html) if html else ""
     if not _has_visible_text(text):
         text = body

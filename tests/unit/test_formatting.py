@@ -560,3 +560,25 @@ def test_edit_text_sed_applies_to_the_old_text(old_words: list[str], new_words: 
     assert match
     before, after = (part.replace("\\/", "/") for part in match.groups())
     assert old.replace(before, after, 1) == new
+
+
+def test_the_one_line_fast_path_gives_what_the_full_path_gives() -> None:
+    """Short plain messages skip the splitter; for any body the answer is the same as the
+    full path's (printable text of every script, spaces, emoji, long and short)."""
+    import random
+
+    from bridge.rules import formatting as f
+
+    rng = random.Random(13)
+    alphabet = "abc XYZ 123 .,;:!?-_/\\'\"<>&é漢字🙂\u200d\u00a0\t"
+    for _ in range(300):
+        body = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 700)))
+        for budget in (60, 200, 450):
+            full = [line for line in f.split_lines(body)]
+            slow: list[str] = []
+            for line in full:
+                line = f.sanitize_line(line)
+                if f._has_visible_text(line):
+                    slow.extend(c for c in f._split_keeping_format(line, budget)
+                                if f._has_visible_text(c))
+            assert f.matrix_body_to_irc_lines(body, None, budget) == slow, (body, budget)
