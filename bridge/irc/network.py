@@ -201,6 +201,7 @@ class Network:
         self.rejoins = Rejoins(thread, config.kick_rejoin_after, lambda: self.bot)
         self.splits = Splits(thread, config.netsplit_leave_after, self._split_leave,
                              lambda channel, nick: nick in self.members.get(channel, set()))
+        self.relays = relaymsg.Relays()  # relay mode's RELAYMSG lines (irc/relaymsg.py)
         self.history = History(self, thread)  # CHATHISTORY and batches (bridge.irc.history)
 
     # ------------------------------------------------------------ connections
@@ -718,6 +719,9 @@ class Network:
 
     def _on_fail(self, conn: IrcConnection, event: irc.client.Event) -> None:
         """A standard reply `FAIL PRIVMSG <code> ... :text`: the line it names is refused."""
+        if str(event.target or "").upper() == "RELAYMSG" and conn.is_bot:
+            self.relays.failed(conn, " ".join(event.arguments or []))  # bridge.irc.relaymsg
+            return
         if str(event.target or "").upper() not in ("PRIVMSG", "NOTICE", "TAGMSG"):
             return
         reason = event.arguments[-1] if event.arguments else "FAIL"
@@ -774,6 +778,7 @@ class Network:
         if conn.batches.take(event, text):
             return  # a line of a multiline batch: relayed whole at its end
         if relaymsg.relayed_by_us(tag_map(event.tags), self._ours):
+            self.relays.shown(self.fold(event.target), text)
             return  # a line the bot relayed (RELAYMSG) for a Matrix user
         channel = event.target
         nick = event.source.nick if event.source else ""
@@ -867,7 +872,8 @@ class Network:
             receipt.finished(False, "no bot connection")
             return
         self.bot.join(channel)
-        relaymsg.send(self.bot, self.bot.caps.enabled, channel, nick, lines, kind, receipt)
+        self.relays.send(self.bot, self.bot.caps.enabled, channel, self.fold(channel), nick,
+                         lines, kind, receipt)
 
     def say(self, user_id: str, displayname: str | None, channel: str, lines: list[str],
             kind: str, receipt: Receipt, tags: Mapping[str, str] | None = None) -> None:

@@ -10,17 +10,27 @@ or any failed (no echo is awaited: a relayed line comes back from the spoofed ni
 `relayed_by_us`: the server marks a relayed line with a `draft/relaymsg=<relayer>` tag; a line
 relayed by one of our nicks is our own and never goes back to Matrix.
 
+`Relays` (one per network) keeps the RELAYMSG lines the server has not yet shown back: a
+`FAIL RELAYMSG` (Ergo: the bot is no channel operator there) refuses the oldest one, which is
+said again as `<alice> text`, and that channel gets the plain form from then on.
+
 IRC thread only (network.py calls it).
 """
 
 from __future__ import annotations
 
+import collections
+import logging
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 from .receipt import Receipt
 
+log = logging.getLogger(__name__)
+
 CAP = "draft/relaymsg"
+MAX_PENDING = 500  # RELAYMSG lines remembered until the server shows them back
 TAG = "draft/relaymsg"
 SUFFIX = "m"
 
@@ -79,3 +89,49 @@ def relayed_by_us(tags: Mapping[str, str], ours: Callable[[str], bool]) -> bool:
     """A line the server relayed for one of our nicks (RELAYMSG): our own."""
     relayer = tags.get(TAG)
     return bool(relayer) and ours(relayer or "")
+
+
+@dataclass(frozen=True)
+class _Sent:
+    folded: str
+    channel: str
+    nick: str
+    line: str
+    kind: str
+
+
+class Relays:
+    """One network's relayed lines waiting to be shown back, and the channels that refused
+    RELAYMSG (IRC thread only)."""
+
+    def __init__(self) -> None:
+        self.pending: collections.deque[_Sent] = collections.deque(maxlen=MAX_PENDING)
+        self.refused: set[str] = set()  # folded channels where the plain form is used
+
+    def send(self, bot: BotLink, caps: Mapping[str, str], channel: str, folded: str,
+             nick: str, lines: Sequence[str], kind: str, receipt: Receipt) -> None:
+        if folded in self.refused:
+            caps = {k: v for k, v in caps.items() if k != CAP}
+        elif separator(caps) is not None:
+            self.pending.extend(_Sent(folded, channel, nick, line, kind) for line in lines)
+        send(bot, caps, channel, nick, lines, kind, receipt)
+
+    def shown(self, folded: str, text: str) -> None:
+        """The server showed one of our relayed lines (its `draft/relaymsg` tag)."""
+        for sent in self.pending:
+            if sent.folded == folded and text in (sent.line, f"\x01ACTION {sent.line}\x01"):
+                self.pending.remove(sent)
+                return
+
+    def failed(self, bot: BotLink, reason: str) -> None:
+        """`FAIL RELAYMSG ...`: the oldest waiting line was refused; it is said again as
+        `<nick> text`, and so is everything after it in that channel."""
+        if not self.pending:
+            return
+        sent = self.pending.popleft()
+        if sent.folded not in self.refused:
+            log.warning("RELAYMSG refused in %s (%s); relaying as <nick> text there",
+                        sent.channel, reason)
+        self.refused.add(sent.folded)
+        for line in wire_lines({}, sent.channel, sent.nick, [sent.line], sent.kind):
+            bot.send(line, channel=sent.channel)

@@ -93,3 +93,16 @@ def test_a_relayed_line_does_not_come_back_to_matrix(run: Run) -> None:
               for e in run.alice.messages(run.room_id) if e.get("type") == "m.room.message"]
     copies = [b for b in bodies if b[1] and "said once only" in b[1]]
     assert copies == [(run.alice.whoami(), "said once only")], bodies
+
+
+def test_a_refused_relaymsg_is_said_as_nick_text_by_the_bot(run: Run) -> None:
+    if not run.relaymsg:
+        pytest.skip(f"{run.stack.ircd.kind} offers no draft/relaymsg: <nick> text already")
+    start = run.bob.mark()
+    run.bob.send(f"MODE {CHANNEL} -o ircbot")  # Ergo lets only channel operators relay
+    run.bob.wait_for(lambda m: m.command == "MODE" and "ircbot" in m.params, timeout=10,
+                     start=start)
+    run.alice.send_text(run.room_id, "after the deop")
+    line = run.bob.wait_for_privmsg(lambda text: text.endswith("after the deop"),
+                                    target=CHANNEL, timeout=30)
+    assert (line.nick, line.text) == ("ircbot", "<alice> after the deop")

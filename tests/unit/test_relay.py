@@ -125,3 +125,31 @@ def test_the_bot_relays_a_users_lines_and_ignores_its_own_relayed_lines(offered:
         texts = [e.text for _, e in listener.events if isinstance(e, IrcMessage)]
         assert texts == ["a real line"]  # our own relayed line did not come back
         assert not server.client("alice[m]")  # no connection of Alice's was made
+
+
+def test_a_refused_relaymsg_is_said_again_as_nick_text_and_the_channel_keeps_that_form() -> None:
+    with ScriptedIrcServer(cap_ls=["CAP * LS :message-tags draft/relaymsg=/"]) as server, \
+            bridge_side(network(server.port)) as (side, _listener):
+        net = side.network("t")
+        assert net is not None
+        client = registered(server, "tbot")
+        bot = side.call_sync(lambda: net.bot)
+        assert bot is not None
+        connected(side, bot)
+        side.call_sync(net.join_bot, "#c")
+        wait_until(lambda: side.call_sync(lambda: "#c" in bot.channels), 5, what="bot in #c")
+        results: list[bool] = []
+        receipt = Receipt(lambda ok, error: results.append(ok))
+        side.call_sync(net.relay_say, "#c", "alice", ["shown"], "m.text", receipt)
+        side.call_sync(net.relay_say, "#c", "alice", ["refused"], "m.text", receipt)
+        wait_until(lambda: "RELAYMSG #c alice/m :refused" in client.lines(), 5,
+                   what="the RELAYMSG lines")
+        client.send("@draft/relaymsg=tbot :alice/m!r@h PRIVMSG #c :shown")  # shown back
+        client.send(":scripted FAIL RELAYMSG PRIVS_NEEDED :You cannot relay messages here")
+        wait_until(lambda: "PRIVMSG #c :<alice> refused" in client.lines(), 5,
+                   what="the refused line said again")
+        assert "PRIVMSG #c :<alice> shown" not in client.lines()  # only the refused one
+        side.call_sync(net.relay_say, "#c", "alice", ["later"], "m.text", receipt)
+        wait_until(lambda: "PRIVMSG #c :<alice> later" in client.lines(), 5,
+                   what="the channel's later lines in the plain form")
+        assert results == [True, True, True]
