@@ -60,7 +60,7 @@ class Backfill:
             net.history.remember(anchors)
             net.history.on_bot_join = lambda channel, network=name: self._bot_joined(
                 network, channel)
-            net.history.on_replay = self._caught_up  # a server's replay on JOIN
+            net.history.on_replay = self._replayed
 
     # ------------------------------------------------------------ a new portal
     def portal_made(self, network: str, channel: str, folded: str, room_id: RoomId,
@@ -98,6 +98,11 @@ class Backfill:
     def _caught_up(self, result: HistoryResult) -> None:
         if not self.directory.has_room(result.network, result.channel):
             return
+        self.lines.caught_up(result.network, result.channel, tuple(self._lines(result)))
+
+    def _replayed(self, result: HistoryResult) -> None:
+        """A server's replay on JOIN: a catch-up for a bridged channel; scrollback (each
+        line once) for one without a room yet, which its portal shows."""
         self.lines.caught_up(result.network, result.channel, tuple(self._lines(result)))
 
     # ------------------------------------------------------------ lines

@@ -1,7 +1,8 @@
 """A server's own history replay on JOIN (InspIRCd's chanhistory in a +H channel, sent as a
-`chathistory` batch) is a catch-up: after a bridge restart, the lines said while it was
-stopped reach the room, and the replay's older lines (relayed already, or older than the
-room's newest line) are not shown again.
+`chathistory` batch): before the channel has a room it is scrollback (the new portal shows
+the lines said before the bot came); after a bridge restart it is a catch-up: the lines
+said while the bridge was stopped reach the room, and the replay's older lines are not
+shown again.
 
 A real Synapse, the bridge under gunicorn, InspIRCd 3 (bridge/devstack loads chanhistory;
 a channel replays only with +H). Bob, a raw IRC client, is first in the channel (so an
@@ -79,6 +80,7 @@ def test_lines_said_while_the_bridge_is_stopped_come_from_the_replay_once(run: R
     run.bob.wait_for_privmsg(missed[-1], target=CHANNEL, timeout=10)
     run.stack.bridge.start()
     alice.wait_for_text(room_id, missed[-1], timeout=60)
-    # Not the replay's lines from before the room (older than its newest line), nor the
-    # live line twice.
-    assert bodies(alice, room_id) == ["live before the stop", *missed]
+    # The first replay (the bot's JOIN at the first start, no room yet) became scrollback
+    # the portal showed; the second brought the missed lines, and nothing twice.
+    before = [f"before the bridge {i}" for i in range(3)]
+    assert bodies(alice, room_id) == [*before, "live before the stop", *missed]
