@@ -9,8 +9,11 @@ Matrix -> IRC: the ephemeral events of a transaction (MSC2409). `m.typing` lists
 in a room: who started sends `+typing=active`, who stopped `+typing=done`, from their puppet
 in each linked channel (bridge.irc.presence.send_typing: only a connected puppet with
 message-tags, never one made for this), at most one TAGMSG per 3 s per user and channel
-(`TypingLimiter`). `m.presence` sets AWAY on the user's puppet where the network has
-`away_from_presence` on (off by default). Our own users' echoes are ignored.
+(`TypingLimiter`). IRC clients expire an `active` after 6 s, and the homeserver only says
+when the list changes: while someone stays in it, the worker renews their `active` every
+3-4 s, for at most a minute (`renew`). `m.presence` sets AWAY on the user's puppet where
+the network has `away_from_presence` on (off by default). Our own users' echoes are
+ignored.
 
 Threads: `matrix_ephemeral` runs on request threads (it only hands work to the IRC thread);
 `irc_ephemeral` on the IRC thread (it only queues); the homeserver calls on the
@@ -37,6 +40,8 @@ log = logging.getLogger(__name__)
 
 TYPING_EVERY = 3.0  # seconds between two +typing TAGMSGs of one user to one target
 IRC_ACTIVE_MS = 6000  # IRCv3 +typing: an `active` not renewed within 6 s has expired
+KEEP_TYPING_FOR = 60.0  # seconds a Matrix typist's +typing=active is renewed at most
+RENEW_EVERY = 1.0  # seconds between the worker's looks at who still types
 QUEUE_MAX = 1000  # IRC -> Matrix presence/typing waiting for the homeserver; more: dropped
 AWAY_MAX = 300  # characters of an AWAY text
 _STOP = object()
@@ -114,14 +119,19 @@ class Ephemeral:
     """Presence and typing both ways (see module)."""
 
     def __init__(self, config: Config, client: HomeserverClient, cache: IntentCache,
-                 irc: IrcSide, directory: Directory, members: MemberStore) -> None:
+                 irc: IrcSide, directory: Directory, members: MemberStore,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.config = config
         self.client = client
         self.cache = cache
         self.irc = irc
         self.directory = directory
         self.members = members
-        self.limiter = TypingLimiter()
+        self.clock = clock
+        self.limiter = TypingLimiter(TYPING_EVERY, clock)
+        # (user, network, folded channel) -> (channel as written, since when) of each Matrix
+        # user whose +typing=active is renewed.
+        self._typists: dict[tuple[str, str, str], tuple[str, float]] = {}
         self._lock = threading.Lock()
         self._room_typing: dict[str, frozenset[str]] = {}
         self._away: dict[tuple[str, str], str] = {}
@@ -170,15 +180,41 @@ class Ephemeral:
             before = self._room_typing.get(room_id, frozenset())
             self._room_typing[room_id] = frozenset(users)
         started, stopped = typing_changes(before, users)
+        now = self.clock()
         for state, who in (("active", started), ("done", stopped)):
             for user_id in who:
                 if not self._relayable(user_id):
                     continue
                 for link in links:
-                    network = self.irc.network(link.network)
-                    target = f"{link.network}\n{link.channel}"
-                    if network is not None and self.limiter.allow(user_id, target, state):
-                        self.irc.call(send_typing, network, user_id, link.channel_name, state)
+                    with self._lock:
+                        if state == "active":
+                            self._typists[(user_id, link.network, link.channel)] = (
+                                link.channel_name, now)
+                        else:
+                            self._typists.pop((user_id, link.network, link.channel), None)
+                    self._send_typing(user_id, link.network, link.channel, link.channel_name,
+                                      state)
+
+    def _send_typing(self, user_id: str, network_name: str, channel: str, written: str,
+                     state: str) -> None:
+        network = self.irc.network(network_name)
+        if network is not None and self.limiter.allow(user_id, f"{network_name}\n{channel}",
+                                                      state):
+            self.irc.call(send_typing, network, user_id, written, state)
+
+    def renew(self) -> None:
+        """Worker thread: who still types gets their `active` again (the limiter says when);
+        after KEEP_TYPING_FOR they are let go (an `m.typing` that never came)."""
+        now = self.clock()
+        with self._lock:
+            if not self._typists:
+                return
+            for key, (_written, since) in list(self._typists.items()):
+                if now - since > KEEP_TYPING_FOR:
+                    del self._typists[key]
+            typists = list(self._typists.items())
+        for (user_id, network_name, channel), (written, _since) in typists:
+            self._send_typing(user_id, network_name, channel, written, "active")
 
     def _matrix_presence(self, event: Mapping[str, object]) -> None:
         user_id = event.get("sender")
@@ -212,9 +248,16 @@ class Ephemeral:
 
     def _run(self) -> None:
         while True:
-            item = self._queue.get()
+            try:
+                item = self._queue.get(timeout=RENEW_EVERY)
+            except queue.Empty:
+                item = None
             if item is _STOP:
                 return
+            try:
+                self.renew()
+            except Exception as e:  # noqa: BLE001 - typing notices may be dropped
+                log.info("could not renew typing notices: %s", e)
             try:
                 if isinstance(item, IrcAway):
                     self._irc_away(item)

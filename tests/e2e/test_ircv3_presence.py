@@ -187,6 +187,9 @@ def test_alices_typing_reaches_irc_as_a_typing_tagmsg(run: Run) -> None:
     mark = run.bob.mark()
     run.alice.request("PUT", path, json={"typing": True, "timeout": 20000})
     run.bob.wait_for(_typing_tag(puppet, "active"), timeout=30, start=mark)
+    renewed = time.monotonic()
+    run.bob.wait_for(_typing_tag(puppet, "active"), timeout=10)  # she still types: renewed
+    assert time.monotonic() - renewed < 6, "renewed after IRC clients forgot it"
     run.alice.request("PUT", path, json={"typing": False})
     run.bob.wait_for(_typing_tag(puppet, "done"), timeout=30, start=mark)
 

@@ -132,11 +132,13 @@ def _link(network: str, channel: str, room_id: str) -> Link:
     return Link(network, channel.lower(), channel, room_id, None, "portal")
 
 
-def _part(tmp_path: Path, extra: str = "") -> tuple[Ephemeral, FakeIrc]:
+def _part(tmp_path: Path, extra: str = "",
+          clock: Callable[[], float] | None = None) -> tuple[Ephemeral, FakeIrc]:
     config = config_module.load(write_config(tmp_path, extra_network=extra))
     irc = FakeIrc()
     directory = FakeDirectory({"!r": [_link(config.networks[0].name, "#Chan", "!r")]})
-    part = Ephemeral(config, None, None, irc, directory, None)  # type: ignore[arg-type]
+    part = Ephemeral(config, None, None, irc, directory, None,  # type: ignore[arg-type]
+                     clock=clock or Clock())
     return part, irc
 
 
@@ -266,3 +268,34 @@ def test_typing_goes_only_from_a_connected_puppet_in_the_channel_with_message_ta
     network.puppets["@carol:x"] = _Conn("@carol:x", connected=False)
     assert not send_typing(network, "@carol:x", "#Chan", "active")  # type: ignore[arg-type]
     assert conn.sent == ["@+typing=active TAGMSG #Chan"]
+
+
+def test_a_matrix_typist_is_renewed_every_three_seconds_until_done(tmp_path: Path) -> None:
+    clock = Clock()
+    part, irc = _part(tmp_path, clock=clock)
+    net = part.config.networks[0].name
+    active = (send_typing, (f"net:{net}", "@alice:localhost", "#Chan", "active"))
+    part.matrix_ephemeral([_typing("!r", "@alice:localhost")])
+    part.renew()
+    clock.now += 1
+    part.renew()
+    assert irc.calls == [active]  # IRC clients keep it for 6 s: no renewal yet
+    clock.now += 2
+    part.renew()
+    clock.now += 3
+    part.renew()
+    assert irc.calls == [active] * 3
+    part.matrix_ephemeral([_typing("!r")])
+    clock.now += 3
+    part.renew()
+    assert irc.calls[3:] == [(send_typing, (f"net:{net}", "@alice:localhost", "#Chan", "done"))]
+
+
+def test_a_typist_whose_end_never_came_is_let_go_after_a_minute(tmp_path: Path) -> None:
+    clock = Clock()
+    part, irc = _part(tmp_path, clock=clock)
+    part.matrix_ephemeral([_typing("!r", "@alice:localhost")])
+    for _ in range(30):
+        clock.now += 3
+        part.renew()
+    assert len(irc.calls) == 1 + 20  # renewed up to 60 s, then no more
