@@ -46,7 +46,12 @@ def fallback_line(key: str, original_body: str) -> str:
     """`reacted 👍 to "first words..."` (sent as an ACTION, so it reads `* alice reacted...`)."""
     text = " ".join(formatting.sanitize_line(formatting.strip_reply_fallback(original_body))
                     .split())
-    quoted = text if len(text) <= QUOTE_CHARS else text[:QUOTE_CHARS].rstrip() + "..."
+    if len(text) <= QUOTE_CHARS:
+        quoted = text
+    else:  # its first words: cut at a space where there is one
+        cut = text[:QUOTE_CHARS]
+        words = cut.rsplit(" ", 1)[0] if " " in cut[QUOTE_CHARS // 2:] else cut
+        quoted = words.rstrip() + "..."
     return f'reacted {key} to "{quoted}"'
 
 

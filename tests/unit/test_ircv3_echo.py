@@ -206,7 +206,7 @@ def test_a_matrix_reaction_and_its_short_line() -> None:
     assert found is not None and found.event_id == "$e" and found.key == "👍"
     assert reactions.reaction_of({"m.relates_to": {"rel_type": "m.reference"}}) is None
     assert reactions.fallback_line("👍", "first words of a much longer message here") == \
-        'reacted 👍 to "first words of a much longer m..."'
+        'reacted 👍 to "first words of a much longer..."'
     assert reactions.fallback_line("ok", "short") == 'reacted ok to "short"'
     assert tags.tag_prefix(reactions.react_tags("a b", "m;1")) == \
         "@+draft/react=a\\sb;+draft/reply=m\\:1 "
