@@ -44,6 +44,7 @@ KEEP_TYPING_FOR = 60.0  # seconds a Matrix typist's +typing=active is renewed at
 RENEW_EVERY = 1.0  # seconds between the worker's looks at who still types
 QUEUE_MAX = 1000  # IRC -> Matrix presence/typing waiting for the homeserver; more: dropped
 AWAY_MAX = 300  # characters of an AWAY text
+AWAY_KEPT = 10000  # (network, user) whose last AWAY line is kept, to send only changes
 _STOP = object()
 
 
@@ -235,7 +236,10 @@ class Ephemeral:
             with self._lock:
                 if self._away.get((net.name, user_id)) == line:
                     continue
+                self._away.pop((net.name, user_id), None)
                 self._away[(net.name, user_id)] = line
+                while len(self._away) > AWAY_KEPT:  # the oldest first
+                    del self._away[next(iter(self._away))]
             self.irc.call(set_away, network, user_id, line)
 
     # ------------------------------------------------------------ IRC -> Matrix
