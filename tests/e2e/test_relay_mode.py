@@ -1,5 +1,6 @@
-"""Relay mode end to end: with `relay_mode = always` a Matrix user gets no IRC connection;
-the bot says their lines: as RELAYMSG from `alice/m` where the server offers draft/relaymsg
+"""Relay mode end to end: with `relay_mode = optional` a Matrix user who said `!relay on` in
+their admin room gets no IRC connection (another user still gets one); the bot says their
+lines: as RELAYMSG from `alice/m` where the server offers draft/relaymsg
 (Ergo; the bot is a channel operator there, which Ergo asks of a relayer), else as
 `<alice> text` from the bot (ngircd, hybrid, InspIRCd). The relayed line never comes back to
 Matrix as a line of a virtual user.
@@ -19,6 +20,7 @@ from bridge.devstack.clients import IrcMessage, MatrixClient, RawIrcClient
 from bridge.devstack.ports import wait_until
 from bridge.devstack.stack import Stack
 from tests.conftest import TEST_DB_ENV, clean_database
+from tests.e2e.test_admin import admin_room, ask
 from tests.e2e.test_ircv3_caps import cap_ls
 
 CHANNEL = "#relaymode"
@@ -39,7 +41,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
         clean_database(url)
     r = Run()
     r.stack = Stack(tmp_path_factory.mktemp("relay"), database_url=url, channels=CHANNEL,
-                    network_extra="relay_mode = always")
+                    network_extra="relay_mode = optional")
     try:
         r.stack.prepare()
         with r.stack.irc_user("prober") as prober:
@@ -51,6 +53,10 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
 
         r.stack.start(before_bridge=bob_arrives)
         r.alice = r.stack.matrix_user("alice")
+        admin = admin_room(r.alice)
+        assert "your own IRC connection" in ask(r.alice, admin, "!relay")
+        assert "bot says your messages" in ask(r.alice, admin, "!relay on")
+        assert "Say on or off" in ask(r.alice, admin, "!relay maybe")
         r.room_id = r.alice.join(r.stack.alias(CHANNEL))
         wait_until(lambda: "ircbot" in r.bob.names(CHANNEL), 30, what="the bot in the channel")
         if r.relaymsg:  # Ergo lets channel operators relay
@@ -79,6 +85,15 @@ def test_a_relayed_users_message_is_said_by_the_bot(run: Run) -> None:
         assert (line.nick, line.text) == ("ircbot", "<alice> hello from relay mode")
     names = run.bob.names(CHANNEL)
     assert not [n for n in names if "alice" in n.lower()]  # no connection of Alice's
+
+
+def test_a_user_who_did_not_choose_relay_has_their_own_connection(run: Run) -> None:
+    carol = run.stack.matrix_user("carol")
+    room_id = carol.join(run.stack.alias(CHANNEL))
+    carol.send_text(room_id, "carol speaks for herself")
+    line = run.bob.wait_for_privmsg(lambda text: text.endswith("carol speaks for herself"),
+                                    target=CHANNEL, timeout=30)
+    assert (line.nick, line.text) == ("carol[m]", "carol speaks for herself")
 
 
 def test_a_relayed_line_does_not_come_back_to_matrix(run: Run) -> None:
