@@ -111,7 +111,7 @@ class Access:
 class AdminOwners(Protocol):
     """What `refused` asks of the admin rooms: whose admin room a room is."""
 
-    def owner_of(self, room_id: str) -> str | None: ...
+    def owner_of(self, room_id: RoomId) -> str | None: ...
 
 
 class Gatekeeping(Protocol):
@@ -152,12 +152,12 @@ def refused(bridge: Gatekeeping, event: JsonDict) -> bool:
     etype = event.get("type")
     if etype == "m.room.member" and content.get("membership") in ("leave", "ban") \
             and isinstance(target, str) \
-            and (target == sender or not bridge.directory.is_ours(target)):
+            and (target == sender or not bridge.directory.is_ours(UserId(target))):
         return False
     room_id = RoomId(str(event.get("room_id")))
     log.info("ignoring %s of %s in %s: not allowed by [permissions]", etype, sender, room_id)
     if etype == "m.room.member" and content.get("membership") == "invite" \
-            and isinstance(target, str) and bridge.directory.is_ours(target):
+            and isinstance(target, str) and bridge.directory.is_ours(UserId(target)):
         if bridge.access.tell_once(sender):
             _decline(bridge, room_id, target, REFUSED.format(user=sender))
     elif etype == "m.room.message" and (bridge.directory.link_for_room(room_id) is not None or (

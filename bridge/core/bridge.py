@@ -407,10 +407,10 @@ class Bridge:
         return self.thirdparty.thirdparty_user_by_id(user_id)
 
     # ------------------------------------------------------------ questions (any thread)
-    def is_ours(self, user_id: str) -> bool:
+    def is_ours(self, user_id: UserId) -> bool:
         return self.directory.is_ours(user_id)
 
-    def is_foreign(self, user_id: str) -> bool:
+    def is_foreign(self, user_id: UserId) -> bool:
         return self.directory.is_foreign(user_id)
 
     def link_for_room(self, room_id: RoomId) -> Link | None:

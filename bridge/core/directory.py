@@ -37,13 +37,13 @@ class Directory:
         self.store = store
 
     # ------------------------------------------------------------ users
-    def is_ours(self, user_id: str) -> bool:
+    def is_ours(self, user_id: UserId) -> bool:
         """The bot or any virtual user: their events are echoes and are never relayed."""
         if user_id == self.config.bot_user_id:
             return True
         return any(n.nick_for_user_id(user_id) is not None for n in self.names.values())
 
-    def is_foreign(self, user_id: str) -> bool:
+    def is_foreign(self, user_id: UserId) -> bool:
         """Another application service's user (bot or virtual user): never puppeted."""
         return self.foreign.is_foreign(user_id)
 

@@ -62,8 +62,8 @@ class MatrixToIrc:
         room_id = event.get("room_id")
         content = event.get("content")
         if not isinstance(sender, str) or not isinstance(room_id, str) \
-                or self.directory.is_ours(sender) or not isinstance(content, dict) \
-                or self.directory.is_foreign(sender):
+                or self.directory.is_ours(UserId(sender)) or not isinstance(content, dict) \
+                or self.directory.is_foreign(UserId(sender)):
             done(True)
             return
         if self.media is not None and self.media.revocations is not None:
@@ -273,7 +273,8 @@ class MatrixToIrc:
                 self.irc.call(net.command, sender, f"MODE {channel} +b {nick}!*@*", channel)
             self.irc.call(net.command, sender, f"KICK {channel} {nick} :{reason or 'kicked'}",
                           channel)
-        elif nick is None and membership in ("leave", "ban") and not self.directory.is_ours(target):
+        elif nick is None and membership in ("leave", "ban") \
+                and not self.directory.is_ours(UserId(target)):
             self.irc.call(self._puppet_part, link, target)
 
     def _displayname_changed(self, link: Link, user_id: str, name: object) -> None:

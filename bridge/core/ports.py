@@ -15,6 +15,7 @@ from typing import Protocol
 
 from ..irc.events import IrcConnectionEvent
 from ..matrix.wire import JsonObject
+from ..rules.ids import RoomId
 
 
 class AdminPort(Protocol):
@@ -26,13 +27,13 @@ class AdminPort(Protocol):
     def puppet_settings(self, network: str, user_id: str) -> Mapping[str, object]:
         """A user's stored settings for a network (memory only; any thread)."""
 
-    def owner_of(self, room_id: str) -> str | None:
+    def owner_of(self, room_id: RoomId) -> str | None:
         """Whose admin room `room_id` is, if it is one."""
 
-    def room_created(self, network: str, room_id: str) -> None:
+    def room_created(self, network: str, room_id: RoomId) -> None:
         """A portal was made: list it in the room directory (only queues)."""
 
-    def room_unlisted(self, room_id: str) -> None:
+    def room_unlisted(self, room_id: RoomId) -> None:
         """A room was taken out of the directory (its channel turned private)."""
 
     def connection_event(self, event: IrcConnectionEvent) -> None:

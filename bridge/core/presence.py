@@ -166,7 +166,8 @@ class Ephemeral:
                 self._matrix_presence(event)
 
     def _relayable(self, user_id: str) -> bool:
-        return not self.directory.is_ours(user_id) and not self.directory.is_foreign(user_id)
+        user = UserId(user_id)  # an id of a pushed ephemeral event
+        return not self.directory.is_ours(user) and not self.directory.is_foreign(user)
 
     def _matrix_typing(self, event: Mapping[str, object]) -> None:
         room_id = event.get("room_id")

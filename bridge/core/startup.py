@@ -19,6 +19,7 @@ from ..config.ini import Config
 from ..irc import IrcSide
 from ..matrix import ONCE, HomeserverClient, Intent, MatrixError
 from ..ops.checks import check_as_token, check_ping
+from ..rules.ids import UserId
 from ..rules.permissions import role_of
 from ..store.models import Link
 from .directory import Directory
@@ -112,7 +113,8 @@ class Startup:
                 log.warning("cannot list the members of %s: %s", link.room_id, e)
                 continue
             for user_id, info in members.items():
-                if self.directory.is_ours(user_id) or self.directory.is_foreign(user_id) \
+                member = UserId(user_id)
+                if self.directory.is_ours(member) or self.directory.is_foreign(member) \
                         or role_of(self.config, user_id) is None:
                     continue
                 name = info.get("display_name") if isinstance(info, dict) else None
