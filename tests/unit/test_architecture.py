@@ -24,3 +24,13 @@ def test_no_cycles_and_no_ignored_imports() -> None:
     text = (ROOT / "setup.cfg").read_text()
     assert "type = acyclic_siblings" in text
     assert "ignore_imports" not in text
+
+
+def test_no_two_test_modules_share_a_name() -> None:
+    """The test folders are not packages: two files of one name stop the whole suite's
+    collection (`import file mismatch`), which a run of one folder never shows."""
+    tests = Path(__file__).resolve().parents[1]
+    names: dict[str, list[str]] = {}
+    for path in tests.rglob("test_*.py"):
+        names.setdefault(path.name, []).append(str(path.relative_to(tests)))
+    assert {n: p for n, p in names.items() if len(p) > 1} == {}
