@@ -38,7 +38,7 @@ from urllib.parse import quote
 
 import requests
 
-from ..rules.ids import RoomId, UserId
+from ..rules.ids import EventId, RoomId, UserId
 from .errors import (
     HomeserverUnavailable,
     LimitExceeded,
@@ -441,7 +441,7 @@ class HomeserverClient:
         ts: int | None = None,
         deadline: float | None = None,
         policy: RetryPolicy | None = None,
-    ) -> str:
+    ) -> EventId:
         """`PUT /rooms/{roomId}/send/{type}/{txnId}`; returns the event id.
 
         Retries (429, 5xx) reuse the same txn_id, so the homeserver deduplicates them.
@@ -451,7 +451,7 @@ class HomeserverClient:
             "PUT", path, json=dict(content), user_id=user_id, ts=ts, deadline=deadline,
             policy=policy,
         )
-        return self._field(answer, "event_id", "send")
+        return EventId(self._field(answer, "event_id", "send"))
 
     def send_state(
         self,
@@ -463,12 +463,12 @@ class HomeserverClient:
         user_id: UserId | None = None,
         ts: int | None = None,
         policy: RetryPolicy | None = None,
-    ) -> str:
+    ) -> EventId:
         """`PUT /rooms/{roomId}/state/{type}/{stateKey}`; returns the event id."""
         path = f"{CLIENT_V3}/rooms/{q(room_id)}/state/{q(event_type)}/{q(state_key)}"
         answer = self.request("PUT", path, json=dict(content), user_id=user_id, ts=ts,
                               policy=policy)
-        return self._field(answer, "event_id", "state")
+        return EventId(self._field(answer, "event_id", "state"))
 
     def get_state(
         self, room_id: RoomId, event_type: str, state_key: str = "", user_id: UserId | None = None,

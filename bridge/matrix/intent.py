@@ -25,7 +25,7 @@ import threading
 from collections.abc import Callable, Iterable
 from typing import TypeVar
 
-from ..rules.ids import RoomId, UserId
+from ..rules.ids import EventId, RoomId, UserId
 from .client import MAX_DISPLAYNAME_LEN, HomeserverClient
 from .errors import Forbidden, RoomInUse, UserInUse
 from .retry import RetryPolicy
@@ -190,7 +190,7 @@ class Intent:
         ts: int | None = None,
         txn_id: str | None = None,
         event_type: str = "m.room.message",
-    ) -> str:
+    ) -> EventId:
         """Send an event as this user; returns its event id.
 
         Pass a durable `txn_id` to make retries across restarts idempotent; otherwise a
@@ -214,7 +214,7 @@ class Intent:
         content: JsonBody,
         *,
         ts: int | None = None,
-    ) -> str:
+    ) -> EventId:
         """Send a state event as this user; returns its event id."""
         self.ensure_registered()
         return self._recovering(
