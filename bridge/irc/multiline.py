@@ -7,8 +7,9 @@ the capability and the message fits its limits; else None (the lines go one by o
 before). The caller queues the lines under the connection's flood control.
 
 In: `IncomingBatches` (one per link) keeps the PRIVMSG/NOTICE lines of an open
-`draft/multiline` batch and, at `BATCH -ref`, gives one event with the joined text, which
-the network relays like any line. A batch is bounded (MAX_LINES / MAX_BYTES): past that its
+`draft/multiline` batch and, at `BATCH -ref`, gives one event with the joined text and the
+BATCH line's tags (msgid, time: where Ergo puts them), which the network relays like any
+line. A batch is bounded (MAX_LINES / MAX_BYTES): past that its
 lines are relayed one by one.
 
 IRC thread only (connection.py / network.py call it).
@@ -96,6 +97,7 @@ def send_batch(conn: Link, target: str, channel: str | None, command: str,
 @dataclass
 class _Open:
     target: str
+    tags: list[dict[str, str | None]] = field(default_factory=list)  # the BATCH line's
     source: irc.client.NickMask | None = None
     first: irc.client.Event | None = None
     parts: list[tuple[str, bool]] = field(default_factory=list)
@@ -118,7 +120,7 @@ class IncomingBatches:
         ref = words[0]
         if ref.startswith("+"):
             if len(words) >= 3 and words[1] == CAP:
-                self._open[ref[1:]] = _Open(words[2])
+                self._open[ref[1:]] = _Open(words[2], list(event.tags or []))
             return None
         if not ref.startswith("-"):
             return None
@@ -126,7 +128,12 @@ class IncomingBatches:
         if found is None or found.first is None or not found.parts:
             return None
         first = found.first
-        tags = [t for t in (first.tags or []) if t.get("key") not in ("batch", CONCAT_TAG)]
+        # The message's msgid and time are on the BATCH line (Ergo); the first line's
+        # tags fill in the rest.
+        tags = [t for t in found.tags if t.get("key") != "batch"]
+        keys = {t.get("key") for t in tags}
+        tags += [t for t in (first.tags or [])
+                 if t.get("key") not in ("batch", CONCAT_TAG) and t.get("key") not in keys]
         return irc.client.Event(first.type, first.source, first.target,
                                 [joined(found.parts)], tags)
 

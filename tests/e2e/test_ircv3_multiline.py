@@ -16,6 +16,7 @@ import pytest
 from bridge.devstack.clients import IrcMessage, MatrixClient, RawIrcClient
 from bridge.devstack.ports import wait_until
 from bridge.devstack.stack import Stack
+from bridge.store.models import Store
 from tests.conftest import TEST_DB_ENV, clean_database
 from tests.e2e.test_ircv3_caps import cap_ls, request_caps
 
@@ -45,7 +46,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
 
         def bob_arrives(stack: Stack) -> None:
             r.bob = stack.irc_user("Bob")
-            request_caps(r.bob, "batch draft/multiline message-tags")
+            request_caps(r.bob, "batch draft/multiline message-tags echo-message")
             r.bob.join(CHANNEL)
 
         r.stack.start(before_bridge=bob_arrives)
@@ -79,6 +80,7 @@ def test_a_ten_line_matrix_message_is_one_multiline_batch(run: Run) -> None:
 
 
 def test_a_multiline_batch_from_irc_is_one_matrix_message(run: Run) -> None:
+    start = run.bob.mark()
     run.bob.send(f"BATCH +b1 draft/multiline {CHANNEL}")
     run.bob.send(f"@batch=b1 PRIVMSG {CHANNEL} :first line")
     run.bob.send(f"@batch=b1;draft/multiline-concat PRIVMSG {CHANNEL} : continued")
@@ -93,3 +95,19 @@ def test_a_multiline_batch_from_irc_is_one_matrix_message(run: Run) -> None:
               if e.get("type") == "m.room.message"]
     assert "first line continued\nsecond line" in bodies
     assert "first line" not in bodies and "second line" not in bodies
+    # The echo of Bob's batch names its msgid on the BATCH line: stored beside the event.
+    echo = run.bob.wait_for(lambda m: m.command == "BATCH" and m.params[:1] != []
+                            and m.params[0].startswith("+") and m.nick == "Bob", timeout=10,
+                            start=start)
+    msgid = echo.tags.get("msgid")
+    if not msgid:
+        return  # a server that puts no msgid on the batch
+    event = next(e for e in run.alice.messages(run.room_id)
+                 if e.get("content", {}).get("body") == "first line continued\nsecond line")
+    store = Store(run.stack.database_url, run.stack.appservice_id)
+    try:
+        found = wait_until(lambda: store.event_of_msgid(run.stack.network_name, msgid), 10,
+                           what="the batch's msgid stored beside the event")
+        assert found == (run.room_id, event["event_id"])
+    finally:
+        store.close()

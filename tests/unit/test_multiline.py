@@ -116,7 +116,8 @@ def _event(kind: str, target: str, args: list[str], tags: dict[str, str] | None 
 
 def test_a_received_batch_is_one_line_with_the_first_lines_tags() -> None:
     batches = wire.IncomingBatches()
-    assert batches.batch(_event("batch", "+r1", ["draft/multiline", "#c"])) is None
+    assert batches.batch(_event("batch", "+r1", ["draft/multiline", "#c"],
+                                {"msgid": "m1", "time": "B"})) is None
     assert batches.take(_event("pubmsg", "#c", ["one"], {"batch": "r1", "time": "T"}), "one")
     assert batches.take(_event("pubmsg", "#c", ["two"], {"batch": "r1"}), "two")
     assert batches.take(_event("pubmsg", "#c", [" more"],
@@ -126,7 +127,7 @@ def test_a_received_batch_is_one_line_with_the_first_lines_tags() -> None:
     line = batches.batch(_event("batch", "-r1", []))
     assert line is not None and line.type == "pubmsg" and line.target == "#c"
     assert line.arguments == ["one\ntwo more"]
-    assert line.tags == [{"key": "time", "value": "T"}]
+    assert line.tags == [{"key": "msgid", "value": "m1"}, {"key": "time", "value": "B"}]
     assert batches.batch(_event("batch", "-r1", [])) is None  # closed once
     assert joined([("a", False), ("b", True), ("c", False)]) == "ab\nc"
 
