@@ -16,6 +16,7 @@ import pytest
 from bridge.devstack.clients import IrcMessage, MatrixClient, RawIrcClient
 from bridge.devstack.ports import wait_until
 from bridge.devstack.stack import Stack
+from bridge.rules.ids import EventId
 from bridge.store.models import Store
 from tests.conftest import TEST_DB_ENV, clean_database
 from tests.e2e.test_ircv3_caps import cap_ls, request_caps
@@ -63,7 +64,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
 def test_a_ten_line_matrix_message_is_one_multiline_batch(run: Run) -> None:
     lines = [f"multiline {i} of ten" for i in range(10)]
     start = run.bob.mark()
-    run.alice.send_text(run.room_id, "\n".join(lines))
+    event_id = run.alice.send_text(run.room_id, "\n".join(lines))
 
     def opened(m: IrcMessage) -> bool:
         return m.command == "BATCH" and len(m.params) >= 3 and m.params[0].startswith("+") \
@@ -77,6 +78,15 @@ def test_a_ten_line_matrix_message_is_one_multiline_batch(run: Run) -> None:
     assert {m.nick for m in inside} == {batch.nick}  # one sender: Alice's puppet
     assert not [m for m in run.bob.messages("PRIVMSG")
                 if "full message:" in m.text]  # no paste link
+    msgid = batch.tags.get("msgid")
+    if msgid:  # the echo of the whole batch (one message) names it: stored beside the event
+        store = Store(run.stack.database_url, run.stack.appservice_id)
+        try:
+            found = wait_until(lambda: store.msgid_of_event(run.stack.network_name, EventId(event_id)),
+                               20, what="the batch's msgid stored beside Alice's event")
+            assert found == msgid
+        finally:
+            store.close()
 
 
 def test_a_multiline_batch_from_irc_is_one_matrix_message(run: Run) -> None:
