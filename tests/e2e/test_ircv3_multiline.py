@@ -82,8 +82,9 @@ def test_a_ten_line_matrix_message_is_one_multiline_batch(run: Run) -> None:
     if msgid:  # the echo of the whole batch (one message) names it: stored beside the event
         store = Store(run.stack.database_url, run.stack.appservice_id)
         try:
-            found = wait_until(lambda: store.msgid_of_event(run.stack.network_name, EventId(event_id)),
-                               20, what="the batch's msgid stored beside Alice's event")
+            network = run.stack.network_name
+            found = wait_until(lambda: store.msgid_of_event(network, EventId(event_id)), 20,
+                               what="the batch's msgid stored beside Alice's event")
             assert found == msgid
         finally:
             store.close()
