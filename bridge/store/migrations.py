@@ -1,4 +1,4 @@
-"""Schema upgrades of tables that belong to one bridge: the `bridge_id` column.
+"""Schema upgrades: the `bridge_id` column (version 2), the outbox's kinds and msgids (3).
 
 Schema version 1 had no owner column, so several bridges sharing one PostgreSQL took each
 other's queues, links and admin rooms. Version 2 gives every such row the registration id
