@@ -14,7 +14,7 @@ import enum
 import logging
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -70,6 +70,9 @@ class Outgoing:
     before: Callable[[], None] | None = None  # called right before the line is written
     target: str = ""  # the folded channel or nick whose queue it waits in ("" for control)
     per_link: bool = False  # a rejoin or autocmd: redone on the next link, dropped on loss
+    # Lines that leave right after `line`, in the same step, for one flood token: a
+    # multiline batch is one item, so a lost link never splits it (all of it goes again).
+    more: tuple[str, ...] = ()
 
 
 def line_target(line: str, channel: str | None,
@@ -529,10 +532,12 @@ class IrcConnection:
     @irc_thread_only
     def send(self, line: str, *, channel: str | None = None,
              done: Callable[[bool, str | None], None] | None = None,
-             before: Callable[[], None] | None = None) -> None:
-        """Queue a line under flood control; lines to a channel wait until we are in it."""
+             before: Callable[[], None] | None = None, more: Sequence[str] = ()) -> None:
+        """Queue a line under flood control; lines to a channel wait until we are in it.
+        `more`: lines that go right after it, as one unit (a multiline batch)."""
         self.queue.append(Outgoing(line, self.fold(channel) if channel else None, done,
-                                   before=before, target=line_target(line, channel, self.fold)))
+                                   before=before, target=line_target(line, channel, self.fold),
+                                   more=tuple(more)))
         if self.state in (State.IDLE,):
             self.start()
         self.drain()
@@ -569,6 +574,10 @@ class IrcConnection:
             if item.before:
                 item.before()
             ok = self.send_now(item.line)
+            for extra in item.more if ok else ():
+                if not self.send_now(extra):
+                    ok = False
+                    break
             if item.done:
                 item.done(ok, None if ok else "not sent: the connection is down")
             if not ok and self.state is not State.CONNECTED:

@@ -39,7 +39,7 @@ class Link(Protocol):
 
     def send(self, line: str, *, channel: str | None = None,
              done: Callable[[bool, str | None], None] | None = None,
-             before: Callable[[], None] | None = None) -> None: ...
+             before: Callable[[], None] | None = None, more: Sequence[str] = ()) -> None: ...
 
 MAX_LINES = 1000  # lines kept of one received batch
 MAX_BYTES = 64 * 1024  # bytes kept of one received batch
@@ -78,19 +78,10 @@ def send_batch(conn: Link, target: str, channel: str | None, command: str,
     no_labels = [cap for cap in caps if cap != "labeled-response"]  # the echo is matched
     _, written = MessageSend(no_labels, conn.echoes, 1, receipt).line(  # by its text
         command, target, conn.fold(target), text, text)
-    remaining = [len(wire)]
-    failed: list[str] = []
-
-    def one_done(ok: bool, error: str | None) -> None:
-        if not ok and not failed:
-            failed.append(error or "not sent")
-        remaining[0] -= 1
-        if remaining[0] == 0:
-            written(not failed, failed[0] if failed else None)
-
-    for i, line in enumerate(wire):
-        conn.send(line, channel=channel, done=one_done,
-                  before=receipt.started if i == 0 else None)
+    # One queue item: the whole batch leaves in one step, or (the link lost before it
+    # left) all of it goes on the next link; never an opening BATCH on one link and its
+    # lines on the next.
+    conn.send(wire[0], channel=channel, done=written, before=receipt.started, more=wire[1:])
     return True
 
 

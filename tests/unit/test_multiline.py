@@ -186,3 +186,34 @@ def test_a_puppet_sends_one_batch_and_a_received_batch_is_one_message() -> None:
 
         wait_until(lambda: len(heard()) >= 2, 5, what="the lines to reach the listener")
         assert [m.text for m in heard()] == ["first half\nsecond", "after"]
+
+
+def test_a_batch_is_one_unit_of_the_queue_under_flood_control() -> None:
+    """A batch leaves whole, in one step, for one flood token: a lost link cannot split it
+    (the opening BATCH on one link, its lines on the next), and a 10-line message does not
+    wait ten tokens. At 0.5 lines/s, line by line it would take over 20 s."""
+    caps = "CAP * LS :batch message-tags draft/multiline=max-bytes=4096,max-lines=100"
+    with ScriptedIrcServer(cap_ls=[caps]) as server, \
+            bridge_side(network(server.port, flood_rate=0.5, flood_burst=1)) as (side, _):
+        net = side.network("t")
+        assert net is not None
+        registered(server, "tbot")
+        bot = side.call_sync(lambda: net.bot)
+        assert bot is not None
+        connected(side, bot)
+        side.call_sync(net.join_bot, "#c")
+        wait_until(lambda: side.call_sync(lambda: "#c" in bot.channels), 5, what="bot in #c")
+        results: list[tuple[bool, str | None]] = []
+        lines = [f"line {i}" for i in range(10)]
+        side.call_sync(net.say, "@p:localhost", None, "#c", lines, "m.text",
+                       Receipt(lambda ok, error: results.append((ok, error))))
+        puppet = registered(server, "p[m]")
+
+        def sent_batch() -> list[str] | None:
+            found = [line for line in puppet.lines() if line.startswith(("BATCH", "@batch"))]
+            return found if found and found[-1].startswith("BATCH -") else None
+
+        sent = wait_until(sent_batch, 8, what="the whole batch at once")
+        assert len(sent) == 12 and results == [(True, None)]
+        queued = side.call_sync(lambda: [o for o in net.puppets["@p:localhost"].queue.take_all()])
+        assert queued == []
