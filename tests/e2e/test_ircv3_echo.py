@@ -8,7 +8,6 @@ made it before the bridge came).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,8 +17,7 @@ from bridge.devstack.clients import MatrixClient, RawIrcClient
 from bridge.devstack.ports import wait_until
 from bridge.devstack.stack import Stack
 from bridge.store.models import FAILED, InboxEvent, Store
-from tests.conftest import TEST_DB_ENV, clean_database
-from tests.e2e.test_ircv3_caps import cap_ls, request_caps
+from tests.stacks import ircv3_stack
 
 CHANNEL = "#echoes"
 PUPPET = "alice[m]"
@@ -35,35 +33,17 @@ class Run:
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
-    url = os.environ.get(TEST_DB_ENV)
-    if url:
-        clean_database(url)
     r = Run()
-    r.stack = Stack(tmp_path_factory.mktemp("echo"), database_url=url, channels=CHANNEL)
-    try:
-        r.stack.prepare()
-        with r.stack.irc_user("prober") as prober:
-            offered = cap_ls(prober)
-        if "message-tags" not in offered or "echo-message" not in offered:
-            pytest.skip(f"{r.stack.ircd.kind} offers no message-tags with echo-message")
-
-        def bob_arrives(stack: Stack) -> None:
-            r.bob = stack.irc_user("Bob")
-            request_caps(r.bob, "message-tags echo-message")
-            r.bob.join(CHANNEL)
-
-        r.stack.start(before_bridge=bob_arrives)
+    with ircv3_stack(tmp_path_factory.mktemp("echo"), CHANNEL,
+                     "message-tags echo-message") as (r.stack, r.bob):
         r.alice = r.stack.matrix_user("alice")
         r.room = r.alice.join(r.stack.alias(CHANNEL))
         wait_until(lambda: "ircbot" in r.bob.names(CHANNEL), 30, what="the bot in the channel")
         r.store = Store(r.stack.database_url, r.stack.appservice_id)
-        yield r
-    finally:
-        if getattr(r, "store", None):
+        try:
+            yield r
+        finally:
             r.store.close()
-        if getattr(r, "bob", None):
-            r.bob.close()
-        r.stack.stop()
 
 
 def _bob_says(run: Run, text: str) -> tuple[str, dict[str, Any]]:

@@ -8,7 +8,6 @@ draft/multiline (ngircd, hybrid, InspIRCd 3; Ergo does).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 
 import pytest
@@ -18,8 +17,7 @@ from bridge.devstack.ports import wait_until
 from bridge.devstack.stack import Stack
 from bridge.rules.ids import EventId
 from bridge.store.models import Store
-from tests.conftest import TEST_DB_ENV, clean_database
-from tests.e2e.test_ircv3_caps import cap_ls, request_caps
+from tests.stacks import ircv3_stack
 
 CHANNEL = "#multiline"
 
@@ -33,32 +31,14 @@ class Run:
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
-    url = os.environ.get(TEST_DB_ENV)
-    if url:
-        clean_database(url)
     r = Run()
-    r.stack = Stack(tmp_path_factory.mktemp("multiline"), database_url=url, channels=CHANNEL)
-    try:
-        r.stack.prepare()
-        with r.stack.irc_user("prober") as prober:
-            offered = cap_ls(prober)
-        if "draft/multiline" not in offered or "batch" not in offered:
-            pytest.skip(f"{r.stack.ircd.kind} offers no draft/multiline")
-
-        def bob_arrives(stack: Stack) -> None:
-            r.bob = stack.irc_user("Bob")
-            request_caps(r.bob, "batch draft/multiline message-tags echo-message")
-            r.bob.join(CHANNEL)
-
-        r.stack.start(before_bridge=bob_arrives)
+    with ircv3_stack(tmp_path_factory.mktemp("multiline"), CHANNEL,
+                     "batch draft/multiline message-tags echo-message",
+                     needs="draft/multiline batch") as (r.stack, r.bob):
         r.alice = r.stack.matrix_user("alice")
         r.room_id = r.alice.join(r.stack.alias(CHANNEL))
         wait_until(lambda: "ircbot" in r.bob.names(CHANNEL), 30, what="the bot in the channel")
         yield r
-    finally:
-        if getattr(r, "bob", None):
-            r.bob.close()
-        r.stack.stop()
 
 
 def test_a_ten_line_matrix_message_is_one_multiline_batch(run: Run) -> None:
