@@ -9,12 +9,18 @@ stacks (daemon + Synapse + bridge) are in tests/stacks.py. Runs on the test's ow
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from bridge.devstack.ircd import TEST_KIND_ENV, IrcDaemon, missing, ngircd_path
+from bridge.devstack.ports import tail
+
+# The logs a failing end-to-end test shows, with how many of their last lines: enough to
+# tell in CI's output why (a failure under load is rarely seen again alone).
+FAILURE_LOGS = {"bridge.log": 120, "homeserver.log": 40}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -29,6 +35,27 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if here in Path(str(item.fspath)).parents:
             item.add_marker(skip)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """A failed test (or its fixture) shows the tails of the bridge and homeserver logs
+    written during it, from every stack under the run's temp folder."""
+    started = time.time() - (call.duration or 0) - 5
+    outcome = yield
+    report: pytest.TestReport = outcome.get_result()  # type: ignore[attr-defined]
+    if not report.failed:
+        return
+    base = item.config._tmp_path_factory.getbasetemp()  # type: ignore[attr-defined]
+    for name, lines in FAILURE_LOGS.items():
+        for path in sorted(Path(base).rglob(name)):
+            try:
+                if path.stat().st_mtime < started:
+                    continue
+            except OSError:
+                continue
+            report.sections.append((f"{path.relative_to(base)} (last {lines} lines)",
+                                    tail(path, lines)))
 
 
 @pytest.fixture
