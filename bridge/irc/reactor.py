@@ -38,6 +38,7 @@ R = TypeVar("R")
 Ts = TypeVarTuple("Ts")
 
 _WAKE = object()
+LINGER_SECONDS = 2.0  # how long a closed connection's socket is read for its server's goodbye
 _RELAYED = frozenset({"PRIVMSG", "NOTICE"})
 _CHANNEL_PREFIXES = "#&+!"  # irc.client.is_channel's
 
@@ -177,6 +178,29 @@ class BridgeServerConnection(irc.client.ServerConnection):
                         self.server, line[:200], exc_info=log.isEnabledFor(logging.DEBUG))
 
 
+    def disconnect(self, message: str = "") -> None:
+        """QUIT, then half-close and hand the socket to the reactor to read until the server
+        hangs up (or LINGER_SECONDS): closing a socket with unread input sends a TCP reset,
+        and a reset loses the QUIT the server had not read yet (seen with Ergo: the bot's
+        goodbye became "Write error" while the channel was busy). IRC thread."""
+        try:
+            del self.connected
+        except AttributeError:
+            return
+        try:
+            self.quit(message)
+        except irc.client.ServerNotConnectedError:
+            pass
+        sock = self.socket
+        try:
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+        del self.socket
+        self._handle_event(irc.client.Event("disconnect", self.server, "", [message]))
+        self.reactor.linger(sock)
+
+
 class SelectorReactor(irc.client.Reactor):
     """A Reactor that polls with `selectors` instead of select(), so sockets may pass 1024."""
 
@@ -190,6 +214,8 @@ class SelectorReactor(irc.client.Reactor):
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         self.selector.register(self._wake_r, selectors.EVENT_READ, _WAKE)
+        # Half-closed sockets read until their server hangs up: socket -> deadline.
+        self._lingering: dict[socket.socket, float] = {}
         # Highest priority so the socket leaves the selector before anyone reconnects.
         self.add_global_handler("disconnect", self._on_disconnect_event, -100)
 
@@ -234,6 +260,50 @@ class SelectorReactor(irc.client.Reactor):
                              event: irc.client.Event) -> None:
         self._forget(conn)
 
+    def linger(self, sock: socket.socket) -> None:
+        """Read and drop what a closed connection's server still sends until it hangs up,
+        then close the socket (see BridgeServerConnection.disconnect)."""
+        try:
+            sock.setblocking(False)
+            self.selector.register(sock, selectors.EVENT_READ, _Lingering(sock))
+        except (KeyError, ValueError, OSError):
+            sock.close()
+            return
+        self._lingering[sock] = time.monotonic() + LINGER_SECONDS
+
+    def _read_lingering(self, sock: socket.socket) -> None:
+        try:
+            while sock.recv(2**14):
+                pass
+        except (BlockingIOError, InterruptedError, ssl.SSLWantReadError,
+                ssl.SSLWantWriteError):
+            return  # more later
+        except OSError:
+            pass
+        self._stop_lingering(sock)  # the server hung up (or reset)
+
+    def _stop_lingering(self, sock: socket.socket) -> None:
+        self._lingering.pop(sock, None)
+        try:
+            self.selector.unregister(sock)
+        except (KeyError, ValueError):
+            pass
+        sock.close()
+
+    def _expire_lingering(self) -> None:
+        now = time.monotonic()
+        for sock in [s for s, deadline in self._lingering.items() if deadline <= now]:
+            self._stop_lingering(sock)
+
+    def finish_lingering(self, timeout: float = LINGER_SECONDS) -> None:
+        """At shutdown: poll until every half-closed socket's server has hung up, or
+        `timeout`, so the last QUITs are read before the process exits."""
+        deadline = time.monotonic() + timeout
+        while self._lingering and time.monotonic() < deadline:
+            self.process_once(min(0.05, max(0.0, deadline - time.monotonic())))
+        for sock in list(self._lingering):
+            self._stop_lingering(sock)
+
     def wake(self) -> None:
         """Interrupt a waiting poll; safe from any thread."""
         try:
@@ -246,32 +316,54 @@ class SelectorReactor(irc.client.Reactor):
         with self.mutex:
             for key, mask in events:
                 if key.data is _WAKE:
-                    try:
-                        while self._wake_r.recv(4096):
-                            pass
-                    except (BlockingIOError, OSError):
-                        pass
-                    continue
-                conn = key.data
-                if getattr(conn, "socket", None) is None:
-                    continue
-                if mask & selectors.EVENT_WRITE:
-                    conn.flush()
-                    if not mask & selectors.EVENT_READ or getattr(conn, "socket", None) is None:
-                        continue
-                conn.last_seen = time.monotonic()
-                conn.process_data()
-                # TLS may hold decrypted bytes the poller cannot see.
-                sock = getattr(conn, "socket", None)
-                while sock is not None and getattr(sock, "pending", lambda: 0)():
-                    conn.process_data()
-                    sock = getattr(conn, "socket", None)
+                    self._drain_wake()
+                elif isinstance(key.data, _Lingering):
+                    self._read_lingering(key.data.sock)
+                else:
+                    self._serve(key.data, mask)
             self.process_timeout()
+            if self._lingering:
+                self._expire_lingering()
+
+    def _drain_wake(self) -> None:
+        try:
+            while self._wake_r.recv(4096):
+                pass
+        except (BlockingIOError, OSError):
+            pass
+
+    @staticmethod
+    def _serve(conn: BridgeServerConnection, mask: int) -> None:
+        """A connection's socket is ready: flush what waits, read what came."""
+        if getattr(conn, "socket", None) is None:
+            return
+        if mask & selectors.EVENT_WRITE:
+            conn.flush()
+            if not mask & selectors.EVENT_READ or getattr(conn, "socket", None) is None:
+                return
+        conn.last_seen = time.monotonic()
+        conn.process_data()
+        # TLS may hold decrypted bytes the poller cannot see.
+        sock = getattr(conn, "socket", None)
+        while sock is not None and getattr(sock, "pending", lambda: 0)():
+            conn.process_data()
+            sock = getattr(conn, "socket", None)
 
     def close(self) -> None:
+        for sock in list(self._lingering):
+            self._stop_lingering(sock)
         self.selector.close()
         self._wake_r.close()
         self._wake_w.close()
+
+
+class _Lingering:
+    """The selector's mark of a half-closed socket (SelectorReactor.linger)."""
+
+    __slots__ = ("sock",)
+
+    def __init__(self, sock: socket.socket):
+        self.sock = sock
 
 
 class Timer:
@@ -374,6 +466,7 @@ class IrcThread:
             except Exception:  # noqa: BLE001 - one bad handler must not stop every connection
                 log.exception("error on the IRC thread; continuing")
         self._drain_calls()  # final QUITs handed in by stop()
+        self.reactor.finish_lingering()  # ...read by their servers before we exit
         try:
             self.reactor.close()
         except Exception:  # noqa: BLE001
