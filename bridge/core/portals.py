@@ -17,7 +17,7 @@ import logging
 
 from ..config.ini import Config
 from ..irc import IrcSide
-from ..matrix import QUERY, HomeserverClient, Intent, IntentCache, MatrixError, RoomInUse
+from ..matrix import QUERY, HomeserverClient, Intent, IntentCache, MatrixError
 from ..rules.ids import JsonDict, RoomId
 from ..rules.names import NetworkNames, fold_channel, valid_channel
 from ..store.models import Link, Store
@@ -133,7 +133,6 @@ class Portals:
 
     def _create_portal(self, network: str, channel: str, alias: str, *,
                        private: bool = False) -> RoomId:
-        localpart = alias[1:].rsplit(":", 1)[0]
         topic = self.registry.topic(network, self.directory.fold_channel(network, channel))
         body: JsonDict = {
             "name": channel,
@@ -144,23 +143,47 @@ class Portals:
         if private:
             body["invite"] = self._puppets_in(network,
                                               self.directory.fold_channel(network, channel))
-        else:
-            body["room_alias_name"] = localpart
         if topic:
             body["topic"] = topic
         Intent(self.client, self.config.bot_user_id, is_bot=True, cache=self.cache,
                policy=QUERY).ensure_registered()
-        try:
-            room_id = self.client.create_room(body, policy=QUERY)
-            log.info("created %sroom %s for %s on %s", "an invite-only " if private else "",
-                     room_id, channel, network)
-        except RoomInUse:
-            found = self.client.resolve_alias(alias, policy=QUERY)
-            if not found:
-                raise
-            room_id = found
+        room_id = self.client.create_room(body, policy=QUERY)
+        log.info("created %sroom %s for %s on %s", "an invite-only " if private else "",
+                 room_id, channel, network)
         self.cache.mark_joined(room_id, self.config.bot_user_id)
+        if private:
+            return room_id
+        return self._publish_alias(alias, room_id)
+
+    def _publish_alias(self, alias: str, room_id: RoomId) -> RoomId:
+        """Point the alias at the new room once the bot is in it, and make it the room's
+        canonical alias.
+
+        Not with createRoom's `room_alias_name`: Synapse makes that alias before the room's
+        first membership, and a second person joining by the alias at that moment resolves it
+        without asking us (no second query to wait on the alias lock) and gets 404 "no servers
+        that are in the room". An alias someone made meanwhile wins: its room is used, and
+        the bot leaves the new one, which nobody can find.
+        """
+        try:
+            self.client.put_alias(alias, room_id, policy=QUERY)
+        except MatrixError as e:
+            found = self.client.resolve_alias(alias, policy=QUERY) if e.status == 409 else None
+            self._abandon(room_id)
+            if found is None:
+                raise
+            log.info("%s already points at %s; left the room just made", alias, found)
+            return found
+        self.client.send_state(room_id, "m.room.canonical_alias", "", {"alias": alias},
+                               policy=QUERY)
         return room_id
+
+    def _abandon(self, room_id: RoomId) -> None:
+        """The bot leaves a room made for an alias it could not get (best effort)."""
+        try:
+            self.client.leave(room_id, policy=QUERY)
+        except MatrixError as e:
+            log.warning("could not leave %s, made for an alias it did not get: %s", room_id, e)
 
     def _puppets_in(self, network: str, channel: str) -> list[str]:
         """The Matrix users whose puppets are in a channel (asks the IRC thread)."""

@@ -239,6 +239,8 @@ def test_two_queries_for_one_alias_make_one_room(story: Story) -> None:
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         rooms = list(pool.map(lambda c: c.join(alias), [carol, dave]))
     assert rooms[0] == rooms[1]
+    # The alias is the room's own (made after the room, see tests/unit/test_portal_alias.py).
+    assert carol.state(rooms[0], "m.room.canonical_alias")["alias"] == alias
 
 
 def test_an_alias_for_a_bad_channel_is_not_found(story: Story) -> None:
