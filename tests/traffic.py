@@ -40,10 +40,12 @@ class Tally:
     sent: list[int]
     got: list[int]
     upstream_lost: list[int] = field(default_factory=list)  # never handed to the bridge
+    # Sent while the observer could not see them: missing is fine, twice or out of order not.
+    may_miss: list[int] = field(default_factory=list)
 
     @property
     def lost(self) -> list[int]:
-        return sorted(set(self.sent) - set(self.got))
+        return sorted(set(self.sent) - set(self.got) - set(self.may_miss))
 
     @property
     def duplicated(self) -> list[int]:
@@ -67,6 +69,8 @@ class Tally:
                 f"lost {len(self.lost)} {self.lost[:20]}, duplicated {len(self.duplicated)} "
                 f"{self.duplicated[:20]}, injected {self.injected[:20]}, "
                 f"in order: {self.in_order}"
+                + (f"; unobservable (may be missing): {len(self.may_miss)}, seen "
+                   f"{len(set(self.may_miss) & set(self.got))}" if self.may_miss else "")
                 + (f"; never handed to the bridge by the homeserver: {self.upstream_lost}"
                    if self.upstream_lost else ""))
 

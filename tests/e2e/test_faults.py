@@ -202,9 +202,6 @@ def test_irc_daemon_restart_queues_what_matrix_users_say_and_delivers_it(ready: 
     """ngircd goes away during traffic: Alice keeps talking; after it is back the bot and her
     puppet reconnect, rejoin, and everything she said meanwhile arrives once, in order."""
     world, report = ready, Report()
-    if world.stack.ircd.kind == "inspircd":
-        pytest.skip("InspIRCd: an open defect (issue 14): lines said while the daemon is down "
-                    "are sometimes not all delivered after its restart; ngircd, hybrid, Ergo pass")
     tag_m, tag_i = "ircd-m2i", "ircd-i2m"
     # Traffic before the restart, waited for: a line on a socket the server is closing is
     # IRC's to lose, not the bridge's.
@@ -231,14 +228,20 @@ def test_irc_daemon_restart_queues_what_matrix_users_say_and_delivers_it(ready: 
         unobservable += down.sent
     else:
         pytest.fail(f"the observer never rejoined first\n{report}")
-    m_sent = [n for n in m_sent if n not in unobservable]
     eventually(lambda: {BOT, PUPPET} <= world.bob.c.names(CHANNEL), 60,
                "the bot and alice's puppet to rejoin", interval=0.5)
     later = MatrixTalker(world.alice, world.room, tag_m, 10, first=1000).start().join()
     m_sent += later.sent
     i_sent += IrcTalker(world.bob.c, CHANNEL, tag_i, 10, first=1000).start().join().sent
-    wait_all(world, tag_m, m_sent, tag_i, i_sent, 60)
-    assert_clean(report, m2i(world, tag_m, m_sent), i2m(world, tag_i, i_sent))
+    # What was said while the bridge was back before Bob may be missing from what he saw
+    # (if it went out before he joined), but must not come twice or out of order: it may
+    # also reach him, when the bridge's first link after the restart dropped before it
+    # sent them (seen on InspIRCd, which resets the first connections while it starts).
+    observable = [n for n in m_sent if n not in unobservable]
+    wait_all(world, tag_m, observable, tag_i, i_sent, 60)
+    sent_to_irc = m2i(world, tag_m, m_sent)
+    sent_to_irc.may_miss = unobservable
+    assert_clean(report, sent_to_irc, i2m(world, tag_i, i_sent))
 
 
 # ------------------------------------------------------------------------------- (3)

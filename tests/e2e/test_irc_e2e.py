@@ -78,9 +78,6 @@ def test_an_irc_kick_removes_the_virtual_user(world: World) -> None:
 
 
 def test_topics_cross_both_ways(world: World) -> None:
-    if world.stack.ircd.kind == "inspircd":
-        pytest.skip("InspIRCd: an open defect (issue 14): a puppet's TOPIC and the server's "
-                    "refusals are sometimes not seen in a full run; passes alone")
     world.bob.send(f"TOPIC {CHANNEL} :from IRC")
     wait_until(lambda: state(world, "m.room.topic").get("topic") == "from IRC",
                20, what="the topic in Matrix")
@@ -98,9 +95,6 @@ def test_topics_cross_both_ways(world: World) -> None:
 
 
 def test_a_line_the_channel_refuses_is_reported_in_the_room(world: World) -> None:
-    if world.stack.ircd.kind == "inspircd":
-        pytest.skip("InspIRCd: an open defect (issue 14): a puppet's TOPIC and the server's "
-                    "refusals are sometimes not seen in a full run; passes alone")
     world.bob.send(f"MODE {CHANNEL} +m")
     try:
         world.alice.send_text(world.room, "can anyone hear me?")
