@@ -143,6 +143,10 @@ class ScriptedIrcServer:
                     self._handle(client, raw_line.decode("utf-8", "replace"), state)
         finally:
             client.closed.set()
+            try:  # hang up as a server does once its client has: the bridge reads until then
+                client.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
     def release_welcomes(self) -> None:
         self.welcome_allowed.set()
