@@ -7,7 +7,9 @@ own timer heap that is only touched on the IRC thread. Nothing here sleeps or wa
 
 Every outgoing line leaves through `BridgeServerConnection.send_raw`: the one guard (no CR,
 LF or NUL), the one redacted DEBUG log of the line, and the connection's non-blocking write
-buffer, flushed when the poller reports the socket writable.
+buffer, flushed when the poller reports the socket writable. A connection that ends says
+QUIT, half-closes, and its socket is read until the server hangs up (`linger`), so the QUIT
+is never lost to the TCP reset that closing a socket with unread input sends.
 """
 
 from __future__ import annotations
@@ -176,7 +178,6 @@ class BridgeServerConnection(irc.client.ServerConnection):
         except Exception:  # noqa: BLE001 - garbage from the server: skip this line only
             log.warning("skipped a line from %s that could not be handled: %r",
                         self.server, line[:200], exc_info=log.isEnabledFor(logging.DEBUG))
-
 
     def disconnect(self, message: str = "") -> None:
         """QUIT, then half-close and hand the socket to the reactor to read until the server
