@@ -63,6 +63,14 @@ def running_stack(folder: Path, *, before_bridge: Callable[[Stack], None] | None
         clean(url)
 
 
+def as_token(stack: Stack) -> str:
+    """The bridge's as_token, from the stack's config.ini (to act as one of its users)."""
+    for line in stack.config_path.read_text(encoding="utf-8").splitlines():
+        if line.startswith("as_token"):
+            return line.split("=", 1)[1].strip()
+    raise AssertionError("no as_token in config.ini")
+
+
 def add_to_config(stack: Stack, text: str) -> None:
     """Append `text` to the stack's config.ini (a `before_bridge` hook's edit)."""
     old = stack.config_path.read_text(encoding="utf-8")

@@ -42,7 +42,7 @@ EVENTS = (
     "cap", "authenticate", "saslsuccess", "saslfail", "saslaborted", "sasltoolong",
     "passwdmismatch", "470", "489", "yourebannedcreep",
     "batch", "fail",  # IRCv3 batches and FAIL (bridge.irc.history)
-    "away", "chghost", "account", "setname",  # bridge.irc.presence
+    "away", "chghost", "account", "setname", "whoreply",  # bridge.irc.presence
     "tagmsg",
 )
 

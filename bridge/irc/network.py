@@ -46,7 +46,16 @@ from .events import (
 from .history import History
 from .kicks import Rejoins
 from .modes import ChannelModes, ChannelState, ModeSyntax, parse_modes
-from .presence import Identity, IrcPresence, on_away, on_identity, on_tagmsg, registered
+from .presence import (
+    Identity,
+    IrcPresence,
+    ask_who_is_away,
+    on_away,
+    on_identity,
+    on_tagmsg,
+    on_whoreply,
+    registered,
+)
 from .reactions import on_reaction
 from .receipt import Receipt
 from .snapshot import NetworkSnapshot
@@ -591,6 +600,9 @@ class Network:
     def _on_away(self, conn: IrcConnection, event: irc.client.Event) -> None:
         on_away(self, conn, event)
 
+    def _on_whoreply(self, conn: IrcConnection, event: irc.client.Event) -> None:
+        on_whoreply(self, conn, event)
+
     def _on_tagmsg(self, conn: IrcConnection, event: irc.client.Event) -> None:
         on_tagmsg(self, conn, event)
         on_reaction(self, conn, event)  # +draft/react (bridge.irc.reactions)
@@ -744,6 +756,7 @@ class Network:
             for nick, written in sorted(state.recheck.items()):
                 self._power(self.fold(event.arguments[0]), nick, written, state)
             state.recheck.clear()
+            ask_who_is_away(self, conn, event.arguments[0])
         if conn.is_bot and event.arguments:
             channel = self.fold(event.arguments[0])
             self.listener.irc_connection(IrcConnectionEvent(

@@ -2,7 +2,9 @@
 
 In: AWAY (away-notify) and TAGMSG `+typing` from other people become `IrcAway` /
 `IrcTyping` events for the core (`IrcListener.irc_ephemeral`), heard once per network (from
-the connection that relays a channel the nick is in). CHGHOST, ACCOUNT and SETNAME change
+the connection that relays a channel the nick is in). away-notify tells only changes, so
+the relaying connection asks `WHO #channel` once it is in a channel (`ask_who_is_away`):
+a `G` (gone) in a reply is someone who went away before we came. CHGHOST, ACCOUNT and SETNAME change
 nothing of the membership: the person is still there (without these caps the server sends
 a QUIT and a JOIN instead, which is membership churn; with them on, these commands are
 only noted in the network's `identities`).
@@ -30,6 +32,7 @@ from .threadcheck import irc_thread_only
 log = logging.getLogger(__name__)
 
 TYPING_STATES = frozenset({"active", "paused", "done"})
+AWAY_BEFORE_US = "away"  # the status of someone WHO says is away: WHO gives no away text
 MAX_IDENTITIES = 10000  # nicks (host, account, realname) and away lines kept, oldest out first
 
 
@@ -125,6 +128,27 @@ def on_away(network: Network, conn: IrcConnection, event: irc.client.Event) -> N
     if message is None and event.arguments:
         message = event.arguments[0] or None
     network.listener.irc_ephemeral(IrcAway(network.name, nick, message))
+
+
+@irc_thread_only
+def ask_who_is_away(network: Network, conn: IrcConnection, channel: str) -> None:
+    """`conn` relays `channel` and has its names: ask WHO, for who is away already. Only
+    with away-notify, which then tells when they come back."""
+    if "away-notify" in conn.caps.enabled and network.forwarder(channel) is conn:
+        conn.send(f"WHO {channel}")
+
+
+@irc_thread_only
+def on_whoreply(network: Network, conn: IrcConnection, event: irc.client.Event) -> None:
+    """352 `<channel> <user> <host> <server> <nick> <flags> :<hops> <realname>`: flags `G...`
+    is away (`H...` here: nothing to say, everyone is online until told)."""
+    args = event.arguments
+    if len(args) < 6 or not args[5].startswith("G"):
+        return
+    channel, nick = args[0], args[4]
+    if not nick or network._ours(nick) or network.forwarder(channel) is not conn:
+        return
+    network.listener.irc_ephemeral(IrcAway(network.name, nick, AWAY_BEFORE_US))
 
 
 @irc_thread_only

@@ -23,7 +23,7 @@ from bridge.devstack.clients import MatrixClient, RawIrcClient
 from bridge.devstack.ports import wait_until
 from bridge.devstack.stack import Stack
 from bridge.web.context import bridge_of
-from tests.stacks import replace_in_config, running_stack, user
+from tests.stacks import as_token, replace_in_config, running_stack, user
 
 BOT = "@ircbot:localhost"
 ADMIN = "admin"
@@ -430,7 +430,7 @@ def test_leaving_the_admin_room_makes_the_bot_leave(stack: Stack) -> None:
     leaver = user(stack, "leaver")
     room = admin_room(leaver)
     leaver.leave(room)
-    bot = MatrixClient(stack.synapse.url, _as_token(stack), BOT)
+    bot = MatrixClient(stack.synapse.url, as_token(stack), BOT)
     wait_until(lambda: room not in bot.joined_rooms(), TIMEOUT, what="the bot to leave")
 
 
@@ -462,13 +462,6 @@ def test_portal_rooms_are_listed_in_the_network_directory(stack: Stack) -> None:
         return any(r.get("room_id") == portal for r in found.get("chunk", []))
 
     wait_until(listed, TIMEOUT, interval=0.2, what="the portal in the room directory")
-
-
-def _as_token(stack: Stack) -> str:
-    for line in Path(stack.config_path).read_text(encoding="utf-8").splitlines():
-        if line.startswith("as_token"):
-            return line.split("=", 1)[1].strip()
-    raise AssertionError("no as_token in config.ini")
 
 
 def test_longmessages_lines_sends_every_line_instead_of_a_link(stack: Stack) -> None:

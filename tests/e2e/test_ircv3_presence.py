@@ -18,11 +18,12 @@ from urllib.parse import quote
 
 import pytest
 
-from bridge.devstack.clients import IrcMessage, MatrixClient, RawIrcClient
+from bridge.devstack.clients import IrcMessage, MatrixClient, MatrixError, RawIrcClient
 from bridge.devstack.ports import wait_until
 from bridge.devstack.stack import Stack
+from bridge.irc.presence import AWAY_BEFORE_US
 from tests.e2e.test_ircv3_caps import cap_ls, request_caps
-from tests.stacks import running_stack
+from tests.stacks import as_token, running_stack
 
 CHANNEL = "#presence"
 
@@ -89,6 +90,39 @@ def test_away_makes_the_virtual_user_unavailable_with_the_message(run: Run) -> N
     run.bob.send("AWAY")
     wait_until(lambda: presence_of(run.alice, ghost).get("presence") == "online", 30,
                what="Bob's virtual user online again")
+
+
+def _own_presence(run: Run, user_id: str) -> dict[str, Any]:
+    """A virtual user's presence as it sees it (acting as it with the as_token): nobody
+    else may see it before it shares a room with them. {} while it is not registered."""
+    client = MatrixClient(run.stack.synapse.url, as_token(run.stack), user_id)
+    try:
+        found: dict[str, Any] = client.request(
+            "GET", f"/_matrix/client/v3/presence/{quote(user_id, safe='')}/status",
+            params={"user_id": user_id})
+    except MatrixError:
+        return {}
+    return found
+
+
+def test_someone_away_before_the_bot_came_is_unavailable(run: Run) -> None:
+    """away-notify tells only changes: the bot asks WHO when it joins a channel, and a `G`
+    (gone) there makes the virtual user unavailable; AWAY-back makes it online as usual."""
+    needs(run, "away-notify")
+    channel = "#awaylater"
+    with run.stack.irc_user("Gina") as gina:
+        gina.join(channel)
+        gina.send("AWAY :out since before the bridge came")
+        gina.wait_for(lambda m: m.command == "306", timeout=10)  # RPL_NOWAWAY
+        ghost = run.stack.ghost("Gina")
+        run.alice.join(run.stack.alias(channel))  # the bot joins #awaylater only now
+        found = wait_until(
+            lambda: (p := _own_presence(run, ghost)).get("presence") == "unavailable" and p,
+            30, what="Gina's virtual user unavailable")
+        assert found.get("status_msg") == AWAY_BEFORE_US, found  # WHO gives no away text
+        gina.send("AWAY")
+        wait_until(lambda: _own_presence(run, ghost).get("presence") == "online", 30,
+                   what="Gina's virtual user online again")
 
 
 def _change_host(run: Run) -> str:

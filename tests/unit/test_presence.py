@@ -299,3 +299,60 @@ def test_a_typist_whose_end_never_came_is_let_go_after_a_minute(tmp_path: Path) 
         clock.now += 3
         part.renew()
     assert len(irc.calls) == 1 + 20  # renewed up to 60 s, then no more
+
+
+class _WhoNetwork(_Network):
+    """A network whose relaying connection is `relay`; it keeps what it tells the core."""
+
+    name = "t"
+
+    def __init__(self, relay: Any) -> None:
+        super().__init__()
+        self.relay = relay
+        self.told: list[Any] = []
+        self.listener = self
+
+    def irc_ephemeral(self, event: Any) -> None:
+        self.told.append(event)
+
+    def forwarder(self, channel: str) -> Any:
+        return self.relay
+
+    def _ours(self, nick: str) -> bool:
+        return nick.endswith("[m]") or nick == "ircbot"
+
+
+def _who(channel: str, nick: str, flags: str) -> Any:
+    import irc.client
+
+    return irc.client.Event("whoreply", "server", "ircbot",
+                            [channel, "u", "h", "server", nick, flags, "0 Real Name"])
+
+
+def test_who_on_joining_tells_who_went_away_before_we_came() -> None:
+    from bridge.irc.presence import AWAY_BEFORE_US, IrcAway, ask_who_is_away, on_whoreply
+
+    relay = _Conn("bot")
+    relay.caps.enabled = frozenset({"away-notify"})  # type: ignore[misc]
+    relay.send = relay.sent.append  # type: ignore[attr-defined]
+    network = _WhoNetwork(relay)
+    ask_who_is_away(network, relay, "#chan")  # type: ignore[arg-type]
+    assert relay.sent == ["WHO #chan"]
+    for nick, flags in [("gina", "G"), ("opal", "G*@"), ("bob", "H"), ("hal", "H@"),
+                        ("alice[m]", "G"), ("", "G")]:
+        on_whoreply(network, relay, _who("#chan", nick, flags))  # type: ignore[arg-type]
+    assert network.told == [IrcAway("t", "gina", AWAY_BEFORE_US),
+                            IrcAway("t", "opal", AWAY_BEFORE_US)]
+    other = _Conn("@alice:x")
+    on_whoreply(network, other, _who("#chan", "gina", "G"))  # type: ignore[arg-type]
+    assert len(network.told) == 2, "only the relaying connection speaks for the network"
+
+
+def test_no_who_without_away_notify_which_alone_would_tell_of_the_return() -> None:
+    from bridge.irc.presence import ask_who_is_away
+
+    relay = _Conn("bot")
+    relay.caps.enabled = frozenset({"message-tags"})  # type: ignore[misc]
+    relay.send = relay.sent.append  # type: ignore[attr-defined]
+    ask_who_is_away(_WhoNetwork(relay), relay, "#chan")  # type: ignore[arg-type]
+    assert relay.sent == []
