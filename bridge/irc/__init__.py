@@ -40,7 +40,7 @@ EVENTS = (
     "cannotsendtochan", "nosuchnick", "nosuchchannel", "channelisfull", "inviteonlychan",
     "bannedfromchan", "badchannelkey", "nochanmodes", "chanoprivsneeded", "toomanychannels",
     "cap", "authenticate", "saslsuccess", "saslfail", "saslaborted", "sasltoolong",
-    "passwdmismatch", "470", "489", "yourebannedcreep",
+    "passwdmismatch", "470", "489", "yourebannedcreep", "unavailresource",
     "batch", "fail",  # IRCv3 batches and FAIL (bridge.irc.history)
     "away", "chghost", "account", "setname", "whoreply",  # bridge.irc.presence
     "tagmsg",

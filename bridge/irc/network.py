@@ -103,6 +103,8 @@ class IrcListener(Protocol):
 
 LIVENESS_EVERY = 30.0
 # Lines a broken server may send without the parts their handlers need.
+TOPIC_RETRIES = 3  # a topic change the server asks to retry later is sent again this often
+TOPIC_RETRY_AFTER = 1.5  # seconds: InspIRCd refuses a second change within one second
 _NEEDS_CHANNEL = frozenset({"join", "part", "kick", "topic", "mode", "pubmsg", "pubnotice"})
 _NEEDS_ARGUMENT = frozenset({"kick", "pubmsg", "pubnotice", "privmsg", "privnotice",
                              "currenttopic", "namreply"})
@@ -178,6 +180,10 @@ class Network:
         self.bot: IrcConnection | None = None
         self.puppets: dict[str, IrcConnection] = {}
         self.topics: dict[str, str] = {}
+        # TOPIC lines of our puppets not yet seen done: (owner, folded channel) -> (line,
+        # tries). A server may refuse a topic change for a moment (InspIRCd: 437 "Retry
+        # topic change later" for a second change within one second); it is sent again.
+        self.topic_retries: dict[tuple[str, str], tuple[str, int]] = {}
         self.nick_max = 30
         self.casemapping = "rfc1459"
         # Nick and channel comparisons follow the server's CASEMAPPING (names.fold_channel);
@@ -774,6 +780,9 @@ class Network:
         topic = event.arguments[0] if event.arguments else ""
         nick = event.source.nick if event.source else None
         if nick and self._ours(nick):
+            owner = self.puppet_nicks.get(self.fold(nick))
+            if owner is not None:
+                self.topic_retries.pop((owner, self.fold(event.target)), None)  # done
             nick = None  # our own puppet's echo: the room has the topic already
         self._topic(conn, event.target, topic, nick)
 
@@ -870,7 +879,30 @@ class Network:
         conn = self.puppet(user_id)
         if channel is not None:
             conn.join(channel)
+            if line.upper().startswith("TOPIC "):
+                self.topic_retries[(conn.owner, self.fold(channel))] = (line, 0)
         conn.send(line, channel=channel)
+
+    def _on_unavailresource(self, conn: IrcConnection, event: irc.client.Event) -> None:
+        """437 for a channel our puppet just set the topic of: "retry later", so it does,
+        TOPIC_RETRIES times at most, TOPIC_RETRY_AFTER seconds apart; then the sender is
+        told. (437 for a nick is the nick queries' business: bridge.irc.queries.)"""
+        target = event.arguments[0] if event.arguments else ""
+        key = (conn.owner, self.fold(target))
+        if not is_channel(target) or key not in self.topic_retries:
+            return
+        line, tries = self.topic_retries[key]
+        if tries >= TOPIC_RETRIES:
+            del self.topic_retries[key]
+            self._failure(conn, event)
+            return
+        self.topic_retries[key] = (line, tries + 1)
+
+        def again() -> None:
+            if self.topic_retries.get(key, (None, 0))[0] == line:
+                conn.send(line, channel=target)
+
+        self.thread.call_later(TOPIC_RETRY_AFTER, again)
 
     def say_private(self, user_id: str, nick: str, lines: list[str], kind: str,
                     receipt: Receipt, tags: Mapping[str, str] | None = None) -> None:

@@ -1,0 +1,66 @@
+"""A topic change the server asks to retry later is sent again (InspIRCd answers a second
+change within one second with 437 "Retry topic change later": a Matrix topic set right
+after an IRC one was lost, and the room and the channel disagreed). After TOPIC_RETRIES
+refusals the sender is told, as for any refused line. Against the scripted loopback IRC
+server; the test's thread asks the IRC thread."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bridge.devstack.ports import wait_until
+from bridge.irc.network import TOPIC_RETRIES
+from tests.scripted_irc import Client, ScriptedIrcServer
+from tests.unit.test_irc_wire import bridge_side, connected, network, registered
+
+ALICE = "@alice:localhost"
+
+
+def _refusing(times: int) -> Any:
+    """An on_line hook: the first `times` TOPICs get 437; the next is shown to the channel."""
+    seen = {"topics": 0}
+
+    def on_line(client: Client, line: str) -> None:
+        if not line.upper().startswith("TOPIC "):
+            return
+        seen["topics"] += 1
+        channel = line.split(" ")[1]
+        if seen["topics"] <= times:
+            client.send(f":scripted 437 {client.nick} {channel} :Retry topic change later")
+        else:
+            client.send(f":{client.nick}!u@h TOPIC {channel} :{line.split(' :', 1)[1]}")
+    return on_line
+
+
+def _topics(client: Client) -> list[str]:
+    return [line for line in client.lines() if line.upper().startswith("TOPIC ")]
+
+
+def test_a_topic_change_the_server_asks_to_retry_is_sent_again() -> None:
+    with ScriptedIrcServer(on_line=_refusing(2)) as server, \
+            bridge_side(network(server.port)) as (side, listener):
+        net = side.network("t")
+        assert net is not None
+        puppet = side.call_sync(net.puppet, ALICE)
+        client = registered(server, puppet.nick)
+        connected(side, puppet)
+        side.call(net.command, ALICE, "TOPIC #chan :from Matrix", "#chan")
+        wait_until(lambda: len(_topics(client)) == 3, 15, what="the TOPIC sent three times")
+        assert _topics(client) == ["TOPIC #chan :from Matrix"] * 3
+        wait_until(lambda: not side.call_sync(lambda: dict(net.topic_retries)), 10,
+                   what="the shown topic to end the retries")
+        assert not [e for name, e in listener.events if name == "irc_failure"]
+
+
+def test_a_topic_change_refused_every_time_is_told_to_its_sender() -> None:
+    with ScriptedIrcServer(on_line=_refusing(100)) as server, \
+            bridge_side(network(server.port)) as (side, listener):
+        net = side.network("t")
+        assert net is not None
+        puppet = side.call_sync(net.puppet, ALICE)
+        client = registered(server, puppet.nick)
+        connected(side, puppet)
+        side.call(net.command, ALICE, "TOPIC #chan :from Matrix", "#chan")
+        wait_until(lambda: [e for name, e in listener.events if name == "irc_failure"],
+                   20, what="the sender to be told")
+        assert len(_topics(client)) == 1 + TOPIC_RETRIES
