@@ -102,9 +102,9 @@ class IrcListener(Protocol):
 
 
 LIVENESS_EVERY = 30.0
-# Lines a broken server may send without the parts their handlers need.
 TOPIC_RETRIES = 3  # a topic change the server asks to retry later is sent again this often
 TOPIC_RETRY_AFTER = 1.5  # seconds: InspIRCd refuses a second change within one second
+# Lines a broken server may send without the parts their handlers need.
 _NEEDS_CHANNEL = frozenset({"join", "part", "kick", "topic", "mode", "pubmsg", "pubnotice"})
 _NEEDS_ARGUMENT = frozenset({"kick", "pubmsg", "pubnotice", "privmsg", "privnotice",
                              "currenttopic", "namreply"})

@@ -4,10 +4,10 @@ In: AWAY (away-notify) and TAGMSG `+typing` from other people become `IrcAway` /
 `IrcTyping` events for the core (`IrcListener.irc_ephemeral`), heard once per network (from
 the connection that relays a channel the nick is in). away-notify tells only changes, so
 the relaying connection asks `WHO #channel` once it is in a channel (`ask_who_is_away`):
-a `G` (gone) in a reply is someone who went away before we came. CHGHOST, ACCOUNT and SETNAME change
-nothing of the membership: the person is still there (without these caps the server sends
-a QUIT and a JOIN instead, which is membership churn; with them on, these commands are
-only noted in the network's `identities`).
+a `G` (gone) in a reply is someone who went away before we came. CHGHOST, ACCOUNT and
+SETNAME change nothing of the membership: the person is still there (without these caps
+the server sends a QUIT and a JOIN instead, which is membership churn; with them on, these
+commands are only noted in the network's `identities`).
 
 Out: `send_typing` (a `+typing` TAGMSG from a puppet, only where message-tags is on) and
 `set_away` (AWAY for a puppet, from Matrix presence).
